@@ -1,0 +1,72 @@
+"""One exception hierarchy for deltasync; each fatal class carries its exit code.
+
+Only ``cli.main`` turns these into exit codes.  Library callers catch
+``DeltaSyncError`` (or a subclass) and read ``exit_code`` if they care.
+
+Exit codes (documented in the README, modelled on rsync's where they overlap):
+
+====  ==========================================================
+0     success
+1     fatal error: bad paths, unreadable/corrupt input, daemon
+      already running, ``stop`` with no daemon
+2     usage error (unknown option, missing argument, bad value)
+3     ``status``: no daemon is running (LSB convention)
+12    protocol stream error (remote side went away or spoke nonsense)
+20    interrupted by SIGINT/SIGTERM before the pass finished
+23    some entries failed (permission denied, disk full, ...)
+24    some source files vanished during the pass (and nothing else failed)
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_PROTOCOL = 12
+EXIT_INTERRUPTED = 20
+EXIT_PARTIAL = 23
+EXIT_VANISHED = 24
+
+
+class DeltaSyncError(Exception):
+    """Base class of every error deltasync raises on purpose."""
+
+    exit_code: int = EXIT_FATAL
+
+
+class UsageError(DeltaSyncError):
+    """The command line or an argument value is wrong."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(DeltaSyncError):
+    """Paths or options are valid syntax but cannot be used (exit 1)."""
+
+
+class FormatError(DeltaSyncError):
+    """A signature or delta stream is truncated, corrupted or of an unknown version."""
+
+
+class PatchError(DeltaSyncError):
+    """A patch could not be applied: bad basis, or the result failed verification."""
+
+
+class DaemonError(DeltaSyncError):
+    """Daemon control failed (already running, cannot write pid file)."""
+
+
+class NotRunningError(DeltaSyncError):
+    """``stop``/``status`` found no daemon; ``status`` maps it to exit 3."""
+
+
+class ProtocolError(DeltaSyncError):
+    """The remote peer sent something we cannot accept, or the link dropped."""
+
+    exit_code = EXIT_PROTOCOL
+
+
+class UnsafePathError(DeltaSyncError):
+    """A relative path would resolve outside the replica root or through a symlink."""
