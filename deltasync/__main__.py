@@ -1,0 +1,5 @@
+"""``python -m deltasync`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,228 @@
+"""Command-line front end: argparse, exit codes, and presentation of engine events.
+
+This is the only module that parses arguments, configures logging, draws
+progress bars, prints summaries or exits.  Commands: ``sync``, ``start``,
+``stop``, ``status`` (directory mirroring) and ``signature``, ``delta``,
+``patch`` (rdiff-style large-file mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import NoReturn
+
+from . import __version__
+from .errors import (
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    DeltaSyncError,
+    NotRunningError,
+    UsageError,
+)
+from .log import console_stream, op_line, quote_path, setup
+
+PROG = "deltasync"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return v
+
+
+_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(text: str) -> int:
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in _SUFFIX and t[-1:] else ""
+    num = t[: len(t) - len(unit)]
+    try:
+        v = int(float(num) * _SUFFIX[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return v
+
+
+def _pos_int(text: str) -> int:
+    v = _size(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Keep a replica directory an exact one-way mirror "
+                "of a source directory; rsync-style deltas for large files.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def sync_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("source", metavar="SOURCE")
+        sp.add_argument("replica", metavar="REPLICA")
+        sp.add_argument("--log-file", metavar="PATH", help="append operation lines and pass summaries here")
+        sp.add_argument("--io-log-file", metavar="PATH", help="append only the operation lines here")
+        sp.add_argument("-n", "--dry-run", action="store_true", help="log what would be done, change nothing")
+        sp.add_argument("-c", "--checksum", action="store_true",
+                        help="compare same-size files by blake3 content, not size+mtime")
+        sp.add_argument("--exclude", metavar="PATTERN", action="append", default=[],
+                        help="glob on the relative path (repeatable); excluded paths are neither copied nor deleted")
+        sp.add_argument("--delta", choices=["auto", "always", "never"], default="auto",
+                        help="send changed files as deltas: by --delta-threshold (auto), always, or never")
+        sp.add_argument("--delta-threshold", metavar="SIZE", type=_size, default=None,
+                        help="smallest changed file sent as a delta in auto mode (default 64M)")
+        sp.add_argument("--block-size", metavar="N", type=_pos_int, default=None,
+                        help="delta block size (default: about sqrt of the file size)")
+        sp.add_argument("--progress", action="store_true", help="show progress bars for files and bytes")
+        sp.add_argument("--stats", action="store_true", help="print a summary table after each pass")
+        sp.add_argument("--json", action="store_true", help="print one JSON summary per pass on stdout")
+        sp.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+        sp.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors on the console")
+        sp.add_argument("--fsync", action="store_true", help="fsync files and directories before rename")
+
+    s = sub.add_parser("sync", help="one pass (or a pass every --interval seconds)")
+    sync_opts(s)
+    s.add_argument("--interval", metavar="SECONDS", type=_positive_float,
+                   help="repeat every SECONDS in the foreground until SIGINT/SIGTERM")
+
+    st = sub.add_parser("start", help="run the periodic sync as a background daemon")
+    sync_opts(st)
+    st.add_argument("--interval", metavar="SECONDS", type=_positive_float, required=True)
+    st.add_argument("--pid-file", metavar="PATH")
+
+    for name, help_ in (("stop", "stop the daemon"), ("status", "is the daemon running?")):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--pid-file", metavar="PATH")
+        if name == "stop":
+            c.add_argument("--timeout", type=_positive_float, default=60.0,
+                           help="seconds to wait for the daemon to exit (default 60)")
+
+    sg = sub.add_parser("signature", help="write the signature of BASIS to SIG (rdiff-style)")
+    sg.add_argument("basis", metavar="BASIS")
+    sg.add_argument("sig", metavar="SIG")
+    sg.add_argument("--block-size", metavar="N", type=_pos_int, default=None)
+    sg.add_argument("--strong-len", metavar="N", type=int, default=16)
+    sg.add_argument("--stats", action="store_true")
+
+    dl = sub.add_parser("delta", help="write the delta from SIG to NEWFILE into DELTA")
+    dl.add_argument("sig", metavar="SIG")
+    dl.add_argument("new", metavar="NEWFILE")
+    dl.add_argument("delta", metavar="DELTA")
+    dl.add_argument("--stats", action="store_true")
+
+    pt = sub.add_parser("patch", help="rebuild OUTFILE from BASIS and DELTA")
+    pt.add_argument("basis", metavar="BASIS")
+    pt.add_argument("delta", metavar="DELTA")
+    pt.add_argument("out", metavar="OUTFILE")
+    pt.add_argument("--stats", action="store_true")
+    return p
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {msg}\n")
+    sys.stderr.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns (and exits with) the exit code."""
+    code = run(argv)
+    sys.exit(code)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run a command and return its exit code (in-process; used by tests)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except SystemExit as e:  # --help / --version
+        return int(e.code or 0)
+    try:
+        if args.command in ("sync", "start"):
+            from .runner import run_sync
+
+            return run_sync(args)
+        if args.command == "stop":
+            return _cmd_stop(args)
+        if args.command == "status":
+            return _cmd_status(args)
+        from .rdiff import run_rdiff
+
+        return run_rdiff(args)
+    except NotRunningError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_NOT_RUNNING if args.command == "status" else EXIT_FATAL
+    except DeltaSyncError as e:
+        _err(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        _err(_os_message(e))
+        return EXIT_FATAL
+
+
+def _os_message(e: OSError) -> str:
+    if e.filename is not None:
+        return f"{e.strerror or e}: {quote_path(os.fsdecode(e.filename))}"
+    return e.strerror or str(e)
+
+
+def _pid_file(args: argparse.Namespace) -> str:
+    from .daemon import default_pid_file
+
+    return os.path.abspath(args.pid_file) if args.pid_file else default_pid_file()
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from .daemon import stop
+
+    pid = stop(_pid_file(args), args.timeout)
+    print(f"{PROG}: stopped daemon (pid {pid})")
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .daemon import status
+
+    info = status(_pid_file(args))
+    print(f"running (pid {info.pid})")
+    st = info.state or {}
+    last = st.get("last_pass")
+    if isinstance(last, dict):
+        print(f"last pass: {last.get('ended')} result {last.get('result')} "
+              f"(exit {last.get('exit_code')}, {last.get('duration')} s)")
+        if last.get("summary"):
+            print(f"  {last.get('summary')}")
+    else:
+        print("last pass: none yet")
+    return EXIT_OK

@@ -1,0 +1,340 @@
+"""Run one pass: walk both sides, plan, and carry out the plan against a ``Replica``.
+
+The engine decides, per file, whether data travels whole or as a delta, counts
+``Stats`` and reports every step to a ``Reporter`` (an observer).  It never
+prints or logs; the CLI turns events into log lines, progress bars and
+summaries.  Per-file failures are reported and the pass goes on (the exit code
+becomes 23, or 24 when only source files vanished); ``stop`` is checked between
+files so SIGTERM ends a pass after the file in flight.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .compare import CompareOptions, make_plan
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_VANISHED, DeltaSyncError
+from .fsutil import DirFds, open_nofollow
+from .model import Action, Entry, Kind, Op, Reason, Stats
+from .replica import LocalReplica, Replica, SourceChanged
+from .walk import Excluder, Listing, stat_entry, walk
+
+
+class DeltaMode(enum.Enum):
+    AUTO = "auto"  # delta for changed files at or above delta_threshold
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+# Below this size a whole-file copy through copy_file_range beats computing a
+# signature and a delta even on a local disk; chosen from bench/ measurements
+# (see README "Delta threshold").
+DEFAULT_DELTA_THRESHOLD = 64 * 1024 * 1024
+
+# A file that keeps changing under us is retried this many times, then reported.
+COPY_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    dry_run: bool = False
+    checksum: bool = False
+    excludes: tuple[str, ...] = ()
+    fsync: bool = False
+    delta: DeltaMode = DeltaMode.AUTO
+    delta_threshold: int = DEFAULT_DELTA_THRESHOLD
+    block_size: int | None = None  # None: sqrt rule of the delta engine
+    owner: bool = field(default_factory=lambda: os.geteuid() == 0)
+
+
+class Reporter:
+    """Observer of a pass.  Every method is optional; the defaults do nothing."""
+
+    def pass_planned(self, actions: list[Action], files: int, nbytes: int) -> None: ...
+    def done(self, action: Action, detail: str) -> None: ...
+    def failed(self, path: str, op: str, exc: BaseException) -> None: ...
+    def warning(self, path: str, message: str) -> None: ...
+    def progress(self, nbytes: int) -> None: ...
+    def file_done(self) -> None: ...
+
+
+class _RaisingReporter(Reporter):
+    """Library default: abort on the first error, like a normal function call."""
+
+    def failed(self, path: str, op: str, exc: BaseException) -> None:
+        raise exc
+
+
+class _SourceFile:
+    """An open source file plus the stat taken at open time (for the torn-copy check)."""
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        st = os.fstat(fd)
+        self.entry: Entry = stat_entry(path, st)
+        self._sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            chunks = []
+            while True:
+                b = os.read(self.fd, 1 << 20)
+                if not b:
+                    return b"".join(chunks)
+                chunks.append(b)
+        return os.read(self.fd, n)
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        return os.readv(self.fd, [buf])
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def readable(self) -> bool:
+        return True
+
+    def check_unchanged(self) -> None:
+        st = os.fstat(self.fd)
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != self._sig:
+            raise SourceChanged(f"source file changed while it was being copied")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class Engine:
+    """Runs passes of SOURCE into a replica with fixed options."""
+
+    def __init__(self, source: str, replica: Replica, options: SyncOptions = SyncOptions(),
+                 reporter: Reporter | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.source = source
+        self.replica = replica
+        self.opts = options
+        self.reporter = reporter or _RaisingReporter()
+        self.stop = stop or threading.Event()
+        self.excluder = Excluder(options.excludes)
+
+    # -- one pass -------------------------------------------------------
+    def run_pass(self) -> tuple[Stats, int]:
+        """One pass; returns (stats, exit code)."""
+        t0 = time.monotonic()
+        stats = Stats()
+        self._stats = stats
+        self._vanished_only = True
+        rep = self.reporter
+
+        def walk_error(path: str, e: OSError) -> None:
+            stats.failed += 1
+            self._vanished_only = False
+            rep.failed(path, "read", e)
+
+        src_list = walk(self.source, self.excluder, on_error=walk_error)
+        dst_list = self._scan_replica(walk_error)
+        with DirFds(self.source) as src_dirs:
+            self._src_dirs = src_dirs
+            src_hash = dst_hash = None
+            if self.opts.checksum:
+                src_hash, dst_hash = self._hashers()
+            plan, unchanged = make_plan(
+                src_list, dst_list, CompareOptions(self.opts.checksum, self.opts.owner),
+                src_hash, dst_hash)
+            stats.unchanged = unchanged
+            for e in src_list.entries:
+                if e.kind is Kind.FILE:
+                    stats.source_files += 1
+                    stats.source_bytes += e.size
+            nfiles = sum(1 for a in plan if a.op in (Op.CREATE, Op.UPDATE))
+            nbytes = sum(a.src.size for a in plan if a.op in (Op.CREATE, Op.UPDATE) and a.src)
+            rep.pass_planned(plan, nfiles, nbytes)
+            for action in plan:
+                if self.stop.is_set():
+                    stats.interrupted = True
+                    break
+                self._run_action(action)
+        stats.duration = time.monotonic() - t0
+        if stats.interrupted:
+            code = EXIT_INTERRUPTED
+        elif stats.failed:
+            code = EXIT_PARTIAL
+        elif stats.vanished:
+            code = EXIT_VANISHED
+        else:
+            code = EXIT_OK
+        return stats, code
+
+    def _scan_replica(self, on_error: Callable[[str, OSError], None]) -> Listing:
+        if self.opts.dry_run and not os.path.isdir(self.replica_root):
+            return Listing(root=Entry("", Kind.DIR))
+        if isinstance(self.replica, LocalReplica):
+            return self.replica.scan(self.excluder, clean_temps=not self.opts.dry_run,
+                                     on_error=on_error)
+        return self.replica.scan(self.excluder, clean_temps=not self.opts.dry_run)
+
+    @property
+    def replica_root(self) -> str:
+        return getattr(self.replica, "root", "")
+
+    def _hashers(self) -> tuple[Callable[[Entry], bytes | None], Callable[[Entry], bytes | None]]:
+        from .hashing import hash_fd
+
+        def src_hash(e: Entry) -> bytes | None:
+            try:
+                fd = open_nofollow(self._src_dirs, e.path)
+            except (OSError, DeltaSyncError):
+                return None
+            try:
+                return hash_fd(fd)
+            except OSError:
+                return None
+            finally:
+                os.close(fd)
+
+        def dst_hash(e: Entry) -> bytes | None:
+            try:
+                return self.replica.checksum(e.path)
+            except (OSError, DeltaSyncError):
+                return None
+
+        return src_hash, dst_hash
+
+    # -- one action -----------------------------------------------------
+    def _run_action(self, a: Action) -> None:
+        stats, rep = self._stats, self.reporter
+        try:
+            detail = self._apply(a)
+        except FileNotFoundError as e:
+            if a.op in (Op.CREATE, Op.UPDATE, Op.SYMLINK, Op.META) and self._source_gone(a):
+                stats.vanished += 1
+                rep.warning(a.path, "file vanished from source")
+                return
+            self._fail(a, e)
+            return
+        except (OSError, DeltaSyncError) as e:
+            self._fail(a, e)
+            return
+        if a.op is Op.SKIP:
+            stats.count(Op.SKIP)
+            rep.done(a, detail)
+            return
+        if a.op is Op.META and a.reason is Reason.UNCHANGED:
+            return  # quiet restore of a directory's times after its contents changed
+        stats.count(a.op)
+        rep.done(a, detail)
+
+    def _fail(self, a: Action, e: BaseException) -> None:
+        self._stats.failed += 1
+        self.reporter.failed(a.path, a.op.value, e)
+
+    def _source_gone(self, a: Action) -> bool:
+        try:
+            d, name = self._src_dirs.parent_of(a.path)
+            os.stat(name, dir_fd=d, follow_symlinks=False)
+            return False
+        except (OSError, DeltaSyncError):
+            return True
+
+    def _apply(self, a: Action) -> str:
+        dry = self.opts.dry_run
+        r = self.replica
+        op = a.op
+        if op is Op.SKIP:
+            return a.reason.value
+        if op in (Op.DELETE, Op.RMDIR):
+            assert a.dst is not None
+            if not dry:
+                try:
+                    r.delete(a.path, a.dst.kind)
+                except OSError as e:
+                    if e.errno == errno.ENOTEMPTY and self.excluder:
+                        self.reporter.warning(a.path, "not removed: holds excluded entries")
+                        return a.reason.value
+                    raise
+            return a.reason.value
+        assert a.src is not None
+        if op is Op.MKDIR:
+            if not dry:
+                r.mkdir(a.path, a.src)
+            return a.reason.value
+        if op is Op.SYMLINK:
+            if not dry:
+                r.symlink(a.path, a.src)
+            return f"-> {a.src.target}"
+        if op is Op.META:
+            if not dry:
+                r.set_meta(a.path, a.src)
+            return a.reason.value
+        return self._transfer(a)
+
+    def _use_delta(self, a: Action) -> bool:
+        if a.op is not Op.UPDATE or a.dst is None or a.dst.kind is not Kind.FILE:
+            return False
+        mode = self.opts.delta
+        if mode is DeltaMode.NEVER:
+            return False
+        if mode is DeltaMode.ALWAYS:
+            return True
+        return a.src is not None and a.src.size >= self.opts.delta_threshold
+
+    def _transfer(self, a: Action) -> str:
+        assert a.src is not None
+        stats, rep = self._stats, self.reporter
+        if self.opts.dry_run:
+            return f"{human(a.src.size)}, {a.reason.value}"
+        use_delta = self._use_delta(a)
+        for attempt in range(COPY_RETRIES + 1):
+            fd = open_nofollow(self._src_dirs, a.path)
+            src = _SourceFile(fd, a.path)
+            try:
+                if src.entry.kind is not Kind.FILE:
+                    raise OSError(errno.EINVAL, "source is no longer a regular file")
+                if use_delta:
+                    detail = self._send_delta(a, src)
+                else:
+                    n = self.replica.write_file(a.path, src)
+                    stats.bytes_written += n
+                    stats.bytes_sent += n
+                    rep.progress(n)
+                    detail = f"{human(n)}, {a.reason.value}"
+                rep.file_done()
+                return detail
+            except SourceChanged:
+                if attempt == COPY_RETRIES:
+                    raise
+                rep.warning(a.path, "changed while being copied; retrying")
+            finally:
+                src.close()
+        raise AssertionError("unreachable")
+
+    def _send_delta(self, a: Action, src: _SourceFile) -> str:
+        from .delta import DeltaStats, make_delta
+
+        stats = self._stats
+        sig = self.replica.signature(a.path, self.opts.block_size)
+        ds = DeltaStats()
+        ops = make_delta(sig, src, ds)  # type: ignore[arg-type]
+        n = self.replica.write_delta(a.path, src, ops, sig.block_size)
+        stats.bytes_written += n
+        stats.literal_bytes += ds.literal_bytes
+        stats.matched_bytes += ds.matched_bytes
+        stats.delta_files += 1
+        # what crosses: literal data, ~8 bytes per op, plus the signature coming back
+        nsig = len(sig.strong) * (4 + sig.strong_len)
+        stats.bytes_sent += ds.literal_bytes + 8 * (ds.copy_ops + ds.literal_ops) + nsig
+        self.reporter.progress(n)
+        return (f"{human(n)}, {a.reason.value}, delta: {human(ds.literal_bytes)} literal, "
+                f"{human(ds.matched_bytes)} matched")

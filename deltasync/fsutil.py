@@ -1,0 +1,121 @@
+"""Safe path resolution below a root through directory file descriptors.
+
+Every component of a relative path is opened with ``O_NOFOLLOW | O_DIRECTORY``
+relative to its parent's descriptor, so a symlink anywhere inside the tree can
+never redirect an open, a write or a delete outside the root, even if it is
+swapped in while we work, and paths deeper than ``PATH_MAX`` still work
+because no syscall ever sees more than one name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+from .errors import UnsafePathError
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Temp files are named so they can be recognised (and removed) by the next pass
+# without keeping any state; the original name is not part of it because a
+# 255-byte name plus a prefix would exceed NAME_MAX.
+TEMP_PREFIX = ".deltasync."
+TEMP_RE = re.compile(r"^\.deltasync\.[0-9a-f]{16}\.tmp$")
+
+
+def temp_name() -> str:
+    return f"{TEMP_PREFIX}{os.urandom(8).hex()}.tmp"
+
+
+def is_temp_name(name: str) -> bool:
+    return len(name) == 30 and name.startswith(TEMP_PREFIX) and TEMP_RE.match(name) is not None
+
+
+def split_rel(path: str) -> list[str]:
+    """Split a relative path and refuse anything that could escape the root."""
+    if not path or path.startswith("/") or "\0" in path:
+        raise UnsafePathError(f"unsafe relative path: {path!r}")
+    parts = path.split("/")
+    for p in parts:
+        if p in ("", ".", ".."):
+            raise UnsafePathError(f"unsafe relative path: {path!r}")
+    return parts
+
+
+class DirFds:
+    """A cache of open directory descriptors below one root.
+
+    ``get("a/b")`` returns a descriptor for directory ``a/b`` opened without
+    following symlinks at any step.  Descriptors are cached because a pass
+    touches each directory many times; ``forget`` drops a subtree after it is
+    removed or replaced.
+    """
+
+    def __init__(self, root: str, max_open: int = 64) -> None:
+        self.root = root
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._cache: dict[str, int] = {}
+        self._max_open = max_open
+
+    def close(self) -> None:
+        for fd in self._cache.values():
+            os.close(fd)
+        self._cache.clear()
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1
+
+    def __enter__(self) -> "DirFds":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, dirpath: str) -> int:
+        """Descriptor of directory ``dirpath`` ("" is the root)."""
+        if not dirpath:
+            return self.root_fd
+        fd = self._cache.get(dirpath)
+        if fd is not None:
+            return fd
+        head, _, name = dirpath.rpartition("/")
+        split_rel(dirpath)
+        parent = self.get(head)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(
+                    f"refusing to follow a symlink or non-directory in {dirpath!r}"
+                ) from e
+            raise
+        if len(self._cache) >= self._max_open:
+            self._evict()
+        self._cache[dirpath] = fd
+        return fd
+
+    def parent_of(self, path: str) -> tuple[int, str]:
+        """(descriptor of the parent directory, final name) of a relative path."""
+        parts = split_rel(path)
+        head = "/".join(parts[:-1])
+        return self.get(head), parts[-1]
+
+    def forget(self, dirpath: str) -> None:
+        """Drop cached descriptors of ``dirpath`` and everything below it."""
+        prefix = dirpath + "/"
+        for key in [k for k in self._cache if k == dirpath or k.startswith(prefix)]:
+            os.close(self._cache.pop(key))
+
+    def _evict(self) -> None:
+        # Keep the cache bounded: drop the oldest half (dicts keep insertion
+        # order), which a sorted traversal has left behind anyway.
+        keys = list(self._cache)[: max(1, len(self._cache) // 2)]
+        for key in keys:
+            os.close(self._cache.pop(key))
+
+
+def open_nofollow(dirs: DirFds, path: str, flags: int = os.O_RDONLY) -> int:
+    """Open a file below the root without following symlinks anywhere."""
+    d, name = dirs.parent_of(path)
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)

@@ -1,0 +1,117 @@
+"""Console and file logging for the CLI, and the one format of an operation line.
+
+A line is::
+
+    2026-11-25T14:30:00.123+00:00 INFO    create  docs/a b.txt (1.2 KiB, new)
+
+ISO 8601 local time with its UTC offset, the level, the operation word
+(``create update delete mkdir rmdir symlink meta skip``) or another event word
+(``pass``, ``summary``, ``error``, ``warning``), the relative path made safe
+to print, and the detail.  Paths are escaped so one entry is always one line:
+backslash, control characters (newline, tab, ...) and bytes that are not valid
+UTF-8 appear as ``\\n``, ``\\t``, ``\\xNN``.
+
+Only the CLI configures logging; library modules never log.  File handlers are
+``WatchedFileHandler``s, so a log file that logrotate moves or removes is
+reopened at the next line.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from datetime import datetime
+
+LOGGER_NAME = "deltasync"
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def quote_path(path: str) -> str:
+    """Render a relative path on one printable line, losslessly."""
+    if path.isprintable() and "\\" not in path:
+        return path or "."
+    out = []
+    for ch in path:
+        o = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= o <= 0xDCFF:  # surrogateescape'd byte of a non-UTF-8 name
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif not ch.isprintable() and ch != " ":
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out) or "."
+
+
+class LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+        return f"{ts} {record.levelname:<7} {record.getMessage()}"
+
+
+class _OpsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "op", None) is not None
+
+
+class _TqdmAwareStream:
+    """stderr that goes through ``tqdm.write`` while progress bars are shown."""
+
+    bars_active = False
+
+    def write(self, s: str) -> int:
+        if self.bars_active:
+            from tqdm import tqdm
+
+            tqdm.write(s.rstrip("\n"), file=sys.stderr)
+        else:
+            sys.stderr.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+console_stream = _TqdmAwareStream()
+
+
+def setup(verbosity: int = 0, log_file: str | None = None, io_log_file: str | None = None,
+          console: bool = True) -> logging.Logger:
+    """Configure the ``deltasync`` logger.  Raises OSError if a log file cannot be opened."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    fmt = LineFormatter()
+    handlers: list[logging.Handler] = []
+    if log_file:
+        fh = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        fh.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+        handlers.append(fh)
+    if io_log_file:
+        ih = logging.handlers.WatchedFileHandler(io_log_file, encoding="utf-8")
+        ih.addFilter(_OpsOnly())
+        ih.setLevel(logging.INFO)
+        handlers.append(ih)
+    if console:
+        ch = logging.StreamHandler(console_stream)  # type: ignore[arg-type]
+        ch.setLevel(logging.WARNING if verbosity < 0 else
+                    logging.DEBUG if verbosity > 0 else logging.INFO)
+        handlers.append(ch)
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return logger
+
+
+def op_line(logger: logging.Logger, level: int, op: str, path: str, detail: str = "") -> None:
+    """Log one operation line; the ``op`` attribute routes it to the I/O log too."""
+    msg = f"{op:<7} {quote_path(path)}"
+    if detail:
+        msg += f" ({detail})"
+    logger.log(level, msg, extra={"op": op})

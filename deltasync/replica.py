@@ -1,0 +1,300 @@
+"""The receiving side: every change to the replica tree goes through ``Replica``.
+
+``Replica`` is the seam between deciding and doing.  ``LocalReplica`` is the
+only implementation today; a remote one speaks the same operations as
+messages, so the engine above does not change.
+
+Guarantees of ``LocalReplica``:
+
+* every path is resolved through directory descriptors opened with
+  ``O_NOFOLLOW`` (``fsutil.DirFds``): nothing is ever written through a
+  symlink that sits in the replica, and no path resolves outside the root;
+* a file is written to a temp file in its final directory, its mode, owner
+  and mtime are set (and it is fsync'ed with ``fsync=True``), then it is moved
+  into place with ``os.replace``; on any error the temp file is removed and
+  the old version stays as it was;
+* a delta update builds the new version from the old file plus delta ops in a
+  temp file and verifies the whole-file blake3 before the rename;
+* temp files left by a killed pass are removed by the next ``scan``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from .errors import DeltaSyncError
+from .fsutil import DirFds, open_nofollow, temp_name
+from .model import Entry, Kind
+from .walk import Excluder, Listing, walk
+
+if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
+    from .delta import Signature
+
+
+class SourceChanged(DeltaSyncError):
+    """The source file changed while it was being copied; nothing was installed."""
+
+
+class SourceFile(Protocol):
+    """What the replica reads a new file from."""
+
+    entry: Entry  # stat of the source taken when it was opened
+
+    def read(self, n: int = -1) -> bytes: ...
+    def fileno(self) -> int: ...
+    def check_unchanged(self) -> None:
+        """Raise ``SourceChanged`` if the file changed since it was opened."""
+
+
+class Replica(Protocol):
+    """The operations the engine needs from the receiving side."""
+
+    def scan(self, excluder: Excluder, clean_temps: bool = True) -> Listing: ...
+    def checksum(self, path: str) -> bytes: ...
+    def signature(self, path: str, block_size: int | None = None) -> "Signature": ...
+    def write_file(self, path: str, src: SourceFile) -> int: ...
+    def write_delta(self, path: str, src: SourceFile, ops: Iterable[object],
+                    block_size: int) -> int: ...
+    def mkdir(self, path: str, entry: Entry) -> None: ...
+    def symlink(self, path: str, entry: Entry) -> None: ...
+    def delete(self, path: str, kind: Kind) -> None: ...
+    def set_meta(self, path: str, entry: Entry) -> None: ...
+    def close(self) -> None: ...
+
+
+COPY_CHUNK = 1 << 20
+
+
+def copy_fd(src_fd: int, dst_fd: int) -> int:
+    """Copy all of ``src_fd`` to ``dst_fd`` in the kernel when it can.
+
+    ``os.copy_file_range`` first (in-kernel, reflinks on btrfs/XFS), then
+    ``os.sendfile``, then a read/write loop for file systems that refuse both.
+    """
+    total = 0
+    use_cfr = hasattr(os, "copy_file_range")
+    while use_cfr:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, 1 << 30)
+        except OSError as e:
+            if e.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL,
+                           errno.EBADF, errno.EPERM):
+                use_cfr = False
+                break
+            raise
+        if n == 0:
+            return total
+        total += n
+    while True:
+        try:
+            n = os.sendfile(dst_fd, src_fd, None, 1 << 30)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOSYS):
+                break
+            raise
+        if n == 0:
+            return total
+        total += n
+    while True:
+        buf = os.read(src_fd, COPY_CHUNK)
+        if not buf:
+            return total
+        os.write(dst_fd, buf)
+        total += len(buf)
+
+
+class _FdWriter:
+    """Minimal binary writer over a raw fd, so delta patching writes into our temp."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class LocalReplica:
+    """A replica directory on this machine."""
+
+    def __init__(self, root: str, *, fsync: bool = False, owner: bool | None = None,
+                 on_temp_removed: Callable[[str], None] | None = None) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.owner = os.geteuid() == 0 if owner is None else owner
+        self._dirs: DirFds | None = None
+        self._on_temp_removed = on_temp_removed
+
+    # -- plumbing -------------------------------------------------------
+    @property
+    def dirs(self) -> DirFds:
+        if self._dirs is None:
+            self._dirs = DirFds(self.root)
+        return self._dirs
+
+    def close(self) -> None:
+        if self._dirs is not None:
+            self._dirs.close()
+            self._dirs = None
+
+    def _fsync_dir(self, dfd: int) -> None:
+        if self.fsync:
+            os.fsync(dfd)
+
+    # -- reading --------------------------------------------------------
+    def scan(self, excluder: Excluder, clean_temps: bool = True,
+             on_error: Callable[[str, OSError], None] | None = None) -> Listing:
+        temps: list[str] = []
+        listing = walk(self.root, excluder, on_error=on_error, on_temp=temps.append)
+        if clean_temps:
+            for t in temps:
+                try:
+                    d, name = self.dirs.parent_of(t)
+                    os.unlink(name, dir_fd=d)
+                    if self._on_temp_removed is not None:
+                        self._on_temp_removed(t)
+                except (OSError, DeltaSyncError):
+                    pass  # reported by the next scan if it persists
+        return listing
+
+    def open_file(self, path: str) -> BinaryIO:
+        fd = open_nofollow(self.dirs, path)
+        return os.fdopen(fd, "rb", buffering=0)
+
+    def checksum(self, path: str) -> bytes:
+        from .hashing import hash_fd
+
+        fd = open_nofollow(self.dirs, path)
+        try:
+            return hash_fd(fd)
+        finally:
+            os.close(fd)
+
+    def signature(self, path: str, block_size: int | None = None) -> "Signature":
+        from .delta import make_signature
+
+        with self.open_file(path) as f:
+            return make_signature(f, block_size=block_size)
+
+    # -- writing --------------------------------------------------------
+    def _install(self, path: str, entry: Entry, fill: Callable[[int, int], int],
+                 src: SourceFile | None) -> int:
+        """Create a temp file, let ``fill`` write it, set metadata, rename into place."""
+        d, name = self.dirs.parent_of(path)
+        tmp = temp_name()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=d)
+        try:
+            try:
+                written = fill(fd, d)
+                self._meta_fd(fd, entry)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if src is not None:
+                src.check_unchanged()
+            self._make_room(d, name)
+            os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=d)
+            except OSError:
+                pass
+            raise
+        self._fsync_dir(d)
+        return written
+
+    def _make_room(self, d: int, name: str) -> None:
+        # os.replace cannot put a file over a directory; the plan removes a
+        # directory before a file takes its name, so one here is a race.
+        try:
+            st = os.stat(name, dir_fd=d, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "a directory is in the way", name)
+
+    def write_file(self, path: str, src: SourceFile) -> int:
+        return self._install(path, src.entry, lambda fd, d: copy_fd(src.fileno(), fd), src)
+
+    def write_delta(self, path: str, src: SourceFile, ops: Iterable[object],
+                    block_size: int) -> int:
+        from .delta import apply_delta
+
+        def fill(fd: int, d: int) -> int:
+            d_, name = self.dirs.parent_of(path)
+            basis_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d_)
+            with os.fdopen(basis_fd, "rb") as basis:
+                return apply_delta(basis, ops, _FdWriter(fd), block_size)  # type: ignore[arg-type]
+
+        return self._install(path, src.entry, fill, src)
+
+    def mkdir(self, path: str, entry: Entry) -> None:
+        d, name = self.dirs.parent_of(path)
+        # Owner-writable while we fill it; the final mode is set after its contents.
+        os.mkdir(name, (entry.mode | 0o700) & 0o7777, dir_fd=d)
+        if self.owner:
+            os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+        self._fsync_dir(d)
+
+    def symlink(self, path: str, entry: Entry) -> None:
+        d, name = self.dirs.parent_of(path)
+        assert entry.target is not None
+        tmp = temp_name()
+        os.symlink(entry.target, tmp, dir_fd=d)
+        try:
+            self._link_meta(d, tmp, entry)
+            self._make_room(d, name)
+            os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=d)
+            except OSError:
+                pass
+            raise
+        self._fsync_dir(d)
+
+    def delete(self, path: str, kind: Kind) -> None:
+        d, name = self.dirs.parent_of(path)
+        if kind is Kind.DIR:
+            self.dirs.forget(path)
+            os.rmdir(name, dir_fd=d)
+        else:
+            os.unlink(name, dir_fd=d)
+
+    def set_meta(self, path: str, entry: Entry) -> None:
+        if entry.kind is Kind.SYMLINK:
+            d, name = self.dirs.parent_of(path)
+            self._link_meta(d, name, entry)
+            return
+        if path == "":
+            self._meta_fd(self.dirs.root_fd, entry)
+            return
+        flags = os.O_RDONLY | (os.O_DIRECTORY if entry.kind is Kind.DIR else 0)
+        fd = open_nofollow(self.dirs, path, flags)
+        try:
+            self._meta_fd(fd, entry)
+        finally:
+            os.close(fd)
+
+    def _meta_fd(self, fd: int, entry: Entry) -> None:
+        if self.owner:
+            os.fchown(fd, entry.uid, entry.gid)
+        os.fchmod(fd, entry.mode)  # after chown, which may clear setuid bits
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def _link_meta(self, d: int, name: str, entry: Entry) -> None:
+        if self.owner:
+            os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d, follow_symlinks=False)

@@ -1,0 +1,288 @@
+"""Wiring of ``sync``/``start`` for the CLI: checks, logging, reporter, loop, daemon.
+
+Turns engine events into log lines, tqdm bars, the ``--stats`` table and the
+``--json`` line; validates SOURCE/REPLICA before anything is written; installs
+the SIGINT/SIGTERM handlers that let a pass finish the file in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from .engine import DEFAULT_DELTA_THRESHOLD, DeltaMode, Engine, Reporter, SyncOptions, human
+from .errors import EXIT_FATAL, EXIT_OK, ConfigError
+from .log import console_stream, op_line, quote_path, setup
+from .model import Action, Op, Reason, Stats
+from .replica import LocalReplica
+
+_WARN_OPS = {Op.SKIP}
+
+
+def _abs(p: str) -> str:
+    return os.path.abspath(p)
+
+
+def check_paths(source: str, replica: str) -> tuple[str, str]:
+    """Validate SOURCE and REPLICA (exit 1 cases); nothing is written here."""
+    if not os.path.exists(source):
+        raise ConfigError(f"source does not exist: {quote_path(source)}")
+    if not os.path.isdir(source):
+        raise ConfigError(f"source is not a directory: {quote_path(source)}")
+    if os.path.lexists(replica) and not os.path.isdir(replica):
+        raise ConfigError(f"replica exists and is not a directory: {quote_path(replica)}")
+    rs, rr = os.path.realpath(source), os.path.realpath(replica)
+    if rs == rr:
+        raise ConfigError("source and replica are the same directory")
+    if rr.startswith(rs.rstrip("/") + "/"):
+        raise ConfigError("replica is inside source")
+    if rs.startswith(rr.rstrip("/") + "/"):
+        raise ConfigError("replica contains source")
+    return _abs(source), _abs(replica)
+
+
+def _check_log(path: str | None) -> None:
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ConfigError(f"log file is a directory: {quote_path(path)}")
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write log file {quote_path(path)}: {e.strerror}") from e
+
+
+class CliReporter(Reporter):
+    """Engine events -> log lines and tqdm bars."""
+
+    def __init__(self, logger: logging.Logger, progress: bool) -> None:
+        self.log = logger
+        self.show_progress = progress
+        self.bars: list[Any] = []
+
+    def pass_planned(self, actions: list[Action], files: int, nbytes: int) -> None:
+        if self.show_progress and files:
+            from tqdm import tqdm
+
+            console_stream.bars_active = True
+            self.bars = [
+                tqdm(total=files, unit="file", desc="files", file=sys.stderr, position=0,
+                     leave=False),
+                tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024,
+                     desc="bytes", file=sys.stderr, position=1, leave=False),
+            ]
+
+    def progress(self, nbytes: int) -> None:
+        if self.bars:
+            self.bars[1].update(nbytes)
+
+    def file_done(self) -> None:
+        if self.bars:
+            self.bars[0].update(1)
+
+    def close_bars(self) -> None:
+        for b in self.bars:
+            b.close()
+        self.bars = []
+        console_stream.bars_active = False
+
+    def done(self, action: Action, detail: str) -> None:
+        level = logging.WARNING if action.op in _WARN_OPS else logging.INFO
+        op_line(self.log, level, action.op.value, action.path, detail)
+
+    def failed(self, path: str, op: str, exc: BaseException) -> None:
+        if isinstance(exc, OSError):
+            why = exc.strerror or str(exc)
+        else:
+            why = str(exc)
+        op_line(self.log, logging.ERROR, "error", path, f"{op} failed: {why}")
+
+    def warning(self, path: str, message: str) -> None:
+        op_line(self.log, logging.WARNING, "warning", path, message)
+
+
+def summary_line(stats: Stats, code: int) -> str:
+    c = stats.counts
+    parts = [f"{k}={c[k]}" for k in ("create", "update", "delete", "mkdir", "rmdir",
+                                      "symlink", "meta", "skip")]
+    line = (" ".join(parts) + f" failed={stats.failed} unchanged={stats.unchanged}"
+            f" written={stats.bytes_written} ({human(stats.bytes_written)})"
+            f" duration={stats.duration:.3f}s exit={code}")
+    if stats.delta_files:
+        line += (f" delta_files={stats.delta_files} literal={stats.literal_bytes}"
+                 f" matched={stats.matched_bytes}")
+    if stats.interrupted:
+        line += " interrupted"
+    return line
+
+
+def stats_table(stats: Stats, code: int) -> str:
+    c = stats.counts
+    rows = [
+        ("Source files", f"{stats.source_files:,}"),
+        ("Source size", f"{stats.source_bytes:,} bytes ({human(stats.source_bytes)})"),
+        ("Created", f"{c['create']:,}"),
+        ("Updated", f"{c['update']:,} ({stats.delta_files:,} by delta)"),
+        ("Deleted", f"{c['delete']:,} files, {c['rmdir']:,} directories"),
+        ("Directories made", f"{c['mkdir']:,}"),
+        ("Symlinks", f"{c['symlink']:,}"),
+        ("Metadata only", f"{c['meta']:,}"),
+        ("Skipped", f"{c['skip']:,}"),
+        ("Unchanged", f"{stats.unchanged:,}"),
+        ("Failed", f"{stats.failed:,} (+{stats.vanished:,} vanished)"),
+        ("Bytes written", f"{stats.bytes_written:,} ({human(stats.bytes_written)})"),
+        ("Literal data", f"{stats.literal_bytes:,} bytes"),
+        ("Matched data", f"{stats.matched_bytes:,} bytes"),
+        ("Bytes sent", f"{stats.bytes_sent:,}"),
+        ("Speedup", f"{stats.speedup:.2f}"),
+        ("Duration", f"{stats.duration:.3f} s"),
+        ("Exit code", f"{code}"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def _options(args: argparse.Namespace) -> SyncOptions:
+    return SyncOptions(
+        dry_run=args.dry_run,
+        checksum=args.checksum,
+        excludes=tuple(args.exclude),
+        fsync=args.fsync,
+        delta=DeltaMode(args.delta),
+        delta_threshold=(args.delta_threshold if args.delta_threshold is not None
+                         else DEFAULT_DELTA_THRESHOLD),
+        block_size=args.block_size,
+    )
+
+
+class _Pass:
+    """One configured sync: runs passes and reports them."""
+
+    def __init__(self, args: argparse.Namespace, source: str, replica: str,
+                 logger: logging.Logger, stop: threading.Event,
+                 pid_file: str | None = None) -> None:
+        self.args = args
+        self.source, self.replica = source, replica
+        self.log = logger
+        self.stop = stop
+        self.opts = _options(args)
+        self.pid_file = pid_file
+        self.n = 0
+
+    def __call__(self) -> int:
+        self.n += 1
+        args = self.args
+        started = datetime.now().astimezone()
+        if args.interval:
+            self.log.info(f"pass    #{self.n} started")
+        if not self.opts.dry_run:
+            os.makedirs(self.replica, exist_ok=True)
+        reporter = CliReporter(self.log, args.progress)
+        replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner)
+        try:
+            engine = Engine(self.source, replica, self.opts, reporter, self.stop)
+            try:
+                stats, code = engine.run_pass()
+            finally:
+                reporter.close_bars()
+        finally:
+            replica.close()
+        line = summary_line(stats, code)
+        level = logging.INFO if code == EXIT_OK else logging.WARNING
+        prefix = "summary " + ("(dry run) " if self.opts.dry_run else "")
+        self.log.log(level, prefix + line)
+        if args.interval:
+            self.log.info(f"pass    #{self.n} ended (exit {code}, {stats.duration:.3f} s)")
+        if args.json:
+            rec = {"event": "pass", "pass": self.n, "started": started.isoformat(),
+                   "exit_code": code, "dry_run": self.opts.dry_run, **stats.as_dict()}
+            print(json.dumps(rec), flush=True)
+        if args.stats:
+            out = sys.stderr if args.json else sys.stdout
+            print(stats_table(stats, code), file=out, flush=True)
+        if self.pid_file:
+            from .daemon import write_state
+
+            write_state(self.pid_file, {"pid": os.getpid(), "last_pass": {
+                "started": started.isoformat(),
+                "ended": datetime.now().astimezone().isoformat(timespec="seconds"),
+                "exit_code": code, "result": "ok" if code == 0 else "failed",
+                "duration": round(stats.duration, 3), "summary": line}})
+        return code
+
+
+def _install_signals(stop: threading.Event, logger: logging.Logger) -> None:
+    def handler(signum: int, frame: object) -> None:
+        if not stop.is_set():
+            logger.warning(f"stop    {signal.Signals(signum).name} received; "
+                           "finishing the file in flight")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _loop(p: _Pass, logger: logging.Logger, interval: float, stop: threading.Event) -> int:
+    from .schedule import run_periodic
+
+    logger.info(f"start   periodic sync every {interval:g} s: {quote_path(p.source)} -> "
+                f"{quote_path(p.replica)}")
+
+    def overrun(elapsed: float) -> None:
+        logger.warning(f"overrun pass took {elapsed:.3f} s, longer than the {interval:g} s "
+                       "interval; next pass starts now")
+
+    def failed(e: BaseException) -> None:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        logger.error(f"error   pass failed: {why}")
+
+    run_periodic(p, interval, stop, overrun, failed)
+    logger.info("stop    periodic sync stopped")
+    return EXIT_OK
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    source, replica = check_paths(args.source, args.replica)
+    log_file = _abs(args.log_file) if args.log_file else None
+    io_log = _abs(args.io_log_file) if args.io_log_file else None
+    if args.command == "start":
+        from .daemon import daemonize, default_pid_file
+
+        pid_file = _abs(args.pid_file) if args.pid_file else default_pid_file()
+        if not log_file:
+            log_file = os.path.splitext(pid_file)[0] + ".log"
+        _check_log(log_file)
+        _check_log(io_log)
+
+        def body(lock: object) -> int:
+            stop = threading.Event()
+            logger = setup(args.verbose - args.quiet, log_file, io_log, console=False)
+            _install_signals(stop, logger)
+            p = _Pass(args, source, replica, logger, stop, pid_file)
+            try:
+                return _loop(p, logger, args.interval, stop)
+            except BaseException as e:  # the daemon has no console: the log says why
+                logger.critical(f"error   daemon crashed: {e!r}")
+                return EXIT_FATAL
+
+        pid = daemonize(pid_file, body)
+        print(f"deltasync: daemon started (pid {pid}, pid file {pid_file}, log {log_file})")
+        return EXIT_OK
+    _check_log(log_file)
+    _check_log(io_log)
+    logger = setup(args.verbose - args.quiet, log_file, io_log)
+    stop = threading.Event()
+    _install_signals(stop, logger)
+    p = _Pass(args, source, replica, logger, stop)
+    if args.interval:
+        return _loop(p, logger, args.interval, stop)
+    return p()

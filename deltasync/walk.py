@@ -1,0 +1,209 @@
+"""Walk one tree into a listing with ``os.scandir`` and the cached stat of each entry.
+
+The walk never follows symlinks: it works through directory descriptors opened
+with ``O_NOFOLLOW``, which also keeps trees deeper than ``PATH_MAX`` walkable.
+Special files (FIFOs, sockets, devices) are listed as ``Kind.SPECIAL`` and never
+opened.  A directory that cannot be read is recorded in ``Listing.unreadable``
+so that nothing below it is deleted on the other side (rsync's rule after an
+I/O error), and reported through ``on_error``.
+
+Order: depth-first pre-order with the names of each directory sorted, so a
+directory always precedes its contents and two listings can be compared in
+step.  Temp files of an interrupted pass (``fsutil.is_temp_name``) are never
+listed; the replica walk hands them to ``on_temp`` for removal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat as st_
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .fsutil import is_temp_name
+from .model import Entry, Kind
+
+ErrorFunc = Callable[[str, OSError], None]
+
+
+def _glob_to_regex(pat: str) -> str:
+    out = []
+    i = 0
+    while i < len(pat):
+        c = pat[i]
+        if pat.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = pat.find("]", i + 1)
+            if j == -1:
+                out.append(re.escape(c))
+            else:
+                body = pat[i + 1 : j].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+class Excluder:
+    """rsync-like exclude globs.
+
+    A pattern without ``/`` matches the final name at any depth (``*.tmp``);
+    a pattern with ``/`` matches the whole relative path (a leading ``/``
+    anchors it at the root, which it is anyway); a trailing ``/`` limits it
+    to directories; ``*`` and ``?`` stop at ``/``, ``**`` crosses it.  An
+    excluded directory is not descended into.
+    """
+
+    def __init__(self, patterns: Iterable[str] = ()) -> None:
+        self.patterns = list(patterns)
+        name_any, name_dir, path_any, path_dir = [], [], [], []
+        for p in self.patterns:
+            dir_only = p.endswith("/")
+            core = p.rstrip("/")
+            if not core:
+                continue
+            if "/" in core:
+                (path_dir if dir_only else path_any).append(_glob_to_regex(core.lstrip("/")))
+            else:
+                (name_dir if dir_only else name_any).append(_glob_to_regex(core))
+        def comp(parts: list[str]) -> re.Pattern[str] | None:
+            return re.compile("(?:" + "|".join(parts) + r")\Z", re.S) if parts else None
+        self._name_any = comp(name_any)
+        self._name_dir = comp(name_dir)
+        self._path_any = comp(path_any)
+        self._path_dir = comp(path_dir)
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def excluded(self, path: str, name: str, is_dir: bool) -> bool:
+        if self._name_any is not None and self._name_any.match(name):
+            return True
+        if self._path_any is not None and self._path_any.match(path):
+            return True
+        if is_dir:
+            if self._name_dir is not None and self._name_dir.match(name):
+                return True
+            if self._path_dir is not None and self._path_dir.match(path):
+                return True
+        return False
+
+
+@dataclass
+class Listing:
+    root: Entry  # the root directory itself (path "")
+    entries: list[Entry] = field(default_factory=list)
+    unreadable: set[str] = field(default_factory=set)  # dirs whose contents are unknown
+
+
+def _entry(path: str, s: os.stat_result, kind: Kind, target: str | None = None) -> Entry:
+    return Entry(path, kind, s.st_size if kind is Kind.FILE else 0, s.st_mtime_ns,
+                 st_.S_IMODE(s.st_mode), s.st_uid, s.st_gid, target, s.st_ino, s.st_dev)
+
+
+def stat_entry(path: str, s: os.stat_result, target: str | None = None) -> Entry:
+    """Turn an lstat result into an Entry (the kind follows the mode)."""
+    m = s.st_mode
+    if st_.S_ISREG(m):
+        return _entry(path, s, Kind.FILE)
+    if st_.S_ISDIR(m):
+        return _entry(path, s, Kind.DIR)
+    if st_.S_ISLNK(m):
+        return _entry(path, s, Kind.SYMLINK, target)
+    return _entry(path, s, Kind.SPECIAL)
+
+
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def walk(
+    root: str,
+    excluder: Excluder | None = None,
+    on_error: ErrorFunc | None = None,
+    on_temp: Callable[[str], None] | None = None,
+) -> Listing:
+    """List the tree below ``root`` (which must be a directory)."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        listing = Listing(root=_entry("", os.fstat(root_fd), Kind.DIR))
+        _walk_dir(root_fd, "", listing, excluder or Excluder(), on_error, on_temp)
+    finally:
+        os.close(root_fd)
+    return listing
+
+
+def _walk_dir(dfd: int, prefix: str, listing: Listing, excl: Excluder,
+              on_error: ErrorFunc | None, on_temp: Callable[[str], None] | None) -> None:
+    out = listing.entries
+    children: list[tuple[str, os.stat_result]] = []
+    try:
+        with os.scandir(dfd) as it:
+            for de in it:
+                name = de.name
+                if is_temp_name(name):
+                    if on_temp is not None:
+                        on_temp(prefix + name)
+                    continue
+                try:
+                    children.append((name, de.stat(follow_symlinks=False)))
+                except FileNotFoundError:
+                    continue  # vanished between readdir and stat: as if never there
+                except OSError as e:
+                    if on_error is not None:
+                        on_error(prefix + name, e)
+    except OSError as e:
+        listing.unreadable.add(prefix.rstrip("/"))
+        if on_error is not None:
+            on_error(prefix.rstrip("/") or ".", e)
+        return
+    children.sort(key=lambda c: c[0])
+    check = bool(excl)
+    S_ISDIR, S_ISREG, S_ISLNK = st_.S_ISDIR, st_.S_ISREG, st_.S_ISLNK
+    for name, s in children:
+        path = prefix + name
+        m = s.st_mode
+        is_dir = S_ISDIR(m)
+        if check and excl.excluded(path, name, is_dir):
+            continue
+        if S_ISREG(m):
+            out.append(_entry(path, s, Kind.FILE))
+        elif is_dir:
+            out.append(_entry(path, s, Kind.DIR))
+            try:
+                sub = os.open(name, _DIR_OPEN, dir_fd=dfd)
+            except FileNotFoundError:
+                out.pop()
+                continue
+            except OSError as e:
+                listing.unreadable.add(path)
+                if on_error is not None:
+                    on_error(path, e)
+                continue
+            try:
+                _walk_dir(sub, path + "/", listing, excl, on_error, on_temp)
+            finally:
+                os.close(sub)
+        elif S_ISLNK(m):
+            try:
+                target = os.readlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if on_error is not None:
+                    on_error(path, e)
+                continue
+            out.append(_entry(path, s, Kind.SYMLINK, target))
+        else:
+            out.append(_entry(path, s, Kind.SPECIAL))
