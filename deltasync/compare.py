@@ -101,8 +101,16 @@ def make_plan(src: Listing, dst: Listing, opts: CompareOptions = CompareOptions(
 
     # Phase 2: pre-order creations and updates.
     new_dirs: list[Entry] = []
+    # Fast path for the common case of a no-op pass: kind, size, mtime, mode
+    # (and owner when compared) and link target all equal.  Plain dirs are
+    # unchanged here too; their metadata is phase 3's business.
+    hi = 8 if opts.owner else 5
+    fast = not opts.checksum
     for s in src.entries:
         d = dst_map.get(s.path)
+        if fast and d is not None and s[1:hi] == d[1:hi] and s.target == d.target:
+            unchanged += 1
+            continue
         if d is not None and d.kind is not s.kind:
             d_for_action, reason = d, Reason.TYPE
             d = None

@@ -143,6 +143,8 @@ class Engine:
             self._vanished_only = False
             rep.failed(path, "read", e)
 
+        # Sequential on purpose: walking the replica in a second thread was
+        # measured 1.3x *slower* (GIL contention outweighs overlapped lstat).
         src_list = walk(self.source, self.excluder, on_error=walk_error)
         dst_list = self._scan_replica(walk_error)
         with DirFds(self.source) as src_dirs:

@@ -108,9 +108,12 @@ class Listing:
     unreadable: set[str] = field(default_factory=set)  # dirs whose contents are unknown
 
 
+_new = tuple.__new__  # skips NamedTuple's keyword handling: this runs once per entry
+
+
 def _entry(path: str, s: os.stat_result, kind: Kind, target: str | None = None) -> Entry:
-    return Entry(path, kind, s.st_size if kind is Kind.FILE else 0, s.st_mtime_ns,
-                 st_.S_IMODE(s.st_mode), s.st_uid, s.st_gid, target, s.st_ino, s.st_dev)
+    return _new(Entry, (path, kind, s.st_size if kind is Kind.FILE else 0, s.st_mtime_ns,
+                        s.st_mode & 0o7777, s.st_uid, s.st_gid, target, s.st_ino, s.st_dev))
 
 
 def stat_entry(path: str, s: os.stat_result, target: str | None = None) -> Entry:
@@ -147,40 +150,43 @@ def walk(
 def _walk_dir(dfd: int, prefix: str, listing: Listing, excl: Excluder,
               on_error: ErrorFunc | None, on_temp: Callable[[str], None] | None) -> None:
     out = listing.entries
-    children: list[tuple[str, os.stat_result]] = []
     try:
         with os.scandir(dfd) as it:
-            for de in it:
-                name = de.name
-                if is_temp_name(name):
-                    if on_temp is not None:
-                        on_temp(prefix + name)
-                    continue
-                try:
-                    children.append((name, de.stat(follow_symlinks=False)))
-                except FileNotFoundError:
-                    continue  # vanished between readdir and stat: as if never there
-                except OSError as e:
-                    if on_error is not None:
-                        on_error(prefix + name, e)
+            des = sorted(it, key=_name)
     except OSError as e:
         listing.unreadable.add(prefix.rstrip("/"))
         if on_error is not None:
             on_error(prefix.rstrip("/") or ".", e)
         return
-    children.sort(key=lambda c: c[0])
     check = bool(excl)
     S_ISDIR, S_ISREG, S_ISLNK = st_.S_ISDIR, st_.S_ISREG, st_.S_ISLNK
-    for name, s in children:
+    new, FILE, DIR = _new, Kind.FILE, Kind.DIR
+    for de in des:
+        name = de.name
         path = prefix + name
-        m = s.st_mode
-        is_dir = S_ISDIR(m)
-        if check and excl.excluded(path, name, is_dir):
+        try:
+            s = de.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # vanished between readdir and stat: as if never there
+        except OSError as e:
+            if on_error is not None:
+                on_error(path, e)
             continue
+        m = s.st_mode
         if S_ISREG(m):
-            out.append(_entry(path, s, Kind.FILE))
-        elif is_dir:
-            out.append(_entry(path, s, Kind.DIR))
+            if name.startswith(".deltasync.") and is_temp_name(name):
+                if on_temp is not None:
+                    on_temp(path)
+                continue
+            if check and excl.excluded(path, name, False):
+                continue
+            out.append(new(Entry, (path, FILE, s.st_size, s.st_mtime_ns, m & 0o7777,
+                                   s.st_uid, s.st_gid, None, s.st_ino, s.st_dev)))
+        elif S_ISDIR(m):
+            if check and excl.excluded(path, name, True):
+                continue
+            out.append(new(Entry, (path, DIR, 0, s.st_mtime_ns, m & 0o7777,
+                                   s.st_uid, s.st_gid, None, s.st_ino, s.st_dev)))
             try:
                 sub = os.open(name, _DIR_OPEN, dir_fd=dfd)
             except FileNotFoundError:
@@ -195,15 +201,26 @@ def _walk_dir(dfd: int, prefix: str, listing: Listing, excl: Excluder,
                 _walk_dir(sub, path + "/", listing, excl, on_error, on_temp)
             finally:
                 os.close(sub)
-        elif S_ISLNK(m):
-            try:
-                target = os.readlink(name, dir_fd=dfd)
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                if on_error is not None:
-                    on_error(path, e)
-                continue
-            out.append(_entry(path, s, Kind.SYMLINK, target))
         else:
-            out.append(_entry(path, s, Kind.SPECIAL))
+            if name.startswith(".deltasync.") and is_temp_name(name):
+                if on_temp is not None:
+                    on_temp(path)  # a temp symlink of an interrupted retarget
+                continue
+            if check and excl.excluded(path, name, False):
+                continue
+            if S_ISLNK(m):
+                try:
+                    target = os.readlink(name, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    if on_error is not None:
+                        on_error(path, e)
+                    continue
+                out.append(_entry(path, s, Kind.SYMLINK, target))
+            else:
+                out.append(_entry(path, s, Kind.SPECIAL))
+
+
+def _name(de: os.DirEntry[str]) -> str:
+    return de.name
