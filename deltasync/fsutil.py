@@ -29,7 +29,7 @@ def temp_name() -> str:
 
 
 def is_temp_name(name: str) -> bool:
-    return len(name) == 30 and name.startswith(TEMP_PREFIX) and TEMP_RE.match(name) is not None
+    return len(name) == 31 and name.startswith(TEMP_PREFIX) and TEMP_RE.match(name) is not None
 
 
 def split_rel(path: str) -> list[str]:
