@@ -79,21 +79,27 @@ class DirFds:
         fd = self._cache.get(dirpath)
         if fd is not None:
             return fd
-        head, _, name = dirpath.rpartition("/")
-        split_rel(dirpath)
-        parent = self.get(head)
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePathError(
-                    f"refusing to follow a symlink or non-directory in {dirpath!r}"
-                ) from e
-            raise
-        if len(self._cache) >= self._max_open:
-            self._evict()
-        self._cache[dirpath] = fd
-        return fd
+        parts = split_rel(dirpath)
+        # Find the deepest cached ancestor, then open downwards one name at a
+        # time (iteratively: trees may nest deeper than the recursion limit).
+        i = len(parts) - 1
+        while i > 0 and "/".join(parts[:i]) not in self._cache:
+            i -= 1
+        parent = self._cache["/".join(parts[:i])] if i > 0 else self.root_fd
+        for j in range(i, len(parts)):
+            try:
+                fd = os.open(parts[j], _DIR_FLAGS, dir_fd=parent)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePathError(
+                        f"refusing to follow a symlink or non-directory in {dirpath!r}"
+                    ) from e
+                raise
+            if len(self._cache) >= self._max_open:
+                self._evict(keep=parent)
+            self._cache["/".join(parts[: j + 1])] = fd
+            parent = fd
+        return parent
 
     def parent_of(self, path: str) -> tuple[int, str]:
         """(descriptor of the parent directory, final name) of a relative path."""
@@ -107,12 +113,14 @@ class DirFds:
         for key in [k for k in self._cache if k == dirpath or k.startswith(prefix)]:
             os.close(self._cache.pop(key))
 
-    def _evict(self) -> None:
+    def _evict(self, keep: int) -> None:
         # Keep the cache bounded: drop the oldest half (dicts keep insertion
-        # order), which a sorted traversal has left behind anyway.
+        # order), which a sorted traversal has left behind anyway, but never
+        # the descriptor the caller is about to use.
         keys = list(self._cache)[: max(1, len(self._cache) // 2)]
         for key in keys:
-            os.close(self._cache.pop(key))
+            if self._cache[key] != keep:
+                os.close(self._cache.pop(key))
 
 
 def open_nofollow(dirs: DirFds, path: str, flags: int = os.O_RDONLY) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import stat as st_
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .fsutil import is_temp_name
@@ -139,25 +139,54 @@ def walk(
 ) -> Listing:
     """List the tree below ``root`` (which must be a directory)."""
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    listing = Listing(root=_entry("", os.fstat(root_fd), Kind.DIR))
+    # An explicit stack instead of recursion: trees may nest thousands of
+    # levels deep (deeper than PATH_MAX as one string), past Python's
+    # recursion limit.  Each level holds one directory descriptor.
+    stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = []
     try:
-        listing = Listing(root=_entry("", os.fstat(root_fd), Kind.DIR))
-        _walk_dir(root_fd, "", listing, excluder or Excluder(), on_error, on_temp)
+        first = _read_dir(root_fd, "", listing, on_error)
+        stack.append((root_fd, "", iter(first)))
+        while stack:
+            dfd, prefix, it = stack[-1]
+            sub = _walk_some(dfd, prefix, it, listing, excluder or _NO_EXCL, on_error, on_temp)
+            if sub is None:
+                stack.pop()
+                if dfd != root_fd:
+                    os.close(dfd)
+                continue
+            sfd, spath = sub
+            des = _read_dir(sfd, spath, listing, on_error)
+            stack.append((sfd, spath + "/", iter(des)))
     finally:
+        for dfd, _, _ in stack:
+            if dfd != root_fd:
+                os.close(dfd)
         os.close(root_fd)
     return listing
 
 
-def _walk_dir(dfd: int, prefix: str, listing: Listing, excl: Excluder,
-              on_error: ErrorFunc | None, on_temp: Callable[[str], None] | None) -> None:
-    out = listing.entries
+def _read_dir(dfd: int, path: str, listing: Listing,
+              on_error: ErrorFunc | None) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(dfd) as it:
-            des = sorted(it, key=_name)
+            return sorted(it, key=_name)
     except OSError as e:
-        listing.unreadable.add(prefix.rstrip("/"))
+        listing.unreadable.add(path)
         if on_error is not None:
-            on_error(prefix.rstrip("/") or ".", e)
-        return
+            on_error(path or ".", e)
+        return []
+
+
+def _walk_some(dfd: int, prefix: str, des: Iterator[os.DirEntry[str]], listing: Listing,
+               excl: Excluder, on_error: ErrorFunc | None,
+               on_temp: Callable[[str], None] | None) -> tuple[int, str] | None:
+    """List entries of one directory until a subdirectory to descend is found.
+
+    Returns (descriptor, path) of that subdirectory, or None when the
+    directory is exhausted.
+    """
+    out = listing.entries
     check = bool(excl)
     S_ISDIR, S_ISREG, S_ISLNK = st_.S_ISDIR, st_.S_ISREG, st_.S_ISLNK
     new, FILE, DIR = _new, Kind.FILE, Kind.DIR
@@ -197,10 +226,7 @@ def _walk_dir(dfd: int, prefix: str, listing: Listing, excl: Excluder,
                 if on_error is not None:
                     on_error(path, e)
                 continue
-            try:
-                _walk_dir(sub, path + "/", listing, excl, on_error, on_temp)
-            finally:
-                os.close(sub)
+            return sub, path
         else:
             if name.startswith(".deltasync.") and is_temp_name(name):
                 if on_temp is not None:
@@ -220,7 +246,11 @@ def _walk_dir(dfd: int, prefix: str, listing: Listing, excl: Excluder,
                 out.append(_entry(path, s, Kind.SYMLINK, target))
             else:
                 out.append(_entry(path, s, Kind.SPECIAL))
+    return None
 
 
 def _name(de: os.DirEntry[str]) -> str:
     return de.name
+
+
+_NO_EXCL = Excluder()
