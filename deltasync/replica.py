@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -69,17 +68,21 @@ class Replica(Protocol):
 COPY_CHUNK = 1 << 20
 
 
-def copy_fd(src_fd: int, dst_fd: int) -> int:
+def copy_fd(src_fd: int, dst_fd: int, size: int = -1) -> int:
     """Copy all of ``src_fd`` to ``dst_fd`` in the kernel when it can.
 
     ``os.copy_file_range`` first (in-kernel, reflinks on btrfs/XFS), then
     ``os.sendfile``, then a read/write loop for file systems that refuse both.
+    With ``size`` known, stop there instead of paying one more call to see
+    EOF; a file that grew meanwhile is caught by ``check_unchanged``.
     """
     total = 0
+    if size == 0:
+        return 0
     use_cfr = hasattr(os, "copy_file_range")
     while use_cfr:
         try:
-            n = os.copy_file_range(src_fd, dst_fd, 1 << 30)
+            n = os.copy_file_range(src_fd, dst_fd, (size - total) if size > 0 else 1 << 30)
         except OSError as e:
             if e.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL,
                            errno.EBADF, errno.EPERM):
@@ -89,6 +92,8 @@ def copy_fd(src_fd: int, dst_fd: int) -> int:
         if n == 0:
             return total
         total += n
+        if total == size:
+            return total
     while True:
         try:
             n = os.sendfile(dst_fd, src_fd, None, 1 << 30)
@@ -204,7 +209,8 @@ class LocalReplica:
                 os.close(fd)
             if src is not None:
                 src.check_unchanged()
-            self._make_room(d, name)
+            # os.replace itself refuses to put a file over a directory
+            # (EISDIR), which only a concurrent change can cause here.
             os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
         except BaseException:
             try:
@@ -215,18 +221,8 @@ class LocalReplica:
         self._fsync_dir(d)
         return written
 
-    def _make_room(self, d: int, name: str) -> None:
-        # os.replace cannot put a file over a directory; the plan removes a
-        # directory before a file takes its name, so one here is a race.
-        try:
-            st = os.stat(name, dir_fd=d, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "a directory is in the way", name)
-
     def write_file(self, path: str, src: SourceFile) -> int:
-        return self._install(path, src.entry, lambda fd, d: copy_fd(src.fileno(), fd), src)
+        return self._install(path, src.entry, lambda fd, d: copy_fd(src.fileno(), fd, src.entry.size), src)
 
     def write_delta(self, path: str, src: SourceFile, ops: Iterable[object],
                     block_size: int) -> int:
@@ -255,7 +251,6 @@ class LocalReplica:
         os.symlink(entry.target, tmp, dir_fd=d)
         try:
             self._link_meta(d, tmp, entry)
-            self._make_room(d, name)
             os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
         except BaseException:
             try:
