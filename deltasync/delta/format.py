@@ -1,0 +1,317 @@
+"""Binary signature and delta files (format version 1; see docs/FORMAT.md).
+
+Both formats are little-endian, start with an 8-byte magic and a version, and
+end with a 32-byte blake3 checksum of every byte before it, so truncation and
+byte flips are detected.  Readers check every length and count against a
+documented bound before allocating anything, raise ``FormatError`` (and only
+that, apart from ``OSError`` from the stream itself) on bad input, and use
+memory bounded by the largest record (1 MiB literal) or by ``max_blocks`` for
+signatures.
+
+Signature::
+
+    magic "DSYNCSIG" | version u16 = 1 | strong_len u8 | flags u8 = 0
+    | block_size u32 | basis_size u64 | block_count u64
+    | block_count * (weak u32 | strong[strong_len]) | check[32]
+
+Delta::
+
+    magic "DSYNCDLT" | version u16 = 1 | flags u16 = 0 | block_size u32
+    | records... | 'E' size u64 digest[32] | check[32]
+    records: 'C' block u64 count u64  |  'L' length u32 data[length]
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO, Iterable, Iterator
+
+import numpy as np
+from blake3 import blake3
+
+from ..errors import FormatError
+from .ops import DIGEST_LEN, Copy, DeltaStats, End, Literal, Op
+from .signature import (
+    MAX_BLOCK_SIZE,
+    MAX_STRONG_LEN,
+    MIN_BLOCK_SIZE,
+    MIN_STRONG_LEN,
+    Signature,
+    read_full,
+)
+
+__all__ = [
+    "SIG_MAGIC",
+    "DELTA_MAGIC",
+    "FORMAT_VERSION",
+    "MAX_LITERAL_RECORD",
+    "MAX_FILE_SIZE",
+    "DEFAULT_MAX_BLOCKS",
+    "write_signature",
+    "read_signature",
+    "write_delta",
+    "read_delta",
+]
+
+SIG_MAGIC = b"DSYNCSIG"
+DELTA_MAGIC = b"DSYNCDLT"
+FORMAT_VERSION = 1
+CHECK_LEN = 32
+MAX_LITERAL_RECORD = 1 << 20  # largest literal record a reader accepts
+MAX_FILE_SIZE = (1 << 63) - 1  # sizes, offsets and block indexes must stay below
+DEFAULT_MAX_BLOCKS = 1 << 24  # refuse larger signatures unless asked (~20 B/block on disk)
+
+_SIG_HEAD = struct.Struct("<8sHBBIQQ")  # 32 bytes
+_DELTA_HEAD = struct.Struct("<8sHHI")  # 16 bytes
+_U32 = struct.Struct("<I")
+_COPY = struct.Struct("<BQQ")
+_LIT = struct.Struct("<BI")
+_END = struct.Struct("<BQ")
+TAG_COPY, TAG_LITERAL, TAG_END = 0x43, 0x4C, 0x45  # 'C', 'L', 'E'
+_FLUSH = 1 << 16
+
+
+# ---------------------------------------------------------------- signature
+
+
+def write_signature(sig: Signature, out: BinaryIO) -> None:
+    """Write ``sig`` in signature format version 1."""
+    h = blake3()
+    head = _SIG_HEAD.pack(
+        SIG_MAGIC, FORMAT_VERSION, sig.strong_len, 0, sig.block_size, sig.basis_size, sig.block_count
+    )
+    h.update(head)
+    out.write(head)
+    step = 1 << 16
+    weak = sig.weak.astype("<u4")
+    for i in range(0, sig.block_count, step):
+        wb = weak[i : i + step].tobytes()
+        parts = []
+        for j, s in enumerate(sig.strong[i : i + step]):
+            parts.append(wb[4 * j : 4 * j + 4])
+            parts.append(s)
+        body = b"".join(parts)
+        h.update(body)
+        out.write(body)
+    out.write(h.digest())
+
+
+def _sig_kind(head: bytes) -> str:
+    if not head:
+        return "signature is empty"
+    if len(head) < 8 and SIG_MAGIC.startswith(head):
+        return "signature is truncated (incomplete header)"
+    if head[:8] == DELTA_MAGIC:
+        return "this is a deltasync delta, not a signature"
+    if head[:3] in (b"rs\x01", b"rs\x02"):
+        return "this looks like an rdiff (librsync) file, not a deltasync signature"
+    return "not a deltasync signature (bad magic number)"
+
+
+def read_signature(
+    inp: BinaryIO, max_blocks: int | None = None, expect_eof: bool = True
+) -> Signature:
+    """Read a signature; ``FormatError`` on anything malformed.
+
+    ``max_blocks`` (default ``DEFAULT_MAX_BLOCKS``) bounds memory.  With
+    ``expect_eof`` the stream must end right after the checksum.
+    """
+    limit = DEFAULT_MAX_BLOCKS if max_blocks is None else max_blocks
+    head = read_full(inp, _SIG_HEAD.size)
+    if head[:8] != SIG_MAGIC:
+        raise FormatError(_sig_kind(head))
+    if len(head) < _SIG_HEAD.size:
+        raise FormatError("signature is truncated (incomplete header)")
+    _, version, slen, flags, L, size, count = _SIG_HEAD.unpack(head)
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"unsupported signature format version {version} (this deltasync reads version {FORMAT_VERSION})"
+        )
+    if flags != 0:
+        raise FormatError(f"signature has unknown flags {flags:#x}")
+    if not MIN_STRONG_LEN <= slen <= MAX_STRONG_LEN:
+        raise FormatError(f"signature has an invalid strong sum length {slen}")
+    if not MIN_BLOCK_SIZE <= L <= MAX_BLOCK_SIZE:
+        raise FormatError(f"signature has an invalid block size {L}")
+    if size > MAX_FILE_SIZE:
+        raise FormatError(f"signature has an absurd basis size {size}")
+    if count != -(-size // L):
+        raise FormatError(f"signature block count {count} does not match {size} bytes in blocks of {L}")
+    if count > limit:
+        raise FormatError(f"signature has {count} blocks, more than the limit of {limit}")
+    h = blake3()
+    h.update(head)
+    rec = 4 + slen
+    weaks: list[np.ndarray] = []
+    strongs: list[bytes] = []
+    step = 1 << 16
+    for i in range(0, count, step):
+        n = min(step, count - i)
+        body = read_full(inp, n * rec)
+        if len(body) != n * rec:
+            raise FormatError("signature is truncated (incomplete block list)")
+        h.update(body)
+        arr = np.frombuffer(body, dtype=np.uint8).reshape(n, rec)
+        weaks.append(np.ascontiguousarray(arr[:, :4]).view("<u4").reshape(n).astype(np.uint32))
+        strongs.extend([body[j + 4 : j + rec] for j in range(0, n * rec, rec)])
+    check = read_full(inp, CHECK_LEN)
+    if len(check) != CHECK_LEN:
+        raise FormatError("signature is truncated (missing checksum)")
+    if check != h.digest():
+        raise FormatError("signature checksum mismatch: the file is corrupted")
+    if expect_eof and read_full(inp, 1):
+        raise FormatError("signature has trailing data after its checksum")
+    weak = np.concatenate(weaks) if weaks else np.zeros(0, dtype=np.uint32)
+    try:
+        return Signature(L, slen, size, weak, tuple(strongs))
+    except ValueError as e:  # pragma: no cover - the checks above imply validity
+        raise FormatError(f"invalid signature: {e}") from e
+
+
+# -------------------------------------------------------------------- delta
+
+
+def write_delta(ops: Iterable[Op], out: BinaryIO, block_size: int) -> DeltaStats:
+    """Stream ``ops`` (ending with ``End``) to ``out`` in delta format version 1.
+
+    Literals longer than ``MAX_LITERAL_RECORD`` are split; empty ones dropped.
+    Returns stats of what was written (``delta_bytes`` is the encoded size).
+    Raises ValueError for ops that cannot be encoded or a missing ``End``.
+    """
+    if not isinstance(block_size, int) or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise ValueError(f"invalid block size {block_size!r}")
+    st = DeltaStats(block_size=block_size)
+    h = blake3()
+    parts: list[bytes] = []
+    pending = 0
+    total = 0
+
+    def flush() -> None:
+        nonlocal pending, total
+        if parts:
+            data = b"".join(parts)
+            h.update(data)
+            out.write(data)
+            total += len(data)
+            parts.clear()
+            pending = 0
+
+    parts.append(_DELTA_HEAD.pack(DELTA_MAGIC, FORMAT_VERSION, 0, block_size))
+    pending = _DELTA_HEAD.size
+    it = iter(ops)
+    for op in it:
+        if type(op) is Copy:
+            if not (0 <= op.block and 1 <= op.count and op.block + op.count <= MAX_FILE_SIZE):
+                raise ValueError(f"cannot encode {op!r}")
+            parts.append(_COPY.pack(TAG_COPY, op.block, op.count))
+            pending += _COPY.size
+            st.copy_ops += 1
+        elif type(op) is Literal:
+            data = op.data
+            for a in range(0, len(data), MAX_LITERAL_RECORD):
+                piece = data[a : a + MAX_LITERAL_RECORD]
+                parts.append(_LIT.pack(TAG_LITERAL, len(piece)))
+                parts.append(piece)
+                pending += _LIT.size + len(piece)
+                st.literal_ops += 1
+                if pending >= _FLUSH:
+                    flush()
+            st.literal_bytes += len(data)
+        elif type(op) is End:
+            if not (0 <= op.size <= MAX_FILE_SIZE) or len(op.digest) != DIGEST_LEN:
+                raise ValueError(f"cannot encode {op!r}")
+            parts.append(_END.pack(TAG_END, op.size))
+            parts.append(bytes(op.digest))
+            flush()
+            check = h.digest()
+            out.write(check)
+            total += len(check)
+            st.new_size = st.bytes_processed = op.size
+            st.matched_bytes = op.size - st.literal_bytes
+            st.delta_bytes = total
+            for extra in it:
+                raise ValueError(f"operation {extra!r} after End")
+            return st
+        else:
+            raise ValueError(f"unknown delta operation {op!r}")
+        if pending >= _FLUSH:
+            flush()
+    raise ValueError("delta operations ended without End")
+
+
+def read_delta(inp: BinaryIO, expect_eof: bool = True) -> tuple[int, Iterator[Op]]:
+    """Read a delta header now; return ``(block_size, ops)``.
+
+    The ops iterator parses records lazily and raises ``FormatError`` on a
+    malformed record, a truncation, or a checksum mismatch; the checksum is
+    verified before ``End`` is produced.  With ``expect_eof`` nothing may follow
+    the checksum.
+    """
+    head = read_full(inp, _DELTA_HEAD.size)
+    if head[:8] != DELTA_MAGIC:
+        if not head:
+            raise FormatError("delta is empty")
+        if len(head) < 8 and DELTA_MAGIC.startswith(head):
+            raise FormatError("delta is truncated (incomplete header)")
+        if head[:8] == SIG_MAGIC:
+            raise FormatError("this is a deltasync signature, not a delta")
+        if head[:3] in (b"rs\x01", b"rs\x02"):
+            raise FormatError("this looks like an rdiff (librsync) file, not a deltasync delta")
+        raise FormatError("not a deltasync delta (bad magic number)")
+    if len(head) < _DELTA_HEAD.size:
+        raise FormatError("delta is truncated (incomplete header)")
+    _, version, flags, L = _DELTA_HEAD.unpack(head)
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"unsupported delta format version {version} (this deltasync reads version {FORMAT_VERSION})"
+        )
+    if flags != 0:
+        raise FormatError(f"delta has unknown flags {flags:#x}")
+    if not MIN_BLOCK_SIZE <= L <= MAX_BLOCK_SIZE:
+        raise FormatError(f"delta has an invalid block size {L}")
+    return L, _delta_records(inp, head, expect_eof)
+
+
+def _delta_records(inp: BinaryIO, head: bytes, expect_eof: bool) -> Iterator[Op]:
+    h = blake3()
+    h.update(head)
+
+    def need(n: int, what: str) -> bytes:
+        data = read_full(inp, n)
+        if len(data) != n:
+            raise FormatError(f"delta is truncated (in {what})")
+        h.update(data)
+        return data
+
+    while True:
+        tag = read_full(inp, 1)
+        if not tag:
+            raise FormatError("delta is truncated (no end record)")
+        h.update(tag)
+        t = tag[0]
+        if t == TAG_COPY:
+            blk, cnt = struct.unpack("<QQ", need(16, "a copy record"))
+            if cnt == 0 or blk + cnt > MAX_FILE_SIZE:
+                raise FormatError(f"delta has an invalid copy record ({cnt} blocks at {blk})")
+            yield Copy(blk, cnt)
+        elif t == TAG_LITERAL:
+            (n,) = _U32.unpack(need(4, "a literal record"))
+            if not 1 <= n <= MAX_LITERAL_RECORD:
+                raise FormatError(f"delta has an invalid literal length {n}")
+            yield Literal(need(n, "literal data"))
+        elif t == TAG_END:
+            (size,) = struct.unpack("<Q", need(8, "the end record"))
+            digest = need(DIGEST_LEN, "the end record")
+            check = read_full(inp, CHECK_LEN)
+            if len(check) != CHECK_LEN:
+                raise FormatError("delta is truncated (missing checksum)")
+            if check != h.digest():
+                raise FormatError("delta checksum mismatch: the file is corrupted")
+            if size > MAX_FILE_SIZE:
+                raise FormatError(f"delta has an absurd file size {size}")
+            if expect_eof and read_full(inp, 1):
+                raise FormatError("delta has trailing data after its checksum")
+            yield End(size, digest)
+            return
+        else:
+            raise FormatError(f"delta has an unknown record type {t:#04x}")

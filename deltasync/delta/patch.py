@@ -1,0 +1,122 @@
+"""Patching: rebuild the new file from the basis and a stream of delta ops.
+
+``Copy(block, count)`` reads basis bytes ``[block*L, min((block+count)*L,
+basis_size))`` with seek + read, in bounded chunks; ``Literal`` bytes are
+written as they are.  Everything written is hashed with blake3 on the way out,
+and the ``End`` op's size and digest must agree, so a wrong basis (changed
+since its signature was taken), a delta made against another signature, or a
+corrupted delta never passes as a good result.  The caller decides what
+happens to the partial output (``patch_file`` writes to a temp file and removes
+it on error).
+
+Errors are ``PatchError``: a Copy outside the basis, a basis that shrinks while
+being read, ops after ``End``, ops that end without ``End``, or a size or
+digest mismatch.  Memory is one read buffer of ``COPY_CHUNK`` bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Iterable
+
+from blake3 import blake3
+
+from ..errors import PatchError
+from .ops import DIGEST_LEN, Copy, End, Literal, PatchStats
+from .signature import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+
+__all__ = ["apply_delta"]
+
+COPY_CHUNK = 1 << 22
+
+
+def apply_delta(
+    basis: BinaryIO,
+    ops: Iterable[object],
+    out: BinaryIO,
+    block_size: int,
+    stats: PatchStats | None = None,
+) -> int:
+    """Write the new file to ``out``; return the number of bytes written.
+
+    ``basis`` must be seekable.  Raises ``PatchError`` if the ops do not
+    describe a valid rebuild of a file from this basis (see module doc).
+    Errors raised by the ``ops`` iterator itself (``FormatError`` from
+    ``read_delta``) propagate unchanged.
+    """
+    if not isinstance(block_size, int) or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise PatchError(f"invalid block size {block_size!r}")
+    L = block_size
+    try:
+        basis_size = basis.seek(0, os.SEEK_END)
+    except (OSError, ValueError) as e:
+        raise PatchError(f"basis is not seekable: {e}") from e
+    nblocks = -(-basis_size // L)
+    st = stats if stats is not None else PatchStats()
+    st.block_size = L
+    st.block_count = nblocks
+    hasher = blake3(max_threads=blake3.AUTO)
+    buf = bytearray(min(COPY_CHUNK, max(1 << 16, basis_size)))
+    bmv = memoryview(buf)
+    written = 0
+    it = iter(ops)
+    for op in it:
+        if type(op) is Copy:
+            blk, cnt = op.block, op.count
+            if not (isinstance(blk, int) and isinstance(cnt, int)) or blk < 0 or cnt < 1:
+                raise PatchError(f"invalid copy of {cnt!r} blocks at block {blk!r}")
+            if blk + cnt > nblocks:
+                raise PatchError(
+                    f"copy of blocks {blk}..{blk + cnt - 1} is past the end of the basis "
+                    f"({nblocks} blocks of {L} bytes)"
+                )
+            pos = blk * L
+            stop = min((blk + cnt) * L, basis_size)
+            basis.seek(pos)
+            while pos < stop:
+                want = min(len(buf), stop - pos)
+                got = _read_into(basis, bmv[:want])
+                if got <= 0:
+                    raise PatchError("basis file ended early (did it change while patching?)")
+                chunk = bmv[:got]
+                hasher.update(chunk)
+                out.write(chunk)
+                pos += got
+                written += got
+                st.matched_bytes += got
+            st.copy_ops += 1
+        elif type(op) is Literal:
+            data = op.data
+            hasher.update(data)
+            out.write(data)
+            written += len(data)
+            st.literal_bytes += len(data)
+            st.literal_ops += 1
+        elif type(op) is End:
+            if op.size != written:
+                raise PatchError(
+                    f"result is {written} bytes but the delta says {op.size}: wrong basis or delta"
+                )
+            if not isinstance(op.digest, bytes) or len(op.digest) != DIGEST_LEN:
+                raise PatchError("invalid digest in the delta")
+            if hasher.digest() != op.digest:
+                raise PatchError(
+                    "result does not match the delta's checksum: the basis differs from the "
+                    "file the signature was made from, or the delta is corrupt"
+                )
+            for _extra in it:
+                raise PatchError("delta has operations after its end record")
+            st.bytes_processed = written
+            return written
+        else:
+            raise PatchError(f"unknown delta operation {op!r}")
+    raise PatchError("delta ended without an end record (truncated?)")
+
+
+def _read_into(f: BinaryIO, dest: memoryview) -> int:
+    readinto = getattr(f, "readinto", None)
+    if readinto is not None:
+        return readinto(dest) or 0
+    data = f.read(len(dest))
+    dest[: len(data)] = data
+    return len(data)

@@ -1,0 +1,265 @@
+"""Signatures: per-block weak and strong sums of a basis file.
+
+The basis is cut into blocks of ``block_size`` bytes; only the last block may
+be shorter.  For each block the signature keeps the 32-bit rolling weak sum
+(see ``rolling``) and a strong sum: the blake3 hash of the block truncated to
+``strong_len`` bytes (``blake3(block).digest(strong_len)``, a prefix of the
+full digest).
+
+False matches.  The matcher only trusts a block after its strong sum agrees
+(it never copies on a weak match alone).  For random data a wrong block agrees
+with probability ``2**-(8*strong_len)`` per comparison, and there is at most one
+comparison per byte offset of the new file that survives the weak filter, so
+for a new file of ``N`` bytes ``P(any false match) <= N * 2**-(8*strong_len)``:
+with the default 16 bytes and N = 2**40 (1 TiB) that is below ``2**-88``.  Even
+then the result would not be silently wrong: the delta carries the new file's
+full 256-bit blake3 digest and ``apply_delta`` refuses a result that differs.
+
+Default block size: about ``sqrt(size)`` rounded to the nearest power of two
+(rsync's rule; librsync also picks 32 KiB for 1 GiB), clamped to
+``[DEFAULT_MIN_BLOCK_SIZE, DEFAULT_MAX_BLOCK_SIZE]`` = [1 KiB, 1 MiB].  The
+signature of a 100 GiB file then has 400 K blocks (about 8 MB at the default
+strong length).  Per-block Python overhead (a few microseconds) is what makes
+very small blocks slow; very large blocks make every edit cost a large literal.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from dataclasses import dataclass
+from functools import cached_property
+from typing import BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+from blake3 import blake3
+
+from .rolling import HASH_MUL, block_weak_sums
+
+__all__ = [
+    "DEFAULT_STRONG_LEN",
+    "MIN_STRONG_LEN",
+    "MAX_STRONG_LEN",
+    "MIN_BLOCK_SIZE",
+    "MAX_BLOCK_SIZE",
+    "DEFAULT_MIN_BLOCK_SIZE",
+    "DEFAULT_MAX_BLOCK_SIZE",
+    "UNKNOWN_SIZE_BLOCK_SIZE",
+    "Signature",
+    "default_block_size",
+    "make_signature",
+    "hash_file",
+    "strong_sum",
+    "check_params",
+]
+
+DEFAULT_STRONG_LEN = 16
+MIN_STRONG_LEN = 4  # shorter sums would make false block matches likely
+MAX_STRONG_LEN = 32  # a full blake3 digest
+MIN_BLOCK_SIZE = 1
+MAX_BLOCK_SIZE = 1 << 24  # 16 MiB: bounds the matcher's window memory
+DEFAULT_MIN_BLOCK_SIZE = 1 << 10
+DEFAULT_MAX_BLOCK_SIZE = 1 << 20
+# Block size when the basis size cannot be known (a pipe) and none was given.
+UNKNOWN_SIZE_BLOCK_SIZE = 1 << 13
+
+READ_CHUNK = 1 << 22  # bytes read per call when streaming a file
+
+
+def default_block_size(file_size: int) -> int:
+    """About sqrt(file_size), rounded to a power of two, clamped to [1 KiB, 1 MiB]."""
+    if file_size <= 1:
+        return DEFAULT_MIN_BLOCK_SIZE
+    exp = round(math.log2(file_size) / 2)
+    return max(DEFAULT_MIN_BLOCK_SIZE, min(DEFAULT_MAX_BLOCK_SIZE, 1 << exp))
+
+
+def check_params(block_size: int, strong_len: int) -> None:
+    """Raise ValueError unless block_size and strong_len are within bounds."""
+    if not isinstance(block_size, int) or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise ValueError(
+            f"block size must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}, got {block_size!r}"
+        )
+    if not isinstance(strong_len, int) or not MIN_STRONG_LEN <= strong_len <= MAX_STRONG_LEN:
+        raise ValueError(
+            f"strong sum length must be between {MIN_STRONG_LEN} and {MAX_STRONG_LEN}, got {strong_len!r}"
+        )
+
+
+def block_count(basis_size: int, block_size: int) -> int:
+    return -(-basis_size // block_size)
+
+
+def strong_sum(data: bytes | bytearray | memoryview, strong_len: int) -> bytes:
+    """The strong sum of one block: blake3 truncated to ``strong_len`` bytes."""
+    return blake3(data).digest(strong_len)
+
+
+@dataclass(frozen=True, eq=False)
+class Signature:
+    """Weak and strong sums of every block of a basis file.
+
+    Invariants (checked on construction): ``len(weak) == len(strong) ==
+    ceil(basis_size / block_size)``; every strong sum has ``strong_len`` bytes.
+    Lookup structures for the matcher are built lazily and cached.
+    """
+
+    block_size: int
+    strong_len: int
+    basis_size: int
+    weak: npt.NDArray[np.uint32]
+    strong: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        check_params(self.block_size, self.strong_len)
+        if self.basis_size < 0:
+            raise ValueError("negative basis size")
+        n = block_count(self.basis_size, self.block_size)
+        if len(self.weak) != n or len(self.strong) != n:
+            raise ValueError(f"signature of {self.basis_size} bytes needs {n} blocks")
+        if any(len(s) != self.strong_len for s in self.strong):
+            raise ValueError("strong sum of the wrong length")
+        w = np.ascontiguousarray(self.weak, dtype=np.uint32)
+        w.flags.writeable = False
+        object.__setattr__(self, "weak", w)
+
+    @property
+    def block_count(self) -> int:
+        return len(self.strong)
+
+    @property
+    def full_blocks(self) -> int:
+        """Blocks of exactly ``block_size`` bytes (all but a short last one)."""
+        return self.basis_size // self.block_size
+
+    @property
+    def tail_size(self) -> int:
+        """Length of the short last block, 0 if there is none."""
+        return self.basis_size % self.block_size
+
+    @cached_property
+    def strong_index(self) -> dict[bytes, int]:
+        """Strong sum -> index of the first full block with that sum."""
+        index: dict[bytes, int] = {}
+        for i in range(self.full_blocks - 1, -1, -1):
+            index[self.strong[i]] = i
+        return index
+
+    @cached_property
+    def weak_filter(self) -> tuple[npt.NDArray[np.bool_], int, npt.NDArray[np.uint32]]:
+        """(table, shift, sorted weak sums of full blocks) for the candidate filter.
+
+        ``table[(w * HASH_MUL mod 2**32) >> shift]`` is True for every weak sum
+        ``w`` of a full block; a hit is then confirmed against the sorted array.
+        The table has about 32x more slots than blocks (at most 2**24), so
+        about 1 offset in 32 or fewer survives the table on unrelated data.
+        """
+        full = np.unique(self.weak[: self.full_blocks])
+        bits = max(10, min(24, int(len(full)).bit_length() + 5))
+        shift = 32 - bits
+        table = np.zeros(1 << bits, dtype=np.bool_)
+        table[(full * HASH_MUL) >> np.uint32(shift)] = True
+        return table, shift, full
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Signature):
+            return NotImplemented
+        return (
+            self.block_size == other.block_size
+            and self.strong_len == other.strong_len
+            and self.basis_size == other.basis_size
+            and np.array_equal(self.weak, other.weak)
+            and self.strong == other.strong
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def read_full(f: BinaryIO, n: int) -> bytes:
+    """Read up to ``n`` bytes, looping over short reads; fewer only at EOF."""
+    data = f.read(n)
+    if data is None:
+        data = b""
+    if len(data) == n or not data:
+        return bytes(data)
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = f.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def stream_size(f: BinaryIO) -> int | None:
+    """Bytes left in ``f`` if it is a regular file (or seekable buffer), else None."""
+    try:
+        st = os.fstat(f.fileno())
+        if stat.S_ISREG(st.st_mode):
+            return max(0, st.st_size - f.tell())
+        return None
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        if f.seekable():
+            pos = f.tell()
+            end = f.seek(0, os.SEEK_END)
+            f.seek(pos)
+            return max(0, end - pos)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
+
+
+def make_signature(
+    f: BinaryIO,
+    block_size: int | None = None,
+    strong_len: int = DEFAULT_STRONG_LEN,
+    size: int | None = None,
+) -> Signature:
+    """Signature of everything readable from ``f``, streamed in bounded chunks.
+
+    ``block_size=None`` picks ``default_block_size(size)``, where ``size`` is
+    the given size hint or else the size of ``f`` if it is a regular file;
+    for a stream of unknown size ``UNKNOWN_SIZE_BLOCK_SIZE`` is used.
+    Raises ValueError for out-of-range parameters.
+    """
+    if block_size is None:
+        if size is None:
+            size = stream_size(f)
+        block_size = UNKNOWN_SIZE_BLOCK_SIZE if size is None else default_block_size(size)
+    check_params(block_size, strong_len)
+    L = block_size
+    chunk = max(L, (READ_CHUNK // L) * L)
+    weaks: list[npt.NDArray[np.uint32]] = []
+    strongs: list[bytes] = []
+    total = 0
+    while True:
+        data = read_full(f, chunk)
+        if not data:
+            break
+        total += len(data)
+        weaks.append(block_weak_sums(data, L))
+        mv = memoryview(data)
+        strongs.extend([blake3(mv[i : i + L]).digest(strong_len) for i in range(0, len(data), L)])
+        if len(data) < chunk:
+            break
+    weak = np.concatenate(weaks) if weaks else np.zeros(0, dtype=np.uint32)
+    return Signature(L, strong_len, total, weak, tuple(strongs))
+
+
+def hash_file(f: BinaryIO, chunk: int = READ_CHUNK) -> bytes:
+    """blake3 digest (32 bytes) of everything readable from ``f``, streamed."""
+    h = blake3(max_threads=blake3.AUTO)
+    while True:
+        data = read_full(f, chunk)
+        if not data:
+            break
+        h.update(data)
+        if len(data) < chunk:
+            break
+    return h.digest()
