@@ -1,0 +1,138 @@
+"""The three outputs of a run: a table on stdout, a JSON file with every raw figure, a PNG chart.
+
+Ratio = tool's median time / deltasync's median time in the same group, so a
+ratio above 1 means deltasync was faster than that peer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .measure import Row
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, k in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} B"
+
+
+def reference(rows: list[Row], row: Row) -> Row | None:
+    """The deltasync row of ``row``'s group, if it ran."""
+    for r in rows:
+        if r.group == row.group and r.tool == "deltasync" and r.median:
+            return r
+    return None
+
+
+def ratio(rows: list[Row], row: Row) -> float | None:
+    ref = reference(rows, row)
+    if ref is None or row.median is None or ref.median is None:
+        return None
+    return row.median / ref.median
+
+
+def table(rows: list[Row]) -> str:
+    head = ("scenario", "tool", "median s", "min–max s", "ratio", "sent/delta", "peak RSS")
+    lines: list[tuple[str, ...]] = []
+    last = None
+    for r in rows:
+        group = r.group if r.group != last else ""
+        last = r.group
+        if r.missing or r.median is None:
+            lines.append((group, r.tool, r.missing or "no runs", "", "", "", ""))
+            continue
+        rt = ratio(rows, r)
+        lines.append((
+            group, r.tool, f"{r.median:.3f}", f"{min(r.walls):.3f}–{max(r.walls):.3f}",
+            "-" if rt is None else f"{rt:.2f}",
+            human_bytes(r.nbytes), f"{(r.maxrss_kib or 0) / 1024:.0f} MiB"))
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
+    right = {2, 3, 4, 5, 6}
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        if cells[2].startswith("missing") or cells[2] == "no runs":
+            return (f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}  {cells[2]}").rstrip()
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(head), sep, *(fmt(x) for x in lines)])
+
+
+def markdown(rows: list[Row]) -> str:
+    out = ["| scenario | tool | median s | min–max s | ratio | sent / delta | peak RSS |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    last = None
+    for r in rows:
+        g = r.group if r.group != last else ""
+        last = r.group
+        if r.missing or r.median is None:
+            out.append(f"| {g} | {r.tool} | {r.missing or 'no runs'} | | | | |")
+            continue
+        rt = ratio(rows, r)
+        out.append(f"| {g} | {r.tool} | {r.median:.3f} | {min(r.walls):.3f}–{max(r.walls):.3f} | "
+                   f"{'-' if rt is None else f'{rt:.2f}'} | {human_bytes(r.nbytes)} | "
+                   f"{(r.maxrss_kib or 0) / 1024:.0f} MiB |")
+    return "\n".join(out)
+
+
+def as_json(rows: list[Row], meta: dict[str, Any]) -> dict[str, Any]:
+    recs = []
+    for r in rows:
+        rt = ratio(rows, r)
+        recs.append({
+            "scenario": r.scenario, "step": r.step, "group": r.group, "tool": r.tool,
+            "status": "missing" if r.missing else "ok", "missing": r.missing,
+            "bytes_label": r.bytes_label, "note": r.note,
+            "median_s": r.median, "min_s": min(r.walls) if r.samples else None,
+            "max_s": max(r.walls) if r.samples else None,
+            "ratio_to_deltasync": rt, "nbytes": r.nbytes, "peak_rss_kib": r.maxrss_kib,
+            "warmup": r.warmup.as_dict() if r.warmup else None,
+            "runs": [s.as_dict() for s in r.samples],
+        })
+    return {**meta, "rows": recs}
+
+
+def write_json(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+    path.write_text(json.dumps(as_json(rows, meta), indent=1) + "\n", encoding="utf-8")
+
+
+def chart(path: Path, rows: list[Row], title: str) -> bool:
+    """Horizontal bars of peer/deltasync median time per group; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels, values = [], []
+    for r in rows:
+        if r.tool == "deltasync" or r.missing:
+            continue
+        rt = ratio(rows, r)
+        if rt is not None:
+            labels.append(f"{r.group} — {r.tool}")
+            values.append(rt)
+    fig, ax = plt.subplots(figsize=(10, 0.32 * max(len(labels), 4) + 1.5))
+    y = list(range(len(labels)))[::-1]
+    colors = ["#2a9d8f" if v >= 1 else "#e76f51" for v in values]
+    ax.barh(y, values, color=colors)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=8)
+    for yi, v in zip(y, values):
+        ax.text(v, yi, f" {v:.2f}", va="center", fontsize=7)
+    ax.set_xlabel("peer time / deltasync time (median; > 1: deltasync faster)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

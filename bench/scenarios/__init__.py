@@ -1,0 +1,25 @@
+"""The scenarios, in the order they run, and the shared data sets each one needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..context import Context
+from ..measure import Row
+from . import bigdelta, realtree, trees
+
+Scenario = Callable[[Context], list[Row]]
+
+# name -> (function, data sets it uses); order = run order (data sets are made
+# once and dropped as soon as no later scenario needs them).
+SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
+    "tree-initial": (trees.tree_initial, frozenset({"tree"})),
+    "tree-noop": (trees.tree_noop, frozenset({"tree"})),
+    "tree-churn": (trees.tree_churn, frozenset({"tree"})),
+    "big-delta": (bigdelta.big_delta, frozenset({"big"})),
+    "limits": (bigdelta.limits, frozenset({"big"})),
+    "big-delta-pyrsync2": (bigdelta.big_delta_pyrsync2, frozenset({"slice"})),
+    "real-tree": (realtree.real_tree, frozenset()),
+}
+
+__all__ = ["SCENARIOS", "Scenario"]
