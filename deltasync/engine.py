@@ -19,7 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .compare import CompareOptions, make_plan
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_VANISHED, DeltaSyncError
+from .errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_VANISHED,
+    DeltaSyncError,
+    ProtocolError,
+)
 from .fsutil import DirFds, open_nofollow
 from .model import Action, Entry, Kind, Op, Reason, Stats
 from .replica import LocalReplica, Replica, SourceChanged
@@ -145,9 +152,9 @@ class Engine:
 
         # Sequential on purpose: walking the replica in a second thread was
         # measured 1.3x *slower* (GIL contention outweighs overlapped lstat).
-        src_list = walk(self.source, self.excluder, on_error=walk_error)
+        src_list = self._walk_source(walk_error)
         dst_list = self._scan_replica(walk_error)
-        with DirFds(self.source) as src_dirs:
+        with self._source_dirs() as src_dirs:
             self._src_dirs = src_dirs
             src_hash = dst_hash = None
             if self.opts.checksum:
@@ -163,11 +170,13 @@ class Engine:
             nfiles = sum(1 for a in plan if a.op in (Op.CREATE, Op.UPDATE))
             nbytes = sum(a.src.size for a in plan if a.op in (Op.CREATE, Op.UPDATE) and a.src)
             rep.pass_planned(plan, nfiles, nbytes)
+            self._begin_actions(plan)
             for action in plan:
                 if self.stop.is_set():
                     stats.interrupted = True
                     break
                 self._run_action(action)
+            self._end_actions()
         stats.duration = time.monotonic() - t0
         if stats.interrupted:
             code = EXIT_INTERRUPTED
@@ -179,10 +188,42 @@ class Engine:
             code = EXIT_OK
         return stats, code
 
+    # -- hooks for other sources and pipelined replicas (deltasync.remote) --
+    def _walk_source(self, on_error: Callable[[str, OSError], None]) -> Listing:
+        return walk(self.source, self.excluder, on_error=on_error)
+
+    def _source_dirs(self) -> DirFds:
+        return DirFds(self.source)
+
+    def _begin_actions(self, plan: list[Action]) -> None:
+        """Before the first action: a pipelined replica learns where late failures go."""
+        begin = getattr(self.replica, "begin_actions", None)
+        if begin is not None:
+            begin(self._late_failure)
+
+    def _end_actions(self) -> None:
+        """After the last action: a pipelined replica delivers its outstanding results."""
+        end = getattr(self.replica, "end_actions", None)
+        if end is not None:
+            end()
+
+    def _late_failure(self, path: str, op: str, exc: BaseException) -> None:
+        """An operation a pipelined replica accepted (and we logged) failed later."""
+        if (op == Op.RMDIR.value and isinstance(exc, OSError) and exc.errno == errno.ENOTEMPTY
+                and self.excluder):
+            self.reporter.warning(path, "not removed: holds excluded entries")
+            return
+        if op != Op.META.value and self._stats.counts.get(op, 0) > 0:
+            self._stats.counts[op] -= 1  # it was counted when sent
+        self._stats.failed += 1
+        self.reporter.failed(path, op, exc)
+
     def _scan_replica(self, on_error: Callable[[str, OSError], None]) -> Listing:
-        if self.opts.dry_run and not os.path.isdir(self.replica_root):
+        if (self.opts.dry_run and isinstance(self.replica, LocalReplica)
+                and not os.path.isdir(self.replica_root)):
             return Listing(root=Entry("", Kind.DIR))
-        if isinstance(self.replica, LocalReplica):
+        if isinstance(self.replica, LocalReplica) or getattr(self.replica,
+                                                             "scan_reports_errors", False):
             return self.replica.scan(self.excluder, clean_temps=not self.opts.dry_run,
                                      on_error=on_error)
         return self.replica.scan(self.excluder, clean_temps=not self.opts.dry_run)
@@ -219,6 +260,8 @@ class Engine:
         stats, rep = self._stats, self.reporter
         try:
             detail = self._apply(a)
+        except ProtocolError:
+            raise  # the link to the replica is gone: no later action can succeed
         except FileNotFoundError as e:
             if a.op in (Op.CREATE, Op.UPDATE, Op.SYMLINK, Op.META) and self._source_gone(a):
                 stats.vanished += 1
