@@ -177,3 +177,10 @@ def as_nobody() -> Iterator[None]:
         os.seteuid(0)
         os.setegid(0)
         os.setgroups(groups)
+
+
+@pytest.fixture
+def rm_tmp(tmp_path: Path) -> Iterator[None]:
+    """Remove this test's tmp_path afterwards (tests with files of hundreds of MiB)."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)

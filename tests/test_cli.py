@@ -367,6 +367,7 @@ def _write_big(path: Path, size: int) -> None:
             f.write(block[8:])
 
 
+@pytest.mark.usefixtures("rm_tmp")
 def test_sigkill_mid_write_leaves_no_partial_file(src: Path, dst: Path) -> None:
     build_tree(src, {"a": b"small", "z": b"small too"})
     _write_big(src / "big", BIG)

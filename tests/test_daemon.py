@@ -179,6 +179,7 @@ def test_sync_interval_runs_passes_until_sigterm(src: Path, dst: Path, tmp_path:
     assert_same_tree(src, dst)
 
 
+@pytest.mark.usefixtures("rm_tmp")
 def test_sync_interval_logs_an_overrun(src: Path, dst: Path, tmp_path: Path) -> None:
     build_tree(src, {"f": b"x"})
     write_big(src / "big", 64 << 20)
@@ -197,6 +198,7 @@ def test_sync_interval_logs_an_overrun(src: Path, dst: Path, tmp_path: Path) -> 
                      r"next pass starts now", read(log))
 
 
+@pytest.mark.usefixtures("rm_tmp")
 def test_sigterm_during_a_foreground_pass_ends_cleanly(src: Path, dst: Path,
                                                        tmp_path: Path) -> None:
     build_tree(src, {"a": b"1", "zz": b"after the big one"})
@@ -325,6 +327,7 @@ def test_daemon_bad_input_is_reported_by_start(daemon) -> None:  # type: ignore[
     assert not daemon.pid_file.exists()
 
 
+@pytest.mark.usefixtures("rm_tmp")
 def test_sigterm_during_a_daemon_pass_ends_cleanly(daemon) -> None:  # type: ignore[no-untyped-def]
     build_tree(daemon.src, {"a": b"1"})
     write_big(daemon.src / "big", 256 << 20)
@@ -339,3 +342,27 @@ def test_sigterm_during_a_daemon_pass_ends_cleanly(daemon) -> None:  # type: ign
     assert os.path.getsize(daemon.dst / "big") == 256 << 20
     text = read(daemon.log)
     assert "SIGTERM received" in text and "periodic sync stopped" in text
+
+
+def test_periodic_run_logs_a_failed_pass_and_keeps_going(src: Path, dst: Path,
+                                                         tmp_path: Path) -> None:
+    build_tree(src, {"a": b"1"})
+    log = tmp_path / "sync.log"
+    proc = popen("sync", src, dst, "--interval", "0.1", "--log-file", log, "-q")
+    try:
+        wait_for(lambda: "ended (exit 0" in read(log))
+        os.rename(src, tmp_path / "away")
+        wait_for(lambda: "pass failed" in read(log))
+        os.rename(tmp_path / "away", src)
+        build_tree(src, {"b": b"back"})
+        wait_for(lambda: (dst / "b").exists())
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert re.search(r" ERROR   error   pass failed: .+\n", read(log))
+    assert "Traceback" not in read(log) + err
+    assert_same_tree(src, dst)
