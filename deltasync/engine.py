@@ -272,6 +272,8 @@ class Engine:
         except (OSError, DeltaSyncError) as e:
             self._fail(a, e)
             return
+        if detail is None:
+            return  # nothing was done (and the reporter has been told why)
         if a.op is Op.SKIP:
             stats.count(Op.SKIP)
             rep.done(a, detail)
@@ -293,7 +295,7 @@ class Engine:
         except (OSError, DeltaSyncError):
             return True
 
-    def _apply(self, a: Action) -> str:
+    def _apply(self, a: Action) -> str | None:
         dry = self.opts.dry_run
         r = self.replica
         op = a.op
@@ -307,7 +309,7 @@ class Engine:
                 except OSError as e:
                     if e.errno == errno.ENOTEMPTY and self.excluder:
                         self.reporter.warning(a.path, "not removed: holds excluded entries")
-                        return a.reason.value
+                        return None
                     raise
             return a.reason.value
         assert a.src is not None

@@ -161,7 +161,7 @@ class LocalReplica:
              on_error: Callable[[str, OSError], None] | None = None) -> Listing:
         temps: list[str] = []
         listing = walk(self.root, excluder, on_error=on_error, on_temp=temps.append)
-        if clean_temps:
+        if clean_temps and temps:
             for t in temps:
                 try:
                     d, name = self.dirs.parent_of(t)
@@ -170,6 +170,9 @@ class LocalReplica:
                         self._on_temp_removed(t)
                 except (OSError, DeltaSyncError):
                     pass  # reported by the next scan if it persists
+            # Removing them changed their directories' mtimes: list again so
+            # the plan sees (and restores) the times as they are now.
+            listing = walk(self.root, excluder, on_error=on_error)
         return listing
 
     def open_file(self, path: str) -> BinaryIO:
