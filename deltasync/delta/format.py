@@ -1,7 +1,9 @@
 """Binary signature and delta files (format version 1; see docs/FORMAT.md).
 
 Both formats are little-endian, start with an 8-byte magic and a version, and
-end with a 32-byte blake3 checksum of every byte before it, so truncation and
+end with a blake3 checksum of every byte before it (32 bytes for signatures,
+16 for deltas, where the END record's 32-byte digest of the new file already
+guards the result), so truncation and
 byte flips are detected.  Readers check every length and count against a
 documented bound before allocating anything, raise ``FormatError`` (and only
 that, apart from ``OSError`` from the stream itself) on bad input, and use
@@ -14,11 +16,11 @@ Signature::
     | block_size u32 | basis_size u64 | block_count u64
     | block_count * (weak u32 | strong[strong_len]) | check[32]
 
-Delta::
+Delta (``uvarint``: unsigned LEB128, at most 9 bytes, value < 2**63)::
 
     magic "DSYNCDLT" | version u16 = 1 | flags u16 = 0 | block_size u32
-    | records... | 'E' size u64 digest[32] | check[32]
-    records: 'C' block u64 count u64  |  'L' length u32 data[length]
+    | records... | 'E' size:uvarint digest[32] | check[16]
+    records: 'C' block:uvarint count:uvarint  |  'L' length:uvarint data[length]
 """
 
 from __future__ import annotations
@@ -56,17 +58,15 @@ __all__ = [
 SIG_MAGIC = b"DSYNCSIG"
 DELTA_MAGIC = b"DSYNCDLT"
 FORMAT_VERSION = 1
-CHECK_LEN = 32
+CHECK_LEN = 32  # signature trailer
+DELTA_CHECK_LEN = 16  # delta trailer
+MAX_VARINT_LEN = 9  # 9 * 7 = 63 bits
 MAX_LITERAL_RECORD = 1 << 20  # largest literal record a reader accepts
 MAX_FILE_SIZE = (1 << 63) - 1  # sizes, offsets and block indexes must stay below
 DEFAULT_MAX_BLOCKS = 1 << 24  # refuse larger signatures unless asked (~20 B/block on disk)
 
 _SIG_HEAD = struct.Struct("<8sHBBIQQ")  # 32 bytes
 _DELTA_HEAD = struct.Struct("<8sHHI")  # 16 bytes
-_U32 = struct.Struct("<I")
-_COPY = struct.Struct("<BQQ")
-_LIT = struct.Struct("<BI")
-_END = struct.Struct("<BQ")
 TAG_COPY, TAG_LITERAL, TAG_END = 0x43, 0x4C, 0x45  # 'C', 'L', 'E'
 _FLUSH = 1 << 16
 
@@ -203,16 +203,18 @@ def write_delta(ops: Iterable[Op], out: BinaryIO, block_size: int) -> DeltaStats
         if type(op) is Copy:
             if not (0 <= op.block and 1 <= op.count and op.block + op.count <= MAX_FILE_SIZE):
                 raise ValueError(f"cannot encode {op!r}")
-            parts.append(_COPY.pack(TAG_COPY, op.block, op.count))
-            pending += _COPY.size
+            rec = bytes((TAG_COPY,)) + uvarint(op.block) + uvarint(op.count)
+            parts.append(rec)
+            pending += len(rec)
             st.copy_ops += 1
         elif type(op) is Literal:
             data = op.data
             for a in range(0, len(data), MAX_LITERAL_RECORD):
                 piece = data[a : a + MAX_LITERAL_RECORD]
-                parts.append(_LIT.pack(TAG_LITERAL, len(piece)))
+                rec = bytes((TAG_LITERAL,)) + uvarint(len(piece))
+                parts.append(rec)
                 parts.append(piece)
-                pending += _LIT.size + len(piece)
+                pending += len(rec) + len(piece)
                 st.literal_ops += 1
                 if pending >= _FLUSH:
                     flush()
@@ -220,10 +222,10 @@ def write_delta(ops: Iterable[Op], out: BinaryIO, block_size: int) -> DeltaStats
         elif type(op) is End:
             if not (0 <= op.size <= MAX_FILE_SIZE) or len(op.digest) != DIGEST_LEN:
                 raise ValueError(f"cannot encode {op!r}")
-            parts.append(_END.pack(TAG_END, op.size))
+            parts.append(bytes((TAG_END,)) + uvarint(op.size))
             parts.append(bytes(op.digest))
             flush()
-            check = h.digest()
+            check = h.digest(DELTA_CHECK_LEN)
             out.write(check)
             total += len(check)
             st.new_size = st.bytes_processed = op.size
@@ -272,9 +274,20 @@ def read_delta(inp: BinaryIO, expect_eof: bool = True) -> tuple[int, Iterator[Op
     return L, _delta_records(inp, head, expect_eof)
 
 
+def uvarint(n: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, low bits first, high bit = more."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def _delta_records(inp: BinaryIO, head: bytes, expect_eof: bool) -> Iterator[Op]:
     h = blake3()
     h.update(head)
+    read = inp.read
 
     def need(n: int, what: str) -> bytes:
         data = read_full(inp, n)
@@ -283,32 +296,46 @@ def _delta_records(inp: BinaryIO, head: bytes, expect_eof: bool) -> Iterator[Op]
         h.update(data)
         return data
 
+    def varint(what: str) -> int:
+        value = 0
+        for i in range(MAX_VARINT_LEN):
+            c = read(1)
+            if not c:
+                raise FormatError(f"delta is truncated (in {what})")
+            h.update(c)
+            b = c[0]
+            value |= (b & 0x7F) << (7 * i)
+            if b < 0x80:
+                if value > MAX_FILE_SIZE:
+                    break
+                return value
+        raise FormatError(f"delta has an out-of-range number in {what}")
+
     while True:
-        tag = read_full(inp, 1)
+        tag = read(1)
         if not tag:
             raise FormatError("delta is truncated (no end record)")
         h.update(tag)
         t = tag[0]
         if t == TAG_COPY:
-            blk, cnt = struct.unpack("<QQ", need(16, "a copy record"))
+            blk = varint("a copy record")
+            cnt = varint("a copy record")
             if cnt == 0 or blk + cnt > MAX_FILE_SIZE:
                 raise FormatError(f"delta has an invalid copy record ({cnt} blocks at {blk})")
             yield Copy(blk, cnt)
         elif t == TAG_LITERAL:
-            (n,) = _U32.unpack(need(4, "a literal record"))
+            n = varint("a literal record")
             if not 1 <= n <= MAX_LITERAL_RECORD:
                 raise FormatError(f"delta has an invalid literal length {n}")
             yield Literal(need(n, "literal data"))
         elif t == TAG_END:
-            (size,) = struct.unpack("<Q", need(8, "the end record"))
+            size = varint("the end record")
             digest = need(DIGEST_LEN, "the end record")
-            check = read_full(inp, CHECK_LEN)
-            if len(check) != CHECK_LEN:
+            check = read_full(inp, DELTA_CHECK_LEN)
+            if len(check) != DELTA_CHECK_LEN:
                 raise FormatError("delta is truncated (missing checksum)")
-            if check != h.digest():
+            if check != h.digest(DELTA_CHECK_LEN):
                 raise FormatError("delta checksum mismatch: the file is corrupted")
-            if size > MAX_FILE_SIZE:
-                raise FormatError(f"delta has an absurd file size {size}")
             if expect_eof and read_full(inp, 1):
                 raise FormatError("delta has trailing data after its checksum")
             yield End(size, digest)

@@ -37,7 +37,7 @@ import numpy as np
 from blake3 import blake3
 
 from .ops import Copy, DeltaStats, End, Literal, Op
-from .rolling import HASH_MUL, WeakScanner
+from .rolling import WeakScanner
 from .signature import Signature
 
 __all__ = ["make_delta", "MAX_LITERAL", "SCAN_MAX"]
@@ -115,9 +115,7 @@ def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -
     h = blake3
 
     scanner: WeakScanner | None = None
-    table = fullw = None
-    shift = np.uint32(0)
-    hbuf = mbuf = None
+    wfilter = None
 
     p = 0  # next byte of the new file not yet covered by an op (chain mode)
     lit = 0  # start of the pending literal [lit, p) or [lit, s)
@@ -142,24 +140,22 @@ def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -
             if rd.base + rd.end < p + L:
                 rd.fill(p + L, p)
             off = p - rd.base
-            if rd.end - off < L:
-                break  # fewer than L bytes left: end of file
-            d = h(mv[off : off + L]).digest(slen)
-            checks += 1
-            if expect < nfull and strong[expect] == d:
-                k = expect
-                n = L
-            else:
-                k = index.get(d)
-                n = L
-                if k is None:
-                    if tail and expect == tail_idx and h(mv[off : off + tail]).digest(slen) == strong[tail_idx]:
-                        checks += 1
-                        k = tail_idx
-                        n = tail
-                    else:
-                        s = p + 1
-                        break
+            avail = rd.end - off
+            k = None
+            n = L
+            if avail >= L:
+                d = h(mv[off : off + L]).digest(slen)
+                checks += 1
+                k = expect if expect < nfull and strong[expect] == d else index.get(d)
+            if k is None and tail and expect == tail_idx and avail >= tail:
+                checks += 1
+                if h(mv[off : off + tail]).digest(slen) == strong[tail_idx]:
+                    k = tail_idx
+                    n = tail
+            if k is None:
+                if avail >= L:
+                    s = p + 1  # the chain broke: search from the next offset
+                break  # else fewer than L bytes left: end of file
             if ccount and k == cblock + ccount:
                 ccount += 1
             else:
@@ -177,12 +173,9 @@ def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -
         if s >= 0:
             if scanner is None:
                 scanner = WeakScanner(L, SCAN_MAX)
-                table, shift_i, fullw = sig.weak_filter
-                shift = np.uint32(shift_i)
-                hbuf = np.empty(SCAN_MAX, dtype=np.uint32)
-                mbuf = np.empty(SCAN_MAX, dtype=np.bool_)
-            assert table is not None and fullw is not None and hbuf is not None and mbuf is not None
-            nw = len(fullw)
+                wfilter = sig.weak_filter
+            assert wfilter is not None
+            nw = wfilter.size
             W = min(SCAN_MAX, max(L, 4096))
             found = -1
             while found < 0:
@@ -195,14 +188,8 @@ def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -
                 off = s - rd.base
                 if nw:
                     w = scanner.scan(np.frombuffer(rd.buf, dtype=np.uint8, count=n + L - 1, offset=off))
-                    hh = np.multiply(w, HASH_MUL, out=hbuf[:n])
-                    np.right_shift(hh, shift, out=hh)
-                    hits = np.flatnonzero(np.take(table, hh, out=mbuf[:n], mode="clip"))
+                    hits = wfilter.hits(w)
                 if nw and len(hits):
-                    wc = w[hits]
-                    pos = np.searchsorted(fullw, wc)
-                    np.minimum(pos, nw - 1, out=pos)
-                    hits = hits[fullw[pos] == wc]
                     st.weak_hits += len(hits)
                     for c in hits.tolist():
                         o = off + c

@@ -34,7 +34,7 @@ import sys
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["weak_sum", "block_weak_sums", "WeakScanner", "HASH_MUL"]
+__all__ = ["weak_sum", "block_weak_sums", "WeakScanner", "WeakFilter", "HASH_MUL"]
 
 U16 = np.uint16
 U32 = np.uint32
@@ -67,30 +67,30 @@ def weak_sum(data: bytes | bytearray | memoryview) -> int:
 
 
 def block_weak_sums(data: bytes | bytearray | memoryview, block_size: int) -> npt.NDArray[np.uint32]:
-    """Weak sums of consecutive blocks of ``data`` (the last one may be short)."""
+    """Weak sums of consecutive blocks of ``data`` (the last one may be short).
+
+    Whole blocks need no prefix sums: ``a`` is a row sum and ``b`` a row sum of
+    the bytes times the weights ``L, L-1, ..., 1`` (mod 2**16), both in uint16,
+    which wraps exactly and vectorises well (about 0.15 ms per MiB).
+    """
     L = block_size
     x = np.frombuffer(data, dtype=np.uint8)
     n = len(x)
     nfull = n // L
     out = np.empty(nfull + (1 if n % L else 0), dtype=U32)
-    # Whole blocks per sub-window, at least one.
-    per = max(1, _SIG_WINDOW // L)
-    L16 = U16(L & 0xFFFF)
-    for k0 in range(0, nfull, per):
-        k1 = min(nfull, k0 + per)
-        seg = x[k0 * L : k1 * L]
-        S = np.zeros(len(seg) + 1, dtype=U16)
-        np.cumsum(seg, dtype=U16, out=S[1:])
-        P = np.cumsum(S, dtype=U16)
-        Sb = S[::L]  # S at block boundaries, k1-k0+1 values
-        Pb = P[::L]
-        a = Sb[1:] - Sb[:-1]
-        b = Pb[1:] - Pb[:-1]
-        b -= Sb[:-1] * L16
-        w = out[k0:k1]
-        w[:] = b
-        w <<= U32(16)
-        w |= a
+    if nfull:
+        per = max(1, _SIG_WINDOW // L)  # whole blocks per sub-window
+        weights = (np.arange(L, 0, -1, dtype=np.int64) & 0xFFFF).astype(U16)
+        prod = np.empty((min(per, nfull), L), dtype=U16)
+        for k0 in range(0, nfull, per):
+            k1 = min(nfull, k0 + per)
+            X = x[k0 * L : k1 * L].reshape(k1 - k0, L)
+            pr = prod[: k1 - k0]
+            np.multiply(X, weights, out=pr, dtype=U16)
+            w = out[k0:k1]
+            w[:] = pr.sum(axis=1, dtype=U16)
+            w <<= U32(16)
+            w |= X.sum(axis=1, dtype=U16)
     if n % L:
         out[nfull] = weak_sum(x[nfull * L :])
     return out
@@ -135,3 +135,53 @@ class WeakScanner:
         np.subtract(P[L:], P[:n], out=b)
         np.subtract(b, tmp, out=b)
         return out
+
+
+class WeakFilter:
+    """Vectorised membership test: which weak sums belong to a given set.
+
+    A weak sum ``w`` is hashed to ``i = (w * HASH_MUL mod 2**32) >> shift``.
+    ``table[i]`` (bool, about 32 slots per member, at most 2**24) rejects most
+    non-members in one gather; the few survivors are confirmed by comparing
+    with ``slot[i]``, the member stored in that slot.  Slots claimed by several
+    members are flagged in ``multi`` and resolved against a small sorted array.
+    ``hits(w)`` returns the indexes ``k`` with ``w[k]`` in the set, ascending.
+    """
+
+    def __init__(self, members: npt.NDArray[np.uint32]) -> None:
+        full = np.unique(np.asarray(members, dtype=U32))
+        self.size = len(full)
+        bits = max(10, min(24, int(len(full)).bit_length() + 5))
+        self.shift = U32(32 - bits)
+        idx = (full * HASH_MUL) >> self.shift
+        self.table = np.zeros(1 << bits, dtype=np.bool_)
+        self.table[idx] = True
+        self.slot = np.zeros(1 << bits, dtype=U32)
+        self.slot[idx] = full
+        uidx, counts = np.unique(idx, return_counts=True)
+        shared = uidx[counts > 1]
+        self.multi = np.zeros(1 << bits, dtype=np.bool_)
+        self.multi[shared] = True
+        self.extra = full[self.multi[idx]]  # sorted, like ``full``
+        self._h = np.empty(0, dtype=U32)
+        self._m = np.empty(0, dtype=np.bool_)
+
+    def hits(self, w: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:
+        n = len(w)
+        if len(self._h) < n:
+            self._h = np.empty(n, dtype=U32)
+            self._m = np.empty(n, dtype=np.bool_)
+        hh = np.multiply(w, HASH_MUL, out=self._h[:n])
+        np.right_shift(hh, self.shift, out=hh)
+        cand = np.flatnonzero(np.take(self.table, hh, out=self._m[:n], mode="clip"))
+        if not len(cand):
+            return cand
+        wc = w[cand]
+        hc = hh[cand]
+        ok = self.slot[hc] == wc
+        if len(self.extra):
+            redo = np.flatnonzero(~ok)
+            redo = redo[self.multi[hc[redo]]]
+            if len(redo):
+                ok[redo] = np.isin(wc[redo], self.extra)
+        return cand[ok]

@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from blake3 import blake3
 
-from .rolling import HASH_MUL, block_weak_sums
+from .rolling import WeakFilter, block_weak_sums
 
 __all__ = [
     "DEFAULT_STRONG_LEN",
@@ -148,20 +148,9 @@ class Signature:
         return index
 
     @cached_property
-    def weak_filter(self) -> tuple[npt.NDArray[np.bool_], int, npt.NDArray[np.uint32]]:
-        """(table, shift, sorted weak sums of full blocks) for the candidate filter.
-
-        ``table[(w * HASH_MUL mod 2**32) >> shift]`` is True for every weak sum
-        ``w`` of a full block; a hit is then confirmed against the sorted array.
-        The table has about 32x more slots than blocks (at most 2**24), so
-        about 1 offset in 32 or fewer survives the table on unrelated data.
-        """
-        full = np.unique(self.weak[: self.full_blocks])
-        bits = max(10, min(24, int(len(full)).bit_length() + 5))
-        shift = 32 - bits
-        table = np.zeros(1 << bits, dtype=np.bool_)
-        table[(full * HASH_MUL) >> np.uint32(shift)] = True
-        return table, shift, full
+    def weak_filter(self) -> WeakFilter:
+        """Membership test for the weak sums of the full blocks (see rolling)."""
+        return WeakFilter(self.weak[: self.full_blocks])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Signature):
