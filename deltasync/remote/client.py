@@ -1,0 +1,431 @@
+"""The client end: a connection to ``deltasync serve`` and ``RemoteReplica`` for pushes.
+
+``Connection`` starts the transport, exchanges hellos (version, capabilities,
+compression, rate limit), opens the far root in a role (``replica`` for a
+push, ``source`` for a pull) and fetches listings.
+
+``RemoteReplica`` implements the ``Replica`` protocol over a connection and
+is *pipelined*: ``write_file``, ``write_delta``, ``mkdir``, ``symlink``,
+``delete`` and ``set_meta`` send their request and return at once; a reader
+thread collects the in-order ``RESULT`` frames, and a failed one reaches the
+engine through the late-failure callback it registers with
+``begin_actions`` (``end_actions`` waits for the last result).  Only
+``signature`` waits for its answer, because the delta needs it.  Whole files
+carry their blake3, which the far side checks before the rename.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DeltaSyncError, ProtocolError
+from ..model import Entry, Kind
+from ..replica import SourceChanged, SourceFile
+from ..walk import Excluder, Listing
+from . import codec
+from .protocol import (
+    DATA, DELETE, DELTA, END, ERROR, FILE, GOODBYE, HELLO, LIST, LIST_END, META,
+    MIN_PROTOCOL_VERSION, MKDIR, OPEN, OPENED, PROTOCOL_VERSION, RESULT, SCAN, SIGNATURE,
+    SYMLINK, FrameReader, FrameWriter, dump_json, hello_payload, negotiate, parse_hello,
+    parse_json, type_name,
+)
+from .streams import DataWriter
+from .transport import RemoteSpec, Transport, transport_argv
+
+if TYPE_CHECKING:
+    from ..delta import Signature
+
+READ_CHUNK = 256 << 10
+LateFailure = Callable[[str, str, BaseException], None]
+
+
+class RemoteFailure(DeltaSyncError):
+    """The far side ended the session with an error it explained (its exit code)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Connection:
+    """One session with ``deltasync serve`` through a transport command."""
+
+    def __init__(self, spec: RemoteSpec, role: str, *, rsh: str | None = None,
+                 remote_command: str | None = None, compress: bool = False,
+                 compress_level: int = 6, bwlimit: int | None = None, dry_run: bool = False,
+                 fsync: bool = False, owner: bool = False,
+                 on_stderr: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self.transport = Transport(transport_argv(spec, rsh, remote_command), on_stderr)
+        self.out = FrameWriter(self.transport.write_fd, bwlimit)
+        self.inp = FrameReader(self.transport.read_fd)
+        self.closed = False
+        try:
+            self._handshake(compress, compress_level, bwlimit)
+            self.out.send(OPEN, dump_json({"role": role, "path": spec.path, "dry_run": dry_run,
+                                           "fsync": fsync, "owner": owner}), flush=True)
+            ftype, payload = self.recv()
+            if ftype != OPENED:
+                raise ProtocolError(f"expected OPENED, got {type_name(ftype)}")
+            self.info = parse_json(payload, "OPENED")
+        except BaseException:
+            self.abort()
+            raise
+
+    def _handshake(self, compress: bool, level: int, bwlimit: int | None) -> None:
+        mine = (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
+        self.out.send(HELLO, hello_payload({"compress": compress, "level": level,
+                                            "bwlimit": bwlimit or 0}), flush=True)
+        try:
+            ftype, payload = self.inp.recv()
+        except ProtocolError as e:
+            raise self._lost(e) from None
+        theirs = parse_hello(ftype, payload, self.inp.first_bytes)
+        self.version = negotiate(mine, theirs, "remote")
+        self.remote_software = str(theirs.get("software", "?"))
+        if compress and "zlib" in theirs.get("capabilities", []):
+            self.out.start_compression(level)
+            self.inp.start_compression()
+
+    def _lost(self, e: ProtocolError) -> ProtocolError:
+        why = self.transport.describe_exit()
+        msg = f"connection to {self.spec.host} lost: {e}"
+        if why:
+            msg += f" ({why})"
+        return ProtocolError(msg)
+
+    def recv(self) -> tuple[int, bytes]:
+        """Next frame; an ERROR frame or a dropped link becomes an exception."""
+        try:
+            ftype, payload = self.inp.recv()
+        except ProtocolError as e:
+            raise self._lost(e) from None
+        if ftype == ERROR:
+            body = parse_json(payload, "ERROR")
+            code = body.get("code", 12)
+            raise RemoteFailure(f"remote side ({self.spec.host}): {body.get('message', '?')}",
+                                code if code in (1, 12) else 12)
+        return ftype, payload
+
+    def scan(self, excludes: Iterable[str], clean_temps: bool, checksum: bool,
+             on_error: Callable[[str, OSError], None] | None = None
+             ) -> tuple[Listing, dict[str, bytes]]:
+        """The far tree's listing, plus blake3 digests of its files when ``checksum``."""
+        self.out.send(SCAN, dump_json({"excludes": list(excludes), "clean_temps": clean_temps,
+                                       "checksum": checksum}), flush=True)
+        listing: Listing | None = None
+        digests: dict[str, bytes] = {}
+        decode = codec.decode_entry
+        while True:
+            ftype, payload = self.recv()
+            if ftype == LIST:
+                pos, n = 0, len(payload)
+                out = listing.entries if listing is not None else None
+                while pos < n:
+                    e, digest, pos = decode(payload, pos)
+                    if listing is None:
+                        if e.path != "" or e.kind is not Kind.DIR:
+                            raise ProtocolError("listing does not start with its root")
+                        listing = Listing(root=e)
+                        out = listing.entries
+                        continue
+                    if not e.path:
+                        raise ProtocolError("listing holds an empty path")
+                    assert out is not None
+                    out.append(e)
+                    if digest is not None:
+                        digests[e.path] = digest
+            elif ftype == LIST_END:
+                if listing is None:
+                    raise ProtocolError("listing ended before its root")
+                body = parse_json(payload, "LIST_END")
+                unreadable = body.get("unreadable", [])
+                if not isinstance(unreadable, list):
+                    raise ProtocolError("malformed LIST_END message")
+                listing.unreadable = {str(p) for p in unreadable}
+                for item in body.get("errors", []):
+                    if on_error is not None and isinstance(item, list) and len(item) == 3:
+                        path, code, msg = item
+                        on_error(str(path), OSError(int(code), f"{msg} (on {self.spec.host})"))
+                return listing, digests
+            else:
+                raise ProtocolError(f"unexpected {type_name(ftype)} frame in a listing")
+
+    def abort(self) -> None:
+        """Drop the link now (after an error): close our end and reap the process."""
+        if self.closed:
+            return
+        self.closed = True
+        self.out.closed = True
+        self.transport.close_input()
+        self.transport.wait(timeout=5)
+
+    def goodbye(self, recv: Callable[[], tuple[int, bytes]] | None = None) -> None:
+        """Clean end of the session: GOODBYE both ways, then wait for the process."""
+        if self.closed:
+            return
+        try:
+            self.out.send(GOODBYE, b"", flush=True)
+            get = recv or self.recv
+            while True:
+                ftype, _ = get()
+                if ftype == GOODBYE:
+                    break
+        except DeltaSyncError:
+            pass
+        self.closed = True
+        self.transport.close_input()
+        self.transport.wait(timeout=10)
+
+
+class _Pending:
+    __slots__ = ("op_id", "op", "path", "ignore")
+
+    def __init__(self, op_id: int, op: str, path: str) -> None:
+        self.op_id = op_id
+        self.op = op
+        self.path = path
+        self.ignore = False  # we abandoned it ourselves; its failure is expected
+
+
+class RemoteReplica:
+    """A replica directory on the far side of a ``Connection`` (push)."""
+
+    pipelined = True
+    scan_reports_errors = True
+
+    def __init__(self, conn: Connection, checksum: bool = False) -> None:
+        self.conn = conn
+        self.out = conn.out
+        self.root = ""  # not a local path: the engine must not look at it
+        self.checksum_all = checksum
+        self._digests: dict[str, bytes] = {}
+        self._files: set[str] = set()
+        self._q: queue.Queue[tuple[int, bytes] | BaseException] = queue.Queue()
+        self._pending: deque[_Pending] = deque()
+        self._next_id = 1
+        self._late: LateFailure | None = None
+        self._reader: threading.Thread | None = None
+        self._fatal: BaseException | None = None
+        self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
+
+    # -- reading ----------------------------------------------------------
+    def scan(self, excluder: Excluder, clean_temps: bool = True,
+             on_error: Callable[[str, OSError], None] | None = None) -> Listing:
+        if self._reader is not None:
+            raise ProtocolError("a remote replica is scanned once per connection")
+        listing, self._digests = self.conn.scan(excluder.patterns, clean_temps,
+                                                self.checksum_all, on_error)
+        self._files = {e.path for e in listing.entries if e.kind is Kind.FILE}
+        self._reader = threading.Thread(target=self._read_loop, name="deltasync-results",
+                                        daemon=True)
+        self._reader.start()
+        return listing
+
+    def checksum(self, path: str) -> bytes:
+        digest = self._digests.get(path)
+        if digest is None:
+            raise DeltaSyncError(f"no remote checksum for {path!r}")
+        return digest
+
+    def signature(self, path: str, block_size: int | None = None) -> "Signature":
+        from ..delta import read_signature
+        from .streams import DataReader
+
+        self._poll()
+        p = self._send(SIGNATURE, lambda i: codec.encode_path_op(i, block_size or 0, path),
+                       "signature", path, flush=True)
+        while True:  # results of earlier operations come first
+            ftype, payload = self._take()
+            if ftype != RESULT:
+                break
+            op_id, _, err = codec.decode_result(payload)
+            if op_id != p.op_id:
+                self._on_result(payload)
+                continue
+            self._pending.popleft()
+            raise err or ProtocolError("SIGNATURE answered without a signature")
+        if ftype not in (DATA, END):
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame instead of a signature")
+        first: list[tuple[int, bytes]] = [(ftype, payload)]
+
+        def recv() -> tuple[int, bytes]:
+            return first.pop() if first else self._take()
+
+        reader = DataReader(recv, "signature")
+        try:
+            sig = read_signature(reader)  # type: ignore[arg-type]
+        finally:
+            reader.finish()
+        ftype, payload = self._take()
+        if ftype != RESULT:
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame after a signature")
+        self._on_result(payload)
+        return sig
+
+    # -- pipelined writes -------------------------------------------------
+    def write_file(self, path: str, src: SourceFile) -> int:
+        from blake3 import blake3
+
+        p = self._send(FILE, lambda i: codec.encode_op(i, src.entry._replace(path=path)),
+                       "update" if path in self._files else "create", path)
+        w = DataWriter(self.out)
+        h = blake3()
+        fd = src.fileno()
+        total = 0
+        try:
+            while True:
+                buf = os.read(fd, READ_CHUNK)
+                if not buf:
+                    break
+                h.update(buf)
+                w.write(buf)
+                total += len(buf)
+            src.check_unchanged()
+        except SourceChanged:
+            p.ignore = True
+            w.end(codec.encode_end(codec.END_CHANGED))
+            raise
+        except OSError as e:
+            p.ignore = True
+            w.end(codec.encode_end(codec.END_FAILED, err=e))
+            raise
+        w.end(codec.encode_end(codec.END_OK, h.digest()))
+        self._poll()
+        return total
+
+    def write_delta(self, path: str, src: SourceFile, ops: Iterable[object],
+                    block_size: int) -> int:
+        from ..delta import write_delta
+
+        p = self._send(DELTA, lambda i: codec.encode_op(i, src.entry._replace(path=path)),
+                       "update", path)
+        w = DataWriter(self.out)
+        try:
+            write_delta(ops, w, block_size)  # type: ignore[arg-type]
+            src.check_unchanged()
+        except SourceChanged:
+            p.ignore = True
+            w.end(codec.encode_end(codec.END_CHANGED))
+            raise
+        except (OSError, ValueError, DeltaSyncError) as e:
+            if isinstance(e, ProtocolError):
+                raise
+            p.ignore = True
+            w.end(codec.encode_end(codec.END_FAILED, err=e))
+            raise
+        w.end(codec.encode_end(codec.END_OK))
+        self._poll()
+        return src.entry.size
+
+    def mkdir(self, path: str, entry: Entry) -> None:
+        self._send(MKDIR, lambda i: codec.encode_op(i, entry._replace(path=path)), "mkdir", path)
+
+    def symlink(self, path: str, entry: Entry) -> None:
+        self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path)),
+                   "symlink", path)
+
+    def delete(self, path: str, kind: Kind) -> None:
+        self._send(DELETE, lambda i: codec.encode_path_op(i, codec.KIND_CODE[kind], path),
+                   "rmdir" if kind is Kind.DIR else "delete", path)
+
+    def set_meta(self, path: str, entry: Entry) -> None:
+        self._send(META, lambda i: codec.encode_op(i, entry._replace(path=path)), "meta", path)
+
+    # -- pass boundaries (engine hooks) -----------------------------------
+    def begin_actions(self, on_late_failure: LateFailure) -> None:
+        self._late = on_late_failure
+
+    def end_actions(self) -> None:
+        """Wait until every operation sent so far has its result."""
+        self.out.flush()
+        while self._pending:
+            ftype, payload = self._take()
+            if ftype != RESULT:
+                raise ProtocolError(f"unexpected {type_name(ftype)} frame")
+            self._on_result(payload)
+
+    def close(self) -> None:
+        if self._fatal is not None or self.conn.closed:
+            self.conn.abort()
+            return
+        try:
+            self.end_actions()
+        except DeltaSyncError:
+            self.conn.abort()
+            return
+        if self._reader is None:
+            self.conn.goodbye()
+            return
+        self.conn.goodbye(self._take)
+        self._reader.join(timeout=5)
+
+    # -- plumbing ---------------------------------------------------------
+    def _send(self, ftype: int, encode: Callable[[int], bytes], op: str, path: str,
+              flush: bool = False) -> _Pending:
+        if self._fatal is not None:
+            raise self._fatal
+        p = _Pending(self._next_id, op, path)
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        self._pending.append(p)
+        self.out.send(ftype, encode(p.op_id), flush=flush)
+        return p
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                frame = self.conn.recv()
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                self._q.put(e)
+                return
+            self._q.put(frame)
+            if frame[0] == GOODBYE:
+                return
+
+    def _take(self) -> tuple[int, bytes]:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._reader is None:
+            return self.conn.recv()
+        self.out.flush()
+        item = self._q.get()
+        if isinstance(item, BaseException):
+            self._fatal = item
+            raise item
+        return item
+
+    def _poll(self) -> None:
+        """Handle the results that have already arrived, without waiting."""
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, BaseException):
+                self._fatal = item
+                raise item
+            ftype, payload = item
+            if ftype != RESULT:
+                raise ProtocolError(f"unexpected {type_name(ftype)} frame")
+            self._on_result(payload)
+
+    def _on_result(self, payload: bytes) -> None:
+        op_id, _, err = codec.decode_result(payload)
+        if not self._pending or self._pending[0].op_id != op_id:
+            raise ProtocolError(f"RESULT for operation {op_id} arrived out of order")
+        p = self._pending.popleft()
+        if err is None or p.ignore:
+            return
+        if self._late is not None:
+            self._late(p.path, p.op, err)
+        else:
+            self.failures.append((p.path, p.op, err))
+
+
+def connect_replica(spec: RemoteSpec, **kw: Any) -> Connection:
+    return Connection(spec, "replica", **kw)

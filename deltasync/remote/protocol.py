@@ -1,0 +1,286 @@
+"""The deltasync wire protocol: frames, the hello handshake, and stream compression.
+
+Layout (byte by byte in ``docs/PROTOCOL.md``)::
+
+    frame := type u8 | length u32 (big-endian) | payload[length]
+
+Every frame is at most ``MAX_FRAME`` bytes of payload; a reader refuses a
+larger length before allocating anything, so a hostile or confused peer can
+cost at most one frame of memory.  Both sides start by sending a ``HELLO``
+frame (magic, protocol version range, software version, capabilities) and
+read the peer's; the highest version both speak is used, or the connection
+ends with a message naming both versions.  When both sides offered ``zlib``
+and the client asked for compression, every byte after the two hellos goes
+through one zlib stream per direction (``Z_SYNC_FLUSH`` at each flush, so a
+frame is never held back); decompression is bounded by the same frame cap.
+
+Writing is buffered: small frames (results, mkdir, ...) collect in memory and
+go out in one ``write`` when the buffer passes ``FLUSH_AT`` or when the
+writer is about to wait for an answer; that is what keeps many small
+operations from costing one system call (and one ssh packet) each.  An
+optional rate limit (``--bwlimit``) paces the bytes handed to the transport.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import threading
+import time
+import zlib
+from typing import Any
+
+from .. import __version__
+from ..errors import ProtocolError
+
+PROTOCOL_VERSION = 1  # the newest version this deltasync speaks
+MIN_PROTOCOL_VERSION = 1  # the oldest one it still accepts
+MAGIC = b"DSYNCPRO"
+
+MAX_FRAME = 4 << 20  # largest payload accepted; data frames are much smaller
+DATA_CHUNK = 256 << 10  # payload of a DATA frame we send
+FLUSH_AT = 128 << 10  # buffered bytes that trigger a write
+READ_CHUNK = 256 << 10
+
+# Frame types.  Requests go client -> server, the rest server -> client,
+# except DATA/END/GOODBYE/ERROR, which travel both ways.
+HELLO, ERROR, GOODBYE = 0x01, 0x02, 0x03
+OPEN, OPENED, SCAN, LIST, LIST_END = 0x10, 0x11, 0x12, 0x13, 0x14
+SIGNATURE, FILE, DELTA, MKDIR, SYMLINK, DELETE, META = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
+GET, GET_DELTA = 0x27, 0x28
+DATA, END = 0x30, 0x31
+RESULT = 0x40
+
+NAMES = {v: k for k, v in list(globals().items())
+         if k.isupper() and isinstance(v, int) and 0 < v < 0x100 and k not in
+         ("PROTOCOL_VERSION", "MIN_PROTOCOL_VERSION")}
+
+_HEAD = struct.Struct(">BI")
+
+CAPABILITIES = ("zlib",)
+
+
+def type_name(t: int) -> str:
+    return NAMES.get(t, f"0x{t:02x}")
+
+
+class RateLimit:
+    """Token bucket: at most ``rate`` bytes per second, in bursts of ~1/10 s."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.burst = max(4096, rate // 10)
+        self._t0 = time.monotonic()
+        self._sent = 0
+
+    def pace(self, n: int) -> None:
+        self._sent += n
+        due = self._t0 + self._sent / self.rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        elif now - due > 1.0:  # idle for a while: do not bank unlimited credit
+            self._t0, self._sent = now, 0
+
+
+class FrameWriter:
+    """Buffered frame output on a file descriptor; thread-safe."""
+
+    def __init__(self, fd: int, bwlimit: int | None = None) -> None:
+        self.fd = fd
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self._z: Any = None
+        self._limit = RateLimit(bwlimit) if bwlimit else None
+        self.bytes_out = 0  # bytes handed to the transport (after compression)
+        self.closed = False
+
+    def set_bwlimit(self, rate: int | None) -> None:
+        self._limit = RateLimit(rate) if rate else None
+
+    def start_compression(self, level: int = 6) -> None:
+        with self._lock:
+            self._flush_locked()
+            self._z = zlib.compressobj(level)
+
+    def send(self, ftype: int, payload: bytes | bytearray | memoryview = b"",
+             flush: bool = False) -> None:
+        n = len(payload)
+        if n > MAX_FRAME:
+            raise ProtocolError(f"refusing to send a {n}-byte frame (limit {MAX_FRAME})")
+        with self._lock:
+            self._buf += _HEAD.pack(ftype, n)
+            self._buf += payload
+            if flush or len(self._buf) >= FLUSH_AT:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._buf:
+            return
+        data: bytes | bytearray = self._buf
+        self._buf = bytearray()
+        if self._z is not None:
+            data = self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+        self._write_all(data)
+
+    def _write_all(self, data: bytes | bytearray) -> None:
+        if self.closed:
+            raise ProtocolError("connection closed")
+        view = memoryview(data)
+        step = self._limit.burst if self._limit else len(view)
+        try:
+            while view:
+                piece = view[:step]
+                while piece:
+                    n = os.write(self.fd, piece)
+                    piece = piece[n:]
+                    self.bytes_out += n
+                    if self._limit:
+                        self._limit.pace(n)
+                view = view[step:]
+        except OSError as e:
+            self.closed = True
+            if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
+                raise ProtocolError("connection lost (the remote side went away)") from e
+            raise ProtocolError(f"cannot write to the connection: {e.strerror}") from e
+
+
+class FrameReader:
+    """Frame input from a file descriptor, with the size cap and optional zlib."""
+
+    def __init__(self, fd: int, max_frame: int = MAX_FRAME) -> None:
+        self.fd = fd
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._pos = 0
+        self._z: Any = None
+        self._eof = False
+        self.bytes_in = 0
+        self.first_bytes = b""  # kept for the "not deltasync" message
+
+    def start_compression(self) -> None:
+        self._z = zlib.decompressobj()
+        rest = bytes(self._buf[self._pos:])
+        self._buf = bytearray()
+        self._pos = 0
+        if rest:
+            self._feed(rest)
+
+    def _feed(self, raw: bytes) -> None:
+        if self._z is None:
+            self._buf += raw
+            return
+        # Bounded steps: the rest stays compressed in ``unconsumed_tail`` until
+        # it is needed, so a zip bomb costs at most about one frame of memory.
+        self._buf += self._z.decompress(raw, READ_CHUNK)
+
+    def _fill(self, need: int) -> bool:
+        """Make ``need`` bytes available; False at EOF before that."""
+        while len(self._buf) - self._pos < need:
+            if self._pos > (1 << 20):
+                del self._buf[: self._pos]
+                self._pos = 0
+            if self._z is not None and self._z.unconsumed_tail:
+                try:
+                    self._buf += self._z.decompress(self._z.unconsumed_tail, READ_CHUNK)
+                except zlib.error as e:
+                    raise ProtocolError(f"corrupt compressed stream: {e}") from e
+                continue
+            if self._eof:
+                return False
+            try:
+                raw = os.read(self.fd, READ_CHUNK)
+            except OSError as e:
+                raise ProtocolError(f"cannot read from the connection: {e.strerror}") from e
+            if not raw:
+                self._eof = True
+                return False
+            if not self.first_bytes:
+                self.first_bytes = raw[:64]
+            self.bytes_in += len(raw)
+            try:
+                self._feed(raw)
+            except zlib.error as e:
+                raise ProtocolError(f"corrupt compressed stream: {e}") from e
+        return True
+
+    def has_frame(self) -> bool:
+        """Is a whole frame already buffered (so ``recv`` will not block)?"""
+        avail = len(self._buf) - self._pos
+        if avail < _HEAD.size:
+            return False
+        return avail >= _HEAD.size + _HEAD.unpack_from(self._buf, self._pos)[1]
+
+    def recv(self) -> tuple[int, bytes]:
+        """Next frame as (type, payload); ProtocolError on EOF or a bad length."""
+        if not self._fill(_HEAD.size):
+            if len(self._buf) == self._pos:
+                raise ProtocolError("connection closed by the remote side")
+            raise ProtocolError("connection closed in the middle of a frame header")
+        ftype, n = _HEAD.unpack_from(self._buf, self._pos)
+        if n > self.max_frame:
+            raise ProtocolError(f"frame {type_name(ftype)} of {n} bytes exceeds the "
+                                f"{self.max_frame}-byte limit")
+        if not self._fill(_HEAD.size + n):
+            raise ProtocolError(f"connection closed in the middle of a {type_name(ftype)} frame")
+        start = self._pos + _HEAD.size
+        payload = bytes(self._buf[start : start + n])
+        self._pos = start + n
+        return ftype, payload
+
+
+# ------------------------------------------------------------------ hello
+
+
+def hello_payload(extra: dict[str, Any] | None = None,
+                  version: tuple[int, int] | None = None) -> bytes:
+    lo, hi = version or (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
+    body = {"min": lo, "max": hi, "software": __version__, "capabilities": list(CAPABILITIES)}
+    body.update(extra or {})
+    return MAGIC + json.dumps(body).encode()
+
+
+def parse_hello(ftype: int, payload: bytes, first_bytes: bytes = b"") -> dict[str, Any]:
+    if ftype != HELLO or not payload.startswith(MAGIC):
+        shown = first_bytes or bytes([ftype]) + payload[:40]
+        raise ProtocolError("the remote side does not speak the deltasync protocol "
+                            f"(it sent {shown[:48]!r}); check --rsh and --remote-command")
+    body = parse_json(payload[len(MAGIC):], "HELLO")
+    lo, hi = body.get("min"), body.get("max")
+    if not isinstance(lo, int) or not isinstance(hi, int) or lo > hi:
+        raise ProtocolError("malformed HELLO: bad protocol version range")
+    return body
+
+
+def negotiate(mine: tuple[int, int], theirs: dict[str, Any], their_name: str) -> int:
+    """The version both speak, or a ProtocolError naming both sides' versions."""
+    lo = max(mine[0], theirs["min"])
+    hi = min(mine[1], theirs["max"])
+    if lo > hi:
+        def span(a: int, b: int) -> str:
+            return f"version {a}" if a == b else f"versions {a}-{b}"
+        raise ProtocolError(
+            f"incompatible protocol: this deltasync {__version__} speaks protocol "
+            f"{span(*mine)}, the {their_name} deltasync {theirs.get('software', '?')} "
+            f"speaks {span(theirs['min'], theirs['max'])}")
+    return hi
+
+
+def parse_json(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        body = json.loads(payload.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"malformed {what} message: {e}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"malformed {what} message: not an object")
+    return body
+
+
+def dump_json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode("utf-8", "surrogateescape")

@@ -1,0 +1,85 @@
+"""Wiring of a remote pass for the CLI runner: which side is remote, and its engine.
+
+``runner`` calls ``check_remote_paths`` instead of its local path checks when
+SOURCE or REPLICA is ``[USER@]HOST:PATH``, and ``open_remote_pass`` to get an
+engine plus the object to close after the pass.  A connection lives for one
+pass (like an rsync run); a periodic sync reconnects at each pass, so a
+dropped link costs one failed pass, not the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import threading
+
+from ..engine import Engine, Reporter, SyncOptions
+from ..errors import ConfigError, UsageError
+from ..log import quote_path
+from ..replica import LocalReplica
+from .client import Connection, RemoteReplica
+from .transport import RemoteSpec, parse_remote
+
+
+def is_remote(args: argparse.Namespace) -> bool:
+    return parse_remote(args.source) is not None or parse_remote(args.replica) is not None
+
+
+def check_remote_paths(args: argparse.Namespace) -> tuple[str, str]:
+    """Validate the local side of a remote sync; remote paths are checked by the far side."""
+    src, dst = parse_remote(args.source), parse_remote(args.replica)
+    if src is not None and dst is not None:
+        raise UsageError("SOURCE and REPLICA cannot both be remote")
+    if dst is not None:
+        if not os.path.exists(args.source):
+            raise ConfigError(f"source does not exist: {quote_path(args.source)}")
+        if not os.path.isdir(args.source):
+            raise ConfigError(f"source is not a directory: {quote_path(args.source)}")
+        return os.path.abspath(args.source), args.replica
+    if os.path.lexists(args.replica) and not os.path.isdir(args.replica):
+        raise ConfigError(f"replica exists and is not a directory: {quote_path(args.replica)}")
+    return args.source, os.path.abspath(args.replica)
+
+
+class _PullClose:
+    def __init__(self, conn: Connection, local: LocalReplica) -> None:
+        self.conn, self.local = conn, local
+
+    def close(self) -> None:
+        try:
+            self.local.close()
+        finally:
+            self.conn.goodbye()
+
+
+def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: SyncOptions,
+                     reporter: Reporter, stop: threading.Event, logger: logging.Logger
+                     ) -> tuple[Engine, object]:
+    """Connect and build the engine of one pass; returns (engine, thing to ``close()``)."""
+    src_spec, dst_spec = parse_remote(source), parse_remote(replica)
+
+    def on_stderr(line: str) -> None:
+        logger.warning(f"remote  {line}")
+
+    common = dict(rsh=args.rsh, remote_command=args.remote_command, compress=args.compress,
+                  bwlimit=args.bwlimit, dry_run=opts.dry_run, fsync=opts.fsync,
+                  on_stderr=on_stderr)
+    if dst_spec is not None:
+        conn = Connection(dst_spec, "replica", owner=True, **common)  # type: ignore[arg-type]
+        # owner/group are compared only if the far side can set them (runs as root)
+        opts = dataclasses.replace(opts, owner=bool(conn.info.get("root_user")))
+        r = RemoteReplica(conn, checksum=opts.checksum)
+        return Engine(source, r, opts, reporter, stop), r
+    assert src_spec is not None
+    from .pull import PullEngine
+
+    if not opts.dry_run:
+        os.makedirs(replica, exist_ok=True)
+    conn = Connection(src_spec, "source", **common)  # type: ignore[arg-type]
+    local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner)
+    return PullEngine(conn, local, opts, reporter, stop), _PullClose(conn, local)
+
+
+__all__ = ["RemoteSpec", "check_remote_paths", "is_remote", "open_remote_pass"]

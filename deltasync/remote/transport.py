@@ -1,0 +1,137 @@
+"""Where the far side runs: ``[USER@]HOST:PATH`` arguments and the transport process.
+
+A remote path is recognised the way rsync does it: a colon before the first
+slash, with a non-empty host part (``./a:b`` and ``/x/a:b`` stay local).  The
+transport is any command that connects our stdin/stdout to the far side's --
+``ssh`` by default, or whatever ``-e/--rsh`` says (split like a shell would);
+it is run as ``RSH... [USER@]HOST REMOTE_COMMAND serve``.  The remote command
+is handed to the remote shell as written (like rsync's ``--rsync-path``), so
+``"cd /x && venv/bin/deltasync"`` works.  The transport's stderr -- ssh's own
+complaints and the far side's -- is read by a thread and handed line by line
+to a callback, which the CLI turns into log lines.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import UsageError
+
+DEFAULT_RSH = "ssh"
+DEFAULT_REMOTE_COMMAND = "deltasync"
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    host: str  # "host" or "user@host", as given
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.path}"
+
+
+def parse_remote(arg: str) -> RemoteSpec | None:
+    """``[USER@]HOST:PATH`` -> RemoteSpec; a local path -> None."""
+    colon = arg.find(":")
+    if colon <= 0:
+        return None
+    slash = arg.find("/")
+    if 0 <= slash < colon:
+        return None
+    host, path = arg[:colon], arg[colon + 1:]
+    if host.startswith("[") and host.endswith("]"):  # [::1]:path
+        host = host[1:-1]
+    if not host or host.endswith("@") or host.startswith("-"):
+        raise UsageError(f"bad remote host in {arg!r}")
+    if path.startswith(":"):
+        raise UsageError(f"{arg!r}: rsync daemon syntax (HOST::MODULE) is not supported")
+    return RemoteSpec(host, path or ".")
+
+
+def transport_argv(spec: RemoteSpec, rsh: str | None, remote_command: str | None) -> list[str]:
+    try:
+        argv = shlex.split(rsh or DEFAULT_RSH)
+    except ValueError as e:
+        raise UsageError(f"cannot parse --rsh {rsh!r}: {e}") from None
+    if not argv:
+        raise UsageError("--rsh is empty")
+    return argv + [spec.host, f"{remote_command or DEFAULT_REMOTE_COMMAND} serve"]
+
+
+class Transport:
+    """The running transport process: our end of its stdin/stdout, its stderr pumped."""
+
+    def __init__(self, argv: list[str], on_stderr: Callable[[str], None] | None = None) -> None:
+        self.argv = argv
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, bufsize=0, close_fds=True)
+        except OSError as e:
+            from ..errors import ProtocolError
+
+            raise ProtocolError(f"cannot run the transport {argv[0]!r}: {e.strerror}") from e
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        self.write_fd = self.proc.stdin.fileno()
+        self.read_fd = self.proc.stdout.fileno()
+        self.stderr_lines: list[str] = []
+        self._on_stderr = on_stderr
+        self._pump = threading.Thread(target=self._pump_stderr, name="deltasync-stderr",
+                                      daemon=True)
+        self._pump.start()
+
+    def _pump_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in iter(self.proc.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if not line:
+                continue
+            self.stderr_lines.append(line)
+            del self.stderr_lines[:-20]
+            if self._on_stderr is not None:
+                try:
+                    self._on_stderr(line)
+                except Exception:  # noqa: BLE001 - logging must not kill the pump
+                    pass
+
+    def close_input(self) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for the process (and its stderr); kill it after ``timeout`` seconds."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._pump.join(timeout=2)
+        for f in (self.proc.stdout, self.proc.stderr):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+        return code
+
+    def describe_exit(self) -> str:
+        """A short reason for a dropped connection: exit status and last stderr line."""
+        code = self.proc.poll()
+        if code is None:
+            try:
+                code = self.proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                return ""
+        self._pump.join(timeout=1.0)
+        why = (f"{os.path.basename(self.argv[0])} exited with status {code}" if code >= 0
+               else f"{os.path.basename(self.argv[0])} was killed by signal {-code}")
+        if self.stderr_lines:
+            why += f": {self.stderr_lines[-1]}"
+        return why
