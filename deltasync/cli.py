@@ -77,6 +77,13 @@ def _pos_int(text: str) -> int:
     return v
 
 
+def _rate(text: str) -> int | None:
+    """--bwlimit: a bare number is KiB/s (rsync's unit); 0 means no limit."""
+    t = text.strip()
+    v = _size(t + "k") if t.replace(".", "", 1).isdigit() else _size(t)
+    return v or None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Keep a replica directory an exact one-way mirror "
                 "of a source directory; rsync-style deltas for large files.")
@@ -106,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-v", "--verbose", action="count", default=0, help="more output")
         sp.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors on the console")
         sp.add_argument("--fsync", action="store_true", help="fsync files and directories before rename")
+        rg = sp.add_argument_group("remote sync ([USER@]HOST:PATH as SOURCE or REPLICA)")
+        rg.add_argument("-e", "--rsh", metavar="COMMAND", default=None,
+                        help="transport command, split like a shell would (default: ssh)")
+        rg.add_argument("--remote-command", metavar="COMMAND", default=None,
+                        help="deltasync on the far side, run by its shell (default: deltasync)")
+        rg.add_argument("-z", "--compress", action="store_true",
+                        help="compress everything on the wire with zlib")
+        rg.add_argument("--bwlimit", metavar="RATE", type=_rate, default=None,
+                        help="cap bytes sent per second; KiB/s unless suffixed (K, M, G), like rsync")
 
     s = sub.add_parser("sync", help="one pass (or a pass every --interval seconds)")
     sync_opts(s)
@@ -123,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "stop":
             c.add_argument("--timeout", type=_positive_float, default=60.0,
                            help="seconds to wait for the daemon to exit (default 60)")
+
+    sv = sub.add_parser("serve", help="the far side of a remote sync: protocol on stdin/stdout "
+                        "(started by the client through ssh; see docs/PROTOCOL.md)")
+    sv.add_argument("--protocol-version", type=int, default=None, help=argparse.SUPPRESS)
 
     sg = sub.add_parser("signature", help="write the signature of BASIS to SIG (rdiff-style)")
     sg.add_argument("basis", metavar="BASIS")
@@ -170,6 +190,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             from .runner import run_sync
 
             return run_sync(args)
+        if args.command == "serve":
+            from .remote.server import serve
+
+            return serve(args.protocol_version)
         if args.command == "stop":
             return _cmd_stop(args)
         if args.command == "status":

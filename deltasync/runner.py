@@ -184,12 +184,19 @@ class _Pass:
         started = datetime.now().astimezone()
         if args.interval:
             self.log.info(f"pass    #{self.n} started")
-        if not self.opts.dry_run:
-            os.makedirs(self.replica, exist_ok=True)
         reporter = CliReporter(self.log, args.progress)
-        replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner)
-        try:
+        replica: Any
+        if getattr(args, "remote", False):  # HOST:PATH on one side (deltasync.remote)
+            from .remote.session import open_remote_pass
+
+            engine, replica = open_remote_pass(args, self.source, self.replica, self.opts,
+                                               reporter, self.stop, self.log)
+        else:
+            if not self.opts.dry_run:
+                os.makedirs(self.replica, exist_ok=True)
+            replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner)
             engine = Engine(self.source, replica, self.opts, reporter, self.stop)
+        try:
             try:
                 stats, code = engine.run_pass()
             finally:
@@ -251,7 +258,13 @@ def _loop(p: _Pass, logger: logging.Logger, interval: float, stop: threading.Eve
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    source, replica = check_paths(args.source, args.replica)
+    from .remote.session import check_remote_paths, is_remote
+
+    args.remote = is_remote(args)
+    if args.remote:
+        source, replica = check_remote_paths(args)
+    else:
+        source, replica = check_paths(args.source, args.replica)
     log_file = _abs(args.log_file) if args.log_file else None
     io_log = _abs(args.io_log_file) if args.io_log_file else None
     if args.command == "start":
