@@ -165,14 +165,15 @@ class LocalReplica:
             for t in temps:
                 try:
                     d, name = self.dirs.parent_of(t)
+                    # Put the directory's times back as they were, so removing
+                    # debris is invisible to the plan made from this listing.
+                    st = os.fstat(d)
                     os.unlink(name, dir_fd=d)
+                    os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
                     if self._on_temp_removed is not None:
                         self._on_temp_removed(t)
                 except (OSError, DeltaSyncError):
                     pass  # reported by the next scan if it persists
-            # Removing them changed their directories' mtimes: list again so
-            # the plan sees (and restores) the times as they are now.
-            listing = walk(self.root, excluder, on_error=on_error)
         return listing
 
     def open_file(self, path: str) -> BinaryIO:
