@@ -8,6 +8,7 @@ bad option.  Missing peers are not failures; they show as "missing".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shutil
@@ -18,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 
 from . import machine, report
-from .context import Context, Sizes, Tools
+from .context import REPO, Context, Sizes, Tools
 from .measure import Row
-from .proc import BenchFailure
+from .proc import RSS_METHOD, BenchFailure
 from .scenarios import SCENARIOS
 
 DEFAULT_SEED = 20240917
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(work, args.runs, args.quick, args.seed, sizes, Tools.find(), _log)
     started = datetime.now().astimezone()
     info = machine.describe(str(work))
+    info["deltasync_source"] = machine.deltasync_source(str(REPO), ctx.tools.deltasync)
+    info["rss_method"] = RSS_METHOD
     _log(f"work dir {work} ({info['filesystem']}); scenarios: {', '.join(names)}")
     rows: list[Row] = []
     failed: str | None = None
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_s": round(elapsed, 1), "machine": info,
             "options": {"runs": args.runs, "quick": args.quick, "scale": args.scale,
                         "seed": args.seed, "scenarios": names},
-            "sizes": vars(sizes) if hasattr(sizes, "__dict__") else {},
+            "sizes": dataclasses.asdict(sizes),
             "ratio": "tool median time / deltasync median time in the same group"}
     report.write_json(out / f"{stem}.json", rows, meta)
     title = (f"deltasync bench {started:%Y-%m-%d}: {info['cpu']}, {info['cores']} cores, "

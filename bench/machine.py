@@ -69,6 +69,33 @@ def _pkg(name: str) -> str | None:
         return None
 
 
+def deltasync_source(repo: str, deltasync_cmd: list[str]) -> dict[str, Any]:
+    """Which deltasync code was measured: module path, git commit, uncommitted changes.
+
+    A snapshot without .git (``git archive``) can name its commit in the
+    environment variable DELTASYNC_COMMIT.
+    """
+    info: dict[str, Any] = {"repo": repo, "commit": os.environ.get("DELTASYNC_COMMIT")}
+    py = deltasync_cmd[0]
+    if not py.endswith(("python", "python3")) and os.path.exists(py):
+        with open(py, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+        py = first[2:].strip() if first.startswith("#!") else sys.executable
+    try:
+        r = subprocess.run([py, "-c", "import deltasync; print(deltasync.__file__)"],
+                           capture_output=True, text=True, timeout=30, cwd="/")
+        info["module"] = r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["module"] = None
+    if os.path.isdir(os.path.join(repo, ".git")):
+        def git(*a: str) -> str:
+            r = subprocess.run(["git", "-C", repo, *a], capture_output=True, text=True)
+            return r.stdout.strip()
+        info["commit"] = git("rev-parse", "HEAD") or info["commit"]
+        info["dirty"] = git("status", "--porcelain", "--", "deltasync").splitlines()
+    return info
+
+
 def describe(workdir: str) -> dict[str, Any]:
     return {
         "host": platform.node(),
