@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import queue
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -53,44 +54,80 @@ class RemoteFailure(DeltaSyncError):
 
 
 class Connection:
-    """One session with ``deltasync serve`` through a transport command."""
+    """One session with ``deltasync serve`` through a transport command.
+
+    Nothing waits for the far side here: HELLO, OPEN and (with ``scan``) the
+    SCAN request go out at once, so ssh's handshake, the far side's start-up
+    and its walk overlap with whatever the caller does next (walking the local
+    tree).  The answers are read on first use (``open()``, ``scan()``).
+    """
 
     def __init__(self, spec: RemoteSpec, role: str, *, rsh: str | None = None,
                  remote_command: str | None = None, compress: bool = False,
                  compress_level: int = 6, bwlimit: int | None = None, dry_run: bool = False,
                  fsync: bool = False, owner: bool = False,
+                 scan: tuple[list[str], bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None) -> None:
         self.spec = spec
         self.transport = Transport(transport_argv(spec, rsh, remote_command), on_stderr)
         self.out = FrameWriter(self.transport.write_fd, bwlimit)
         self.inp = FrameReader(self.transport.read_fd)
         self.closed = False
+        self.compress = compress
+        self._info: dict[str, Any] | None = None
+        self._scan_sent: tuple[list[str], bool, bool] | None = None
         try:
-            self._handshake(compress, compress_level, bwlimit)
+            # Compression is on exactly when the client asks for it (every
+            # version has zlib), so it can start before the server's HELLO.
+            self.out.send(HELLO, hello_payload({"compress": compress, "level": compress_level,
+                                                "bwlimit": bwlimit or 0}))
+            if compress:
+                self.out.start_compression(compress_level)
             self.out.send(OPEN, dump_json({"role": role, "path": spec.path, "dry_run": dry_run,
-                                           "fsync": fsync, "owner": owner}), flush=True)
-            ftype, payload = self.recv()
-            if ftype != OPENED:
-                raise ProtocolError(f"expected OPENED, got {type_name(ftype)}")
-            self.info = parse_json(payload, "OPENED")
+                                           "fsync": fsync, "owner": owner}))
+            if scan is not None:
+                self._send_scan(*scan)
+            self.out.flush()
         except BaseException:
             self.abort()
             raise
 
-    def _handshake(self, compress: bool, level: int, bwlimit: int | None) -> None:
-        mine = (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
-        self.out.send(HELLO, hello_payload({"compress": compress, "level": level,
-                                            "bwlimit": bwlimit or 0}), flush=True)
+    @property
+    def info(self) -> dict[str, Any]:
+        """The far side's OPENED answer (waits for it)."""
+        if self._info is None:
+            self.open()
+        assert self._info is not None
+        return self._info
+
+    def open(self) -> None:
+        """Read the far side's HELLO and OPENED; raise if it refused."""
+        if self._info is not None:
+            return
         try:
-            ftype, payload = self.inp.recv()
-        except ProtocolError as e:
-            raise self._lost(e) from None
-        theirs = parse_hello(ftype, payload, self.inp.first_bytes)
-        self.version = negotiate(mine, theirs, "remote")
-        self.remote_software = str(theirs.get("software", "?"))
-        if compress and "zlib" in theirs.get("capabilities", []):
-            self.out.start_compression(level)
-            self.inp.start_compression()
+            try:
+                ftype, payload = self.inp.recv()
+            except ProtocolError as e:
+                raise self._lost(e) from None
+            theirs = parse_hello(ftype, payload, self.inp.first_bytes)
+            self.version = negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), theirs, "remote")
+            self.remote_software = str(theirs.get("software", "?"))
+            if self.compress:
+                self.inp.start_compression()
+            self._info = {}
+            ftype, payload = self.recv()
+            if ftype != OPENED:
+                raise ProtocolError(f"expected OPENED, got {type_name(ftype)}")
+            self._info = parse_json(payload, "OPENED")
+        except BaseException:
+            self._info = None
+            self.abort()
+            raise
+
+    def _send_scan(self, excludes: list[str], clean_temps: bool, checksum: bool) -> None:
+        self._scan_sent = (list(excludes), clean_temps, checksum)
+        self.out.send(SCAN, dump_json({"excludes": list(excludes), "clean_temps": clean_temps,
+                                       "checksum": checksum}))
 
     def _lost(self, e: ProtocolError) -> ProtocolError:
         why = self.transport.describe_exit()
@@ -101,6 +138,8 @@ class Connection:
 
     def recv(self) -> tuple[int, bytes]:
         """Next frame; an ERROR frame or a dropped link becomes an exception."""
+        if self._info is None:
+            self.open()
         try:
             ftype, payload = self.inp.recv()
         except ProtocolError as e:
@@ -115,35 +154,30 @@ class Connection:
     def scan(self, excludes: Iterable[str], clean_temps: bool, checksum: bool,
              on_error: Callable[[str, OSError], None] | None = None
              ) -> tuple[Listing, dict[str, bytes]]:
-        """The far tree's listing, plus blake3 digests of its files when ``checksum``."""
-        self.out.send(SCAN, dump_json({"excludes": list(excludes), "clean_temps": clean_temps,
-                                       "checksum": checksum}), flush=True)
-        listing: Listing | None = None
+        """The far tree's listing, plus blake3 digests of its files when ``checksum``.
+
+        Reads the answer to the SCAN sent at connection time if it asked the same.
+        """
+        want = (list(excludes), clean_temps, checksum)
+        if self._scan_sent != want:
+            self._send_scan(*want)
+            self.out.flush()
+        self._scan_sent = None
+        entries: list[Entry] = []
         digests: dict[str, bytes] = {}
-        decode = codec.decode_entry
         while True:
             ftype, payload = self.recv()
             if ftype == LIST:
-                pos, n = 0, len(payload)
-                out = listing.entries if listing is not None else None
-                while pos < n:
-                    e, digest, pos = decode(payload, pos)
-                    if listing is None:
-                        if e.path != "" or e.kind is not Kind.DIR:
-                            raise ProtocolError("listing does not start with its root")
-                        listing = Listing(root=e)
-                        out = listing.entries
-                        continue
-                    if not e.path:
-                        raise ProtocolError("listing holds an empty path")
-                    assert out is not None
-                    out.append(e)
-                    if digest is not None:
-                        digests[e.path] = digest
+                codec.decode_entries(payload, entries, digests)
             elif ftype == LIST_END:
-                if listing is None:
-                    raise ProtocolError("listing ended before its root")
-                body = parse_json(payload, "LIST_END")
+                if len(payload) < 4:
+                    raise ProtocolError("malformed LIST_END message")
+                (rlen,) = struct.unpack_from(">I", payload)
+                root, _, pos = codec.decode_entry(payload[4 : 4 + rlen])
+                if root.path != "" or root.kind is not Kind.DIR or pos != rlen:
+                    raise ProtocolError("malformed LIST_END message: bad root entry")
+                listing = Listing(root=root, entries=entries)
+                body = parse_json(payload[4 + rlen :], "LIST_END")
                 unreadable = body.get("unreadable", [])
                 if not isinstance(unreadable, list):
                     raise ProtocolError("malformed LIST_END message")

@@ -53,9 +53,14 @@ class PullEngine(Engine):
 
     # -- source side ------------------------------------------------------
     def _walk_source(self, on_error: Any) -> Listing:
-        listing, self._digests = self.conn.scan(self.opts.excludes, False, self.opts.checksum,
-                                                on_error)
+        # The local replica first: the far side is walking its tree meanwhile.
+        self._local_listing = super()._scan_replica(on_error)
+        listing, self._digests = self.conn.scan(list(self.opts.excludes), False,
+                                                self.opts.checksum, on_error)
         return listing
+
+    def _scan_replica(self, on_error: Any) -> Listing:
+        return self._local_listing
 
     def _source_dirs(self) -> Any:
         return contextlib.nullcontext(None)

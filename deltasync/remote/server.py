@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import sys
 from typing import Any
 
@@ -37,7 +38,7 @@ from .protocol import (
 from .receive import receive_delta, receive_whole
 from .streams import DataReader, DataWriter
 
-LIST_BATCH = 64 << 10  # bytes of encoded entries per LIST frame
+LIST_BATCH = 128 << 10  # about this many bytes of entries per LIST frame
 COPY_RETRIES = 2
 READ_CHUNK = 256 << 10
 
@@ -164,25 +165,25 @@ class Server:
         hash_files = bool(body.get("checksum"))
         dirs = DirFds(self.root) if hash_files and os.path.isdir(self.root) else None
         try:
-            batch = [codec.encode_entry(listing.root)]
+            pairs: list[tuple[Entry, bytes | None]] = []
             size = 0
             for e in listing.entries:
                 digest = None
                 if dirs is not None and e.kind is Kind.FILE:
                     digest = self._hash(dirs, e.path)
-                enc = codec.encode_entry(e, digest)
-                batch.append(enc)
-                size += len(enc)
+                pairs.append((e, digest))
+                size += 80 + len(e.path) + (len(e.target) if e.target else 0)
                 if size >= LIST_BATCH:
-                    self.out.send(LIST, b"".join(batch))
-                    batch, size = [], 0
-            if batch:
-                self.out.send(LIST, b"".join(batch))
+                    self.out.send(LIST, codec.encode_entries(pairs))
+                    pairs, size = [], 0
+            if pairs:
+                self.out.send(LIST, codec.encode_entries(pairs))
         finally:
             if dirs is not None:
                 dirs.close()
-        self.out.send(LIST_END, dump_json({"unreadable": sorted(listing.unreadable),
-                                           "errors": errors}), flush=True)
+        root = codec.encode_entry(listing.root)
+        self.out.send(LIST_END, struct.pack(">I", len(root)) + root + dump_json(
+            {"unreadable": sorted(listing.unreadable), "errors": errors}), flush=True)
 
     @staticmethod
     def _hash(dirs: DirFds, path: str) -> bytes | None:

@@ -14,11 +14,13 @@ import dataclasses
 import logging
 import os
 import threading
+from typing import Any
 
 from ..engine import Engine, Reporter, SyncOptions
 from ..errors import ConfigError, UsageError
 from ..log import quote_path
 from ..replica import LocalReplica
+from ..walk import Listing
 from .client import Connection, RemoteReplica
 from .transport import RemoteSpec, parse_remote
 
@@ -43,6 +45,18 @@ def check_remote_paths(args: argparse.Namespace) -> tuple[str, str]:
     return args.source, os.path.abspath(args.replica)
 
 
+class PushEngine(Engine):
+    """``Engine`` into a ``RemoteReplica``: owner/group are compared only when the
+    far side can set them (it runs as root), which is known once it answered."""
+
+    def _scan_replica(self, on_error: Any) -> Listing:
+        listing = super()._scan_replica(on_error)
+        owner = bool(self.replica.conn.info.get("root_user"))  # type: ignore[attr-defined]
+        if owner != self.opts.owner:
+            self.opts = dataclasses.replace(self.opts, owner=owner)
+        return listing
+
+
 class _PullClose:
     def __init__(self, conn: Connection, local: LocalReplica) -> None:
         self.conn, self.local = conn, local
@@ -63,21 +77,23 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
     def on_stderr(line: str) -> None:
         logger.warning(f"remote  {line}")
 
-    common = dict(rsh=args.rsh, remote_command=args.remote_command, compress=args.compress,
-                  bwlimit=args.bwlimit, dry_run=opts.dry_run, fsync=opts.fsync,
-                  on_stderr=on_stderr)
+    common: dict[str, Any] = dict(
+        rsh=args.rsh, remote_command=args.remote_command, compress=args.compress,
+        bwlimit=args.bwlimit, dry_run=opts.dry_run, fsync=opts.fsync, on_stderr=on_stderr)
     if dst_spec is not None:
-        conn = Connection(dst_spec, "replica", owner=True, **common)  # type: ignore[arg-type]
-        # owner/group are compared only if the far side can set them (runs as root)
-        opts = dataclasses.replace(opts, owner=bool(conn.info.get("root_user")))
+        # The SCAN goes out with the connection, so the far side walks its
+        # tree while we walk ours.
+        conn = Connection(dst_spec, "replica", owner=True,
+                          scan=(list(opts.excludes), not opts.dry_run, opts.checksum), **common)
         r = RemoteReplica(conn, checksum=opts.checksum)
-        return Engine(source, r, opts, reporter, stop), r
+        return PushEngine(source, r, opts, reporter, stop), r
     assert src_spec is not None
     from .pull import PullEngine
 
     if not opts.dry_run:
         os.makedirs(replica, exist_ok=True)
-    conn = Connection(src_spec, "source", **common)  # type: ignore[arg-type]
+    conn = Connection(src_spec, "source", scan=(list(opts.excludes), False, opts.checksum),
+                      **common)
     local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner)
     return PullEngine(conn, local, opts, reporter, stop), _PullClose(conn, local)
 
