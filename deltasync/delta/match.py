@@ -115,7 +115,6 @@ def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -
     h = blake3
 
     scanner: WeakScanner | None = None
-    wfilter = None
 
     p = 0  # next byte of the new file not yet covered by an op (chain mode)
     lit = 0  # start of the pending literal [lit, p) or [lit, s)
@@ -133,6 +132,37 @@ def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -
         st.literal_bytes += stop - start
         return ops
 
+    def find(s: int, count: int, keep: int) -> tuple[int, int, int]:
+        """First offset q in [s, s+count) where a full block matches.
+
+        Returns ``(q, block, scanned)``; ``q = -1`` if none of the ``scanned``
+        offsets matched (fewer than ``count`` only at the end of the file).
+        """
+        nonlocal scanner, checks
+        need = s + count + L - 1
+        if rd.base + rd.end < need:
+            rd.fill(need, keep)
+        n = min(count, rd.base + rd.end - L + 1 - s)
+        if n <= 0:
+            return -1, -1, 0
+        wfilter = sig.weak_filter
+        if not wfilter.size:
+            return -1, -1, n
+        if scanner is None:
+            scanner = WeakScanner(L, SCAN_MAX)
+        off = s - rd.base
+        w = scanner.scan(np.frombuffer(rd.buf, dtype=np.uint8, count=n + L - 1, offset=off))
+        hits = wfilter.hits(w)
+        st.weak_hits += len(hits)
+        for c in hits.tolist():
+            o = off + c
+            d = h(mv[o : o + L]).digest(slen)
+            checks += 1
+            k = expect if expect < nfull and strong[expect] == d else index.get(d)
+            if k is not None:
+                return s + c, k, n
+        return -1, -1, n
+
     while True:
         # ---- chain mode: one strong hash per block while blocks keep matching
         s = -1
@@ -148,8 +178,13 @@ def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -
                 checks += 1
                 k = expect if expect < nfull and strong[expect] == d else index.get(d)
             if k is None and tail and expect == tail_idx and avail >= tail:
+                # The short last block continues the copy.  Take it unless a
+                # full block match starts inside it (then the plain greedy
+                # choice, skipping the tail, loses nothing).
                 checks += 1
-                if h(mv[off : off + tail]).digest(slen) == strong[tail_idx]:
+                if h(mv[off : off + tail]).digest(slen) == strong[tail_idx] and (
+                    avail == tail or find(p + 1, tail - 1, p)[0] < 0
+                ):
                     k = tail_idx
                     n = tail
             if k is None:
@@ -171,39 +206,10 @@ def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -
 
         # ---- search mode: vectorised weak sums over windows, from offset s
         if s >= 0:
-            if scanner is None:
-                scanner = WeakScanner(L, SCAN_MAX)
-                wfilter = sig.weak_filter
-            assert wfilter is not None
-            nw = wfilter.size
             W = min(SCAN_MAX, max(L, 4096))
-            found = -1
-            while found < 0:
-                need = s + W + L - 1
-                if rd.base + rd.end < need:
-                    rd.fill(need, lit)
-                n = min(W, rd.base + rd.end - L + 1 - s)
-                if n <= 0:
-                    break  # end of file
-                off = s - rd.base
-                if nw:
-                    w = scanner.scan(np.frombuffer(rd.buf, dtype=np.uint8, count=n + L - 1, offset=off))
-                    hits = wfilter.hits(w)
-                if nw and len(hits):
-                    st.weak_hits += len(hits)
-                    for c in hits.tolist():
-                        o = off + c
-                        d = h(mv[o : o + L]).digest(slen)
-                        checks += 1
-                        if expect < nfull and strong[expect] == d:
-                            k = expect
-                        else:
-                            k = index.get(d)
-                            if k is None:
-                                continue
-                        found = s + c
-                        break
-                if found >= 0:
+            while True:
+                found, k, n = find(s, W, lit)
+                if found >= 0 or n <= 0:
                     break
                 s += n
                 if s - lit >= MAX_LITERAL:
