@@ -30,7 +30,7 @@ from ..replica import SourceChanged, SourceFile
 from ..walk import Excluder, Listing
 from . import codec
 from .protocol import (
-    DATA, DELETE, DELTA, END, ERROR, FILE, GOODBYE, HELLO, LIST, LIST_END, META,
+    MAGIC, DATA, DELETE, DELTA, END, ERROR, FILE, GOODBYE, HELLO, LIST, LIST_END, META,
     MIN_PROTOCOL_VERSION, MKDIR, OPEN, OPENED, PROTOCOL_VERSION, RESULT, SCAN, SIGNATURE,
     SYMLINK, FrameReader, FrameWriter, dump_json, hello_payload, negotiate, parse_hello,
     parse_json, type_name,
@@ -72,6 +72,7 @@ class Connection:
         self.transport = Transport(transport_argv(spec, rsh, remote_command), on_stderr)
         self.out = FrameWriter(self.transport.write_fd, bwlimit)
         self.inp = FrameReader(self.transport.read_fd)
+        self.out.explain = self._lost
         self.closed = False
         self.compress = compress
         self._info: dict[str, Any] | None = None
@@ -108,6 +109,10 @@ class Connection:
             try:
                 ftype, payload = self.inp.recv()
             except ProtocolError as e:
+                first = self.inp.first_bytes
+                if first and not (first[:1] == bytes([HELLO]) and
+                                  MAGIC.startswith(first[5:13])):
+                    parse_hello(-1, b"", first)  # raises "does not speak the protocol"
                 raise self._lost(e) from None
             theirs = parse_hello(ftype, payload, self.inp.first_bytes)
             self.version = negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), theirs, "remote")

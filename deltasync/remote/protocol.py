@@ -30,6 +30,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
@@ -96,6 +97,8 @@ class FrameWriter:
         self._limit = RateLimit(bwlimit) if bwlimit else None
         self.bytes_out = 0  # bytes handed to the transport (after compression)
         self.closed = False
+        # turns "the link broke" into a message saying why (transport status, stderr)
+        self.explain: Callable[[ProtocolError], ProtocolError] | None = None
 
     def set_bwlimit(self, rate: int | None) -> None:
         self._limit = RateLimit(rate) if rate else None
@@ -147,8 +150,10 @@ class FrameWriter:
         except OSError as e:
             self.closed = True
             if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):
-                raise ProtocolError("connection lost (the remote side went away)") from e
-            raise ProtocolError(f"cannot write to the connection: {e.strerror}") from e
+                err = ProtocolError("the remote side went away")
+            else:
+                err = ProtocolError(f"cannot write to the connection: {e.strerror}")
+            raise (self.explain(err) if self.explain else err) from e
 
 
 class FrameReader:

@@ -37,15 +37,19 @@ class RemoteSpec:
 
 def parse_remote(arg: str) -> RemoteSpec | None:
     """``[USER@]HOST:PATH`` -> RemoteSpec; a local path -> None."""
-    colon = arg.find(":")
+    start = arg.find("[")
+    if start >= 0 and (start == 0 or arg[start - 1] == "@") and "]:" in arg:
+        colon = arg.index("]:") + 1  # [::1]:path, user@[::1]:path
+    else:
+        colon = arg.find(":")
     if colon <= 0:
         return None
     slash = arg.find("/")
     if 0 <= slash < colon:
         return None
     host, path = arg[:colon], arg[colon + 1:]
-    if host.startswith("[") and host.endswith("]"):  # [::1]:path
-        host = host[1:-1]
+    if "[" in host and host.endswith("]"):
+        host = host.replace("[", "", 1)[:-1]
     if not host or host.endswith("@") or host.startswith("-"):
         raise UsageError(f"bad remote host in {arg!r}")
     if path.startswith(":"):
