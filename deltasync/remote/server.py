@@ -97,9 +97,10 @@ class Server:
             rate = theirs["bwlimit"]
             if isinstance(rate, int) and rate > 0:
                 self.out.set_bwlimit(rate)
-        if theirs.get("compress") and "zlib" in theirs.get("capabilities", []):
-            self.out.start_compression(int(theirs.get("level", 6)) if
-                                       str(theirs.get("level", 6)).isdigit() else 6)
+        if theirs.get("compress") is True:  # on exactly when the client asks (PROTOCOL.md)
+            level = theirs.get("level", 6)
+            self.out.start_compression(level if isinstance(level, int) and 1 <= level <= 9
+                                       else 6)
             self.inp.start_compression()
         ftype, payload = self.inp.recv()
         if ftype != OPEN:
