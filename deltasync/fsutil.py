@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 
 from .errors import UnsafePathError
 
@@ -124,6 +125,20 @@ class DirFds:
 
 
 def open_nofollow(dirs: DirFds, path: str, flags: int = os.O_RDONLY) -> int:
-    """Open a file below the root without following symlinks anywhere."""
+    """Open a file below the root without following symlinks anywhere.
+
+    ``O_NONBLOCK`` is always added: a regular file swapped for a FIFO after
+    the walk would otherwise block the open (and the whole pass) forever.  It
+    changes nothing for regular files and directories.
+    """
     d, name = dirs.parent_of(path)
-    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=d)
+
+
+def open_regular(dirs: DirFds, path: str) -> int:
+    """``open_nofollow`` for reading, refusing anything but a regular file."""
+    fd = open_nofollow(dirs, path)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"not a regular file: {path!r}")
+    return fd

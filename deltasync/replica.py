@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .errors import DeltaSyncError
-from .fsutil import DirFds, open_nofollow, temp_name
+from .fsutil import DirFds, open_nofollow, open_regular, temp_name
 from .model import Entry, Kind
 from .walk import Excluder, Listing, walk
 
@@ -177,13 +177,13 @@ class LocalReplica:
         return listing
 
     def open_file(self, path: str) -> BinaryIO:
-        fd = open_nofollow(self.dirs, path)
+        fd = open_regular(self.dirs, path)
         return os.fdopen(fd, "rb", buffering=0)
 
     def checksum(self, path: str) -> bytes:
         from .hashing import hash_fd
 
-        fd = open_nofollow(self.dirs, path)
+        fd = open_regular(self.dirs, path)
         try:
             return hash_fd(fd)
         finally:
@@ -233,8 +233,7 @@ class LocalReplica:
         from .delta import apply_delta
 
         def fill(fd: int, d: int) -> int:
-            d_, name = self.dirs.parent_of(path)
-            basis_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d_)
+            basis_fd = open_regular(self.dirs, path)
             with os.fdopen(basis_fd, "rb") as basis:
                 return apply_delta(basis, ops, _FdWriter(fd), block_size)  # type: ignore[arg-type]
 

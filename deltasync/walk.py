@@ -198,6 +198,9 @@ def _walk_some(dfd: int, prefix: str, des: Iterator[os.DirEntry[str]], listing: 
         except FileNotFoundError:
             continue  # vanished between readdir and stat: as if never there
         except OSError as e:
+            # Unknown, not absent (e.g. a directory without search permission):
+            # the other side must not delete its copy.
+            listing.unreadable.add(path)
             if on_error is not None:
                 on_error(path, e)
             continue
@@ -240,6 +243,7 @@ def _walk_some(dfd: int, prefix: str, des: Iterator[os.DirEntry[str]], listing: 
                 except FileNotFoundError:
                     continue
                 except OSError as e:
+                    listing.unreadable.add(path)
                     if on_error is not None:
                         on_error(path, e)
                     continue
