@@ -12,11 +12,14 @@ them through versioned binary files (docs/FORMAT.md); ``signature_file``,
 Modules: ``rolling`` (weak sums), ``signature``, ``match``, ``patch``,
 ``format``, ``files``; each states its algorithm and invariants.
 
-This module imports numpy and blake3; import it lazily where a delta may not
-be needed.
+Importing this package does not import numpy: ``make_delta``, ``weak_sum``,
+and the functions that compute or read signatures import it on first use, so
+``patch`` starts fast.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from .files import SigStats, atomic_output, delta_file, patch_file, signature_file
 from .format import (
@@ -27,10 +30,8 @@ from .format import (
     write_delta,
     write_signature,
 )
-from .match import make_delta
 from .ops import Copy, DeltaStats, End, Literal, Op, PatchStats
 from .patch import apply_delta
-from .rolling import weak_sum
 from .signature import (
     DEFAULT_MAX_BLOCK_SIZE,
     DEFAULT_MIN_BLOCK_SIZE,
@@ -80,3 +81,21 @@ __all__ = [
     "patch_file",
     "atomic_output",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy exports of the numpy-based modules (PEP 562).
+    if name == "make_delta":
+        from .match import make_delta
+
+        return make_delta
+    if name == "weak_sum":
+        from .rolling import weak_sum
+
+        return weak_sum
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from .match import make_delta
+    from .rolling import weak_sum

@@ -26,7 +26,6 @@ from typing import BinaryIO, Iterator
 from ..errors import ConfigError
 from ..fsutil import temp_name
 from .format import read_delta, read_signature, write_delta, write_signature
-from .match import make_delta
 from .ops import DeltaStats, PatchStats
 from .patch import apply_delta
 from .signature import DEFAULT_STRONG_LEN, make_signature
@@ -124,6 +123,8 @@ def delta_file(sig_path: str, new_path: str, delta_path: str) -> DeltaStats:
     """Write the delta from the signature ``sig_path`` to ``new_path``."""
     if sig_path == STDIO and new_path == STDIO:
         raise ConfigError("the signature and the new file cannot both be standard input")
+    from .match import make_delta  # imports numpy
+
     t0 = time.perf_counter()
     with _open_input(sig_path) as sf:
         sig = read_signature(sf)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO, Iterable, Iterator
 
-import numpy as np
 from blake3 import blake3
 
 from ..errors import FormatError
@@ -116,6 +115,8 @@ def read_signature(
     ``max_blocks`` (default ``DEFAULT_MAX_BLOCKS``) bounds memory.  With
     ``expect_eof`` the stream must end right after the checksum.
     """
+    import numpy as np
+
     limit = DEFAULT_MAX_BLOCKS if max_blocks is None else max_blocks
     head = read_full(inp, _SIG_HEAD.size)
     if head[:8] != SIG_MAGIC:
@@ -142,7 +143,7 @@ def read_signature(
     h = blake3()
     h.update(head)
     rec = 4 + slen
-    weaks: list[np.ndarray] = []
+    weaks: list[np.ndarray] = []  # type: ignore[type-arg]
     strongs: list[bytes] = []
     step = 1 << 16
     for i in range(0, count, step):
@@ -181,7 +182,7 @@ def write_delta(ops: Iterable[Op], out: BinaryIO, block_size: int) -> DeltaStats
     if not isinstance(block_size, int) or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
         raise ValueError(f"invalid block size {block_size!r}")
     st = DeltaStats(block_size=block_size)
-    h = blake3()
+    h = blake3(max_threads=blake3.AUTO)
     parts: list[bytes] = []
     pending = 0
     total = 0
@@ -213,11 +214,17 @@ def write_delta(ops: Iterable[Op], out: BinaryIO, block_size: int) -> DeltaStats
                 piece = data[a : a + MAX_LITERAL_RECORD]
                 rec = bytes((TAG_LITERAL,)) + uvarint(len(piece))
                 parts.append(rec)
-                parts.append(piece)
-                pending += len(rec) + len(piece)
                 st.literal_ops += 1
-                if pending >= _FLUSH:
+                if len(piece) >= _FLUSH:  # big data: write it as it is, no join
                     flush()
+                    h.update(piece)
+                    out.write(piece)
+                    total += len(piece)
+                else:
+                    parts.append(piece)
+                    pending += len(rec) + len(piece)
+                    if pending >= _FLUSH:
+                        flush()
             st.literal_bytes += len(data)
         elif type(op) is End:
             if not (0 <= op.size <= MAX_FILE_SIZE) or len(op.digest) != DIGEST_LEN:
@@ -285,7 +292,7 @@ def uvarint(n: int) -> bytes:
 
 
 def _delta_records(inp: BinaryIO, head: bytes, expect_eof: bool) -> Iterator[Op]:
-    h = blake3()
+    h = blake3(max_threads=blake3.AUTO)
     h.update(head)
     read = inp.read
 

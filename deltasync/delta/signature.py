@@ -30,13 +30,15 @@ import os
 import stat
 from dataclasses import dataclass
 from functools import cached_property
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import numpy as np
-import numpy.typing as npt
 from blake3 import blake3
 
-from .rolling import WeakFilter, block_weak_sums
+if TYPE_CHECKING:  # numpy is imported when first needed: patching never needs it
+    import numpy as np
+    import numpy.typing as npt
+
+    from .rolling import WeakFilter
 
 __all__ = [
     "DEFAULT_STRONG_LEN",
@@ -121,6 +123,8 @@ class Signature:
             raise ValueError(f"signature of {self.basis_size} bytes needs {n} blocks")
         if any(len(s) != self.strong_len for s in self.strong):
             raise ValueError("strong sum of the wrong length")
+        import numpy as np
+
         w = np.ascontiguousarray(self.weak, dtype=np.uint32)
         w.flags.writeable = False
         object.__setattr__(self, "weak", w)
@@ -150,11 +154,15 @@ class Signature:
     @cached_property
     def weak_filter(self) -> WeakFilter:
         """Membership test for the weak sums of the full blocks (see rolling)."""
+        from .rolling import WeakFilter
+
         return WeakFilter(self.weak[: self.full_blocks])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Signature):
             return NotImplemented
+        import numpy as np
+
         return (
             self.block_size == other.block_size
             and self.strong_len == other.strong_len
@@ -222,6 +230,10 @@ def make_signature(
             size = stream_size(f)
         block_size = UNKNOWN_SIZE_BLOCK_SIZE if size is None else default_block_size(size)
     check_params(block_size, strong_len)
+    import numpy as np
+
+    from .rolling import block_weak_sums
+
     L = block_size
     chunk = max(L, (READ_CHUNK // L) * L)
     weaks: list[npt.NDArray[np.uint32]] = []
