@@ -29,3 +29,318 @@ def tmpfs(where: Path, size: str, *options: str) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+import json
+import logging
+import random
+import re
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from blake3 import blake3
+
+import mutator
+from conftest import RecordingReporter, cli_cmd, do_sync, popen, run_proc
+from deltasync import replica as replica_mod
+from deltasync.engine import DeltaMode
+from deltasync.fsutil import is_temp_name
+from treeutil import assert_same_tree, build_tree, snapshot
+
+TESTS = Path(__file__).resolve().parent
+
+
+def temps(root: Path) -> list[str]:
+    return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files
+            if is_temp_name(n)]
+
+
+def wait_for(cond: Any, timeout: float = 30, step: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError("timed out waiting")
+
+
+def read(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def versions(root: Path) -> dict[str, tuple[str, bytes | None]]:
+    """relative path -> (kind, blake3 of content | link target | None) of a whole tree."""
+    out: dict[str, tuple[str, bytes | None]] = {}
+    for d, dnames, fnames in os.walk(root):
+        for n in dnames + fnames:
+            p = os.path.join(d, n)
+            rel = os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = ("symlink", os.fsencode(os.readlink(p)))
+            elif os.path.isdir(p):
+                out[rel] = ("dir", None)
+            else:
+                with open(p, "rb") as f:
+                    out[rel] = ("file", blake3(f.read()).digest())
+    return out
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(TESTS.parent)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+# -- crash anywhere ----------------------------------------------------------------
+
+def _walking(pid: int, root: Path, timeout: float = 30) -> bool:
+    """Wait until process ``pid`` holds a descriptor below ``root`` (its pass began)."""
+    prefix = str(root)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            return False  # already gone
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                    return True
+            except OSError:
+                continue
+        time.sleep(0.0005)
+    return False
+
+
+def crash_loop(tmp_path: Path, iterations: int, seed: int) -> None:
+    """SIGKILL a sync at a random moment, check every replica file, converge, repeat.
+
+    The kill comes at a random time after the process has started walking
+    SOURCE (found through /proc/PID/fd), so it lands inside the pass instead of
+    in the interpreter's start-up.
+    """
+    rng = random.Random(seed)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    mutator.populate(str(src), rng, files=150, dirs=12, big=3)
+    # --fsync on every other iteration: slower passes, and the fsync path crashed too
+    base = ["sync", src, dst, "-q", "--delta-threshold", "1M"]
+    t0 = time.monotonic()
+    first = run_proc(*base)
+    est = time.monotonic() - t0  # upper bound of a pass; shrinks when passes end early
+    assert first.returncode == 0, first.stderr
+    killed = mid = 0
+    for i in range(iterations):
+        args = base + ["--fsync"] * (i % 2)
+        old = versions(src)
+        done = mutator.mutate(str(src), rng, rng.randint(10, 80))
+        for _ in range(rng.randint(1, 4)):
+            done += [mutator.op_big_edit(str(src), rng, mutator._listing(str(src)))]
+        new = versions(src)
+        proc = subprocess.Popen(cli_cmd(*args), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=cli_env())
+        _walking(proc.pid, src)
+        delay = rng.uniform(0, est)
+        t0 = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=delay)
+            assert proc.returncode == 0, err  # it finished before the kill: fine too
+            est = max(0.01, 0.9 * (time.monotonic() - t0))  # aim earlier next time
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            killed += 1
+            proc.communicate()
+        where = f"iteration {i} (seed {seed}, kill after {delay:.3f} s, ops {done})"
+        now = {rel: v for rel, v in versions(dst).items()
+               if not is_temp_name(os.path.basename(rel))}
+        for rel, got in now.items():
+            ok = [v for v in (old.get(rel), new.get(rel)) if v is not None]
+            assert got in ok, f"{where}: {rel} is neither its old nor its new version"
+        if now != old and now != new:
+            mid += 1  # the kill landed inside the pass, between two changes
+        # one more pass converges and leaves no temp file
+        r = do_sync(src, dst, delta_threshold=1 << 20)
+        assert r.code == 0, (where, r.rep.failed_)
+        assert temps(dst) == [], where
+        assert_same_tree(src, dst)
+    print(f"crash loop: {iterations} iterations, {killed} killed, {mid} mid-pass")
+    assert killed >= iterations // 2, f"only {killed} of {iterations} syncs were killed"
+    assert mid >= iterations // 4, f"only {mid} of {iterations} kills landed mid-pass"
+
+
+def test_crash_anywhere_short(tmp_path: Path) -> None:
+    crash_loop(tmp_path, 8, seed=1)
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("seed", [2, 3])
+def test_crash_anywhere_stress(tmp_path: Path, seed: int) -> None:
+    crash_loop(tmp_path, 50, seed=seed)
+
+
+# -- disk full -----------------------------------------------------------------------
+
+ENOSPC_LINE = re.compile(r" ERROR   error   (\S+) \((create|update) failed: No space left on device\)")
+
+
+def _enospc_paths(text: str) -> set[str]:
+    return {m.group(1) for m in ENOSPC_LINE.finditer(text)}
+
+
+@pytest.mark.parametrize("delta", ["never", "always"])
+def test_disk_full_fails_the_file_keeps_the_old_version(tmp_path: Path, delta: str) -> None:
+    """REPLICA on an 8 MiB tmpfs: a file that does not fit fails with a clear line and
+    exit 23, its old version stays, no temp is left, everything that fits is synced,
+    and once there is room again one pass converges."""
+    src, log = tmp_path / "src", tmp_path / "log"
+    rng = random.Random(7)
+    old_big = rng.randbytes(3 << 20)
+    build_tree(src, {"big": old_big, "d": {f"s{i}": rng.randbytes(100_000) for i in range(5)}})
+    with tmpfs(tmp_path / "fs", "8m") as fs:
+        dst = fs / "replica"
+        assert run_proc("sync", src, dst, "-q").returncode == 0
+        # the new big: too large for what is left (whole file), or, as a delta, a
+        # small edit whose temp copy still needs its full size next to the old one
+        new_big = (rng.randbytes(7 << 20) if delta == "never"
+                   else old_big[:1000] + b"edit" + old_big[1000:] + rng.randbytes(2 << 20))
+        (src / "big").write_bytes(new_big)
+        (dst.parent / "filler").write_bytes(b"\0" * (3 << 20))  # someone else's data
+        build_tree(src, {"new": {"a": b"fits", "b": rng.randbytes(200_000)}, "zz": b"last"})
+        (src / "d" / "s0").write_bytes(b"updated")
+        p = run_proc("sync", src, dst, "--log-file", log, "-q", "--delta", delta,
+                     "--delta-threshold", "0")
+        assert p.returncode == 23, p.stderr
+        assert "Traceback" not in p.stderr + read(log)
+        assert _enospc_paths(read(log)) == {"big"}, read(log)
+        assert re.search(r" exit=23\b", read(log).splitlines()[-1])
+        assert (dst / "big").read_bytes() == old_big  # the old version, intact
+        assert temps(dst) == []
+        snap_src, snap_dst = snapshot(src), snapshot(dst)
+        del snap_src[b"big"], snap_dst[b"big"], snap_src[b"."], snap_dst[b"."]
+        assert snap_src == snap_dst  # everything that fits is synced
+        # room again: one pass converges
+        os.unlink(dst.parent / "filler")
+        subprocess.run(["mount", "-o", "remount,size=32m", str(fs)], check=True)
+        p = run_proc("sync", src, dst, "-q", "--delta", delta, "--delta-threshold", "0")
+        assert p.returncode == 0, p.stderr
+        assert_same_tree(src, dst)
+        assert temps(dst) == []
+
+
+def test_out_of_inodes_syncs_what_fits(tmp_path: Path) -> None:
+    """No free inode: creates (files and directories) fail one by one, the pass goes on."""
+    src, log = tmp_path / "src", tmp_path / "log"
+    build_tree(src, {f"d{i}": {f"f{j}": b"x" * j for j in range(5)} for i in range(6)})
+    with tmpfs(tmp_path / "fs", "8m", "nr_inodes=20") as fs:
+        dst = fs / "replica"
+        p = run_proc("sync", src, dst, "--log-file", log, "-q")
+        assert p.returncode == 23, p.stderr
+        text = read(log)
+        assert "Traceback" not in p.stderr + text
+        assert "No space left on device" in text
+        assert temps(dst) == []
+        synced = [(d, n) for d, _, ns in os.walk(dst) for n in ns]
+        assert synced, "nothing at all was synced"
+        for d, n in synced:  # what is there is complete
+            rel = os.path.relpath(os.path.join(d, n), dst)
+            assert (src / rel).read_bytes() == (dst / rel).read_bytes()
+        subprocess.run(["mount", "-o", "remount,nr_inodes=1000", str(fs)], check=True)
+        assert run_proc("sync", src, dst, "-q").returncode == 0
+        assert_same_tree(src, dst)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "log.py (not in this helper's remit): a log file on a full disk makes Python's "
+    "logging print '--- Logging error ---' and a traceback for every line, and the "
+    "exit code stays 0 although the log lines are lost"))
+def test_log_file_on_a_full_disk_is_one_clear_warning(tmp_path: Path) -> None:
+    build_tree(tmp_path / "src", {"a": b"a", "b": b"b"})
+    with tmpfs(tmp_path / "fs", "64k") as fs:
+        try:
+            with open(fs / "filler", "wb") as f:
+                f.write(b"\0" * (128 << 10))
+        except OSError:
+            pass
+        p = run_proc("sync", tmp_path / "src", tmp_path / "dst", "--log-file", fs / "log")
+        assert (tmp_path / "dst" / "a").exists()
+        assert "Traceback" not in p.stderr and "Logging error" not in p.stderr, p.stderr
+
+
+# -- permission denied ----------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, uid)
+    for d, dnames, fnames in os.walk(root):
+        for n in dnames + fnames:
+            os.chown(os.path.join(d, n), uid, uid, follow_symlinks=False)
+
+
+def test_permission_denied_as_nobody_is_logged_skipped_and_the_rest_synced(
+        open_tmp: Path) -> None:
+    """As ``nobody``: unreadable files and directories in SOURCE, a directory without
+    search permission, unwritable directories in REPLICA.  Each failure is one log
+    line, nothing the source could not list is deleted, the rest is synced, exit 23."""
+    src, dst, log = open_tmp / "src", open_tmp / "dst", open_tmp / "log"
+    build_tree(src, {
+        "ok": {"a": b"new a", "sub": {"b": b"new b"}},
+        "secret": b"new secret",                      # mode 000
+        "locked": {"x": b"new x", "inner": {}},       # dir mode 000
+        "noexec": {"y": b"new y"},                    # dir mode 644: names, no stat
+        "rodir": {"upd": b"new upd", "add": b"added"},  # replica side not writable
+        "zz": b"last",
+    })
+    build_tree(dst, {
+        "ok": {"a": b"old a", "gone": b"extra"},
+        "secret": b"old secret",
+        "locked": {"x": b"old x", "keep": b"replica only"},
+        "noexec": {"y": b"old y", "gone2": b"not in source"},
+        "rodir": {"upd": b"old upd", "extra": b"stale"},
+    })
+    os.chmod(src / "secret", 0)
+    os.chmod(src / "locked", 0)
+    os.chmod(src / "noexec", 0o644)
+    _chown_tree(dst, NOBODY)
+    os.chown(dst / "rodir", 0, 0)  # nobody cannot write in it
+    os.chmod(dst / "rodir", 0o755)
+    log.touch()
+    os.chown(log, NOBODY, NOBODY)
+    before = {p: (dst / p).read_bytes() for p in
+              ("secret", "locked/x", "locked/keep", "noexec/y",
+               "rodir/upd", "rodir/extra")}
+
+    p = run_proc("sync", src, dst, "--log-file", log, "-q", user="nobody")
+    text = read(log)
+    assert p.returncode == 23, p.stderr
+    assert "Traceback" not in p.stderr + text
+    errors = sorted(re.findall(r" ERROR   error   (\S+) \((\w+) failed: Permission denied\)",
+                               text))
+    assert errors == sorted([
+        ("secret", "update"), ("locked", "read"), ("noexec/y", "read"),
+        ("rodir/upd", "update"), ("rodir/add", "create"), ("rodir/extra", "delete"),
+    ]), text
+    # nothing failed was changed, nothing unknown was deleted
+    assert {p_: (dst / p_).read_bytes() for p_ in before} == before
+    assert temps(dst) == []
+    # the rest is synced
+    assert (dst / "ok" / "a").read_bytes() == b"new a"
+    assert (dst / "ok" / "sub" / "b").read_bytes() == b"new b"
+    assert not (dst / "ok" / "gone").exists()
+    assert not (dst / "noexec" / "gone2").exists()  # its name was listed: truly gone
+    assert (dst / "zz").read_bytes() == b"last"
+    assert re.search(r" exit=23\b", text.splitlines()[-1])
+    # a second pass fails the same way, and changes nothing else
+    p = run_proc("sync", src, dst, "-q", user="nobody")
+    assert p.returncode == 23
+    assert {p_: (dst / p_).read_bytes() for p_ in before} == before
