@@ -85,7 +85,9 @@ class _SourceFile:
         self.fd = fd
         st = os.fstat(fd)
         self.entry: Entry = stat_entry(path, st)
-        self._sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        # ctime too: a writer can put mtime back (utime, touch -r, tar, rsync -t),
+        # but every write and every utime moves ctime, which nobody can set.
+        self._sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
     def read(self, n: int = -1) -> bytes:
         if n < 0:
@@ -108,7 +110,7 @@ class _SourceFile:
 
     def check_unchanged(self) -> None:
         st = os.fstat(self.fd)
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != self._sig:
+        if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != self._sig:
             raise SourceChanged(f"source file changed while it was being copied")
 
     def close(self) -> None:
