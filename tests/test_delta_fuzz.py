@@ -171,9 +171,13 @@ def test_wrong_magic_is_explained() -> None:
         read_delta(io.BytesIO(b""))
 
 
+UNKNOWN = (1 << 64) - 1
+
+
 def craft_delta(records: bytes, block_size: int = BS, size: int | None = None,
-                digest: bytes | None = None, version: int = 1) -> bytes:
-    head = b"DSYNCDLT" + struct.pack("<HHI", version, 0, block_size)
+                digest: bytes | None = None, version: int = 1,
+                basis_size: int = UNKNOWN, new_size: int = UNKNOWN) -> bytes:
+    head = b"DSYNCDLT" + struct.pack("<HHIQQ", version, 0, block_size, basis_size, new_size)
     end = b"E" + uvarint(len(NEW) if size is None else size) + (digest or blake3(NEW).digest())
     body = head + records + end
     return body + blake3(body).digest(16)
@@ -185,6 +189,8 @@ def craft_delta(records: bytes, block_size: int = BS, size: int | None = None,
         (b"", dict(block_size=0), FormatError, "block size"),
         (b"", dict(block_size=1 << 31), FormatError, "block size"),
         (b"", dict(version=9), FormatError, "version 9"),
+        (b"", dict(basis_size=1 << 63), FormatError, "absurd basis"),
+        (b"", dict(new_size=UNKNOWN - 1), FormatError, "absurd new file"),
         (b"L" + uvarint(1 << 40), {}, FormatError, "literal length"),
         (b"L" + uvarint((1 << 20) + 1), {}, FormatError, "literal length"),
         (b"L" + uvarint(0), {}, FormatError, "literal length"),
@@ -197,11 +203,67 @@ def craft_delta(records: bytes, block_size: int = BS, size: int | None = None,
         (b"C" + uvarint(0) + uvarint(40), {}, PatchError, "says|checksum"),
         (b"C" + uvarint(0) + uvarint(1), dict(size=512), PatchError, "checksum"),
         (b"C" + uvarint(0) + uvarint(1), dict(size=1 << 62), PatchError, "says"),
+        # With declared sizes the reader itself refuses what cannot fit them.
+        (b"C" + uvarint(39) + uvarint(2), dict(basis_size=20_000), FormatError, "basis has 40 blocks"),
+        (b"C" + uvarint(0) + uvarint(1), dict(new_size=100, basis_size=20_000), FormatError,
+         "more than the 100 bytes"),
+        (b"C" + uvarint(0) + uvarint(1), dict(new_size=100), PatchError, "more than the 100 bytes"),
+        (b"L" + uvarint(101) + bytes(101), dict(new_size=100), FormatError, "more than the 100 bytes"),
+        (b"", dict(new_size=100), FormatError, "declares 100"),
+        (b"C" + uvarint(0) + uvarint(1), dict(basis_size=19_999), PatchError, "made for a basis of 19999"),
     ],
 )
 def test_hostile_delta_records(records: bytes, kwargs: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         patch_bytes(BASIS, craft_delta(records, **kwargs))
+
+
+def test_copy_bomb_is_refused_before_writing_past_the_declared_size() -> None:
+    class Meter(io.RawIOBase):
+        written = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: object) -> int:
+            n = len(memoryview(b))  # type: ignore[arg-type]
+            self.written += n
+            return n
+
+    # 100,000 copies of the whole basis (2 GB) from a 500 KB delta that
+    # declares a 10-byte result.
+    for kwargs in (dict(new_size=10), dict(new_size=10, basis_size=len(BASIS))):
+        bomb = craft_delta((b"C" + uvarint(0) + uvarint(40)) * 100_000, size=10, **kwargs)
+        bs, ops = read_delta(io.BytesIO(bomb))
+        out = Meter()
+        with pytest.raises((FormatError, PatchError), match="more than the 10 bytes"):
+            apply_delta(io.BytesIO(BASIS), ops, out, bs)
+        assert out.written == 0
+    # Ops handed over directly, sizes given as arguments.
+    ops_list = [Copy(0, 40)] * 100_000 + [End(10, bytes(32))]
+    out = Meter()
+    with pytest.raises(PatchError, match="more than the 10 bytes"):
+        apply_delta(io.BytesIO(BASIS), ops_list, out, BS, new_size=10)
+    assert out.written == 0
+
+
+def test_writer_declares_sizes_and_refuses_a_changed_file() -> None:
+    sig = make_signature(io.BytesIO(BASIS), BS)
+    d = io.BytesIO()
+    write_delta(make_delta(sig, io.BytesIO(NEW)), d, BS)
+    bs, ops = read_delta(io.BytesIO(d.getvalue()))
+    assert (ops.basis_size, ops.new_size) == (len(BASIS), len(NEW))
+    # Declared size from the caller that the new file then does not match.
+    with pytest.raises(ValueError, match="changed"):
+        write_delta(make_delta(sig, io.BytesIO(NEW)), io.BytesIO(), BS, new_size=len(NEW) + 1)
+    # Unknown sizes are allowed (e.g. ops from elsewhere, a pipe).
+    d = io.BytesIO()
+    write_delta(list(make_delta(sig, io.BytesIO(NEW))), d, BS)
+    bs, ops = read_delta(io.BytesIO(d.getvalue()))
+    assert (ops.basis_size, ops.new_size) == (None, None)
+    out = io.BytesIO()
+    apply_delta(io.BytesIO(BASIS), ops, out, bs)
+    assert out.getvalue() == NEW
 
 
 def test_hostile_ops_given_directly() -> None:

@@ -110,18 +110,19 @@ def test_golden_signature_and_delta() -> None:
     ]
     assert isinstance(ops[-1], End) and ops[-1].digest == blake3(new).digest()
     dbuf = io.BytesIO()
-    write_delta(ops, dbuf, 1024)
-    assert len(dbuf.getvalue()) == 6489
+    write_delta(ops, dbuf, 1024, basis_size=len(basis), new_size=len(new))
+    assert len(dbuf.getvalue()) == 6505
     assert blake3(dbuf.getvalue()).hexdigest() == (
-        "a89b78a775b6d730d124df013299ada3a29d0bf86d80584020df120f741f4ebc"
+        "dcf451d94e2e49a1d79eb9ee7d0e9d363ee77470de604bbdeaf469626e6a24fe"
     )
 
 
 def test_delta_header_bytes() -> None:
     out = io.BytesIO()
-    write_delta([End(0, blake3(b"").digest())], out, 4096)
+    write_delta([End(0, blake3(b"").digest())], out, 4096, basis_size=5)
     raw = out.getvalue()
     assert raw[:16] == b"DSYNCDLT" + b"\x01\x00" + b"\x00\x00" + (4096).to_bytes(4, "little")
-    assert raw[16:18] == b"E\x00"
-    assert raw[18:50] == blake3(b"").digest()
-    assert raw[50:] == blake3(raw[:50]).digest(16)
+    assert raw[16:32] == (5).to_bytes(8, "little") + b"\xff" * 8  # new size: unknown
+    assert raw[32:34] == b"E\x00"
+    assert raw[34:66] == blake3(b"").digest()
+    assert raw[66:] == blake3(raw[:66]).digest(16)

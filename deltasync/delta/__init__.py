@@ -21,7 +21,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .files import SigStats, atomic_output, delta_file, patch_file, signature_file
+from .files import (
+    NewFileChangedError,
+    SigStats,
+    atomic_output,
+    delta_file,
+    patch_file,
+    signature_file,
+)
 from .format import (
     DEFAULT_MAX_BLOCKS,
     MAX_LITERAL_RECORD,
@@ -30,7 +37,7 @@ from .format import (
     write_delta,
     write_signature,
 )
-from .ops import Copy, DeltaStats, End, Literal, Op, PatchStats
+from .ops import Copy, DeltaStats, End, Literal, Op, OpStream, PatchStats
 from .patch import apply_delta
 from .signature import (
     DEFAULT_MAX_BLOCK_SIZE,
@@ -67,9 +74,11 @@ __all__ = [
     "Literal",
     "End",
     "Op",
+    "OpStream",
     "DeltaStats",
     "PatchStats",
     "SigStats",
+    "NewFileChangedError",
     "make_delta",
     "apply_delta",
     "write_signature",

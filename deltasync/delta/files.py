@@ -23,16 +23,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DeltaSyncError
 from ..fsutil import temp_name
 from .format import read_delta, read_signature, write_delta, write_signature
 from .ops import DeltaStats, PatchStats
 from .patch import apply_delta
 from .signature import DEFAULT_STRONG_LEN, make_signature
 
-__all__ = ["SigStats", "signature_file", "delta_file", "patch_file", "atomic_output"]
+__all__ = [
+    "SigStats",
+    "NewFileChangedError",
+    "signature_file",
+    "delta_file",
+    "patch_file",
+    "atomic_output",
+]
 
 STDIO = "-"
+
+
+class NewFileChangedError(DeltaSyncError):
+    """The new file changed size while its delta was being made (exit 1)."""
 
 
 @dataclass
@@ -130,7 +141,10 @@ def delta_file(sig_path: str, new_path: str, delta_path: str) -> DeltaStats:
         sig = read_signature(sf)
     stats = DeltaStats()
     with _open_input(new_path) as nf, atomic_output(delta_path) as out:
-        written = write_delta(make_delta(sig, nf, stats), out, sig.block_size)
+        try:
+            written = write_delta(make_delta(sig, nf, stats), out, sig.block_size)
+        except ValueError as e:  # the only encodable failure: NEW changed size
+            raise NewFileChangedError(f"{new_path}: {e}") from e
     stats.delta_bytes = written.delta_bytes
     stats.elapsed = time.perf_counter() - t0
     return stats

@@ -19,6 +19,7 @@ Signature::
 Delta (``uvarint``: unsigned LEB128, at most 9 bytes, value < 2**63)::
 
     magic "DSYNCDLT" | version u16 = 1 | flags u16 = 0 | block_size u32
+    | basis_size u64 | new_size u64        (2**64-1: not known to the writer)
     | records... | 'E' size:uvarint digest[32] | check[16]
     records: 'C' block:uvarint count:uvarint  |  'L' length:uvarint data[length]
 """
@@ -31,7 +32,7 @@ from typing import BinaryIO, Iterable, Iterator
 from blake3 import blake3
 
 from ..errors import FormatError
-from .ops import DIGEST_LEN, Copy, DeltaStats, End, Literal, Op
+from .ops import DIGEST_LEN, Copy, DeltaStats, End, Literal, Op, OpStream
 from .signature import (
     MAX_BLOCK_SIZE,
     MAX_STRONG_LEN,
@@ -52,6 +53,7 @@ __all__ = [
     "read_signature",
     "write_delta",
     "read_delta",
+    "UNKNOWN_SIZE",
 ]
 
 SIG_MAGIC = b"DSYNCSIG"
@@ -65,7 +67,8 @@ MAX_FILE_SIZE = (1 << 63) - 1  # sizes, offsets and block indexes must stay belo
 DEFAULT_MAX_BLOCKS = 1 << 24  # refuse larger signatures unless asked (~20 B/block on disk)
 
 _SIG_HEAD = struct.Struct("<8sHBBIQQ")  # 32 bytes
-_DELTA_HEAD = struct.Struct("<8sHHI")  # 16 bytes
+_DELTA_HEAD = struct.Struct("<8sHHIQQ")  # 32 bytes
+UNKNOWN_SIZE = (1 << 64) - 1  # header value of a size the writer did not know
 TAG_COPY, TAG_LITERAL, TAG_END = 0x43, 0x4C, 0x45  # 'C', 'L', 'E'
 _FLUSH = 1 << 16
 
@@ -172,15 +175,37 @@ def read_signature(
 # -------------------------------------------------------------------- delta
 
 
-def write_delta(ops: Iterable[Op], out: BinaryIO, block_size: int) -> DeltaStats:
+def write_delta(
+    ops: Iterable[Op],
+    out: BinaryIO,
+    block_size: int,
+    *,
+    basis_size: int | None = None,
+    new_size: int | None = None,
+) -> DeltaStats:
     """Stream ``ops`` (ending with ``End``) to ``out`` in delta format version 1.
 
-    Literals longer than ``MAX_LITERAL_RECORD`` are split; empty ones dropped.
-    Returns stats of what was written (``delta_bytes`` is the encoded size).
-    Raises ValueError for ops that cannot be encoded or a missing ``End``.
+    ``basis_size`` and ``new_size`` go into the header (so readers can bound
+    the output); by default they come from the ops iterator's ``basis_size``
+    and ``new_size``/``size_hint`` attributes (``make_delta`` and
+    ``read_delta`` provide them), else "unknown".  Literals longer than
+    ``MAX_LITERAL_RECORD`` are split; empty ones dropped.  Returns stats of what
+    was written (``delta_bytes`` is the encoded size).  Raises ValueError for
+    ops that cannot be encoded, a missing ``End``, or an ``End`` whose size
+    differs from the declared ``new_size`` (the new file changed while it was
+    read; the output is then incomplete and must be discarded).
     """
     if not isinstance(block_size, int) or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
         raise ValueError(f"invalid block size {block_size!r}")
+    if basis_size is None:
+        basis_size = getattr(ops, "basis_size", None)
+    if new_size is None:
+        new_size = getattr(ops, "new_size", None)
+        if new_size is None:
+            new_size = getattr(ops, "size_hint", None)
+    for v in (basis_size, new_size):
+        if v is not None and not (isinstance(v, int) and 0 <= v <= MAX_FILE_SIZE):
+            raise ValueError(f"invalid size {v!r}")
     st = DeltaStats(block_size=block_size)
     h = blake3(max_threads=blake3.AUTO)
     parts: list[bytes] = []
@@ -197,7 +222,16 @@ def write_delta(ops: Iterable[Op], out: BinaryIO, block_size: int) -> DeltaStats
             parts.clear()
             pending = 0
 
-    parts.append(_DELTA_HEAD.pack(DELTA_MAGIC, FORMAT_VERSION, 0, block_size))
+    parts.append(
+        _DELTA_HEAD.pack(
+            DELTA_MAGIC,
+            FORMAT_VERSION,
+            0,
+            block_size,
+            UNKNOWN_SIZE if basis_size is None else basis_size,
+            UNKNOWN_SIZE if new_size is None else new_size,
+        )
+    )
     pending = _DELTA_HEAD.size
     it = iter(ops)
     for op in it:
@@ -229,6 +263,11 @@ def write_delta(ops: Iterable[Op], out: BinaryIO, block_size: int) -> DeltaStats
         elif type(op) is End:
             if not (0 <= op.size <= MAX_FILE_SIZE) or len(op.digest) != DIGEST_LEN:
                 raise ValueError(f"cannot encode {op!r}")
+            if new_size is not None and op.size != new_size:
+                raise ValueError(
+                    f"the new file changed while the delta was made ({new_size} bytes "
+                    f"expected, {op.size} read)"
+                )
             parts.append(bytes((TAG_END,)) + uvarint(op.size))
             parts.append(bytes(op.digest))
             flush()
@@ -248,13 +287,15 @@ def write_delta(ops: Iterable[Op], out: BinaryIO, block_size: int) -> DeltaStats
     raise ValueError("delta operations ended without End")
 
 
-def read_delta(inp: BinaryIO, expect_eof: bool = True) -> tuple[int, Iterator[Op]]:
+def read_delta(inp: BinaryIO, expect_eof: bool = True) -> tuple[int, OpStream]:
     """Read a delta header now; return ``(block_size, ops)``.
 
     The ops iterator parses records lazily and raises ``FormatError`` on a
-    malformed record, a truncation, or a checksum mismatch; the checksum is
-    verified before ``End`` is produced.  With ``expect_eof`` nothing may follow
-    the checksum.
+    malformed record, a truncation, a checksum mismatch, a copy outside the
+    declared basis, or more output than the declared new size; the checksum
+    is verified before ``End`` is produced.  It carries the header's
+    ``basis_size`` and ``new_size`` (None if unknown), which ``apply_delta``
+    enforces.  With ``expect_eof`` nothing may follow the checksum.
     """
     head = read_full(inp, _DELTA_HEAD.size)
     if head[:8] != DELTA_MAGIC:
@@ -269,7 +310,7 @@ def read_delta(inp: BinaryIO, expect_eof: bool = True) -> tuple[int, Iterator[Op
         raise FormatError("not a deltasync delta (bad magic number)")
     if len(head) < _DELTA_HEAD.size:
         raise FormatError("delta is truncated (incomplete header)")
-    _, version, flags, L = _DELTA_HEAD.unpack(head)
+    _, version, flags, L, basis_size, new_size = _DELTA_HEAD.unpack(head)
     if version != FORMAT_VERSION:
         raise FormatError(
             f"unsupported delta format version {version} (this deltasync reads version {FORMAT_VERSION})"
@@ -278,7 +319,12 @@ def read_delta(inp: BinaryIO, expect_eof: bool = True) -> tuple[int, Iterator[Op
         raise FormatError(f"delta has unknown flags {flags:#x}")
     if not MIN_BLOCK_SIZE <= L <= MAX_BLOCK_SIZE:
         raise FormatError(f"delta has an invalid block size {L}")
-    return L, _delta_records(inp, head, expect_eof)
+    for what, v in (("basis", basis_size), ("new file", new_size)):
+        if v != UNKNOWN_SIZE and v > MAX_FILE_SIZE:
+            raise FormatError(f"delta declares an absurd {what} size {v}")
+    bs = None if basis_size == UNKNOWN_SIZE else basis_size
+    ns = None if new_size == UNKNOWN_SIZE else new_size
+    return L, OpStream(_delta_records(inp, head, expect_eof, L, bs, ns), basis_size=bs, new_size=ns)
 
 
 def uvarint(n: int) -> bytes:
@@ -291,8 +337,18 @@ def uvarint(n: int) -> bytes:
     return bytes(out)
 
 
-def _delta_records(inp: BinaryIO, head: bytes, expect_eof: bool) -> Iterator[Op]:
+def _delta_records(
+    inp: BinaryIO, head: bytes, expect_eof: bool, L: int, basis_size: int | None, new_size: int | None
+) -> Iterator[Op]:
     h = blake3(max_threads=blake3.AUTO)
+    nblocks = None if basis_size is None else -(-basis_size // L)
+    produced = 0  # bytes the ops so far produce (a lower bound if the basis size is unknown)
+
+    def grow(n: int) -> None:
+        nonlocal produced
+        produced += n
+        if new_size is not None and produced > new_size:
+            raise FormatError(f"delta writes more than the {new_size} bytes it declares")
     h.update(head)
     read = inp.read
 
@@ -329,11 +385,21 @@ def _delta_records(inp: BinaryIO, head: bytes, expect_eof: bool) -> Iterator[Op]
             cnt = varint("a copy record")
             if cnt == 0 or blk + cnt > MAX_FILE_SIZE:
                 raise FormatError(f"delta has an invalid copy record ({cnt} blocks at {blk})")
+            if nblocks is None:
+                grow((cnt - 1) * L + 1)
+            elif blk + cnt > nblocks:
+                raise FormatError(
+                    f"delta copies blocks {blk}..{blk + cnt - 1} but its basis has {nblocks} blocks"
+                )
+            else:
+                assert basis_size is not None
+                grow(min((blk + cnt) * L, basis_size) - blk * L)
             yield Copy(blk, cnt)
         elif t == TAG_LITERAL:
             n = varint("a literal record")
             if not 1 <= n <= MAX_LITERAL_RECORD:
                 raise FormatError(f"delta has an invalid literal length {n}")
+            grow(n)
             yield Literal(need(n, "literal data"))
         elif t == TAG_END:
             size = varint("the end record")
@@ -343,6 +409,8 @@ def _delta_records(inp: BinaryIO, head: bytes, expect_eof: bool) -> Iterator[Op]
                 raise FormatError("delta is truncated (missing checksum)")
             if check != h.digest(DELTA_CHECK_LEN):
                 raise FormatError("delta checksum mismatch: the file is corrupted")
+            if new_size is not None and size != new_size:
+                raise FormatError(f"delta ends at {size} bytes but declares {new_size}")
             if expect_eof and read_full(inp, 1):
                 raise FormatError("delta has trailing data after its checksum")
             yield End(size, digest)

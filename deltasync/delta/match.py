@@ -36,9 +36,9 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from blake3 import blake3
 
-from .ops import Copy, DeltaStats, End, Literal, Op
+from .ops import Copy, DeltaStats, End, Literal, Op, OpStream
 from .rolling import WeakScanner
-from .signature import Signature
+from .signature import Signature, stream_size
 
 __all__ = ["make_delta", "MAX_LITERAL", "SCAN_MAX"]
 
@@ -93,12 +93,18 @@ class _Reader:
         return len(data)
 
 
-def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -> Iterator[Op]:
+def make_delta(sig: Signature, new: BinaryIO, stats: DeltaStats | None = None) -> OpStream:
     """Stream the ops that rebuild ``new`` from the basis described by ``sig``.
 
-    ``new`` is read once, sequentially.  The last op is always ``End``.
-    ``stats``, if given, is updated as ops are produced.
+    ``new`` is read once, sequentially, as the returned iterator is consumed.
+    The last op is always ``End``.  ``stats``, if given, is updated as ops are
+    produced.  The iterator carries ``basis_size`` and, if ``new`` is a regular
+    file, ``size_hint`` (its size now) for ``write_delta``'s header.
     """
+    return OpStream(_ops(sig, new, stats), basis_size=sig.basis_size, size_hint=stream_size(new))
+
+
+def _ops(sig: Signature, new: BinaryIO, stats: DeltaStats | None) -> Iterator[Op]:
     st = stats if stats is not None else DeltaStats()
     L = sig.block_size
     slen = sig.strong_len

@@ -12,9 +12,9 @@ A delta is a sequence of operations that rebuilds the new file from the basis:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Iterator, Union
 
-__all__ = ["Copy", "Literal", "End", "Op", "DeltaStats", "PatchStats", "DIGEST_LEN"]
+__all__ = ["Copy", "Literal", "End", "Op", "OpStream", "DeltaStats", "PatchStats", "DIGEST_LEN"]
 
 DIGEST_LEN = 32  # blake3 whole-file digest
 
@@ -43,6 +43,37 @@ class End:
 
 
 Op = Union[Copy, Literal, End]
+
+
+class OpStream(Iterator[Op]):
+    """An iterator of ops that also carries the sizes it was made for.
+
+    ``make_delta`` returns one with ``basis_size`` (from the signature) and
+    ``size_hint`` (the new file's size if it could be known up front);
+    ``write_delta`` records both in the delta header.  ``read_delta`` returns
+    one with the header's ``basis_size`` and ``new_size`` (None when the writer
+    did not know them), and ``apply_delta`` enforces them: the basis must have
+    the declared size and the output may never grow past the declared size,
+    so a small hostile delta cannot make ``patch`` write gigabytes.
+    """
+
+    def __init__(
+        self,
+        ops: Iterator[Op],
+        basis_size: int | None = None,
+        new_size: int | None = None,
+        size_hint: int | None = None,
+    ) -> None:
+        self._ops = ops
+        self.basis_size = basis_size
+        self.new_size = new_size
+        self.size_hint = size_hint
+
+    def __iter__(self) -> "OpStream":
+        return self
+
+    def __next__(self) -> Op:
+        return next(self._ops)
 
 
 @dataclass

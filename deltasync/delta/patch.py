@@ -9,6 +9,12 @@ corrupted delta never passes as a good result.  The caller decides what
 happens to the partial output (``patch_file`` writes to a temp file and removes
 it on error).
 
+When the sizes the delta was made for are known (``read_delta`` takes them
+from the header, ``make_delta`` from the signature), a basis of another size
+is refused up front and output is never written past the declared new size,
+so a few KiB of hostile COPY records cannot make ``patch`` write gigabytes
+before the END check.
+
 Errors are ``PatchError``: a Copy outside the basis, a basis that shrinks while
 being read, ops after ``End``, ops that end without ``End``, or a size or
 digest mismatch.  Memory is one read buffer of ``COPY_CHUNK`` bytes.
@@ -28,6 +34,7 @@ from .signature import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 __all__ = ["apply_delta"]
 
 COPY_CHUNK = 1 << 22
+MAX_OUTPUT = (1 << 63) - 1
 
 
 def apply_delta(
@@ -36,21 +43,38 @@ def apply_delta(
     out: BinaryIO,
     block_size: int,
     stats: PatchStats | None = None,
+    *,
+    basis_size: int | None = None,
+    new_size: int | None = None,
 ) -> int:
     """Write the new file to ``out``; return the number of bytes written.
 
-    ``basis`` must be seekable.  Raises ``PatchError`` if the ops do not
-    describe a valid rebuild of a file from this basis (see module doc).
-    Errors raised by the ``ops`` iterator itself (``FormatError`` from
-    ``read_delta``) propagate unchanged.
+    ``basis`` must be seekable.  ``basis_size`` / ``new_size`` (default: the
+    ``ops`` iterator's attributes of those names, as ``read_delta`` and
+    ``make_delta`` set them) are what the delta was made for: a basis of
+    another size is refused before anything is written, and output past
+    ``new_size`` is refused before it is written.  Raises ``PatchError`` if
+    the ops do not describe a valid rebuild of a file from this basis (see
+    module doc).  Errors raised by the ``ops`` iterator itself
+    (``FormatError`` from ``read_delta``) propagate unchanged.
     """
     if not isinstance(block_size, int) or not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
         raise PatchError(f"invalid block size {block_size!r}")
     L = block_size
     try:
-        basis_size = basis.seek(0, os.SEEK_END)
+        real_size = basis.seek(0, os.SEEK_END)
     except (OSError, ValueError) as e:
         raise PatchError(f"basis is not seekable: {e}") from e
+    declared = basis_size if basis_size is not None else getattr(ops, "basis_size", None)
+    if declared is not None and declared != real_size:
+        raise PatchError(
+            f"the basis is {real_size} bytes but the delta was made for a basis of {declared} "
+            "bytes: wrong basis, or it changed since its signature was taken"
+        )
+    limit = new_size if new_size is not None else getattr(ops, "new_size", None)
+    if limit is None:
+        limit = MAX_OUTPUT
+    basis_size = real_size
     nblocks = -(-basis_size // L)
     st = stats if stats is not None else PatchStats()
     st.block_size = L
@@ -72,6 +96,8 @@ def apply_delta(
                 )
             pos = blk * L
             stop = min((blk + cnt) * L, basis_size)
+            if written + stop - pos > limit:
+                raise PatchError(f"delta writes more than the {limit} bytes it declares")
             basis.seek(pos)
             while pos < stop:
                 want = min(len(buf), stop - pos)
@@ -87,6 +113,8 @@ def apply_delta(
             st.copy_ops += 1
         elif type(op) is Literal:
             data = op.data
+            if written + len(data) > limit:
+                raise PatchError(f"delta writes more than the {limit} bytes it declares")
             hasher.update(data)
             out.write(data)
             written += len(data)
