@@ -497,3 +497,230 @@ def test_concurrent_writer_never_leaves_a_torn_copy(src: Path, dst: Path) -> Non
         writer.kill()
         writer.wait()
     assert outcomes["installed"] > 0 and outcomes["retried"] > 0, outcomes
+
+
+# -- a source changing under the daemon ----------------------------------------------------
+
+SUMMARY_EXIT = re.compile(r" summary .* exit=(\d+)\b")
+
+
+def mutator_daemon(tmp_path: Path, seconds: float, seed: int) -> None:
+    """The daemon syncs every second while a mutator process churns SOURCE."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    pid_file, log = tmp_path / "run" / "ds.pid", tmp_path / "daemon.log"
+    pid_file.parent.mkdir()
+    mutator.populate(str(src), random.Random(seed), big=2)
+    p = run_proc("start", src, dst, "--interval", "1", "--pid-file", pid_file,
+                 "--log-file", log, "-q", "--delta-threshold", "1M")
+    assert p.returncode == 0, p.stderr
+    pid = int(pid_file.read_text())
+    try:
+        m = subprocess.run([sys.executable, str(TESTS / "mutator.py"), str(src),
+                            "--seconds", str(seconds), "--seed", str(seed), "--rate", "300"],
+                           capture_output=True, text=True, timeout=seconds + 60)
+        assert m.returncode == 0, m.stderr
+        n = len(SUMMARY_EXIT.findall(read(log)))
+        wait_for(lambda: len(SUMMARY_EXIT.findall(read(log))) > n + 1)  # a quiet pass or two
+        sp = run_proc("stop", "--pid-file", pid_file)
+        assert sp.returncode == 0, sp.stderr
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    text = read(log)
+    codes = [int(c) for c in SUMMARY_EXIT.findall(text)]
+    assert len(codes) >= seconds * 0.5, f"only {len(codes)} passes in {seconds} s"
+    assert set(codes) <= {0, 23, 24}, codes
+    for bad in ("Traceback", "crashed", "pass failed", "CRITICAL"):
+        assert bad not in text, f"{bad!r} in the daemon log:\n{text[-3000:]}"
+    assert "periodic sync stopped" in text
+    # one pass after the mutator stopped leaves REPLICA equal to SOURCE
+    p = run_proc("sync", src, dst, "-q")
+    assert p.returncode == 0, p.stderr
+    assert_same_tree(src, dst)
+    assert temps(dst) == []
+    print(f"mutator: {m.stdout.strip()}\npasses: {len(codes)}, exit codes "
+          f"{ {c: codes.count(c) for c in sorted(set(codes))} }")
+
+
+def test_mutator_under_the_daemon_short(tmp_path: Path) -> None:
+    mutator_daemon(tmp_path, 8, seed=11)
+
+
+@pytest.mark.stress
+def test_mutator_under_the_daemon_stress(tmp_path: Path) -> None:
+    mutator_daemon(tmp_path, 60, seed=12)
+
+
+# -- the daemon: signals, schedule, log files -------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_signal_mid_pass_stops_after_the_file_in_flight(src: Path, dst: Path, tmp_path: Path,
+                                                        sig: signal.Signals) -> None:
+    """A one-shot sync: exit 20, the log says interrupted, no temp, every replica
+    file complete, and nothing after the file in flight was started."""
+    rng = random.Random(9)
+    build_tree(src, {"d": {f"f{i:04d}": rng.randbytes(rng.randint(0, 3000))
+                           for i in range(3000)}})
+    log = tmp_path / "log"
+    proc = popen("sync", src, dst, "--log-file", log, "-q", "--fsync")
+    try:
+        wait_for(lambda: read(log).count(" create ") >= 100, step=0.002)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 20, err
+    text = read(log)
+    assert "Traceback" not in text + err
+    assert f"{sig.name} received" in text and text.splitlines()[-1].endswith(" interrupted")
+    assert temps(dst) == []
+    done = sorted(os.listdir(dst / "d"))
+    assert 100 <= len(done) < 3000
+    for n in done:
+        assert (dst / "d" / n).read_bytes() == (src / "d" / n).read_bytes()
+    created = re.findall(r" create  d/(\S+) ", text)
+    assert sorted(created) == done  # each file logged is there, and only those
+
+
+@pytest.mark.usefixtures("rm_tmp")
+def test_sigterm_during_a_delta_update_finishes_it(src: Path, dst: Path,
+                                                   tmp_path: Path) -> None:
+    rng = random.Random(10)
+    old = rng.randbytes(48 << 20)
+    build_tree(src, {"a": b"a", "big": old, "zz": b"after"})
+    assert run_proc("sync", src, dst, "-q").returncode == 0
+    new = old[:5 << 20] + b"inserted" + old[5 << 20:] + b"tail"
+    (src / "big").write_bytes(new)
+    (src / "a").write_bytes(b"A")
+    (src / "zz").write_bytes(b"AFTER")
+    log = tmp_path / "log"
+    proc = popen("sync", src, dst, "--log-file", log, "-q", "--delta", "always",
+                 "--block-size", "2k")
+    try:
+        # "a" done and a temp file present: big's delta is in flight
+        wait_for(lambda: (dst / "a").read_bytes() == b"A" and temps(dst), step=0.001)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 20, err
+    assert temps(dst) == []
+    assert (dst / "a").read_bytes() == b"A"
+    assert (dst / "big").read_bytes() == new, read(log)  # the file in flight was finished
+    assert (dst / "zz").read_bytes() == b"after"  # the next one was not started
+    assert "delta:" in read(log)
+
+
+PASS_LINE = re.compile(r"^(\S+) INFO    pass    #(\d+) (started|ended)", re.M)
+
+
+@pytest.fixture
+def daemon_paths(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    paths = {"src": tmp_path / "src", "dst": tmp_path / "dst",
+             "pid": tmp_path / "run" / "ds.pid", "log": tmp_path / "log" / "ds.log",
+             "io": tmp_path / "log" / "io.log"}
+    paths["src"].mkdir()
+    paths["pid"].parent.mkdir()
+    paths["log"].parent.mkdir()
+    yield paths
+    try:
+        pid = int(paths["pid"].read_text())
+        os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass
+
+
+@pytest.mark.usefixtures("rm_tmp")
+def test_a_pass_longer_than_the_interval_delays_the_next(daemon_paths: dict[str, Path]) -> None:
+    """Every pass copies 96 MiB again (its mtime keeps moving) with a 0.05 s interval:
+    passes follow each other, never overlap, and each overrun is logged."""
+    d = daemon_paths
+    big = d["src"] / "big"
+    with open(big, "wb") as f:
+        f.write(os.urandom(1 << 20) * 96)
+    stop = threading.Event()
+
+    def toucher() -> None:
+        while not stop.wait(0.02):
+            t = time.time_ns()
+            os.utime(big, ns=(t, t))
+
+    t = threading.Thread(target=toucher, daemon=True)
+    t.start()
+    try:
+        p = run_proc("start", d["src"], d["dst"], "--interval", "0.05", "--pid-file", d["pid"],
+                     "--log-file", d["log"], "-q", "--delta", "never")
+        assert p.returncode == 0, p.stderr
+        wait_for(lambda: len(PASS_LINE.findall(read(d["log"]))) >= 10, timeout=60)
+        assert run_proc("stop", "--pid-file", d["pid"]).returncode == 0
+    finally:
+        stop.set()
+        t.join()
+    text = read(d["log"])
+    events = PASS_LINE.findall(text)
+    from datetime import datetime
+
+    prev_end = None
+    for i in range(0, len(events) - 1, 2):
+        (t1, n1, e1), (t2, n2, e2) = events[i], events[i + 1]
+        assert (e1, e2) == ("started", "ended") and n1 == n2 == str(i // 2 + 1), events
+        start, end = datetime.fromisoformat(t1), datetime.fromisoformat(t2)
+        if prev_end is not None:
+            assert start >= prev_end, f"pass #{n1} started before the previous one ended"
+        prev_end = end
+    assert text.count("WARNING overrun pass took") >= 3
+    assert "Traceback" not in text
+
+
+def test_log_files_rotated_or_removed_are_reopened(daemon_paths: dict[str, Path]) -> None:
+    """logrotate's three ways: rename (create), remove, copytruncate; for --log-file and
+    --io-log-file; no signal needed."""
+    d = daemon_paths
+    log, io = d["log"], d["io"]
+    n = [0]
+
+    def new_file() -> str:
+        n[0] += 1
+        (d["src"] / f"f{n[0]}").write_bytes(b"x")
+        return f"f{n[0]}"
+
+    p = run_proc("start", d["src"], d["dst"], "--interval", "0.1", "--pid-file", d["pid"],
+                 "--log-file", log, "--io-log-file", io, "-q")
+    assert p.returncode == 0, p.stderr
+    name = new_file()
+    wait_for(lambda: f" create  {name} " in read(io))
+
+    # 1. rename (logrotate's default "create" mode)
+    os.rename(log, log.with_suffix(".log.1"))
+    os.rename(io, io.with_suffix(".log.1"))
+    name = new_file()
+    wait_for(lambda: f" create  {name} " in read(io) and " pass " in read(log))
+    assert f" create  {name} " in read(log)
+    size1 = log.with_suffix(".log.1").stat().st_size
+    name = new_file()
+    wait_for(lambda: f" create  {name} " in read(io))
+    assert log.with_suffix(".log.1").stat().st_size == size1  # nothing goes to the old one
+
+    # 2. removed
+    os.unlink(log)
+    os.unlink(io)
+    name = new_file()
+    wait_for(lambda: f" create  {name} " in read(io) and f" create  {name} " in read(log))
+
+    # 3. copytruncate: appends continue at the new end, no hole of NUL bytes
+    with open(log, "r+b") as f:
+        f.truncate(0)
+    name = new_file()
+    wait_for(lambda: f" create  {name} " in read(log))
+    assert not log.read_bytes().startswith(b"\0")
+
+    assert run_proc("stop", "--pid-file", d["pid"]).returncode == 0
+    text = read(log)
+    assert "periodic sync stopped" in text and "Traceback" not in text
+    assert_same_tree(d["src"], d["dst"])
