@@ -200,7 +200,7 @@ def craft_delta(records: bytes, block_size: int = BS, size: int | None = None,
         (b"X", {}, FormatError, "record type"),
         (b"C" + uvarint(39) + uvarint(2), {}, PatchError, "past the end"),
         (b"C" + uvarint(1 << 50) + uvarint(1), {}, PatchError, "past the end"),
-        (b"C" + uvarint(0) + uvarint(40), {}, PatchError, "says|checksum"),
+        (b"C" + uvarint(0) + uvarint(40), {}, FormatError, "more than the 19703 bytes"),
         (b"C" + uvarint(0) + uvarint(1), dict(size=512), PatchError, "checksum"),
         (b"C" + uvarint(0) + uvarint(1), dict(size=1 << 62), PatchError, "says"),
         # With declared sizes the reader itself refuses what cannot fit them.
@@ -232,7 +232,8 @@ def test_copy_bomb_is_refused_before_writing_past_the_declared_size() -> None:
 
     # 100,000 copies of the whole basis (2 GB) from a 500 KB delta that
     # declares a 10-byte result.
-    for kwargs in (dict(new_size=10), dict(new_size=10, basis_size=len(BASIS))):
+    # Sizes declared in the header, or unknown there (then read ahead from END).
+    for kwargs in (dict(new_size=10), dict(new_size=10, basis_size=len(BASIS)), {}):
         bomb = craft_delta((b"C" + uvarint(0) + uvarint(40)) * 100_000, size=10, **kwargs)
         bs, ops = read_delta(io.BytesIO(bomb))
         out = Meter()
@@ -245,6 +246,32 @@ def test_copy_bomb_is_refused_before_writing_past_the_declared_size() -> None:
     with pytest.raises(PatchError, match="more than the 10 bytes"):
         apply_delta(io.BytesIO(BASIS), ops_list, out, BS, new_size=10)
     assert out.written == 0
+
+
+def test_end_size_is_read_ahead_only_when_unknown_and_seekable() -> None:
+    from deltasync.delta.format import _peek_end_size
+
+    for size in (0, 1, 127, 128, 300_000, (1 << 63) - 1):
+        data = craft_delta(b"L" + uvarint(3) + b"abc", size=size)
+        inp = io.BytesIO(data)
+        inp.seek(32)
+        assert _peek_end_size(inp) == size
+        assert inp.tell() == 32
+    assert _peek_end_size(io.BytesIO(b"short")) is None
+    assert _peek_end_size(io.BytesIO(bytes(100))) is None
+
+    class Pipe(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+            return self.data.readinto(b)
+
+    _, ops = read_delta(io.BufferedReader(Pipe(craft_delta(b"", size=0))))
+    assert ops.new_size is None  # a pipe cannot be read ahead
 
 
 def test_writer_declares_sizes_and_refuses_a_changed_file() -> None:
@@ -260,7 +287,7 @@ def test_writer_declares_sizes_and_refuses_a_changed_file() -> None:
     d = io.BytesIO()
     write_delta(list(make_delta(sig, io.BytesIO(NEW))), d, BS)
     bs, ops = read_delta(io.BytesIO(d.getvalue()))
-    assert (ops.basis_size, ops.new_size) == (None, None)
+    assert (ops.basis_size, ops.new_size) == (None, len(NEW))  # new size read ahead from END
     out = io.BytesIO()
     apply_delta(io.BytesIO(BASIS), ops, out, bs)
     assert out.getvalue() == NEW

@@ -295,7 +295,9 @@ def read_delta(inp: BinaryIO, expect_eof: bool = True) -> tuple[int, OpStream]:
     declared basis, or more output than the declared new size; the checksum
     is verified before ``End`` is produced.  It carries the header's
     ``basis_size`` and ``new_size`` (None if unknown), which ``apply_delta``
-    enforces.  With ``expect_eof`` nothing may follow the checksum.
+    enforces.  With ``expect_eof`` nothing may follow the checksum; then, if
+    the header leaves ``new_size`` unknown and ``inp`` can seek, the size in
+    the END record is read ahead and enforced the same way.
     """
     head = read_full(inp, _DELTA_HEAD.size)
     if head[:8] != DELTA_MAGIC:
@@ -324,7 +326,42 @@ def read_delta(inp: BinaryIO, expect_eof: bool = True) -> tuple[int, OpStream]:
             raise FormatError(f"delta declares an absurd {what} size {v}")
     bs = None if basis_size == UNKNOWN_SIZE else basis_size
     ns = None if new_size == UNKNOWN_SIZE else new_size
+    if ns is None and expect_eof:
+        ns = _peek_end_size(inp)
     return L, OpStream(_delta_records(inp, head, expect_eof, L, bs, ns), basis_size=bs, new_size=ns)
+
+
+def _peek_end_size(inp: BinaryIO) -> int | None:
+    """The size in the END record of a seekable delta whose header left it unknown.
+
+    Read backwards from the end of the stream: ``... 'E' size digest[32]
+    check[16]``.  The value is only a claim, used as the output bound; the
+    reader verifies later that END says exactly this (else FormatError).
+    None if the stream cannot seek or the tail does not parse.
+    """
+    try:
+        if not inp.seekable():
+            return None
+        here = inp.tell()
+        end = inp.seek(0, 2)
+        back = min(end - here, 1 + MAX_VARINT_LEN + DIGEST_LEN + DELTA_CHECK_LEN)
+        inp.seek(end - back)
+        tail = read_full(inp, back)
+        inp.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    i = len(tail) - DIGEST_LEN - DELTA_CHECK_LEN - 1  # last byte of the size varint
+    if i < 1 or tail[i] >= 0x80:
+        return None
+    j = i - 1
+    while j >= 0 and tail[j] >= 0x80:
+        j -= 1
+    if j < 0 or tail[j] != TAG_END or i - j > MAX_VARINT_LEN:
+        return None
+    value = 0
+    for k, b in enumerate(tail[j + 1 : i + 1]):
+        value |= (b & 0x7F) << (7 * k)
+    return value if value <= MAX_FILE_SIZE else None
 
 
 def uvarint(n: int) -> bytes:

@@ -195,10 +195,15 @@ def read_full(f: BinaryIO, n: int) -> bytes:
 def stream_size(f: BinaryIO) -> int | None:
     """Bytes left in ``f`` if it is a regular file (or seekable buffer), else None."""
     try:
-        st = os.fstat(f.fileno())
-        if stat.S_ISREG(st.st_mode):
-            return max(0, st.st_size - f.tell())
-        return None
+        fd = f.fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        # A buffered file's tell() counts what it has buffered; a bare
+        # fd wrapper may have no tell() at all.
+        tell = getattr(f, "tell", None)
+        pos = tell() if tell is not None else os.lseek(fd, 0, os.SEEK_CUR)
+        return max(0, st.st_size - pos)
     except (AttributeError, OSError, ValueError):
         pass
     try:
