@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from .engine import DEFAULT_DELTA_THRESHOLD, DeltaMode, Engine, Reporter, SyncOptions, human
+from .engine import DeltaMode, Engine, Reporter, SyncOptions, human
 from .errors import EXIT_FATAL, EXIT_OK, ConfigError
 from .log import console_stream, op_line, quote_path, setup
 from .model import Action, Op, Reason, Stats
@@ -158,8 +158,7 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         excludes=tuple(args.exclude),
         fsync=args.fsync,
         delta=DeltaMode(args.delta),
-        delta_threshold=(args.delta_threshold if args.delta_threshold is not None
-                         else DEFAULT_DELTA_THRESHOLD),
+        delta_threshold=args.delta_threshold,
         block_size=args.block_size,
     )
 
@@ -199,6 +198,7 @@ class _Pass:
         try:
             try:
                 stats, code = engine.run_pass()
+                _join_signal_notes()
             finally:
                 reporter.close_bars()
         finally:
@@ -227,11 +227,26 @@ class _Pass:
         return code
 
 
+# Threads logging "SIGTERM received": joined before the pass summary so it comes first.
+_signal_notes: list[threading.Thread] = []
+
+
+def _join_signal_notes() -> None:
+    while _signal_notes:
+        _signal_notes.pop().join(5)
+
+
 def _install_signals(stop: threading.Event, logger: logging.Logger) -> None:
     def handler(signum: int, frame: object) -> None:
         if not stop.is_set():
-            logger.warning(f"stop    {signal.Signals(signum).name} received; "
-                           "finishing the file in flight")
+            # Not logged here: the signal may have interrupted this very thread in
+            # the middle of a log write, and a re-entrant write to the same buffered
+            # stream raises RuntimeError (logging then prints a traceback).  A thread
+            # waits for the handler's lock instead.
+            t = threading.Thread(target=logger.warning, daemon=True, args=(
+                f"stop    {signal.Signals(signum).name} received; finishing the file in flight",))
+            _signal_notes.append(t)
+            t.start()
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
@@ -253,6 +268,7 @@ def _loop(p: _Pass, logger: logging.Logger, interval: float, stop: threading.Eve
         logger.error(f"error   pass failed: {why}")
 
     run_periodic(p, interval, stop, overrun, failed)
+    _join_signal_notes()
     logger.info("stop    periodic sync stopped")
     return EXIT_OK
 

@@ -724,3 +724,34 @@ def test_log_files_rotated_or_removed_are_reopened(daemon_paths: dict[str, Path]
     text = read(log)
     assert "periodic sync stopped" in text and "Traceback" not in text
     assert_same_tree(d["src"], d["dst"])
+
+
+def test_signal_during_a_blocked_log_write_is_logged_without_a_traceback(
+        src: Path, dst: Path, tmp_path: Path) -> None:
+    """Regression: the SIGTERM handler logged from inside the signal handler.  When the
+    signal interrupted a log write (here: a FIFO log whose reader stalls), the
+    re-entrant write raised RuntimeError, logging printed a traceback and the
+    "SIGTERM received" line was lost."""
+    for i in range(3000):
+        (src / f"f{i:05d}").write_bytes(b"x")
+    log = tmp_path / "log"
+    os.mkfifo(log)
+    proc = popen("sync", src, dst, "--log-file", log, "-q")
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        os.read(fd, 1000)
+        time.sleep(1.0)  # the pipe fills up: the sync blocks inside a log write
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        data = b""
+        while chunk := os.read(fd, 1 << 16):
+            data += chunk
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 20
+    assert "Traceback" not in err and "Logging error" not in err, err
+    assert b"SIGTERM received" in data
