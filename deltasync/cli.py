@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--delta", choices=["auto", "always", "never"], default="auto",
                         help="send changed files as deltas: by --delta-threshold (auto), always, or never")
         sp.add_argument("--delta-threshold", metavar="SIZE", type=_size, default=None,
-                        help="smallest changed file sent as a delta in auto mode (default 64M)")
+                        help="smallest changed file sent as a delta in auto mode (default: 1M when "
+                             "data crosses a link; a local replica copies whole files)")
         sp.add_argument("--block-size", metavar="N", type=_pos_int, default=None,
                         help="delta block size (default: about sqrt of the file size)")
         sp.add_argument("--progress", action="store_true", help="show progress bars for files and bytes")

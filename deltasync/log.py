@@ -52,6 +52,35 @@ class LineFormatter(logging.Formatter):
         return f"{ts} {record.levelname:<7} {record.getMessage()}"
 
 
+class SafeFileHandler(logging.handlers.WatchedFileHandler):
+    """A log file that reports its own write failures once, as one line.
+
+    Python's default prints "--- Logging error ---" and a traceback for every
+    line that cannot be written (disk full, file system gone read-only).  We
+    say it once on stderr and count the failures, so the CLI can make the
+    pass's exit code say that log lines were lost.
+    """
+
+    failures = 0  # across all handlers of the process
+
+    def __init__(self, filename: str, encoding: str = "utf-8") -> None:
+        super().__init__(filename, encoding=encoding)
+        self._warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        SafeFileHandler.failures += 1
+        if self._warned:
+            return
+        self._warned = True
+        exc = sys.exc_info()[1]
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        try:
+            sys.stderr.write(f"deltasync: warning: cannot write log file "
+                             f"{quote_path(self.baseFilename)}: {why}; lines are being lost\n")
+        except (OSError, ValueError):
+            pass
+
+
 class _OpsOnly(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return getattr(record, "op", None) is not None
@@ -90,11 +119,11 @@ def setup(verbosity: int = 0, log_file: str | None = None, io_log_file: str | No
     fmt = LineFormatter()
     handlers: list[logging.Handler] = []
     if log_file:
-        fh = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        fh = SafeFileHandler(log_file)
         fh.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
         handlers.append(fh)
     if io_log_file:
-        ih = logging.handlers.WatchedFileHandler(io_log_file, encoding="utf-8")
+        ih = SafeFileHandler(io_log_file)
         ih.addFilter(_OpsOnly())
         ih.setLevel(logging.INFO)
         handlers.append(ih)

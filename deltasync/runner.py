@@ -19,8 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from .engine import DeltaMode, Engine, Reporter, SyncOptions, human
-from .errors import EXIT_FATAL, EXIT_OK, ConfigError
-from .log import console_stream, op_line, quote_path, setup
+from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError
+from .log import SafeFileHandler, console_stream, op_line, quote_path, setup
 from .model import Action, Op, Reason, Stats
 from .replica import LocalReplica
 
@@ -176,6 +176,7 @@ class _Pass:
         self.opts = _options(args)
         self.pid_file = pid_file
         self.n = 0
+        self._log_failures = SafeFileHandler.failures
 
     def __call__(self) -> int:
         self.n += 1
@@ -203,6 +204,9 @@ class _Pass:
                 reporter.close_bars()
         finally:
             replica.close()
+        if SafeFileHandler.failures > self._log_failures and code == EXIT_OK:
+            code = EXIT_PARTIAL  # the log is part of the job: lost lines are a failure
+        self._log_failures = SafeFileHandler.failures
         line = summary_line(stats, code)
         level = logging.INFO if code == EXIT_OK else logging.WARNING
         prefix = "summary " + ("(dry run) " if self.opts.dry_run else "")

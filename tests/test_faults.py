@@ -6,9 +6,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import re
+import signal
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import pytest
+from blake3 import blake3
+
+import mutator
+from conftest import cli_cmd, do_sync, popen, run_proc
+from deltasync import replica as replica_mod
+from deltasync.engine import DeltaMode
+from deltasync.fsutil import is_temp_name
+from treeutil import assert_same_tree, build_tree, snapshot
 
 
 @contextlib.contextmanager
@@ -30,26 +48,6 @@ def tmpfs(where: Path, size: str, *options: str) -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
-
-import json
-import logging
-import random
-import re
-import signal
-import sys
-import threading
-import time
-from typing import Any
-
-import pytest
-from blake3 import blake3
-
-import mutator
-from conftest import RecordingReporter, cli_cmd, do_sync, popen, run_proc
-from deltasync import replica as replica_mod
-from deltasync.engine import DeltaMode
-from deltasync.fsutil import is_temp_name
-from treeutil import assert_same_tree, build_tree, snapshot
 
 TESTS = Path(__file__).resolve().parent
 
@@ -258,10 +256,6 @@ def test_out_of_inodes_syncs_what_fits(tmp_path: Path) -> None:
         assert_same_tree(src, dst)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "log.py (not in this helper's remit): a log file on a full disk makes Python's "
-    "logging print '--- Logging error ---' and a traceback for every line, and the "
-    "exit code stays 0 although the log lines are lost"))
 def test_log_file_on_a_full_disk_is_one_clear_warning(tmp_path: Path) -> None:
     build_tree(tmp_path / "src", {"a": b"a", "b": b"b"})
     with tmpfs(tmp_path / "fs", "64k") as fs:
@@ -273,6 +267,8 @@ def test_log_file_on_a_full_disk_is_one_clear_warning(tmp_path: Path) -> None:
         p = run_proc("sync", tmp_path / "src", tmp_path / "dst", "--log-file", fs / "log")
         assert (tmp_path / "dst" / "a").exists()
         assert "Traceback" not in p.stderr and "Logging error" not in p.stderr, p.stderr
+        assert p.stderr.count("cannot write log file") == 1, p.stderr
+        assert p.returncode == 23  # lost log lines are reported as a failure
 
 
 # -- permission denied ----------------------------------------------------------------
@@ -664,8 +660,6 @@ def test_a_pass_longer_than_the_interval_delays_the_next(daemon_paths: dict[str,
         t.join()
     text = read(d["log"])
     events = PASS_LINE.findall(text)
-    from datetime import datetime
-
     prev_end = None
     for i in range(0, len(events) - 1, 2):
         (t1, n1, e1), (t2, n2, e2) = events[i], events[i + 1]

@@ -52,6 +52,10 @@ class PullEngine(Engine):
         self._halt = threading.Event()
 
     # -- source side ------------------------------------------------------
+    @property
+    def data_crosses_link(self) -> bool:
+        return True  # the replica is local but every byte comes over the link
+
     def _walk_source(self, on_error: Any) -> Listing:
         # The local replica first: the far side is walking its tree meanwhile.
         self._local_listing = super()._scan_replica(on_error)
