@@ -35,8 +35,13 @@ def run_rdiff(args: argparse.Namespace) -> int:
     from . import delta
 
     if args.command == "signature":
-        if not 1 <= args.strong_len <= 32:
-            raise UsageError("--strong-len must be between 1 and 32")
+        if not delta.MIN_STRONG_LEN <= args.strong_len <= delta.MAX_STRONG_LEN:
+            raise UsageError(f"--strong-len must be between {delta.MIN_STRONG_LEN} and "
+                             f"{delta.MAX_STRONG_LEN}")
+        if args.block_size is not None and not (
+                delta.MIN_BLOCK_SIZE <= args.block_size <= delta.MAX_BLOCK_SIZE):
+            raise UsageError(f"--block-size must be between {delta.MIN_BLOCK_SIZE} and "
+                             f"{delta.MAX_BLOCK_SIZE}")
         st = delta.signature_file(args.basis, args.sig, args.block_size, args.strong_len)
     elif args.command == "delta":
         st = delta.delta_file(args.sig, args.new, args.delta)
