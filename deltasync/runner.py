@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from .engine import DeltaMode, Engine, Reporter, SyncOptions, human
-from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError
+from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
 from .log import SafeFileHandler, console_stream, op_line, quote_path, setup
 from .model import Action, Op, Reason, Stats
 from .replica import LocalReplica
@@ -152,6 +152,12 @@ def stats_table(stats: Stats, code: int) -> str:
 
 
 def _options(args: argparse.Namespace) -> SyncOptions:
+    if args.block_size is not None:
+        from . import delta
+
+        if not delta.MIN_BLOCK_SIZE <= args.block_size <= delta.MAX_BLOCK_SIZE:
+            raise UsageError(f"--block-size must be between {delta.MIN_BLOCK_SIZE} and "
+                             f"{delta.MAX_BLOCK_SIZE}")
     return SyncOptions(
         dry_run=args.dry_run,
         checksum=args.checksum,
@@ -280,6 +286,7 @@ def _loop(p: _Pass, logger: logging.Logger, interval: float, stop: threading.Eve
 def run_sync(args: argparse.Namespace) -> int:
     from .remote.session import check_remote_paths, is_remote
 
+    _options(args)  # option values are checked (exit 2) before anything is written
     args.remote = is_remote(args)
     if args.remote:
         source, replica = check_remote_paths(args)
