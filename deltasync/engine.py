@@ -276,7 +276,8 @@ class Engine:
                 return
             self._fail(a, e)
             return
-        except (OSError, DeltaSyncError) as e:
+        except (OSError, DeltaSyncError, ValueError) as e:
+            # ValueError: the delta writer's check that a file kept its size.
             self._fail(a, e)
             return
         if detail is None:

@@ -205,7 +205,14 @@ class LocalReplica:
                      0o600, dir_fd=d)
         try:
             try:
-                written = fill(fd, d)
+                try:
+                    written = fill(fd, d)
+                except (DeltaSyncError, ValueError):
+                    # A delta that fails its size or digest check is most often
+                    # a source that changed under us: say so, so it is retried.
+                    if src is not None:
+                        src.check_unchanged()
+                    raise
                 self._meta_fd(fd, entry)
                 if self.fsync:
                     os.fsync(fd)
