@@ -41,7 +41,13 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports errors as one line and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        msg = f"{message} (see '{self.prog} --help')"
+        if self.prog.split()[-1] in _RDIFF_COMMANDS:
+            raise ConfigError(msg)  # like rdiff: any bad argument of these is exit 1
+        raise UsageError(msg)
+
+
+_RDIFF_COMMANDS = {"signature", "delta", "patch"}
 
 
 def _positive_float(text: str) -> float:
@@ -181,9 +187,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Run a command and return its exit code (in-process; used by tests)."""
     try:
         args = build_parser().parse_args(argv)
-    except UsageError as e:
+    except (UsageError, ConfigError) as e:
         _err(str(e))
-        return EXIT_USAGE
+        return e.exit_code
     except SystemExit as e:  # --help / --version
         return int(e.code or 0)
     try:

@@ -28,7 +28,7 @@ from .errors import (
     ProtocolError,
 )
 from .fsutil import DirFds, open_nofollow
-from .model import Action, Entry, Kind, Op, Reason, Stats
+from .model import Action, Entry, Kind, Op, Reason, Stats, quote_path
 from .replica import LocalReplica, Replica, SourceChanged
 from .walk import Excluder, Listing, stat_entry, walk
 
@@ -328,7 +328,7 @@ class Engine:
         if op is Op.SYMLINK:
             if not dry:
                 r.symlink(a.path, a.src)
-            return f"-> {a.src.target}"
+            return f"-> {quote_path(a.src.target or '')}"
         if op is Op.META:
             if not dry:
                 r.set_meta(a.path, a.src)

@@ -25,25 +25,7 @@ from datetime import datetime
 
 LOGGER_NAME = "deltasync"
 
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def quote_path(path: str) -> str:
-    """Render a relative path on one printable line, losslessly."""
-    if path.isprintable() and "\\" not in path:
-        return path or "."
-    out = []
-    for ch in path:
-        o = ord(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif 0xDC80 <= o <= 0xDCFF:  # surrogateescape'd byte of a non-UTF-8 name
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif not ch.isprintable() and ch != " ":
-            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
-        else:
-            out.append(ch)
-    return "".join(out) or "."
+from .model import quote_path  # re-exported for the CLI
 
 
 class LineFormatter(logging.Formatter):
@@ -64,7 +46,9 @@ class SafeFileHandler(logging.handlers.WatchedFileHandler):
     failures = 0  # across all handlers of the process
 
     def __init__(self, filename: str, encoding: str = "utf-8") -> None:
-        super().__init__(filename, encoding=encoding)
+        # backslashreplace: a stray undecodable name in a message must cost
+        # one odd-looking character, never the line.
+        super().__init__(filename, encoding=encoding, errors="backslashreplace")
         self._warned = False
 
     def handleError(self, record: logging.LogRecord) -> None:

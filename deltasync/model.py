@@ -116,3 +116,24 @@ class Stats:
             "duration": round(self.duration, 6),
             "interrupted": self.interrupted,
         }
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def quote_path(path: str) -> str:
+    """Render a relative path on one printable line, losslessly."""
+    if path.isprintable() and "\\" not in path:
+        return path or "."
+    out = []
+    for ch in path:
+        o = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= o <= 0xDCFF:  # surrogateescape'd byte of a non-UTF-8 name
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif not ch.isprintable() and ch != " ":
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out) or "."

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import EXIT_OK, UsageError
+from .errors import EXIT_OK, ConfigError
 
 
 def _stats_lines(st: object) -> list[str]:
@@ -36,11 +36,11 @@ def run_rdiff(args: argparse.Namespace) -> int:
 
     if args.command == "signature":
         if not delta.MIN_STRONG_LEN <= args.strong_len <= delta.MAX_STRONG_LEN:
-            raise UsageError(f"--strong-len must be between {delta.MIN_STRONG_LEN} and "
+            raise ConfigError(f"--strong-len must be between {delta.MIN_STRONG_LEN} and "
                              f"{delta.MAX_STRONG_LEN}")
         if args.block_size is not None and not (
                 delta.MIN_BLOCK_SIZE <= args.block_size <= delta.MAX_BLOCK_SIZE):
-            raise UsageError(f"--block-size must be between {delta.MIN_BLOCK_SIZE} and "
+            raise ConfigError(f"--block-size must be between {delta.MIN_BLOCK_SIZE} and "
                              f"{delta.MAX_BLOCK_SIZE}")
         st = delta.signature_file(args.basis, args.sig, args.block_size, args.strong_len)
     elif args.command == "delta":
