@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import signal
 import threading
 import time
@@ -366,3 +368,31 @@ def test_periodic_run_logs_a_failed_pass_and_keeps_going(src: Path, dst: Path,
     assert re.search(r" ERROR   error   pass failed: .+\n", read(log))
     assert "Traceback" not in read(log) + err
     assert_same_tree(src, dst)
+
+
+def test_daemon_survives_sighup_from_logrotate(tmp_path: Path) -> None:
+    """logrotate's ``postrotate kill -HUP`` must not end the daemon."""
+    import signal as _signal
+    import time as _time
+
+    from deltasync.daemon import status as _status
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"x")
+    pid_file, log = tmp_path / "d.pid", tmp_path / "d.log"
+    env = dict(os.environ)
+    start = subprocess.run([sys.executable, "-m", "deltasync", "start", str(src), str(dst),
+                            "--interval", "0.2", "--pid-file", str(pid_file),
+                            "--log-file", str(log)], capture_output=True, text=True, env=env,
+                           timeout=30)
+    assert start.returncode == 0, start.stderr
+    try:
+        pid = _status(str(pid_file)).pid
+        os.kill(pid, _signal.SIGHUP)
+        _time.sleep(0.6)
+        assert _status(str(pid_file)).pid == pid  # still running, same process
+    finally:
+        stop = subprocess.run([sys.executable, "-m", "deltasync", "stop", "--pid-file",
+                               str(pid_file)], capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0, stop.stderr
