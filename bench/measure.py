@@ -65,6 +65,11 @@ class Row:
         return statistics.median(self.walls) if self.samples else None
 
     @property
+    def cpu_median(self) -> float | None:
+        """Median of user + system CPU seconds (less sensitive to a busy machine than wall)."""
+        return statistics.median(s.user + s.sys for s in self.samples) if self.samples else None
+
+    @property
     def maxrss_kib(self) -> int | None:
         return max(s.maxrss_kib for s in self.samples) if self.samples else None
 

@@ -1,7 +1,9 @@
 """The three outputs of a run: a table on stdout, a JSON file with every raw figure, a PNG chart.
 
 Ratio = tool's median time / deltasync's median time in the same group, so a
-ratio above 1 means deltasync was faster than that peer.
+ratio above 1 means deltasync was faster than that peer.  "cpu s" is the median
+of user + system CPU time of the tool's processes: on a shared machine it moves
+less than wall time.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .measure import Row
+from .measure import Row, Sample
 
 
 def human_bytes(n: int | None) -> str:
@@ -38,22 +40,22 @@ def ratio(rows: list[Row], row: Row) -> float | None:
 
 
 def table(rows: list[Row]) -> str:
-    head = ("scenario", "tool", "median s", "min–max s", "ratio", "sent/delta", "peak RSS")
+    head = ("scenario", "tool", "median s", "min–max s", "ratio", "cpu s", "sent/delta", "peak RSS")
     lines: list[tuple[str, ...]] = []
     last = None
     for r in rows:
         group = r.group if r.group != last else ""
         last = r.group
         if r.missing or r.median is None:
-            lines.append((group, r.tool, r.missing or "no runs", "", "", "", ""))
+            lines.append((group, r.tool, r.missing or "no runs", "", "", "", "", ""))
             continue
         rt = ratio(rows, r)
         lines.append((
             group, r.tool, f"{r.median:.3f}", f"{min(r.walls):.3f}–{max(r.walls):.3f}",
-            "-" if rt is None else f"{rt:.2f}",
+            "-" if rt is None else f"{rt:.2f}", f"{r.cpu_median or 0:.3f}",
             human_bytes(r.nbytes), f"{(r.maxrss_kib or 0) / 1024:.0f} MiB"))
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
-    right = {2, 3, 4, 5, 6}
+    right = {2, 3, 4, 5, 6, 7}
 
     def fmt(cells: tuple[str, ...]) -> str:
         if cells[2].startswith("missing") or cells[2] == "no runs":
@@ -66,18 +68,19 @@ def table(rows: list[Row]) -> str:
 
 
 def markdown(rows: list[Row]) -> str:
-    out = ["| scenario | tool | median s | min–max s | ratio | sent / delta | peak RSS |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    out = ["| scenario | tool | median s | min–max s | ratio | cpu s | sent / delta | peak RSS |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     last = None
     for r in rows:
         g = r.group if r.group != last else ""
         last = r.group
         if r.missing or r.median is None:
-            out.append(f"| {g} | {r.tool} | {r.missing or 'no runs'} | | | | |")
+            out.append(f"| {g} | {r.tool} | {r.missing or 'no runs'} | | | | | |")
             continue
         rt = ratio(rows, r)
         out.append(f"| {g} | {r.tool} | {r.median:.3f} | {min(r.walls):.3f}–{max(r.walls):.3f} | "
-                   f"{'-' if rt is None else f'{rt:.2f}'} | {human_bytes(r.nbytes)} | "
+                   f"{'-' if rt is None else f'{rt:.2f}'} | {r.cpu_median or 0:.3f} | "
+                   f"{human_bytes(r.nbytes)} | "
                    f"{(r.maxrss_kib or 0) / 1024:.0f} MiB |")
     return "\n".join(out)
 
@@ -97,6 +100,20 @@ def as_json(rows: list[Row], meta: dict[str, Any]) -> dict[str, Any]:
             "runs": [s.as_dict() for s in r.samples],
         })
     return {**meta, "rows": recs}
+
+
+def rows_from_json(doc: dict[str, Any]) -> list[Row]:
+    """Rebuild the Rows of a results file (for ``python -m bench.show``)."""
+    rows = []
+    for rec in doc["rows"]:
+        def sample(d: dict[str, Any]) -> Sample:
+            return Sample(d["wall_s"], d["user_s"], d["sys_s"], d["maxrss_kib"], d["nbytes"],
+                          d.get("extra", {}))
+        rows.append(Row(rec["scenario"], rec["step"], rec["tool"],
+                        [sample(d) for d in rec["runs"]],
+                        sample(rec["warmup"]) if rec.get("warmup") else None,
+                        rec.get("missing"), rec.get("bytes_label", ""), rec.get("note", "")))
+    return rows
 
 
 def write_json(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
