@@ -19,7 +19,6 @@ reopened at the next line.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
 from datetime import datetime
 
@@ -34,35 +33,46 @@ class LineFormatter(logging.Formatter):
         return f"{ts} {record.levelname:<7} {record.getMessage()}"
 
 
-class SafeFileHandler(logging.handlers.WatchedFileHandler):
-    """A log file that reports its own write failures once, as one line.
+class _LogFailures:
+    """Counts lines that file handlers could not write (for the exit code)."""
 
-    Python's default prints "--- Logging error ---" and a traceback for every
-    line that cannot be written (disk full, file system gone read-only).  We
-    say it once on stderr and count the failures, so the CLI can make the
-    pass's exit code say that log lines were lost.
-    """
+    failures = 0
 
-    failures = 0  # across all handlers of the process
 
-    def __init__(self, filename: str, encoding: str = "utf-8") -> None:
-        # backslashreplace: a stray undecodable name in a message must cost
-        # one odd-looking character, never the line.
-        super().__init__(filename, encoding=encoding, errors="backslashreplace")
-        self._warned = False
+def _file_handler(filename: str) -> logging.Handler:
+    # logging.handlers costs ~5 ms of imports (socket, pickle, ...): a pass
+    # without a log file should not pay it.
+    import logging.handlers
 
-    def handleError(self, record: logging.LogRecord) -> None:
-        SafeFileHandler.failures += 1
-        if self._warned:
-            return
-        self._warned = True
-        exc = sys.exc_info()[1]
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        try:
-            sys.stderr.write(f"deltasync: warning: cannot write log file "
-                             f"{quote_path(self.baseFilename)}: {why}; lines are being lost\n")
-        except (OSError, ValueError):
-            pass
+    class SafeFileHandler(logging.handlers.WatchedFileHandler):
+        """A log file that reports its own write failures once, as one line.
+
+        Python's default prints "--- Logging error ---" and a traceback for every
+        line that cannot be written (disk full, file system gone read-only).  We
+        say it once on stderr and count the failures, so the CLI can make the
+        pass's exit code say that log lines were lost.
+        """
+
+        def __init__(self, filename: str, encoding: str = "utf-8") -> None:
+            # backslashreplace: a stray undecodable name in a message must cost
+            # one odd-looking character, never the line.
+            super().__init__(filename, encoding=encoding, errors="backslashreplace")
+            self._warned = False
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            _LogFailures.failures += 1
+            if self._warned:
+                return
+            self._warned = True
+            exc = sys.exc_info()[1]
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            try:
+                sys.stderr.write(f"deltasync: warning: cannot write log file "
+                                 f"{quote_path(self.baseFilename)}: {why}; lines are being lost\n")
+            except (OSError, ValueError):
+                pass
+
+    return SafeFileHandler(filename)
 
 
 class _OpsOnly(logging.Filter):
@@ -103,11 +113,11 @@ def setup(verbosity: int = 0, log_file: str | None = None, io_log_file: str | No
     fmt = LineFormatter()
     handlers: list[logging.Handler] = []
     if log_file:
-        fh = SafeFileHandler(log_file)
+        fh = _file_handler(log_file)
         fh.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
         handlers.append(fh)
     if io_log_file:
-        ih = SafeFileHandler(io_log_file)
+        ih = _file_handler(io_log_file)
         ih.addFilter(_OpsOnly())
         ih.setLevel(logging.INFO)
         handlers.append(ih)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .engine import DeltaMode, Engine, Reporter, SyncOptions, human
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
-from .log import SafeFileHandler, console_stream, op_line, quote_path, setup
+from .log import _LogFailures, console_stream, op_line, quote_path, setup
 from .model import Action, Op, Reason, Stats
 from .replica import LocalReplica
 
@@ -182,7 +182,7 @@ class _Pass:
         self.opts = _options(args)
         self.pid_file = pid_file
         self.n = 0
-        self._log_failures = SafeFileHandler.failures
+        self._log_failures = _LogFailures.failures
 
     def __call__(self) -> int:
         self.n += 1
@@ -210,9 +210,9 @@ class _Pass:
                 reporter.close_bars()
         finally:
             replica.close()
-        if SafeFileHandler.failures > self._log_failures and code == EXIT_OK:
+        if _LogFailures.failures > self._log_failures and code == EXIT_OK:
             code = EXIT_PARTIAL  # the log is part of the job: lost lines are a failure
-        self._log_failures = SafeFileHandler.failures
+        self._log_failures = _LogFailures.failures
         line = summary_line(stats, code)
         level = logging.INFO if code == EXIT_OK else logging.WARNING
         prefix = "summary " + ("(dry run) " if self.opts.dry_run else "")
@@ -291,11 +291,16 @@ def _loop(p: _Pass, logger: logging.Logger, interval: float, stop: threading.Eve
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    from .remote.session import check_remote_paths, is_remote
-
     _options(args)  # option values are checked (exit 2) before anything is written
-    args.remote = is_remote(args)
+    # No colon, no remote: skip importing the remote package on local passes.
+    args.remote = False
+    if ":" in args.source or ":" in args.replica:
+        from .remote.session import is_remote
+
+        args.remote = is_remote(args)
     if args.remote:
+        from .remote.session import check_remote_paths
+
         source, replica = check_remote_paths(args)
     else:
         source, replica = check_paths(args.source, args.replica)
