@@ -54,7 +54,9 @@ def table(rows: list[Row]) -> str:
             group, r.tool, f"{r.median:.3f}", f"{min(r.walls):.3f}–{max(r.walls):.3f}",
             "-" if rt is None else f"{rt:.2f}", f"{r.cpu_median or 0:.3f}",
             human_bytes(r.nbytes), f"{(r.maxrss_kib or 0) / 1024:.0f} MiB"))
-    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
+    full = [x for x in lines if not (x[2].startswith("missing") or x[2] == "no runs")]
+    widths = [max(len(x[i]) for x in [head, *(full if i >= 2 else lines)])
+              for i in range(len(head))]
     right = {2, 3, 4, 5, 6, 7}
 
     def fmt(cells: tuple[str, ...]) -> str:
