@@ -28,6 +28,7 @@ from .errors import (
     ProtocolError,
 )
 from .fsutil import DirFds, open_nofollow
+from .prefetch import Prefetched
 from .model import Action, Entry, Kind, Op, Reason, Stats, quote_path
 from .replica import LocalReplica, Replica, SourceChanged
 from .walk import Excluder, Listing, stat_entry, walk
@@ -391,8 +392,10 @@ class Engine:
         stats = self._stats
         sig = self.replica.signature(a.path, self.opts.block_size)
         ds = DeltaStats()
-        ops = make_delta(sig, src, ds)  # type: ignore[arg-type]
-        n = self.replica.write_delta(a.path, src, ops, sig.block_size)
+        # The delta is computed one thread ahead of its application, so reading
+        # and matching the new file overlaps writing the new version.
+        with Prefetched(make_delta(sig, src, ds)) as ops:  # type: ignore[arg-type]
+            n = self.replica.write_delta(a.path, src, ops, sig.block_size)
         stats.bytes_written += n
         stats.literal_bytes += ds.literal_bytes
         stats.matched_bytes += ds.matched_bytes
