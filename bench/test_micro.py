@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("pytest_benchmark")
-delta = pytest.importorskip("deltasync.delta")
-from deltasync.delta.rolling import WeakScanner, block_weak_sums  # noqa: E402
+from deltasync import delta
+from deltasync.delta.rolling import WeakScanner, block_weak_sums
 
 SIZE = 64 << 20
 BLOCK = 32 << 10  # what the default rule picks for about 1 GiB
