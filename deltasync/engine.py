@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import enum
 import errno
+import gc
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .compare import CompareOptions, make_plan
@@ -28,8 +30,8 @@ from .errors import (
     ProtocolError,
 )
 from .fsutil import DirFds, open_nofollow
-from .prefetch import Prefetched
 from .model import Action, Entry, Kind, Op, Reason, Stats, quote_path
+from .prefetch import Prefetched
 from .replica import LocalReplica, Replica, SourceChanged
 from .walk import Excluder, Listing, stat_entry, walk
 
@@ -123,6 +125,17 @@ class _SourceFile:
         os.close(self.fd)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -159,9 +172,13 @@ class Engine:
             rep.failed(path, "read", e)
 
         # Sequential on purpose: walking the replica in a second thread was
-        # measured 1.3x *slower* (GIL contention outweighs overlapped lstat).
-        src_list = self._walk_source(walk_error)
-        dst_list = self._scan_replica(walk_error)
+        # measured 1.3x *slower* (GIL contention outweighs overlapped lstat),
+        # and a forked child no faster.  The cyclic GC is paused while the
+        # listings are built: they are hundreds of thousands of acyclic tuples
+        # that it would traverse again and again (-12% on a 100k-file no-op).
+        with _gc_paused():
+            src_list = self._walk_source(walk_error)
+            dst_list = self._scan_replica(walk_error)
         with self._source_dirs() as src_dirs:
             self._src_dirs = src_dirs
             src_hash = dst_hash = None
