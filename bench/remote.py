@@ -1,154 +1,157 @@
-"""Remote scenarios: deltasync vs ``rsync -e ssh`` over the same transport (standalone).
+"""Loopback SSH for the remote scenarios: a private sshd and a rate-limited link to it.
 
-    python -m bench.remote --rsh "ssh -p 2222 -i KEY ..." [--host 127.0.0.1] [--files 20000]
-                           [--big-mib 256] [--runs 3] [--remote-command deltasync]
+``LoopbackSshd(dir)`` generates a host key and a client key in ``dir``, starts
+``sshd -D`` on a free loopback port with its own config (key auth only, no
+PAM, its own known_hosts), waits until a login works and stops it on exit --
+the same recipe as ``tests/test_remote_ssh.py``.  It needs root (sshd must
+switch to the logged-in user); ``missing_reason()`` says why it cannot run
+here, which the scenarios report as a missing peer.
 
-Scenarios (seeded data in a temp dir; the far side is the same machine through
-the transport, paths are absolute):
-
-* ``remote-tree-noop``: 20,000 small files, already mirrored; a pass changes nothing.
-* ``remote-tree-churn``: the same tree after 1% of the files were rewritten,
-  0.5% added and 0.5% removed (a fresh churn each run).
-* ``remote-big-delta``: one file of ``--big-mib`` MiB with 200 scattered 4 KiB
-  overwrites, pushed with ``--delta always`` vs ``rsync --no-whole-file``.
-
-Prints one line per scenario and tool: median wall seconds over ``--runs``,
-and the ratio deltasync/rsync.  Every run is checked (trees compared with
-``diff -r``).  Not wired into ``python -m bench`` yet (that suite's scenario
-registry lives in ``bench/scenarios``): a scenario there can call
-``run_scenario(name, rsh, ...)`` from this module and report its dict.
+``Link`` is the transport both tools get: ``python -S bench/ratelimit.py RATE
+COUNT_FILE ssh ...`` as deltasync's ``-e`` and rsync's ``-e``, so both see
+the same ssh, the same cipher and the same 100 Mbit/s each way, and the relay
+counts the bytes each run put on the wire in both directions.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import random
+import shlex
 import shutil
-import statistics
+import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
 
-DS = [sys.executable, "-m", "deltasync"]
+from .proc import BenchFailure
 
-
-def _tree(root: str, files: int, seed: int = 1) -> None:
-    rng = random.Random(seed)
-    per_dir = 100
-    for i in range(files):
-        d = os.path.join(root, f"d{i // per_dir:04d}")
-        if i % per_dir == 0:
-            os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"f{i % per_dir:03d}.dat"), "wb") as f:
-            f.write(rng.randbytes(rng.randint(0, 4000)))
+HOST = "127.0.0.1"
+LINK_RATE = 12_500_000  # bytes/s each way: 100 Mbit/s
+RELAY = Path(__file__).resolve().parent / "ratelimit.py"
 
 
-def _churn(root: str, rng: random.Random) -> None:
-    paths = sorted(os.path.join(dp, n) for dp, _, ns in os.walk(root) for n in ns)
-    n = len(paths)
-    for p in rng.sample(paths, n // 100):
-        with open(p, "wb") as f:
-            f.write(rng.randbytes(rng.randint(0, 4000)))
-    gone = rng.sample(paths, n // 200)
-    for p in gone:
-        if os.path.exists(p):
-            os.unlink(p)
-    for i in range(n // 200):
-        with open(os.path.join(os.path.dirname(rng.choice(paths)), f"new{rng.random()}"),
-                  "wb") as f:
-            f.write(rng.randbytes(rng.randint(0, 4000)))
+def _sshd_path() -> str | None:
+    return shutil.which("sshd") or next(
+        (p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)), None)
 
 
-def _big(path: str, mib: int) -> None:
-    rng = random.Random(3)
-    with open(path, "wb") as f:
-        for _ in range(mib):
-            f.write(rng.randbytes(1 << 20))
+def missing_reason() -> str | None:
+    """Why a loopback sshd cannot run here (None: it can)."""
+    if _sshd_path() is None:
+        return "missing: sshd not installed (apt-get install openssh-server)"
+    for tool in ("ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"missing: {tool} not installed (apt-get install openssh-client)"
+    if os.geteuid() != 0:
+        return "missing: a loopback sshd needs root (run the bench as root, as CI does)"
+    return None
 
 
-def _overwrite(path: str, rng: random.Random) -> None:
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        for _ in range(200):
-            f.seek(rng.randrange(0, size - 4096))
-            f.write(rng.randbytes(4096))
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
 
 
-def _time(cmd: list[str]) -> float:
-    t0 = time.monotonic()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    took = time.monotonic() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}")
-    return took
+class LoopbackSshd:
+    """A private sshd on 127.0.0.1 for the duration of a ``with`` block."""
+
+    def __init__(self, d: Path) -> None:
+        self.dir = d
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ssh: list[str] = []  # the plain ssh command line that reaches it
+
+    def __enter__(self) -> LoopbackSshd:
+        d = self.dir
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                           check=True)
+        port = _free_port()
+        (d / "sshd_config").write_text(
+            f"Port {port}\nListenAddress {HOST}\nHostKey {d / 'host'}\n"
+            f"AuthorizedKeysFile {d / 'client.pub'}\nPidFile {d / 'sshd.pid'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+            "LogLevel ERROR\n")
+        (d / "known_hosts").write_text(f"[{HOST}]:{port} {(d / 'host.pub').read_text()}")
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
+        sshd = _sshd_path()
+        assert sshd is not None
+        with open(d / "sshd.log", "wb") as log:
+            self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(d / "sshd_config")],
+                                         stdin=subprocess.DEVNULL, stderr=log)
+        self.ssh = ["ssh", "-F", "/dev/null", "-p", str(port), "-i", str(d / "client"),
+                    "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={d / 'known_hosts'}",
+                    "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+        deadline = time.monotonic() + 10
+        while True:
+            r = subprocess.run([*self.ssh, HOST, "true"], capture_output=True, timeout=20)
+            if r.returncode == 0:
+                return self
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise BenchFailure(f"the loopback sshd did not come up: {r.stderr!r} "
+                                   f"{(d / 'sshd.log').read_text(errors='replace')[-1000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def link(self, count_file: Path, rate: int = LINK_RATE) -> Link:
+        return Link(self.ssh, count_file, rate)
 
 
-def _same(a: str, b: str) -> None:
-    r = subprocess.run(["diff", "-r", "--no-dereference", a, b], capture_output=True)
-    if r.returncode != 0:
-        raise SystemExit(f"trees differ: {a} {b}\n{r.stdout[:2000]!r}")
+class Link:
+    """The rate-limited transport command and the byte counts of its last use."""
+
+    def __init__(self, ssh: list[str], count_file: Path, rate: int) -> None:
+        self.count_file = count_file
+        self.rate = rate
+        self.argv = [sys.executable, "-S", str(RELAY), str(rate), str(count_file), *ssh]
+
+    @property
+    def rsh(self) -> str:
+        """The ``-e`` string (both tools split it like a shell)."""
+        return shlex.join(self.argv)
+
+    def reset(self) -> None:
+        self.count_file.unlink(missing_ok=True)
+
+    def taken(self) -> tuple[int, int]:
+        """(bytes up, bytes down) over every connection since ``reset``."""
+        try:
+            lines = self.count_file.read_text().split("\n")
+        except FileNotFoundError:
+            raise BenchFailure(f"the link relay wrote no byte count to {self.count_file}") from None
+        up = down = 0
+        for ln in lines:
+            if ln.strip():
+                a, b = ln.split()
+                up, down = up + int(a), down + int(b)
+        return up, down
 
 
-def run_scenario(name: str, rsh: str, host: str, work: str, files: int, big_mib: int,
-                 runs: int, remote_command: str) -> dict[str, float]:
-    src = os.path.join(work, "src")
-    dst_ds, dst_rs = os.path.join(work, "dst_ds"), os.path.join(work, "dst_rs")
-    for d in (src, dst_ds, dst_rs):
-        shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(src)
-    rng = random.Random(42)
-    ds_extra: list[str] = []
-    rs_extra: list[str] = []
-    prepare: Callable[[], None] = lambda: None  # noqa: E731
-    if name == "remote-big-delta":
-        _big(os.path.join(src, "big"), big_mib)
-        prepare = lambda: _overwrite(os.path.join(src, "big"), rng)  # noqa: E731
-        ds_extra = ["--delta", "always"]
-        rs_extra = ["--no-whole-file"]
-    else:
-        _tree(src, files)
-        if name == "remote-tree-churn":
-            prepare = lambda: _churn(src, rng)  # noqa: E731
-    ds_cmd = [*DS, "sync", "-q", src, f"{host}:{dst_ds}", "-e", rsh,
-              "--remote-command", remote_command, *ds_extra]
-    rs_cmd = ["rsync", "-a", "--delete", "-e", rsh, *rs_extra, src + "/", f"{host}:{dst_rs}/"]
-    _time(ds_cmd)  # initial mirrors, not timed
-    _time(rs_cmd)
-    t_ds, t_rs = [], []
-    for _ in range(runs):
-        prepare()
-        t_rs.append(_time(rs_cmd))
-        t_ds.append(_time(ds_cmd))
-        _same(src, dst_ds)
-        _same(src, dst_rs)
-    res = {"deltasync": statistics.median(t_ds), "rsync": statistics.median(t_rs)}
-    res["ratio"] = res["deltasync"] / res["rsync"]
-    return res
+def remote_deltasync(cmd: list[str]) -> str:
+    """``--remote-command`` running the deltasync under test on the far side.
 
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.remote", description=__doc__.split("\n")[0])
-    ap.add_argument("--rsh", required=True, help="transport command, e.g. an ssh with -p/-i")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--files", type=int, default=20000)
-    ap.add_argument("--big-mib", type=int, default=256)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--remote-command", default=" ".join(DS))
-    ap.add_argument("--scenario", action="append",
-                    choices=["remote-tree-noop", "remote-tree-churn", "remote-big-delta"])
-    args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="deltasync-bench-remote-") as work:
-        for name in args.scenario or ["remote-tree-noop", "remote-tree-churn",
-                                      "remote-big-delta"]:
-            r = run_scenario(name, args.rsh, args.host, work, args.files, args.big_mib,
-                             args.runs, args.remote_command)
-            print(f"{name:<18} deltasync {r['deltasync']:.3f} s  rsync {r['rsync']:.3f} s  "
-                  f"ratio {r['ratio']:.2f}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    The far side is a login shell, so a ``PYTHONPATH`` the bench was started
+    with (a snapshot, see the README) is passed on explicitly.
+    """
+    s = shlex.join(cmd)
+    pp = os.environ.get("PYTHONPATH")
+    return f"PYTHONPATH={shlex.quote(pp)} {s}" if pp else s

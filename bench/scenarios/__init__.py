@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..measure import Row
-from . import bigdelta, realtree, trees
+from . import bigdelta, realtree, remote, trees
 
 Scenario = Callable[[Context], list[Row]]
 
@@ -16,8 +16,11 @@ SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
     "tree-initial": (trees.tree_initial, frozenset({"tree"})),
     "tree-noop": (trees.tree_noop, frozenset({"tree"})),
     "tree-churn": (trees.tree_churn, frozenset({"tree"})),
+    "remote-tree-noop": (remote.remote_tree_noop, frozenset({"tree"})),
+    "remote-tree-churn": (remote.remote_tree_churn, frozenset({"tree"})),
     "big-delta": (bigdelta.big_delta, frozenset({"big"})),
     "limits": (bigdelta.limits, frozenset({"big"})),
+    "remote-big-delta": (remote.remote_big_delta, frozenset({"big"})),
     "big-delta-pyrsync2": (bigdelta.big_delta_pyrsync2, frozenset({"slice"})),
     "real-tree": (realtree.real_tree, frozenset()),
 }
