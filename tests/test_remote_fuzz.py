@@ -15,11 +15,13 @@ import random
 import struct
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
 from blake3 import blake3
 
+from deltasync.errors import ProtocolError
 from deltasync.fsutil import is_temp_name
 from deltasync.model import Entry, Kind
 from deltasync.remote import codec
@@ -221,3 +223,49 @@ def test_real_serve_incompatible_version(sandbox: Path) -> None:
     out, err = p.communicate(prefix(sandbox / "root"), timeout=20)
     assert p.returncode == 12
     assert b"protocol version 99" in err and b"speaks version 1" in err
+
+
+# -- LIST_Z: the zlib-packed listing --------------------------------------------
+
+
+def frames(out: bytes) -> list[tuple[int, bytes]]:
+    found, pos = [], 0
+    while pos + 5 <= len(out):
+        t, n = struct.unpack_from(">BI", out, pos)
+        found.append((t, out[pos + 5 : pos + 5 + n]))
+        pos += 5 + n
+    return found
+
+
+@pytest.mark.parametrize("ask", [False, True])
+def test_listing_is_packed_only_when_asked(sandbox: Path, ask: bool) -> None:
+    build_tree(sandbox / "root", {f"d{i}": {f"file{j}.txt": b"x" * j for j in range(40)}
+                                  for i in range(10)})
+    scan = {"excludes": [], "clean_temps": True} | ({"list_zlib": True} if ask else {})
+    code, out = run_server(prefix(sandbox / "root") + frame(P.SCAN, P.dump_json(scan))
+                           + frame(P.GOODBYE))
+    assert code == 0
+    got = frames(out)
+    types = {t for t, _ in got}
+    assert (P.LIST_Z in types, P.LIST in types) == (ask, not ask)
+    entries: list[Entry] = []
+    for t, payload in got:
+        if t == P.LIST_Z:
+            payload = codec.unpack_entries(payload, P.MAX_FRAME)
+            codec.decode_entries(payload, entries, {})
+        elif t == P.LIST:
+            codec.decode_entries(payload, entries, {})
+    assert len([e for e in entries if e.path.endswith(".txt")]) == 400
+    packed = sum(len(p) for t, p in got if t in (P.LIST, P.LIST_Z))
+    assert (packed < 12_000) == ask  # ~17 bytes an entry packed, ~70 raw
+
+
+@pytest.mark.parametrize("payload", [
+    zlib.compress(b"\0" * (P.MAX_FRAME + 10)),  # inflates past the frame cap
+    zlib.compress(b"\0" * 100)[:-3],  # truncated
+    zlib.compress(b"\0" * 100) + b"extra",  # trailing bytes
+    b"not zlib at all",
+])
+def test_bad_list_z_is_a_protocol_error(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        codec.unpack_entries(payload, P.MAX_FRAME)

@@ -30,8 +30,8 @@ from ..replica import SourceChanged, SourceFile
 from ..walk import Excluder, Listing
 from . import codec
 from .protocol import (
-    MAGIC, DATA, DELETE, DELTA, END, ERROR, FILE, GOODBYE, HELLO, LIST, LIST_END, META,
-    MIN_PROTOCOL_VERSION, MKDIR, OPEN, OPENED, PROTOCOL_VERSION, RESULT, SCAN, SIGNATURE,
+    MAGIC, DATA, DELETE, DELTA, END, ERROR, FILE, GOODBYE, HELLO, LIST, LIST_END, LIST_Z, META,
+    MAX_FRAME, MIN_PROTOCOL_VERSION, MKDIR, OPEN, OPENED, PROTOCOL_VERSION, RESULT, SCAN, SIGNATURE,
     SYMLINK, FrameReader, FrameWriter, dump_json, hello_payload, negotiate, parse_hello,
     parse_json, type_name,
 )
@@ -131,8 +131,10 @@ class Connection:
 
     def _send_scan(self, excludes: list[str], clean_temps: bool, checksum: bool) -> None:
         self._scan_sent = (list(excludes), clean_temps, checksum)
+        # list_zlib: a server that knows it answers with LIST_Z batches (smaller
+        # on the wire); an older one ignores the key and sends LIST.
         self.out.send(SCAN, dump_json({"excludes": list(excludes), "clean_temps": clean_temps,
-                                       "checksum": checksum}))
+                                       "checksum": checksum, "list_zlib": not self.compress}))
 
     def _lost(self, e: ProtocolError) -> ProtocolError:
         why = self.transport.describe_exit()
@@ -174,6 +176,8 @@ class Connection:
             ftype, payload = self.recv()
             if ftype == LIST:
                 codec.decode_entries(payload, entries, digests)
+            elif ftype == LIST_Z:
+                codec.decode_entries(codec.unpack_entries(payload, MAX_FRAME), entries, digests)
             elif ftype == LIST_END:
                 if len(payload) < 4:
                     raise ProtocolError("malformed LIST_END message")

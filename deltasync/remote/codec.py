@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno as errno_
 import os
 import struct
+import zlib
 
 from ..errors import (
     DeltaSyncError,
@@ -164,6 +165,34 @@ def decode_entries(buf: bytes, out: list[Entry], digests: dict[str, bytes]) -> N
         raise ProtocolError("malformed entry: unknown kind") from None
     if pos != blen:
         raise ProtocolError("malformed LIST message: trailing bytes")
+
+
+# -- LIST_Z: a LIST payload through zlib (asked for by SCAN "list_zlib") -----
+#
+# A listing is ~70 bytes an entry raw and ~18 through zlib level 1 (repeated
+# header fields, shared path prefixes): on a 100 Mbit/s link 20,000 entries
+# take ~25 ms instead of ~110 ms, for ~7 ms of compression on the far side.
+
+LIST_ZLIB_LEVEL = 1
+
+
+def pack_entries(raw: bytes) -> bytes:
+    """A LIST payload -> a LIST_Z payload."""
+    return zlib.compress(raw, LIST_ZLIB_LEVEL)
+
+
+def unpack_entries(buf: bytes, limit: int) -> bytes:
+    """A LIST_Z payload -> the LIST payload; at most ``limit`` bytes are inflated."""
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(buf, limit + 1)
+    except zlib.error as e:
+        raise ProtocolError(f"malformed LIST_Z message: {e}") from None
+    if len(raw) > limit:
+        raise ProtocolError(f"malformed LIST_Z message: inflates past {limit} bytes")
+    if not d.eof or d.unused_data:
+        raise ProtocolError("malformed LIST_Z message: truncated or trailing bytes")
+    return raw
 
 
 def expect_done(buf: bytes, pos: int, what: str) -> None:

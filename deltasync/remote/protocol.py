@@ -48,7 +48,7 @@ READ_CHUNK = 256 << 10
 # Frame types.  Requests go client -> server, the rest server -> client,
 # except DATA/END/GOODBYE/ERROR, which travel both ways.
 HELLO, ERROR, GOODBYE = 0x01, 0x02, 0x03
-OPEN, OPENED, SCAN, LIST, LIST_END = 0x10, 0x11, 0x12, 0x13, 0x14
+OPEN, OPENED, SCAN, LIST, LIST_END, LIST_Z = 0x10, 0x11, 0x12, 0x13, 0x14, 0x15
 SIGNATURE, FILE, DELTA, MKDIR, SYMLINK, DELETE, META = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
 GET, GET_DELTA = 0x27, 0x28
 DATA, END = 0x30, 0x31
@@ -99,6 +99,11 @@ class FrameWriter:
         self.closed = False
         # turns "the link broke" into a message saying why (transport status, stderr)
         self.explain: Callable[[ProtocolError], ProtocolError] | None = None
+
+    @property
+    def compressing(self) -> bool:
+        """Does everything this writer sends go through zlib already (``-z``)?"""
+        return self._z is not None
 
     def set_bwlimit(self, rate: int | None) -> None:
         self._limit = RateLimit(rate) if rate else None

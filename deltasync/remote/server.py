@@ -31,6 +31,7 @@ from ..walk import Excluder, Listing, stat_entry, walk
 from . import codec
 from .protocol import (
     DATA, DELETE, DELTA, END, ERROR, FILE, GET, GET_DELTA, GOODBYE, HELLO, LIST, LIST_END,
+    LIST_Z,
     MAX_FRAME, META, MIN_PROTOCOL_VERSION, MKDIR, OPEN, OPENED, PROTOCOL_VERSION, RESULT, SCAN,
     SIGNATURE, SYMLINK, FrameReader, FrameWriter, dump_json, hello_payload, negotiate,
     parse_hello, parse_json, type_name,
@@ -164,6 +165,16 @@ class Server:
         else:
             listing = walk(self.root, excluder, on_error=on_error)
         hash_files = bool(body.get("checksum"))
+        # zlib per batch when asked, unless the whole stream is compressed (-z) already
+        packed = body.get("list_zlib") is True and not self.out.compressing
+
+        def send(pairs: list[tuple[Entry, bytes | None]]) -> None:
+            raw = codec.encode_entries(pairs)
+            if packed:
+                self.out.send(LIST_Z, codec.pack_entries(raw))
+            else:
+                self.out.send(LIST, raw)
+
         dirs = DirFds(self.root) if hash_files and os.path.isdir(self.root) else None
         try:
             pairs: list[tuple[Entry, bytes | None]] = []
@@ -175,10 +186,10 @@ class Server:
                 pairs.append((e, digest))
                 size += 80 + len(e.path) + (len(e.target) if e.target else 0)
                 if size >= LIST_BATCH:
-                    self.out.send(LIST, codec.encode_entries(pairs))
+                    send(pairs)
                     pairs, size = [], 0
             if pairs:
-                self.out.send(LIST, codec.encode_entries(pairs))
+                send(pairs)
         finally:
             if dirs is not None:
                 dirs.close()
