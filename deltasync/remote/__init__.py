@@ -4,11 +4,33 @@
 ``protocol``/``codec`` (documented in ``docs/PROTOCOL.md``) on its
 stdin/stdout.  A push uses ``RemoteReplica`` (the ``Replica`` protocol over a
 ``Connection``) with the ordinary ``Engine``; a pull uses ``PullEngine``.
+
+The names below are imported on first use (PEP 562): ``deltasync serve``
+imports this package on its way to ``server`` and needs none of the client
+side (``subprocess``, ``shlex``, ``queue``), whose import is part of every
+remote pass's start-up on the far side.
 """
 
 from __future__ import annotations
 
-from .client import Connection, RemoteFailure, RemoteReplica
-from .transport import RemoteSpec, parse_remote
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Connection, RemoteFailure, RemoteReplica
+    from .transport import RemoteSpec, parse_remote
 
 __all__ = ["Connection", "RemoteFailure", "RemoteReplica", "RemoteSpec", "parse_remote"]
+
+_HOME = {"Connection": "client", "RemoteFailure": "client", "RemoteReplica": "client",
+         "RemoteSpec": "transport", "parse_remote": "transport"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
