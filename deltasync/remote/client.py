@@ -255,6 +255,7 @@ class RemoteReplica:
         self._late: LateFailure | None = None
         self._reader: threading.Thread | None = None
         self._fatal: BaseException | None = None
+        self._matcher_warm = False
         self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
 
     # -- reading ----------------------------------------------------------
@@ -283,6 +284,11 @@ class RemoteReplica:
         self._poll()
         p = self._send(SIGNATURE, lambda i: codec.encode_path_op(i, block_size or 0, path),
                        "signature", path, flush=True)
+        if not self._matcher_warm:
+            # The matcher needs numpy (~0.1 s to import); import it while the
+            # far side reads its file, not after the signature arrived.
+            self._matcher_warm = True
+            threading.Thread(target=_warm_matcher, name="deltasync-import", daemon=True).start()
         while True:  # results of earlier operations come first
             ftype, payload = self._take()
             if ftype != RESULT:
@@ -468,6 +474,13 @@ class RemoteReplica:
             self._late(p.path, p.op, err)
         else:
             self.failures.append((p.path, p.op, err))
+
+
+def _warm_matcher() -> None:
+    try:
+        import deltasync.delta.match  # noqa: F401
+    except Exception:  # noqa: BLE001 - the real import will report it
+        pass
 
 
 def connect_replica(spec: RemoteSpec, **kw: Any) -> Connection:
