@@ -9,15 +9,9 @@ progress bars, prints summaries or exits.  Commands: ``sync``, ``start``,
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import signal
 import sys
-import threading
-import time
 from collections.abc import Sequence
-from datetime import datetime
 from typing import NoReturn
 
 from . import __version__
@@ -32,7 +26,7 @@ from .errors import (
     NotRunningError,
     UsageError,
 )
-from .log import console_stream, op_line, quote_path, setup
+from .model import quote_path
 
 PROG = "deltasync"
 
@@ -179,6 +173,20 @@ def _err(msg: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
+    if (sys.argv[1:] if argv is None else list(argv)) == ["serve"]:
+        # The far side of a remote pass: its start-up and exit are on every
+        # pass's critical path, so no argument parser (building it costs more
+        # than parsing) and no interpreter teardown (frames are written with
+        # os.write, nothing is left buffered but stderr).
+        from .remote.server import serve
+
+        code = serve()
+        for f in (sys.stdout, sys.stderr):  # both are stderr by now
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
     code = run(argv)
     sys.exit(code)
 
