@@ -51,7 +51,7 @@ def compare_trees(expected: str | Path, got: str | Path, what: str,
     problems: list[str] = []
     count = _walk(str(expected), str(got), "", problems, dir_mtimes)
     if problems:
-        more = f"\n  ... and more" if len(problems) >= _MAX_REPORTED else ""
+        more = "\n  ... and more" if len(problems) >= _MAX_REPORTED else ""
         raise BenchFailure(f"{what}: replica {got} differs from source {expected}:\n  "
                            + "\n  ".join(problems[:_MAX_REPORTED]) + more)
     return count

@@ -20,7 +20,6 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_NOT_RUNNING,
     EXIT_OK,
-    EXIT_USAGE,
     ConfigError,
     DeltaSyncError,
     NotRunningError,

@@ -88,6 +88,7 @@ def make_plan(src: Listing, dst: Listing, opts: CompareOptions = CompareOptions(
 
     # Phase 1: removals, deepest first (reverse pre-order puts children first).
     unreadable = src.unreadable
+    d: Entry | None
     for d in reversed(dst.entries):
         s = src_map.get(d.path)
         if s is not None and (s.kind is d.kind or s.kind is Kind.SPECIAL):
@@ -111,6 +112,7 @@ def make_plan(src: Listing, dst: Listing, opts: CompareOptions = CompareOptions(
         if fast and d is not None and s[1:hi] == d[1:hi] and s.target == d.target:
             unchanged += 1
             continue
+        d_for_action: Entry | None
         if d is not None and d.kind is not s.kind:
             d_for_action, reason = d, Reason.TYPE
             d = None

@@ -99,7 +99,7 @@ class _SourceFile:
 
     def read(self, n: int = -1) -> bytes:
         if n < 0:
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 b = os.read(self.fd, 1 << 20)
                 if not b:
@@ -119,7 +119,7 @@ class _SourceFile:
     def check_unchanged(self) -> None:
         st = os.fstat(self.fd)
         if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != self._sig:
-            raise SourceChanged(f"source file changed while it was being copied")
+            raise SourceChanged("source file changed while it was being copied")
 
     def close(self) -> None:
         os.close(self.fd)
@@ -247,11 +247,8 @@ class Engine:
         if (self.opts.dry_run and isinstance(self.replica, LocalReplica)
                 and not os.path.isdir(self.replica_root)):
             return Listing(root=Entry("", Kind.DIR))
-        if isinstance(self.replica, LocalReplica) or getattr(self.replica,
-                                                             "scan_reports_errors", False):
-            return self.replica.scan(self.excluder, clean_temps=not self.opts.dry_run,
-                                     on_error=on_error)
-        return self.replica.scan(self.excluder, clean_temps=not self.opts.dry_run)
+        return self.replica.scan(self.excluder, clean_temps=not self.opts.dry_run,
+                                 on_error=on_error)
 
     @property
     def replica_root(self) -> str:

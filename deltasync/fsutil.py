@@ -67,7 +67,7 @@ class DirFds:
             os.close(self.root_fd)
             self.root_fd = -1
 
-    def __enter__(self) -> "DirFds":
+    def __enter__(self) -> DirFds:
         return self
 
     def __exit__(self, *exc: object) -> None:

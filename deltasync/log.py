@@ -22,9 +22,9 @@ import logging
 import sys
 from datetime import datetime
 
-LOGGER_NAME = "deltasync"
-
 from .model import quote_path  # re-exported for the CLI
+
+LOGGER_NAME = "deltasync"
 
 
 class LineFormatter(logging.Formatter):

@@ -53,7 +53,7 @@ class Prefetched(Generic[T]):
             self._exc = e
         self._put(_DONE)
 
-    def __iter__(self) -> "Prefetched[T]":
+    def __iter__(self) -> Prefetched[T]:
         return self
 
     def __next__(self) -> T:
@@ -70,7 +70,7 @@ class Prefetched(Generic[T]):
         self._stop.set()
         self._thread.join()
 
-    def __enter__(self) -> "Prefetched[T]":
+    def __enter__(self) -> Prefetched[T]:
         return self
 
     def __exit__(self, *exc: object) -> None:

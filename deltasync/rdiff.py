@@ -34,6 +34,7 @@ def _stats_lines(st: object) -> list[str]:
 def run_rdiff(args: argparse.Namespace) -> int:
     from . import delta
 
+    st: object
     if args.command == "signature":
         if not delta.MIN_STRONG_LEN <= args.strong_len <= delta.MAX_STRONG_LEN:
             raise ConfigError(f"--strong-len must be between {delta.MIN_STRONG_LEN} and "

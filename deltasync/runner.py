@@ -14,14 +14,13 @@ import os
 import signal
 import sys
 import threading
-import time
 from datetime import datetime
 from typing import Any
 
 from .engine import DeltaMode, Engine, Reporter, SyncOptions, human
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
-from .model import Action, Op, Reason, Stats
+from .model import Action, Op, Stats
 from .replica import LocalReplica
 
 _WARN_OPS = {Op.SKIP}

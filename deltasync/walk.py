@@ -68,7 +68,10 @@ class Excluder:
 
     def __init__(self, patterns: Iterable[str] = ()) -> None:
         self.patterns = list(patterns)
-        name_any, name_dir, path_any, path_dir = [], [], [], []
+        name_any: list[str] = []
+        name_dir: list[str] = []
+        path_any: list[str] = []
+        path_dir: list[str] = []
         for p in self.patterns:
             dir_only = p.endswith("/")
             core = p.rstrip("/")

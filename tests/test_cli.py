@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CliResult, popen, run_proc
-from deltasync.fsutil import is_temp_name
 from treeutil import Fifo, File, Symlink, assert_same_tree, build_tree, entries, snapshot
+
+from deltasync.fsutil import is_temp_name
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 LINE = re.compile(rf"^({TS}) (DEBUG|INFO|WARNING|ERROR|CRITICAL) +(\S+) +(.*)$")
@@ -371,7 +371,7 @@ def _write_big(path: Path, size: int) -> None:
 def test_sigkill_mid_write_leaves_no_partial_file(src: Path, dst: Path) -> None:
     build_tree(src, {"a": b"small", "z": b"small too"})
     _write_big(src / "big", BIG)
-    for attempt in range(3):
+    for _attempt in range(3):
         proc = popen("sync", src, dst, "--fsync", "-q")
         deadline = time.monotonic() + 30
         seen = False

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import popen, run_proc
+from treeutil import assert_same_tree, build_tree
+
 from deltasync.fsutil import is_temp_name
 from deltasync.schedule import run_periodic
-from treeutil import assert_same_tree, build_tree
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 20, step: float = 0.02) -> object:

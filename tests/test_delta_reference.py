@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from deltasync.delta import DeltaStats, apply_delta, default_block_size, make_delta, make_signature
 
 
-
 @st.composite
 def edited(draw: st.DrawFn) -> tuple[bytes, bytes, int]:
     """(basis, new, block_size): new is basis after random edits."""

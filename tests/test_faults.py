@@ -18,15 +18,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import mutator
 import pytest
 from blake3 import blake3
-
-import mutator
 from conftest import cli_cmd, do_sync, popen, run_proc
+from treeutil import assert_same_tree, build_tree, snapshot
+
 from deltasync import replica as replica_mod
 from deltasync.engine import DeltaMode
 from deltasync.fsutil import is_temp_name
-from treeutil import assert_same_tree, build_tree, snapshot
 
 
 @contextlib.contextmanager

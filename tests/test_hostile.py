@@ -27,15 +27,15 @@ from typing import Any
 
 import pytest
 from blake3 import blake3
-
 from conftest import PassResult, RecordingReporter, do_sync, run_proc
+from test_faults import tmpfs
+from treeutil import Symlink, assert_same_tree, build_tree, snapshot
+
 from deltasync import LocalReplica
 from deltasync.engine import DeltaMode
 from deltasync.errors import FormatError, PatchError
 from deltasync.fsutil import is_temp_name
 from deltasync.model import Action
-from test_faults import tmpfs
-from treeutil import Symlink, assert_same_tree, build_tree, snapshot
 
 
 def mirror(src: Path, dst: Path, **opts: Any) -> PassResult:
@@ -602,11 +602,12 @@ def test_api_rejects_negative_and_overflowing_ops_and_block_sizes(tmp_path: Path
                 [Copy(0, 0), End(0, digest)], [Copy(2**70, 2**70), End(0, digest)],
                 [Copy(1.5, 1), End(0, digest)], [Literal(b"x")],
                 [End(-1, digest)], [End(4096, digest), Copy(0, 4)]):
-        _bounded(lambda: apply_delta(io.BytesIO(BASIS), ops, io.BytesIO(), 1024), PatchError)
-    for L in (0, -1, 2**40, 2**24 + 1):
-        _bounded(lambda: apply_delta(io.BytesIO(BASIS), [End(0, digest)], io.BytesIO(), L),
+        _bounded(lambda ops=ops: apply_delta(io.BytesIO(BASIS), ops, io.BytesIO(), 1024),
                  PatchError)
-        _bounded(lambda: make_signature(io.BytesIO(BASIS), block_size=L), ValueError)
+    for L in (0, -1, 2**40, 2**24 + 1):
+        _bounded(lambda L=L: apply_delta(io.BytesIO(BASIS), [End(0, digest)], io.BytesIO(), L),
+                 PatchError)
+        _bounded(lambda L=L: make_signature(io.BytesIO(BASIS), block_size=L), ValueError)
 
 
 def _cli_fails_cleanly(p: subprocess.CompletedProcess[str], out_dir: Path,

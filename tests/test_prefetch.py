@@ -34,7 +34,7 @@ def test_forwards_size_attributes() -> None:
         basis_size = 10
         new_size = 20
 
-        def __iter__(self) -> "Src":
+        def __iter__(self) -> Src:
             return self
 
         def __next__(self) -> int:

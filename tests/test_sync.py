@@ -16,13 +16,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import PassResult, RecordingReporter, do_sync
-from deltasync.fsutil import temp_name
 from treeutil import (
-    IS_ROOT, Dir, Fifo, File, Symlink, add, assert_same_tree, build_tree, entries,
-    fresh_name, inodes, pick, rand_bytes, rand_ns, rand_spec, remove, snapshot, touch_ns,
+    IS_ROOT,
+    Dir,
+    Fifo,
+    File,
+    Symlink,
+    add,
+    assert_same_tree,
+    build_tree,
+    entries,
+    fresh_name,
+    inodes,
+    pick,
+    rand_bytes,
+    rand_ns,
+    rand_spec,
+    remove,
+    snapshot,
+    touch_ns,
 )
+
+from deltasync.fsutil import temp_name
 
 SEEDS = [1, 2, 3]
 

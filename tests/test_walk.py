@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import as_nobody
+from treeutil import Dir, Fifo, File, Symlink, build_tree
+
 from deltasync.fsutil import temp_name
 from deltasync.model import Kind
 from deltasync.walk import Excluder, walk
-from treeutil import Dir, Fifo, File, Symlink, build_tree
 
 NS = 1_700_000_000_123_456_789
 
@@ -35,10 +34,10 @@ def test_entries_carry_stat_fields_and_root(tmp_path: Path) -> None:
     os.utime(tmp_path, ns=(NS + 3, NS + 3))
     lst = walk(str(tmp_path))
     by = {e.path: e for e in lst.entries}
-    f, d, l = by["f"], by["d"], by["l"]
+    f, d, ln = by["f"], by["d"], by["l"]
     assert (f.kind, f.size, f.mode, f.mtime_ns) == (Kind.FILE, 5, 0o640, NS)
     assert (d.kind, d.size, d.mode, d.mtime_ns) == (Kind.DIR, 0, 0o750, NS + 1)
-    assert (l.kind, l.target, l.mtime_ns) == (Kind.SYMLINK, "f", NS + 2)
+    assert (ln.kind, ln.target, ln.mtime_ns) == (Kind.SYMLINK, "f", NS + 2)
     assert lst.root.path == "" and lst.root.kind is Kind.DIR and lst.root.mtime_ns == NS + 3
     st = os.lstat(tmp_path / "f")
     assert (f.uid, f.gid, f.ino) == (st.st_uid, st.st_gid, st.st_ino)

@@ -27,7 +27,8 @@ Delta (``uvarint``: unsigned LEB128, at most 9 bytes, value < 2**63)::
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from blake3 import blake3
 

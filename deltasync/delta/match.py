@@ -31,7 +31,8 @@ blake3 digest (the END op) is computed from the same reads.
 
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 from blake3 import blake3

@@ -11,8 +11,8 @@ A delta is a sequence of operations that rebuilds the new file from the basis:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Union
 
 __all__ = ["Copy", "Literal", "End", "Op", "OpStream", "DeltaStats", "PatchStats", "DIGEST_LEN"]
 
@@ -42,7 +42,7 @@ class End:
     digest: bytes
 
 
-Op = Union[Copy, Literal, End]
+Op = Copy | Literal | End
 
 
 class OpStream(Iterator[Op]):
@@ -69,7 +69,7 @@ class OpStream(Iterator[Op]):
         self.new_size = new_size
         self.size_hint = size_hint
 
-    def __iter__(self) -> "OpStream":
+    def __iter__(self) -> OpStream:
         return self
 
     def __next__(self) -> Op:

@@ -23,7 +23,8 @@ digest mismatch.  Memory is one read buffer of ``COPY_CHUNK`` bytes.
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import BinaryIO
 
 from blake3 import blake3
 

@@ -86,7 +86,7 @@ def block_weak_sums(data: bytes | bytearray | memoryview, block_size: int) -> np
             w <<= U32(16)
             w |= X.sum(axis=1, dtype=U16)
     if n % L:
-        out[nfull] = weak_sum(x[nfull * L :])
+        out[nfull] = weak_sum(x[nfull * L :].tobytes())
     return out
 
 
