@@ -91,8 +91,8 @@ def main(argv: list[str]) -> int:
     _pump(from_child_r, out_fd, rate, counts, 1)
     _, status = os.waitpid(pid, 0)
     # The child is gone, so nothing more can reach the far side; the up pump may
-    # still be blocked reading our stdin (the tool closes it when it likes).
-    up.join(timeout=0.05)
+    # still be blocked reading our stdin (the tool closes it when it likes), so
+    # it is not waited for: its count already holds every byte the child took.
     with open(count_file, "a") as f:
         f.write(f"{counts[0]} {counts[1]}\n")
     sys.stdout.flush()

@@ -68,8 +68,10 @@ class LoopbackSshd:
         d = self.dir
         d.mkdir(parents=True, exist_ok=True)
         for name in ("host", "client"):
+            for old in (d / name, d / f"{name}.pub"):
+                old.unlink(missing_ok=True)  # ssh-keygen would ask before overwriting
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                           check=True)
+                           stdin=subprocess.DEVNULL, check=True)
         port = _free_port()
         (d / "sshd_config").write_text(
             f"Port {port}\nListenAddress {HOST}\nHostKey {d / 'host'}\n"
