@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import PassResult, RecordingReporter
+
 from deltasync import LocalReplica, SyncOptions
 from deltasync.remote.client import Connection, RemoteReplica
 from deltasync.remote.pull import PullEngine

@@ -15,15 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import popen
+from remoteutil import REMOTE_CMD, pipe_rsh, pull, push, remote_cmd
+from test_sync import MUTATIONS, base_tree
+from treeutil import Dir, File, Symlink, add, assert_same_tree, build_tree, inodes
+
 from deltasync.errors import ProtocolError, UsageError
 from deltasync.fsutil import is_temp_name
 from deltasync.remote.client import RemoteFailure
 from deltasync.remote.transport import RemoteSpec, parse_remote, transport_argv
-from remoteutil import REMOTE_CMD, pipe_rsh, pull, push, remote_cmd
-from test_sync import MUTATIONS, base_tree
-from treeutil import Dir, File, Symlink, add, assert_same_tree, build_tree, inodes
 
 DIRECTIONS = ["push", "pull"]
 
@@ -308,3 +308,17 @@ def test_modes_and_times_survive(rsh: str, src: Path, dst: Path) -> None:
     add(src / "l", Symlink("d/f"))
     mirror("push", rsh, src, dst)
     mirror("pull", rsh, dst, src.parent / "back")
+
+
+def test_link_signatures_use_short_strong_sums(tmp_path: Path) -> None:
+    from deltasync.remote.sigs import link_signature, strong_len_for
+
+    assert strong_len_for(4 << 30, 32768) == 7  # 1 GiB basis at 32 KiB blocks, push
+    assert strong_len_for(1 << 20, 1024) == 5
+    assert strong_len_for(64 << 10, 64) == 4  # small files: the format's minimum
+    assert strong_len_for(1 << 62, 1 << 62) == 16  # never above the local default
+    build_tree(tmp_path / "r", {"f": random.Random(4).randbytes(300_000)})
+    from deltasync import LocalReplica
+
+    sig = link_signature(LocalReplica(str(tmp_path / "r")), "f", None)
+    assert sig.strong_len == strong_len_for(4 * 300_000, len(sig.strong)) == 5

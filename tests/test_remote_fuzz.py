@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from blake3 import blake3
+from remoteutil import serve_proc
+from treeutil import Symlink, build_tree, snapshot
 
 from deltasync.errors import ProtocolError
 from deltasync.fsutil import is_temp_name
@@ -27,8 +29,6 @@ from deltasync.model import Entry, Kind
 from deltasync.remote import codec
 from deltasync.remote import protocol as P
 from deltasync.remote.server import Server
-from remoteutil import serve_proc
-from treeutil import Symlink, build_tree, snapshot
 
 CONTENT = random.Random(7).randbytes(300_000)
 

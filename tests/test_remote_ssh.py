@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_cmd, run_proc
-from deltasync.fsutil import is_temp_name
 from remoteutil import REMOTE_CMD
 from treeutil import Symlink, assert_same_tree, build_tree
+
+from deltasync.fsutil import is_temp_name
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

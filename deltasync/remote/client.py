@@ -30,10 +30,37 @@ from ..replica import SourceChanged, SourceFile
 from ..walk import Excluder, Listing
 from . import codec
 from .protocol import (
-    MAGIC, DATA, DELETE, DELTA, END, ERROR, FILE, GOODBYE, HELLO, LIST, LIST_END, LIST_Z, META,
-    MAX_FRAME, MIN_PROTOCOL_VERSION, MKDIR, OPEN, OPENED, PROTOCOL_VERSION, RESULT, SCAN, SIGNATURE,
-    SYMLINK, FrameReader, FrameWriter, dump_json, hello_payload, negotiate, parse_hello,
-    parse_json, type_name,
+    DATA,
+    DELETE,
+    DELTA,
+    END,
+    ERROR,
+    FILE,
+    GOODBYE,
+    HELLO,
+    LIST,
+    LIST_END,
+    LIST_Z,
+    MAGIC,
+    MAX_FRAME,
+    META,
+    MIN_PROTOCOL_VERSION,
+    MKDIR,
+    OPEN,
+    OPENED,
+    PROTOCOL_VERSION,
+    RESULT,
+    SCAN,
+    SIGNATURE,
+    SYMLINK,
+    FrameReader,
+    FrameWriter,
+    dump_json,
+    hello_payload,
+    negotiate,
+    parse_hello,
+    parse_json,
+    type_name,
 )
 from .streams import DataWriter
 from .transport import RemoteSpec, Transport, transport_argv
@@ -277,7 +304,7 @@ class RemoteReplica:
             raise DeltaSyncError(f"no remote checksum for {path!r}")
         return digest
 
-    def signature(self, path: str, block_size: int | None = None) -> "Signature":
+    def signature(self, path: str, block_size: int | None = None) -> Signature:
         from ..delta import read_signature
         from .streams import DataReader
 

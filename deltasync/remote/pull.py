@@ -31,6 +31,7 @@ from . import codec
 from .client import Connection
 from .protocol import DELTA, FILE, GET, GET_DELTA, RESULT, type_name
 from .receive import receive_delta, receive_whole
+from .sigs import link_signature
 from .streams import DataReader, DataWriter
 
 
@@ -105,7 +106,8 @@ class PullEngine(Engine):
                 sig = None
                 if self._use_delta(a):
                     try:
-                        sig = sigs.signature(a.path, self.opts.block_size)
+                        sig = link_signature(sigs, a.path, self.opts.block_size,
+                                             a.src.size if a.src is not None else None)
                     except (OSError, ValueError, DeltaSyncError):
                         sig = None  # no usable basis: fetch the whole file
                 if sig is None:

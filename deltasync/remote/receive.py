@@ -28,7 +28,7 @@ from .streams import DataReader
 class _StreamSource:
     """The ``SourceFile`` seen by ``LocalReplica``: its check reads the END frame."""
 
-    def __init__(self, entry: Entry, reader: DataReader, hasher: "blake3 | None") -> None:
+    def __init__(self, entry: Entry, reader: DataReader, hasher: blake3 | None) -> None:
         self.entry = entry
         self.reader = reader
         self.hasher = hasher

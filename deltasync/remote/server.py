@@ -31,11 +31,35 @@ from ..replica import LocalReplica
 from ..walk import Excluder, Listing, stat_entry, walk
 from . import codec
 from .protocol import (
-    DATA, DELETE, DELTA, END, ERROR, FILE, GET, GET_DELTA, GOODBYE, HELLO, LIST, LIST_END,
+    DELETE,
+    DELTA,
+    ERROR,
+    FILE,
+    GET,
+    GET_DELTA,
+    GOODBYE,
+    HELLO,
+    LIST,
+    LIST_END,
     LIST_Z,
-    MAX_FRAME, META, MIN_PROTOCOL_VERSION, MKDIR, OPEN, OPENED, PROTOCOL_VERSION, RESULT, SCAN,
-    SIGNATURE, SYMLINK, FrameReader, FrameWriter, dump_json, hello_payload, negotiate,
-    parse_hello, parse_json, type_name,
+    META,
+    MIN_PROTOCOL_VERSION,
+    MKDIR,
+    OPEN,
+    OPENED,
+    PROTOCOL_VERSION,
+    RESULT,
+    SCAN,
+    SIGNATURE,
+    SYMLINK,
+    FrameReader,
+    FrameWriter,
+    dump_json,
+    hello_payload,
+    negotiate,
+    parse_hello,
+    parse_json,
+    type_name,
 )
 from .streams import DataReader, DataWriter
 
@@ -226,11 +250,12 @@ class Server:
     # -- replica side (push) ----------------------------------------------
     def _op_signature(self, payload: bytes) -> None:
         from ..delta import write_signature
+        from .sigs import link_signature
 
         op_id, block_size, path = codec.decode_path_op(payload, "SIGNATURE")
         assert self.replica is not None
         try:
-            sig = self.replica.signature(path, block_size or None)
+            sig = link_signature(self.replica, path, block_size or None)
         except (OSError, ValueError, DeltaSyncError) as e:
             self._result(op_id, err=e)
             return
@@ -321,7 +346,7 @@ class Server:
     def _send_file(self, op_id: int, path: str, sig: Any) -> None:
         from blake3 import blake3
 
-        for attempt in range(COPY_RETRIES + 1):
+        for _attempt in range(COPY_RETRIES + 1):
             try:
                 codec_path_check(path)
                 fd, entry = self._open_source(path)

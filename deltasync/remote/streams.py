@@ -109,7 +109,7 @@ class DataReader:
     def readable(self) -> bool:
         return True
 
-    def chunks(self) -> "DataReaderChunks":
+    def chunks(self) -> DataReaderChunks:
         return DataReaderChunks(self)
 
     def finish(self) -> bytes:
@@ -127,7 +127,7 @@ class DataReaderChunks:
     def __init__(self, r: DataReader) -> None:
         self.r = r
 
-    def __iter__(self) -> "DataReaderChunks":
+    def __iter__(self) -> DataReaderChunks:
         return self
 
     def __next__(self) -> bytes:

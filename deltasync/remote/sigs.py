@@ -1,0 +1,59 @@
+"""Signatures that cross the link: strong sums only as long as the file needs.
+
+A local signature keeps 16 bytes of blake3 per block; over a link those bytes
+are most of the signature (1 GiB at 32 KiB blocks: 655 KB at 16 bytes, 360 KB
+at 7).  rsync sizes its strong sums from the file size for the same reason.
+
+The rule.  The matcher compares strong sums only where a 32-bit weak sum
+matched.  For random data a wrong block passes the weak filter with
+probability ``blocks * 2**-32`` per offset of the new file, and then the
+strong filter with ``2**-(8*strong_len)``, so over a new file of ``N`` bytes
+the expected number of false block matches is at most
+``N * blocks * 2**-(32 + 8*strong_len)``.  ``strong_len_for`` picks the
+shortest length that keeps it below ``2**-40`` (clamped to
+``[MIN_STRONG_LEN, DEFAULT_STRONG_LEN]``): 7 bytes for 1 GiB, 4 for small
+files.  Even a false match cannot install a wrong file: every delta carries
+the new file's full blake3 and the receiver refuses a result that differs.
+
+A push's far side does not know the new file's size; it assumes up to four
+times the basis (a file that grows more than that in one pass loses two
+bits of margin per further doubling, nothing else).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..delta import Signature
+    from ..replica import LocalReplica
+
+MARGIN_BITS = 40  # expected false matches per file <= 2**-40
+WEAK_BITS = 32
+GROWTH = 4  # push: assumed largest new size, as a multiple of the basis
+
+
+def strong_len_for(new_size: int, blocks: int) -> int:
+    """Strong sum length (bytes) for a basis of ``blocks`` blocks and a new file of ``new_size``."""
+    from ..delta import DEFAULT_STRONG_LEN, MIN_STRONG_LEN
+
+    bits = math.log2(max(new_size, 2)) + math.log2(max(blocks, 1)) - WEAK_BITS + MARGIN_BITS
+    return max(MIN_STRONG_LEN, min(DEFAULT_STRONG_LEN, math.ceil(bits / 8)))
+
+
+def link_signature(replica: LocalReplica, path: str, block_size: int | None,
+                   new_size: int | None = None) -> Signature:
+    """Signature of ``path`` in ``replica`` with ``strong_len_for`` its sizes.
+
+    Raises what ``make_signature`` raises (OSError, ValueError, DeltaSyncError).
+    """
+    from ..delta import default_block_size, make_signature
+
+    with replica.open_file(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        bs = block_size or default_block_size(size)
+        blocks = -(-size // bs) if bs > 0 else 0
+        s = strong_len_for(GROWTH * size if new_size is None else new_size, blocks)
+        return make_signature(f, block_size=bs, strong_len=s, size=size)
