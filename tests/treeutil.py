@@ -24,7 +24,7 @@ import os
 import random
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 IS_ROOT = os.geteuid() == 0
 
@@ -49,7 +49,7 @@ class Dir:
 
 @dataclass
 class Symlink:
-    target: Union[str, bytes]
+    target: str | bytes
     mtime_ns: int | None = None
     uid: int | None = None
     gid: int | None = None
@@ -60,11 +60,11 @@ class Fifo:
     mode: int | None = None
 
 
-def _b(p: Union[str, bytes, os.PathLike]) -> bytes:
+def _b(p: str | bytes | os.PathLike) -> bytes:
     return os.fsencode(p)
 
 
-def build_tree(root: Union[str, bytes, os.PathLike], spec: dict[Any, Any]) -> None:
+def build_tree(root: str | bytes | os.PathLike, spec: dict[Any, Any]) -> None:
     """Create ``spec`` below ``root`` (created if missing)."""
     root_b = _b(root)
     os.makedirs(root_b, exist_ok=True)
@@ -76,7 +76,7 @@ def _build(d: bytes, spec: dict[Any, Any]) -> None:
         add(os.path.join(d, _b(name)), value)
 
 
-def add(path: Union[str, bytes, os.PathLike], value: Any) -> None:
+def add(path: str | bytes | os.PathLike, value: Any) -> None:
     """Create one spec value at ``path`` (which must not exist)."""
     p = _b(path)
     if isinstance(value, (bytes, bytearray)):
@@ -114,7 +114,7 @@ def _meta(p: bytes, mode: int | None, mtime_ns: int | None,
         os.utime(p, ns=(mtime_ns, mtime_ns))
 
 
-def touch_ns(path: Union[str, bytes, os.PathLike], mtime_ns: int) -> None:
+def touch_ns(path: str | bytes | os.PathLike, mtime_ns: int) -> None:
     os.utime(_b(path), ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
 
@@ -141,7 +141,7 @@ def _kind(m: int) -> str:
     return "other"
 
 
-def snapshot(root: Union[str, bytes, os.PathLike], *, with_root: bool = True,
+def snapshot(root: str | bytes | os.PathLike, *, with_root: bool = True,
              times: bool = True, exclude: tuple[bytes, ...] = ()) -> dict[bytes, Node]:
     """Everything the mirror guarantee covers, by relative path (``b"."`` is the root)."""
     root_b = _b(root)
@@ -194,15 +194,15 @@ def tree_diff(a: dict[bytes, Node], b: dict[bytes, Node]) -> list[str]:
     return lines
 
 
-def assert_same_tree(src: Union[str, bytes, os.PathLike],
-                     dst: Union[str, bytes, os.PathLike], **kw: Any) -> None:
+def assert_same_tree(src: str | bytes | os.PathLike,
+                     dst: str | bytes | os.PathLike, **kw: Any) -> None:
     """Assert that two trees are identical in everything ``snapshot`` records."""
     diff = tree_diff(snapshot(src, **kw), snapshot(dst, **kw))
     assert not diff, "trees differ:\n" + "\n".join(diff[:30]) + (
         f"\n... and {len(diff) - 30} more" if len(diff) > 30 else "")
 
 
-def inodes(root: Union[str, bytes, os.PathLike]) -> dict[bytes, tuple[int, int, int]]:
+def inodes(root: str | bytes | os.PathLike) -> dict[bytes, tuple[int, int, int]]:
     """(inode, ctime_ns, mtime_ns) of every entry below and including ``root``."""
     root_b = _b(root)
     out = {}
@@ -250,24 +250,24 @@ def rand_spec(rng: random.Random, depth: int = 3, width: int = 4) -> dict[Any, A
     return spec
 
 
-def entries(root: Union[str, bytes, os.PathLike]) -> list[tuple[bytes, str]]:
+def entries(root: str | bytes | os.PathLike) -> list[tuple[bytes, str]]:
     """(relative path, kind) of everything below ``root``, sorted."""
     snap = snapshot(root, with_root=False, times=False)
     return [(k, n.kind) for k, n in sorted(snap.items())]
 
 
-def pick(rng: random.Random, root: Union[str, bytes, os.PathLike], kind: str) -> bytes | None:
+def pick(rng: random.Random, root: str | bytes | os.PathLike, kind: str) -> bytes | None:
     """A random existing relative path of the given kind, or None."""
     cands = [p for p, k in entries(root) if k == kind]
     return rng.choice(cands) if cands else None
 
 
-def pick_dir(rng: random.Random, root: Union[str, bytes, os.PathLike]) -> bytes:
+def pick_dir(rng: random.Random, root: str | bytes | os.PathLike) -> bytes:
     """A random directory, the root (b"") included."""
     return rng.choice([b""] + [p + b"/" for p, k in entries(root) if k == "dir"])
 
 
-def fresh_name(rng: random.Random, root: Union[str, bytes, os.PathLike], prefix: str) -> bytes:
+def fresh_name(rng: random.Random, root: str | bytes | os.PathLike, prefix: str) -> bytes:
     """A new relative path in a random directory."""
     r = _b(root)
     while True:
@@ -276,7 +276,7 @@ def fresh_name(rng: random.Random, root: Union[str, bytes, os.PathLike], prefix:
             return p
 
 
-def remove(path: Union[str, bytes, os.PathLike]) -> None:
+def remove(path: str | bytes | os.PathLike) -> None:
     """Remove a file, symlink or whole tree (making dirs writable first)."""
     p = _b(path)
     if os.path.isdir(p) and not os.path.islink(p):
