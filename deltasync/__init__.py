@@ -4,28 +4,44 @@ Library use::
 
     from deltasync import Engine, LocalReplica, SyncOptions
     stats, code = Engine("src", LocalReplica("dst"), SyncOptions()).run_pass()
+
+The names below load on first use, so ``deltasync serve`` and the rdiff-style
+commands do not pay for the sync engine's imports.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .engine import DeltaMode, Engine, Reporter, SyncOptions
-from .model import Action, Entry, Kind, Op, Reason, Stats
-from .replica import LocalReplica, Replica
+_EXPORTS = {
+    "DeltaMode": "engine",
+    "Engine": "engine",
+    "Reporter": "engine",
+    "SyncOptions": "engine",
+    "Action": "model",
+    "Entry": "model",
+    "Kind": "model",
+    "Op": "model",
+    "Reason": "model",
+    "Stats": "model",
+    "LocalReplica": "replica",
+    "Replica": "replica",
+}
 
-__all__ = [
-    "__version__",
-    "Action",
-    "DeltaMode",
-    "Engine",
-    "Entry",
-    "Kind",
-    "LocalReplica",
-    "Op",
-    "Reason",
-    "Replica",
-    "Reporter",
-    "Stats",
-    "SyncOptions",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deltasync' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
