@@ -27,6 +27,8 @@ from .errors import (
     EXIT_PARTIAL,
     EXIT_VANISHED,
     DeltaSyncError,
+    FormatError,
+    PatchError,
     ProtocolError,
 )
 from .fsutil import DirFds, open_nofollow
@@ -376,7 +378,8 @@ class Engine:
         if self.opts.dry_run:
             return f"{human(a.src.size)}, {a.reason.value}"
         use_delta = self._use_delta(a)
-        for attempt in range(COPY_RETRIES + 1):
+        changed = 0
+        while True:
             fd = open_nofollow(self._src_dirs, a.path)
             src = _SourceFile(fd, a.path)
             try:
@@ -393,12 +396,21 @@ class Engine:
                 rep.file_done()
                 return detail
             except SourceChanged:
-                if attempt == COPY_RETRIES:
+                if changed == COPY_RETRIES:
                     raise
+                changed += 1
                 rep.warning(a.path, "changed while being copied; retrying")
+            except (PatchError, FormatError) as e:
+                # The source did not change (that is SourceChanged), so the new
+                # version failed verification against the replica's old file:
+                # it changed after its signature was taken, or blocks matched
+                # falsely.  rsync's answer: send that file again, whole.
+                if not use_delta:
+                    raise
+                use_delta = False
+                rep.warning(a.path, f"delta did not verify ({e}); sending the whole file")
             finally:
                 src.close()
-        raise AssertionError("unreachable")
 
     def _send_delta(self, a: Action, src: _SourceFile) -> str:
         from .delta import DeltaStats, make_delta

@@ -594,3 +594,34 @@ def test_fsync_option_mirrors_too(src: Path, dst: Path) -> None:
     base_tree(random.Random(4), src)
     mirror(src, dst, fsync=True)
     assert_noop(src, dst, fsync=True)
+
+
+def test_delta_that_fails_verification_falls_back_to_a_whole_file(src: Path, dst: Path) -> None:
+    """The replica's old file changes between its signature and the patch: the
+    delta cannot verify, so the file is sent whole (rsync's redo), never left
+    wrong and never failed."""
+    from deltasync.engine import DeltaMode
+    from deltasync.replica import LocalReplica
+
+    old = random.Random(5).randbytes(300_000)
+    build_tree(src, {"big": old})
+    mirror(src, dst)
+    new = old[:1000] + b"edit" + old[1004:]
+    (src / "big").write_bytes(new)
+    real_signature = LocalReplica.signature
+
+    def signature_then_tamper(self: LocalReplica, path: str, block_size: int | None = None):
+        sig = real_signature(self, path, block_size)
+        with open(dst / path, "r+b") as f:  # same size, different bytes
+            f.seek(200_000)
+            f.write(b"X" * 100)
+        return sig
+
+    LocalReplica.signature = signature_then_tamper  # type: ignore[method-assign]
+    try:
+        r = do_sync(src, dst, delta=DeltaMode.ALWAYS)
+    finally:
+        LocalReplica.signature = real_signature  # type: ignore[method-assign]
+    assert r.code == 0
+    assert (dst / "big").read_bytes() == new
+    assert any("sending the whole file" in m for _, m in r.rep.warnings), r.rep.warnings
