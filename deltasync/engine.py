@@ -224,18 +224,45 @@ class Engine:
 
     def _begin_actions(self, plan: list[Action]) -> None:
         """Before the first action: a pipelined replica learns where late failures go."""
+        self._redo: dict[str, Action] | None = None
         begin = getattr(self.replica, "begin_actions", None)
         if begin is not None:
+            self._by_path = {a.path: a for a in plan if a.op is Op.UPDATE}
+            self._redo = {}
             begin(self._late_failure)
 
     def _end_actions(self) -> None:
-        """After the last action: a pipelined replica delivers its outstanding results."""
+        """After the last action: a pipelined replica delivers its outstanding results.
+
+        Updates whose delta failed verification on the far side (its file
+        changed after the signature, or blocks matched falsely) are then sent
+        again as whole files: rsync's redo phase.
+        """
         end = getattr(self.replica, "end_actions", None)
-        if end is not None:
+        if end is None:
+            return
+        end()
+        redo, self._redo = self._redo or {}, None  # a failure now is final
+        for a in redo.values():
+            if self.stop.is_set():
+                break
+            try:
+                self._transfer(a, whole=True)
+            except (OSError, DeltaSyncError, ValueError) as e:
+                if isinstance(e, ProtocolError):
+                    raise
+                self._fail(a, e)
+        if redo:
             end()
 
     def _late_failure(self, path: str, op: str, exc: BaseException) -> None:
         """An operation a pipelined replica accepted (and we logged) failed later."""
+        redo = getattr(self, "_redo", None)
+        if (redo is not None and op == Op.UPDATE.value and isinstance(exc, PatchError)
+                and path in self._by_path):
+            self.reporter.warning(path, f"delta did not verify ({exc}); sending the whole file")
+            redo[path] = self._by_path[path]
+            return
         if (op == Op.RMDIR.value and isinstance(exc, OSError) and exc.errno == errno.ENOTEMPTY
                 and self.excluder):
             self.reporter.warning(path, "not removed: holds excluded entries")
@@ -372,12 +399,12 @@ class Engine:
         """True when file data travels over a connection (remote push or pull)."""
         return not isinstance(self.replica, LocalReplica)
 
-    def _transfer(self, a: Action) -> str:
+    def _transfer(self, a: Action, whole: bool = False) -> str:
         assert a.src is not None
         stats, rep = self._stats, self.reporter
         if self.opts.dry_run:
             return f"{human(a.src.size)}, {a.reason.value}"
-        use_delta = self._use_delta(a)
+        use_delta = not whole and self._use_delta(a)
         changed = 0
         while True:
             fd = open_nofollow(self._src_dirs, a.path)
