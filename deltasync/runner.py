@@ -108,6 +108,10 @@ class CliReporter(Reporter):
     def warning(self, path: str, message: str) -> None:
         op_line(self.log, logging.WARNING, "warning", path, message)
 
+    def phase(self, name: str, seconds: float, detail: str) -> None:
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug(f"{name:<7} {detail} in {seconds:.3f} s")
+
 
 def summary_line(stats: Stats, code: int) -> str:
     c = stats.counts
