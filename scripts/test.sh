@@ -3,6 +3,24 @@
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -m stress`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# System tools the tests use: openssh (a real loopback sshd for the remote
+# tests), setpriv (dropping to nobody), rsync/rdiff/GNU time (bench smoke run).
+need=()
+command -v rsync >/dev/null || need+=(rsync)
+command -v rdiff >/dev/null || need+=(rdiff)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v setpriv >/dev/null || need+=(util-linux)
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "scripts/test.sh: please install: ${need[*]}" >&2
+    fi
+fi
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
