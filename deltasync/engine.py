@@ -175,18 +175,20 @@ class Engine:
             self._vanished_only = False
             rep.failed(path, "read", e)
 
-        # Sequential on purpose: walking the replica in a second thread was
-        # measured 1.3x *slower* (GIL contention outweighs overlapped lstat),
-        # and a forked child no faster.  The cyclic GC is paused while the
-        # listings are built: they are hundreds of thousands of acyclic tuples
-        # that it would traverse again and again (-12% on a 100k-file no-op).
+        # The replica is walked in a forked child while this process walks the
+        # source (LocalReplica.scan_start; a thread was slower, GIL).  The
+        # cyclic GC is paused while the listings are built: they are hundreds
+        # of thousands of acyclic tuples that it would traverse again and
+        # again (-12% on a 100k-file no-op).
         with _gc_paused():
             t = time.monotonic()
+            finish_replica = self._start_replica_scan(walk_error)
             src_list = self._walk_source(walk_error)
             rep.phase("walk", time.monotonic() - t, f"source: {len(src_list.entries)} entries")
             t = time.monotonic()
-            dst_list = self._scan_replica(walk_error)
-            rep.phase("walk", time.monotonic() - t, f"replica: {len(dst_list.entries)} entries")
+            dst_list = finish_replica()
+            rep.phase("walk", time.monotonic() - t,
+                      f"replica: {len(dst_list.entries)} entries (after the source walk)")
         with self._source_dirs() as src_dirs:
             self._src_dirs = src_dirs
             src_hash = dst_hash = None
@@ -280,6 +282,16 @@ class Engine:
             self._stats.counts[op] -= 1  # it was counted when sent
         self._stats.failed += 1
         self.reporter.failed(path, op, exc)
+
+    def _start_replica_scan(self, on_error: Callable[[str, OSError], None]
+                            ) -> Callable[[], Listing]:
+        """Begin the replica walk; the result is collected after the source walk."""
+        if isinstance(self.replica, LocalReplica) and type(self)._scan_replica is Engine._scan_replica:
+            if self.opts.dry_run and not os.path.isdir(self.replica_root):
+                return lambda: Listing(root=Entry("", Kind.DIR))
+            return self.replica.scan_start(self.excluder, clean_temps=not self.opts.dry_run,
+                                           on_error=on_error)
+        return lambda: self._scan_replica(on_error)
 
     def _scan_replica(self, on_error: Callable[[str, OSError], None]) -> Listing:
         if (self.opts.dry_run and isinstance(self.replica, LocalReplica)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .errors import DeltaSyncError
 from .fsutil import DirFds, open_nofollow, open_regular, temp_name
 from .model import Entry, Kind
-from .walk import Excluder, Listing, walk
+from .walk import Excluder, Listing, walk, walk_in_child
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature
@@ -163,19 +164,46 @@ class LocalReplica:
         temps: list[str] = []
         listing = walk(self.root, excluder, on_error=on_error, on_temp=temps.append)
         if clean_temps and temps:
-            for t in temps:
-                try:
-                    d, name = self.dirs.parent_of(t)
-                    # Put the directory's times back as they were, so removing
-                    # debris is invisible to the plan made from this listing.
-                    st = os.fstat(d)
-                    os.unlink(name, dir_fd=d)
-                    os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
-                    if self._on_temp_removed is not None:
-                        self._on_temp_removed(t)
-                except (OSError, DeltaSyncError):
-                    pass  # reported by the next scan if it persists
+            self._remove_temps(temps)
         return listing
+
+    def scan_start(self, excluder: Excluder, clean_temps: bool = True,
+                   on_error: Callable[[str, OSError], None] | None = None
+                   ) -> Callable[[], Listing]:
+        """Start ``scan`` in a child process; the returned function finishes it.
+
+        Lets the engine walk the source while the replica is walked (see
+        ``walk.walk_in_child``).  Falls back to an ordinary scan where forking
+        is unsafe: when this process already runs other threads.
+        """
+        if threading.active_count() > 1:
+            return lambda: self.scan(excluder, clean_temps, on_error)
+        collect = walk_in_child(self.root, excluder)
+
+        def finish() -> Listing:
+            listing, errors, temps = collect()
+            if on_error is not None:
+                for path, e in errors:
+                    on_error(path, e)
+            if clean_temps and temps:
+                self._remove_temps(temps)
+            return listing
+
+        return finish
+
+    def _remove_temps(self, temps: list[str]) -> None:
+        for t in temps:
+            try:
+                d, name = self.dirs.parent_of(t)
+                # Put the directory's times back as they were, so removing
+                # debris is invisible to the plan made from this listing.
+                st = os.fstat(d)
+                os.unlink(name, dir_fd=d)
+                os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+                if self._on_temp_removed is not None:
+                    self._on_temp_removed(t)
+            except (OSError, DeltaSyncError):
+                pass  # reported by the next scan if it persists
 
     def open_file(self, path: str) -> BinaryIO:
         fd = open_regular(self.dirs, path)

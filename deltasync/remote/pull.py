@@ -139,7 +139,7 @@ class PullEngine(Engine):
             self._receive(self._received, None, drain=True)
 
     # -- responses (main thread) ------------------------------------------
-    def _transfer(self, a: Action) -> str:
+    def _transfer(self, a: Action, whole: bool = False) -> str:
         assert a.src is not None
         if self.opts.dry_run:
             return f"{human(a.src.size)}, {a.reason.value}"
