@@ -39,15 +39,20 @@ class SourceChanged(DeltaSyncError):
     """The source file changed while it was being copied; nothing was installed."""
 
 
-class SourceFile(Protocol):
-    """What the replica reads a new file from."""
+class SourceCheck(Protocol):
+    """What an install needs from its source: the metadata, and a last check."""
 
     entry: Entry  # stat of the source taken when it was opened
 
-    def read(self, n: int = -1) -> bytes: ...
-    def fileno(self) -> int: ...
     def check_unchanged(self) -> None:
         """Raise ``SourceChanged`` if the file changed since it was opened."""
+
+
+class SourceFile(SourceCheck, Protocol):
+    """What the replica reads a new file from."""
+
+    def read(self, n: int = -1) -> bytes: ...
+    def fileno(self) -> int: ...
 
 
 class Replica(Protocol):
@@ -226,7 +231,7 @@ class LocalReplica:
 
     # -- writing --------------------------------------------------------
     def _install(self, path: str, entry: Entry, fill: Callable[[int, int], int],
-                 src: SourceFile | None) -> int:
+                 src: SourceCheck | None) -> int:
         """Create a temp file, let ``fill`` write it, set metadata, rename into place."""
         d, name = self.dirs.parent_of(path)
         tmp = temp_name()
@@ -264,7 +269,7 @@ class LocalReplica:
     def write_file(self, path: str, src: SourceFile) -> int:
         return self._install(path, src.entry, lambda fd, d: copy_fd(src.fileno(), fd, src.entry.size), src)
 
-    def write_delta(self, path: str, src: SourceFile, ops: Iterable[object],
+    def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int) -> int:
         from .delta import apply_delta
 

@@ -316,6 +316,7 @@ class RemoteReplica:
             # far side reads its file, not after the signature arrived.
             self._matcher_warm = True
             threading.Thread(target=_warm_matcher, name="deltasync-import", daemon=True).start()
+        ftype, payload = RESULT, b""
         while True:  # results of earlier operations come first
             ftype, payload = self._take()
             if ftype != RESULT:
