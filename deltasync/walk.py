@@ -176,9 +176,7 @@ def _read_dir(dfd: int, path: str, listing: Listing,
         with os.scandir(dfd) as it:
             return sorted(it, key=_name)
     except OSError as e:
-        listing.unreadable.add(path)
-        if on_error is not None:
-            on_error(path or ".", e)
+        _unknown(listing, path, e, on_error)
         return []
 
 
@@ -202,25 +200,23 @@ def _walk_some(dfd: int, prefix: str, des: Iterator[os.DirEntry[str]], listing: 
         except FileNotFoundError:
             continue  # vanished between readdir and stat: as if never there
         except OSError as e:
-            # Unknown, not absent (e.g. a directory without search permission):
-            # the other side must not delete its copy.
-            listing.unreadable.add(path)
-            if on_error is not None:
-                on_error(path, e)
+            # Unknown, not absent (e.g. a directory without search permission).
+            _unknown(listing, path, e, on_error)
             continue
         m = s.st_mode
+        is_dir = S_ISDIR(m)
+        # Temp files (and temp symlinks of an interrupted retarget) are debris
+        # for the replica side to remove, never entries; directories never are.
+        if not is_dir and name.startswith(".deltasync.") and is_temp_name(name):
+            if on_temp is not None:
+                on_temp(path)
+            continue
+        if check and excl.excluded(path, name, is_dir):
+            continue
         if S_ISREG(m):
-            if name.startswith(".deltasync.") and is_temp_name(name):
-                if on_temp is not None:
-                    on_temp(path)
-                continue
-            if check and excl.excluded(path, name, False):
-                continue
             out.append(new(Entry, (path, FILE, s.st_size, s.st_mtime_ns, m & 0o7777,
                                    s.st_uid, s.st_gid, None, s.st_ino, s.st_dev)))
-        elif S_ISDIR(m):
-            if check and excl.excluded(path, name, True):
-                continue
+        elif is_dir:
             out.append(new(Entry, (path, DIR, 0, s.st_mtime_ns, m & 0o7777,
                                    s.st_uid, s.st_gid, None, s.st_ino, s.st_dev)))
             try:
@@ -229,32 +225,29 @@ def _walk_some(dfd: int, prefix: str, des: Iterator[os.DirEntry[str]], listing: 
                 out.pop()
                 continue
             except OSError as e:
-                listing.unreadable.add(path)
-                if on_error is not None:
-                    on_error(path, e)
+                _unknown(listing, path, e, on_error)
                 continue
             return sub, path
+        elif S_ISLNK(m):
+            try:
+                target = os.readlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                _unknown(listing, path, e, on_error)
+                continue
+            out.append(_entry(path, s, Kind.SYMLINK, target))
         else:
-            if name.startswith(".deltasync.") and is_temp_name(name):
-                if on_temp is not None:
-                    on_temp(path)  # a temp symlink of an interrupted retarget
-                continue
-            if check and excl.excluded(path, name, False):
-                continue
-            if S_ISLNK(m):
-                try:
-                    target = os.readlink(name, dir_fd=dfd)
-                except FileNotFoundError:
-                    continue
-                except OSError as e:
-                    listing.unreadable.add(path)
-                    if on_error is not None:
-                        on_error(path, e)
-                    continue
-                out.append(_entry(path, s, Kind.SYMLINK, target))
-            else:
-                out.append(_entry(path, s, Kind.SPECIAL))
+            out.append(_entry(path, s, Kind.SPECIAL))
     return None
+
+
+def _unknown(listing: Listing, path: str, e: OSError, on_error: ErrorFunc | None) -> None:
+    """``path`` could not be read: it is unknown, not absent, so the other side
+    must not delete its copy (nor anything below it); report why."""
+    listing.unreadable.add(path)
+    if on_error is not None:
+        on_error(path or ".", e)
 
 
 def _name(de: os.DirEntry[str]) -> str:
