@@ -285,39 +285,27 @@ class Engine:
 
     def _start_replica_scan(self, on_error: Callable[[str, OSError], None]
                             ) -> Callable[[], Listing]:
-        """Begin the replica walk; the result is collected after the source walk."""
-        if isinstance(self.replica, LocalReplica) and type(self)._scan_replica is Engine._scan_replica:
+        """Begin the replica walk; the returned function finishes it.
+
+        A local replica walks in a forked child meanwhile (``scan_start``);
+        any other replica is scanned when the function is called.
+        """
+        clean = not self.opts.dry_run
+        if isinstance(self.replica, LocalReplica):
             if self.opts.dry_run and not os.path.isdir(self.replica_root):
                 return lambda: Listing(root=Entry("", Kind.DIR))
-            return self.replica.scan_start(self.excluder, clean_temps=not self.opts.dry_run,
-                                           on_error=on_error)
-        return lambda: self._scan_replica(on_error)
-
-    def _scan_replica(self, on_error: Callable[[str, OSError], None]) -> Listing:
-        if (self.opts.dry_run and isinstance(self.replica, LocalReplica)
-                and not os.path.isdir(self.replica_root)):
-            return Listing(root=Entry("", Kind.DIR))
-        return self.replica.scan(self.excluder, clean_temps=not self.opts.dry_run,
-                                 on_error=on_error)
+            return self.replica.scan_start(self.excluder, clean_temps=clean, on_error=on_error)
+        return lambda: self.replica.scan(self.excluder, clean_temps=clean, on_error=on_error)
 
     @property
     def replica_root(self) -> str:
         return getattr(self.replica, "root", "")
 
     def _hashers(self) -> tuple[Callable[[Entry], bytes | None], Callable[[Entry], bytes | None]]:
-        from .hashing import hash_fd
+        from .hashing import hash_below
 
         def src_hash(e: Entry) -> bytes | None:
-            try:
-                fd = open_nofollow(self._src_dirs, e.path)
-            except (OSError, DeltaSyncError):
-                return None
-            try:
-                return hash_fd(fd)
-            except OSError:
-                return None
-            finally:
-                os.close(fd)
+            return hash_below(self._src_dirs, e.path)
 
         def dst_hash(e: Entry) -> bytes | None:
             try:

@@ -6,6 +6,9 @@ import os
 
 from blake3 import blake3
 
+from .errors import DeltaSyncError
+from .fsutil import DirFds, open_nofollow
+
 _CHUNK = 1 << 20
 
 
@@ -17,3 +20,18 @@ def hash_fd(fd: int) -> bytes:
         if not buf:
             return h.digest()
         h.update(buf)
+
+
+def hash_below(dirs: DirFds, path: str) -> bytes | None:
+    """blake3 of the regular file at ``path`` below ``dirs``, or None if it cannot
+    be read (``--checksum`` then counts it as different and the transfer reports why)."""
+    try:
+        fd = open_nofollow(dirs, path)
+    except (OSError, DeltaSyncError):
+        return None
+    try:
+        return hash_fd(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

@@ -136,6 +136,14 @@ class _FdWriter:
         pass
 
 
+def _discard(d: int, name: str) -> None:
+    """Remove our temp file after a failure; the original error is what matters."""
+    try:
+        os.unlink(name, dir_fd=d)
+    except OSError:
+        pass
+
+
 class LocalReplica:
     """A replica directory on this machine."""
 
@@ -178,11 +186,12 @@ class LocalReplica:
         """Start ``scan`` in a child process; the returned function finishes it.
 
         Lets the engine walk the source while the replica is walked (see
-        ``walk.walk_in_child``).  Falls back to an ordinary scan where forking
-        is unsafe: when this process already runs other threads.
+        ``walk.walk_in_child``).  Where forking is unsafe (this process already
+        runs other threads) it scans here and now instead.
         """
         if threading.active_count() > 1:
-            return lambda: self.scan(excluder, clean_temps, on_error)
+            listing = self.scan(excluder, clean_temps, on_error)
+            return lambda: listing
         collect = walk_in_child(self.root, excluder)
 
         def finish() -> Listing:
@@ -258,10 +267,7 @@ class LocalReplica:
             # (EISDIR), which only a concurrent change can cause here.
             os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
         except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=d)
-            except OSError:
-                pass
+            _discard(d, tmp)
             raise
         self._fsync_dir(d)
         return written
@@ -297,10 +303,7 @@ class LocalReplica:
             self._link_meta(d, tmp, entry)
             os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
         except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=d)
-            except OSError:
-                pass
+            _discard(d, tmp)
             raise
         self._fsync_dir(d)
 

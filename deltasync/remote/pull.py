@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..engine import Engine, Reporter, SyncOptions, human
@@ -58,14 +59,16 @@ class PullEngine(Engine):
         return True  # the replica is local but every byte comes over the link
 
     def _walk_source(self, on_error: Any) -> Listing:
-        # The local replica first: the far side is walking its tree meanwhile.
-        self._local_listing = super()._scan_replica(on_error)
+        # The local replica is walked (in a child where it can be) while the
+        # far side walks its tree and sends the listing.
+        finish_local = super()._start_replica_scan(on_error)
         listing, self._digests = self.conn.scan(list(self.opts.excludes), False,
                                                 self.opts.checksum, on_error)
+        self._local_listing = finish_local()
         return listing
 
-    def _scan_replica(self, on_error: Any) -> Listing:
-        return self._local_listing
+    def _start_replica_scan(self, on_error: Any) -> Callable[[], Listing]:
+        return lambda: self._local_listing  # walked in _walk_source, beside the far side
 
     def _source_dirs(self) -> Any:
         return contextlib.nullcontext(None)

@@ -211,13 +211,15 @@ class Server:
                 self.out.send(LIST, raw)
 
         dirs = DirFds(self.root) if hash_files and os.path.isdir(self.root) else None
+        if dirs is not None:
+            from ..hashing import hash_below  # blake3 only when --checksum asks for it
         try:
             pairs: list[tuple[Entry, bytes | None]] = []
             size = 0
             for e in listing.entries:
                 digest = None
                 if dirs is not None and e.kind is Kind.FILE:
-                    digest = self._hash(dirs, e.path)
+                    digest = hash_below(dirs, e.path)
                 pairs.append((e, digest))
                 size += 80 + len(e.path) + (len(e.target) if e.target else 0)
                 if size >= LIST_BATCH:
@@ -231,21 +233,6 @@ class Server:
         root = codec.encode_entry(listing.root)
         self.out.send(LIST_END, struct.pack(">I", len(root)) + root + dump_json(
             {"unreadable": sorted(listing.unreadable), "errors": errors}), flush=True)
-
-    @staticmethod
-    def _hash(dirs: DirFds, path: str) -> bytes | None:
-        from ..hashing import hash_fd
-
-        try:
-            fd = open_nofollow(dirs, path)
-        except (OSError, DeltaSyncError):
-            return None
-        try:
-            return hash_fd(fd)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
 
     # -- replica side (push) ----------------------------------------------
     def _op_signature(self, payload: bytes) -> None:

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..engine import Engine, Reporter, SyncOptions
@@ -49,12 +50,17 @@ class PushEngine(Engine):
     """``Engine`` into a ``RemoteReplica``: owner/group are compared only when the
     far side can set them (it runs as root), which is known once it answered."""
 
-    def _scan_replica(self, on_error: Any) -> Listing:
-        listing = super()._scan_replica(on_error)
-        owner = bool(self.replica.conn.info.get("root_user"))  # type: ignore[attr-defined]
-        if owner != self.opts.owner:
-            self.opts = dataclasses.replace(self.opts, owner=owner)
-        return listing
+    def _start_replica_scan(self, on_error: Any) -> Callable[[], Listing]:
+        finish = super()._start_replica_scan(on_error)
+
+        def done() -> Listing:
+            listing = finish()
+            owner = bool(self.replica.conn.info.get("root_user"))  # type: ignore[attr-defined]
+            if owner != self.opts.owner:
+                self.opts = dataclasses.replace(self.opts, owner=owner)
+            return listing
+
+        return done
 
 
 class _PullClose:
