@@ -54,8 +54,8 @@ def need_transfer(src: Entry, dst: Entry, opts: CompareOptions,
     return None
 
 
-def meta_differs(src: Entry, dst: Entry, opts: CompareOptions, times: bool = True) -> bool:
-    if times and src.mtime_ns != dst.mtime_ns:
+def meta_differs(src: Entry, dst: Entry, opts: CompareOptions) -> bool:
+    if src.mtime_ns != dst.mtime_ns:
         return True
     if src.kind is not Kind.SYMLINK and src.mode != dst.mode:
         return True

@@ -167,12 +167,10 @@ class Engine:
         t0 = time.monotonic()
         stats = Stats()
         self._stats = stats
-        self._vanished_only = True
         rep = self.reporter
 
         def walk_error(path: str, e: OSError) -> None:
             stats.failed += 1
-            self._vanished_only = False
             rep.failed(path, "read", e)
 
         # The replica is walked in a forked child while this process walks the
