@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from deltasync import Engine, LocalReplica, Reporter, SyncOptions
+from deltasync.fsutil import is_temp_name
 from deltasync.model import Action, Stats
 
 # The tests themselves need a way to become an unprivileged user.
@@ -125,6 +127,23 @@ def run_cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
 
     yield run
     _reset_logging()
+
+
+def wait_for(cond: Any, timeout: float = 20, step: float = 0.02) -> Any:
+    """Poll ``cond`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError("timed out waiting")
+
+
+def temps(root: Path) -> list[str]:
+    """Leftover deltasync temp files below ``root``."""
+    return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files
+            if is_temp_name(n)]
 
 
 def cli_cmd(*args: Any) -> list[str]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CliResult, popen, run_proc
+from conftest import CliResult, popen, run_proc, temps
 from treeutil import Fifo, File, Symlink, assert_same_tree, build_tree, entries, snapshot
 
 from deltasync.fsutil import is_temp_name
@@ -37,11 +37,6 @@ def parse(lines: list[str]) -> list[tuple[str, str, str]]:
 
 def op_lines(text: str) -> list[tuple[str, str, str]]:
     return [x for x in parse(text.splitlines()) if x[1] in OPS]
-
-
-def temps(root: Path) -> list[str]:
-    return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files
-            if is_temp_name(n)]
 
 
 @pytest.fixture

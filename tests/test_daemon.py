@@ -9,25 +9,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import popen, run_proc
+from conftest import popen, run_proc, temps, wait_for
 from treeutil import assert_same_tree, build_tree
 
 from deltasync.fsutil import is_temp_name
 from deltasync.schedule import run_periodic
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 20, step: float = 0.02) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError("timed out waiting")
 
 
 def read(p: Path) -> str:
@@ -44,11 +33,6 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def temps(root: Path) -> list[str]:
-    return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files
-            if is_temp_name(n)]
 
 
 def write_big(path: Path, size: int) -> None:

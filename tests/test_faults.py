@@ -5,6 +5,7 @@ daemon, torn copies, and the daemon's signals, schedule and log files (issue 5).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
@@ -21,7 +22,7 @@ from typing import Any
 import mutator
 import pytest
 from blake3 import blake3
-from conftest import cli_cmd, do_sync, popen, run_proc
+from conftest import cli_cmd, do_sync, popen, run_proc, temps, wait_for
 from treeutil import assert_same_tree, build_tree, snapshot
 
 from deltasync import replica as replica_mod
@@ -52,19 +53,7 @@ def tmpfs(where: Path, size: str, *options: str) -> Iterator[Path]:
 TESTS = Path(__file__).resolve().parent
 
 
-def temps(root: Path) -> list[str]:
-    return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files
-            if is_temp_name(n)]
-
-
-def wait_for(cond: Any, timeout: float = 30, step: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError("timed out waiting")
+wait_for = functools.partial(wait_for, timeout=30)  # fault tests wait on slower events
 
 
 def read(p: Path) -> str:
