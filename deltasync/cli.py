@@ -76,6 +76,16 @@ def _pos_int(text: str) -> int:
     return v
 
 
+def _block_size(text: str) -> int:
+    from .delta.signature import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+
+    v = _size(text)
+    if not MIN_BLOCK_SIZE <= v <= MAX_BLOCK_SIZE:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}: "
+                                         f"{text!r}")
+    return v
+
+
 def _rate(text: str) -> int | None:
     """--bwlimit: a bare number is KiB/s (rsync's unit); 0 means no limit."""
     t = text.strip()
@@ -105,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--delta-threshold", metavar="SIZE", type=_size, default=None,
                         help="smallest changed file sent as a delta in auto mode (default: 1M when "
                              "data crosses a link; a local replica copies whole files)")
-        sp.add_argument("--block-size", metavar="N", type=_pos_int, default=None,
+        sp.add_argument("--block-size", metavar="N", type=_block_size, default=None,
                         help="delta block size (default: about sqrt of the file size)")
         sp.add_argument("--progress", action="store_true", help="show progress bars for files and bytes")
         sp.add_argument("--stats", action="store_true", help="print a summary table after each pass")
@@ -200,10 +210,23 @@ def run(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help / --version
         return int(e.code or 0)
     try:
+        if args.command == "sync" and (":" in args.source or ":" in args.replica):
+            # A remote pass: start ssh now, before the imports and set-up
+            # below, so its handshake (~0.3 s, the longest wait of a pass)
+            # overlaps with them.  The local side is checked first.
+            from .remote.transport import start_early
+
+            args.transport = start_early(args)
         if args.command in ("sync", "start"):
             from .runner import run_sync
 
-            return run_sync(args)
+            try:
+                return run_sync(args)
+            finally:
+                early = getattr(args, "transport", None)
+                if early is not None:  # not taken by a pass (an error before it)
+                    early.close_input()
+                    early.wait(timeout=5)
         if args.command == "serve":
             from .remote.server import serve
 

@@ -8,7 +8,6 @@ that are not valid UTF-8 carry ``surrogateescape`` code points, exactly as
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
@@ -64,8 +63,10 @@ class Reason(enum.Enum):
     UNCHANGED = "unchanged"
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
+# Action and Stats are a NamedTuple and a plain class, not dataclasses:
+# ``dataclasses`` imports ``inspect`` (~9 ms), and this module is on the
+# start-up path of ``deltasync serve``, which every remote pass waits for.
+class Action(NamedTuple):
     op: Op
     path: str
     src: Entry | None = None  # the source entry, when there is one
@@ -73,23 +74,30 @@ class Action:
     reason: Reason = Reason.NEW
 
 
-@dataclass(slots=True)
 class Stats:
     """Counters of one pass; the CLI renders them."""
 
-    counts: dict[str, int] = field(default_factory=lambda: {op.value: 0 for op in Op})
-    unchanged: int = 0
-    failed: int = 0
-    vanished: int = 0
-    source_files: int = 0
-    source_bytes: int = 0
-    bytes_written: int = 0  # file data written into the replica
-    bytes_sent: int = 0  # data that had to cross: whole files + delta literals + delta overhead
-    literal_bytes: int = 0
-    matched_bytes: int = 0
-    delta_files: int = 0
-    duration: float = 0.0
-    interrupted: bool = False
+    __slots__ = ("counts", "unchanged", "failed", "vanished", "source_files", "source_bytes",
+                 "bytes_written", "bytes_sent", "literal_bytes", "matched_bytes", "delta_files",
+                 "duration", "interrupted")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {op.value: 0 for op in Op}
+        self.unchanged = 0
+        self.failed = 0
+        self.vanished = 0
+        self.source_files = 0
+        self.source_bytes = 0
+        self.bytes_written = 0  # file data written into the replica
+        self.bytes_sent = 0  # data that had to cross: whole files + delta literals + overhead
+        self.literal_bytes = 0
+        self.matched_bytes = 0
+        self.delta_files = 0
+        self.duration = 0.0
+        self.interrupted = False
+
+    def __repr__(self) -> str:
+        return f"Stats({self.as_dict()!r})"
 
     def count(self, op: Op) -> None:
         self.counts[op.value] += 1

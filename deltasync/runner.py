@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from .engine import DeltaMode, Engine, Reporter, SyncOptions, human
-from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
+from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
 from .model import Action, Op, Stats
 from .replica import LocalReplica
@@ -155,12 +155,6 @@ def stats_table(stats: Stats, code: int) -> str:
 
 
 def _options(args: argparse.Namespace) -> SyncOptions:
-    if args.block_size is not None:
-        from . import delta
-
-        if not delta.MIN_BLOCK_SIZE <= args.block_size <= delta.MAX_BLOCK_SIZE:
-            raise UsageError(f"--block-size must be between {delta.MIN_BLOCK_SIZE} and "
-                             f"{delta.MAX_BLOCK_SIZE}")
     return SyncOptions(
         dry_run=args.dry_run,
         checksum=args.checksum,

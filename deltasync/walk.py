@@ -20,7 +20,6 @@ import re
 import signal
 import stat as st_
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 from .fsutil import is_temp_name
 from .model import Entry, Kind
@@ -105,11 +104,22 @@ class Excluder:
         return False
 
 
-@dataclass
 class Listing:
-    root: Entry  # the root directory itself (path "")
-    entries: list[Entry] = field(default_factory=list)
-    unreadable: set[str] = field(default_factory=set)  # dirs whose contents are unknown
+    """One tree's entries (in walk order), its root, and the directories not listed.
+
+    A plain class, not a dataclass: see ``model.Action``.
+    """
+
+    __slots__ = ("root", "entries", "unreadable")
+
+    def __init__(self, root: Entry, entries: list[Entry] | None = None,
+                 unreadable: set[str] | None = None) -> None:
+        self.root = root  # the root directory itself (path "")
+        self.entries: list[Entry] = [] if entries is None else entries
+        self.unreadable: set[str] = set() if unreadable is None else unreadable  # contents unknown
+
+    def __repr__(self) -> str:
+        return f"Listing(root={self.root!r}, {len(self.entries)} entries)"
 
 
 _new = tuple.__new__  # skips NamedTuple's keyword handling: this runs once per entry
@@ -140,8 +150,13 @@ def walk(
     excluder: Excluder | None = None,
     on_error: ErrorFunc | None = None,
     on_temp: Callable[[str], None] | None = None,
+    on_progress: Callable[[Listing], None] | None = None,
 ) -> Listing:
-    """List the tree below ``root`` (which must be a directory)."""
+    """List the tree below ``root`` (which must be a directory).
+
+    ``on_progress(listing)`` is called as entries accumulate (after each run of
+    a directory's entries), so a caller can pass them on before the walk ends.
+    """
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     listing = Listing(root=_entry("", os.fstat(root_fd), Kind.DIR))
     # An explicit stack instead of recursion: trees may nest thousands of
@@ -154,6 +169,8 @@ def walk(
         while stack:
             dfd, prefix, it = stack[-1]
             sub = _walk_some(dfd, prefix, it, listing, excluder or _NO_EXCL, on_error, on_temp)
+            if on_progress is not None:
+                on_progress(listing)
             if sub is None:
                 stack.pop()
                 if dfd != root_fd:

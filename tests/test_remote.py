@@ -212,6 +212,29 @@ def test_cli_remote_replica_not_a_directory(run_cli, rsh: str, src: Path, tmp_pa
     assert "not a directory" in r.err
 
 
+def test_cli_error_after_early_start_reaps_the_transport(run_cli, src: Path,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    # ssh is started as soon as the arguments are checked (its handshake
+    # overlaps with our set-up); a later error must not leave it running.
+    build_tree(src, {"a": b"1"})
+    rsh = pipe_rsh(tmp_path, before=f"echo $$ > {tmp_path / 'pid'}")
+    r = run_cli("sync", src, f"h:{tmp_path / 'r'}", *cli_remote(rsh),
+                "--log-file", tmp_path / "no" / "such" / "dir" / "log")
+    assert r.code == 1 and "log" in r.err, r.err
+    pid = int((tmp_path / "pid").read_text()) if (tmp_path / "pid").exists() else None
+    if pid is not None:  # it got as far as starting: it must be gone and reaped
+        assert not os.path.exists(f"/proc/{pid}")
+    assert not (tmp_path / "r" / "a").exists()
+
+
+def test_cli_bad_local_source_starts_no_transport(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rsh = pipe_rsh(tmp_path, before=f"touch {tmp_path / 'started'}")
+    r = run_cli("sync", tmp_path / "missing", f"h:{tmp_path / 'r'}", *cli_remote(rsh))
+    assert r.code == 1 and "source does not exist" in r.err
+    time.sleep(0.2)
+    assert not (tmp_path / "started").exists()
+
+
 def test_cli_both_remote_is_a_usage_error(run_cli) -> None:  # type: ignore[no-untyped-def]
     r = run_cli("sync", "a:/x", "b:/y")
     assert r.code == 2 and "both be remote" in r.err

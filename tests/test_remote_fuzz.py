@@ -260,6 +260,28 @@ def test_listing_is_packed_only_when_asked(sandbox: Path, ask: bool) -> None:
     assert (packed < 12_000) == ask  # ~17 bytes an entry packed, ~70 raw
 
 
+def test_big_listing_streams_in_batches_of_walk_order(sandbox: Path) -> None:
+    # 3,000 entries with long names are ~600 KB of listing: several LIST
+    # frames, each under the batch size, together the whole tree in walk order.
+    long = "n" * 150
+    build_tree(sandbox / "root", {f"d{i:02d}": {f"{long}{j:03d}": b"" for j in range(100)}
+                                  for i in range(30)})
+    code, out = run_server(prefix(sandbox / "root") + frame(P.SCAN, P.dump_json(
+        {"excludes": [], "clean_temps": True})) + frame(P.GOODBYE))
+    assert code == 0
+    got = frames(out)
+    batches = [p for t, p in got if t == P.LIST]
+    assert len(batches) >= 4 and all(len(b) < 200 << 10 for b in batches)
+    assert [t for t, _ in got].index(P.LIST_END) > max(
+        i for i, (t, _) in enumerate(got) if t == P.LIST)
+    entries: list[Entry] = []
+    for b in batches:
+        codec.decode_entries(b, entries, {})
+    want = [p for i in range(30) for p in [f"d{i:02d}"] + [f"d{i:02d}/{long}{j:03d}"
+                                                           for j in range(100)]]
+    assert [e.path for e in entries if e.path[:1] == "d" and e.path[1:3].isdigit()] == want
+
+
 @pytest.mark.parametrize("payload", [
     zlib.compress(b"\0" * (P.MAX_FRAME + 10)),  # inflates past the frame cap
     zlib.compress(b"\0" * 100)[:-3],  # truncated

@@ -87,6 +87,7 @@ class Connection:
     SCAN request go out at once, so ssh's handshake, the far side's start-up
     and its walk overlap with whatever the caller does next (walking the local
     tree).  The answers are read on first use (``open()``, ``scan()``).
+    ``transport``: one already started for ``spec`` (``transport.start_early``).
     """
 
     def __init__(self, spec: RemoteSpec, role: str, *, rsh: str | None = None,
@@ -94,9 +95,13 @@ class Connection:
                  compress_level: int = 6, bwlimit: int | None = None, dry_run: bool = False,
                  fsync: bool = False, owner: bool = False,
                  scan: tuple[list[str], bool, bool] | None = None,
-                 on_stderr: Callable[[str], None] | None = None) -> None:
+                 on_stderr: Callable[[str], None] | None = None,
+                 transport: Transport | None = None) -> None:
         self.spec = spec
-        self.transport = Transport(transport_argv(spec, rsh, remote_command), on_stderr)
+        if transport is None:
+            transport = Transport(transport_argv(spec, rsh, remote_command))
+        transport.set_on_stderr(on_stderr)
+        self.transport = transport
         self.out = FrameWriter(self.transport.write_fd, bwlimit)
         self.inp = FrameReader(self.transport.read_fd)
         self.out.explain = self._lost

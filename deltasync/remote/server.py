@@ -192,41 +192,46 @@ class Server:
         def on_error(path: str, e: OSError) -> None:
             errors.append([path, e.errno or 0, e.strerror or str(e)])
 
-        if not os.path.isdir(self.root):  # a dry run into a replica not made yet
-            listing = Listing(root=Entry("", Kind.DIR))
-        elif self.replica is not None:
-            listing = self.replica.scan(excluder, clean_temps=bool(body.get("clean_temps")),
-                                        on_error=on_error)
-        else:
-            listing = walk(self.root, excluder, on_error=on_error)
         hash_files = bool(body.get("checksum"))
         # zlib per batch when asked, unless the whole stream is compressed (-z) already
         packed = body.get("list_zlib") is True and not self.out.compressing
-
-        def send(pairs: list[tuple[Entry, bytes | None]]) -> None:
-            raw = codec.encode_entries(pairs)
-            if packed:
-                self.out.send(LIST_Z, codec.pack_entries(raw))
-            else:
-                self.out.send(LIST, raw)
-
         dirs = DirFds(self.root) if hash_files and os.path.isdir(self.root) else None
         if dirs is not None:
             from ..hashing import hash_below  # blake3 only when --checksum asks for it
+        sent = counted = pending = 0  # entries sent; entries sized; bytes of those not sent
+
+        def send(listing: Listing, final: bool = False) -> None:
+            # Batches go out while the walk goes on: the link, the client's
+            # decoding and our walking overlap instead of taking turns.
+            nonlocal sent, counted, pending
+            entries = listing.entries
+            while counted < len(entries):
+                e = entries[counted]
+                counted += 1
+                pending += 80 + len(e.path) + (len(e.target) if e.target else 0)
+                if pending >= LIST_BATCH:
+                    batch(entries[sent:counted])
+                    sent, pending = counted, 0
+            if final and sent < counted:
+                batch(entries[sent:counted])
+                sent, pending = counted, 0
+
+        def batch(part: list[Entry]) -> None:
+            pairs = [(e, hash_below(dirs, e.path) if dirs is not None and e.kind is Kind.FILE
+                      else None) for e in part]
+            raw = codec.encode_entries(pairs)
+            self.out.send(LIST_Z if packed else LIST, codec.pack_entries(raw) if packed else raw,
+                          flush=True)
+
         try:
-            pairs: list[tuple[Entry, bytes | None]] = []
-            size = 0
-            for e in listing.entries:
-                digest = None
-                if dirs is not None and e.kind is Kind.FILE:
-                    digest = hash_below(dirs, e.path)
-                pairs.append((e, digest))
-                size += 80 + len(e.path) + (len(e.target) if e.target else 0)
-                if size >= LIST_BATCH:
-                    send(pairs)
-                    pairs, size = [], 0
-            if pairs:
-                send(pairs)
+            if not os.path.isdir(self.root):  # a dry run into a replica not made yet
+                listing = Listing(root=Entry("", Kind.DIR))
+            elif self.replica is not None:
+                listing = self.replica.scan(excluder, clean_temps=bool(body.get("clean_temps")),
+                                            on_error=on_error, on_progress=send)
+            else:
+                listing = walk(self.root, excluder, on_error=on_error, on_progress=send)
+            send(listing, final=True)
         finally:
             if dirs is not None:
                 dirs.close()

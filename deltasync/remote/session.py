@@ -18,32 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 from ..engine import Engine, Reporter, SyncOptions
-from ..errors import ConfigError, UsageError
-from ..log import quote_path
 from ..replica import LocalReplica
 from ..walk import Listing
 from .client import Connection, RemoteReplica
-from .transport import RemoteSpec, parse_remote
-
-
-def is_remote(args: argparse.Namespace) -> bool:
-    return parse_remote(args.source) is not None or parse_remote(args.replica) is not None
-
-
-def check_remote_paths(args: argparse.Namespace) -> tuple[str, str]:
-    """Validate the local side of a remote sync; remote paths are checked by the far side."""
-    src, dst = parse_remote(args.source), parse_remote(args.replica)
-    if src is not None and dst is not None:
-        raise UsageError("SOURCE and REPLICA cannot both be remote")
-    if dst is not None:
-        if not os.path.exists(args.source):
-            raise ConfigError(f"source does not exist: {quote_path(args.source)}")
-        if not os.path.isdir(args.source):
-            raise ConfigError(f"source is not a directory: {quote_path(args.source)}")
-        return os.path.abspath(args.source), args.replica
-    if os.path.lexists(args.replica) and not os.path.isdir(args.replica):
-        raise ConfigError(f"replica exists and is not a directory: {quote_path(args.replica)}")
-    return args.source, os.path.abspath(args.replica)
+from .transport import (
+    RemoteSpec,
+    check_remote_paths,
+    is_remote,
+    parse_remote,
+    take_early,
+    transport_argv,
+)
 
 
 class PushEngine(Engine):
@@ -83,9 +68,13 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
     def on_stderr(line: str) -> None:
         logger.warning(f"remote  {line}")
 
+    spec = dst_spec or src_spec
+    assert spec is not None
+    early = take_early(args, transport_argv(spec, args.rsh, args.remote_command))
     common: dict[str, Any] = dict(
         rsh=args.rsh, remote_command=args.remote_command, compress=args.compress,
-        bwlimit=args.bwlimit, dry_run=opts.dry_run, fsync=opts.fsync, on_stderr=on_stderr)
+        bwlimit=args.bwlimit, dry_run=opts.dry_run, fsync=opts.fsync, on_stderr=on_stderr,
+        transport=early)
     if dst_spec is not None:
         # The SCAN goes out with the connection, so the far side walks its
         # tree while we walk ours.

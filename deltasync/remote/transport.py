@@ -13,21 +13,22 @@ to a callback, which the CLI turns into log lines.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
+from ..model import quote_path
 
 DEFAULT_RSH = "ssh"
 DEFAULT_REMOTE_COMMAND = "deltasync"
 
 
-@dataclass(frozen=True)
-class RemoteSpec:
+class RemoteSpec(NamedTuple):
     host: str  # "host" or "user@host", as given
     path: str
 
@@ -57,6 +58,54 @@ def parse_remote(arg: str) -> RemoteSpec | None:
     return RemoteSpec(host, path or ".")
 
 
+def is_remote(args: argparse.Namespace) -> bool:
+    return parse_remote(args.source) is not None or parse_remote(args.replica) is not None
+
+
+def check_remote_paths(args: argparse.Namespace) -> tuple[str, str]:
+    """Validate the local side of a remote sync; remote paths are checked by the far side."""
+    src, dst = parse_remote(args.source), parse_remote(args.replica)
+    if src is not None and dst is not None:
+        raise UsageError("SOURCE and REPLICA cannot both be remote")
+    if dst is not None:
+        if not os.path.exists(args.source):
+            raise ConfigError(f"source does not exist: {quote_path(args.source)}")
+        if not os.path.isdir(args.source):
+            raise ConfigError(f"source is not a directory: {quote_path(args.source)}")
+        return os.path.abspath(args.source), args.replica
+    if os.path.lexists(args.replica) and not os.path.isdir(args.replica):
+        raise ConfigError(f"replica exists and is not a directory: {quote_path(args.replica)}")
+    return args.source, os.path.abspath(args.replica)
+
+
+def start_early(args: argparse.Namespace) -> Transport | None:
+    """Start the transport of a ``sync``'s first pass as soon as its arguments are checked.
+
+    The CLI calls this before it imports the engine and sets up logging: ssh's
+    handshake is the longest wait of a remote pass, and everything the client
+    does before it needs the far side can overlap with it (rsync starts ssh
+    first, too).  The pass takes the process with ``take_early``.  Returns
+    None when the arguments are not a remote sync (the runner reports them).
+    """
+    if not is_remote(args):
+        return None
+    check_remote_paths(args)
+    spec = parse_remote(args.source) or parse_remote(args.replica)
+    assert spec is not None
+    return Transport(transport_argv(spec, args.rsh, args.remote_command))
+
+
+def take_early(args: argparse.Namespace, argv: list[str]) -> Transport | None:
+    """The transport ``start_early`` started for this command line, once."""
+    t: Transport | None = getattr(args, "transport", None)
+    args.transport = None
+    if t is not None and t.argv != argv:
+        t.close_input()
+        t.wait(timeout=5)
+        return None
+    return t
+
+
 def transport_argv(spec: RemoteSpec, rsh: str | None, remote_command: str | None) -> list[str]:
     try:
         argv = shlex.split(rsh or DEFAULT_RSH)
@@ -84,6 +133,8 @@ class Transport:
         self.read_fd = self.proc.stdout.fileno()
         self.stderr_lines: list[str] = []
         self._on_stderr = on_stderr
+        self._lock = threading.Lock()
+        self._pending: list[str] = []  # read but not handed to on_stderr yet
         self._pump = threading.Thread(target=self._pump_stderr, name="deltasync-stderr",
                                       daemon=True)
         self._pump.start()
@@ -94,13 +145,28 @@ class Transport:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if not line:
                 continue
-            self.stderr_lines.append(line)
-            del self.stderr_lines[:-20]
-            if self._on_stderr is not None:
-                try:
-                    self._on_stderr(line)
-                except Exception:  # noqa: BLE001 - logging must not kill the pump
-                    pass
+            with self._lock:
+                self.stderr_lines.append(line)
+                del self.stderr_lines[:-20]
+                self._pending.append(line)
+                if self._on_stderr is not None:
+                    self._deliver()
+
+    def set_on_stderr(self, on_stderr: Callable[[str], None] | None) -> None:
+        """Where stderr lines go; lines read before this was set are handed over now."""
+        with self._lock:
+            self._on_stderr = on_stderr
+            if on_stderr is not None:
+                self._deliver()
+
+    def _deliver(self) -> None:
+        assert self._on_stderr is not None
+        lines, self._pending = self._pending, []
+        for line in lines:
+            try:
+                self._on_stderr(line)
+            except Exception:  # noqa: BLE001 - logging must not kill the pump
+                pass
 
     def close_input(self) -> None:
         assert self.proc.stdin is not None
