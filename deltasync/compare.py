@@ -79,94 +79,157 @@ def make_plan(src: Listing, dst: Listing, opts: CompareOptions = CompareOptions(
               src_hash: HashFunc | None = None,
               dst_hash: HashFunc | None = None) -> tuple[list[Action], int]:
     """Return (ordered actions, number of unchanged entries)."""
-    src_map = {e.path: e for e in src.entries}
-    dst_map = {e.path: e for e in dst.entries}
-    removals: list[Action] = []
-    changes: list[Action] = []
-    touched: set[str] = set()  # directories whose contents change in this pass
-    unchanged = 0
+    p = Planner(opts, src.unreadable, src_hash, dst_hash)
+    actions = p.add(src.entries, dst.entries, last=True)
+    actions += p.finish(src.root, dst.root)
+    return actions, p.unchanged
 
-    # Phase 1: removals, deepest first (reverse pre-order puts children first).
-    unreadable = src.unreadable
-    d: Entry | None
-    for d in reversed(dst.entries):
-        s = src_map.get(d.path)
-        if s is not None and (s.kind is d.kind or s.kind is Kind.SPECIAL):
-            continue
-        if s is None and unreadable and _under(d.path, unreadable):
-            continue  # source contents unknown: never delete on a failed read
-        op = Op.RMDIR if d.kind is Kind.DIR else Op.DELETE
-        reason = Reason.EXTRANEOUS if s is None else Reason.TYPE
-        removals.append(Action(op, d.path, s, d, reason))
-        touched.add(_parent(d.path))
 
-    # Phase 2: pre-order creations and updates.
-    new_dirs: list[Entry] = []
-    # Fast path for the common case of a no-op pass: kind, size, mtime, mode
-    # (and owner when compared) and link target all equal.  Plain dirs are
-    # unchanged here too; their metadata is phase 3's business.
-    hi = 8 if opts.owner else 5
-    fast = not opts.checksum
-    for s in src.entries:
-        d = dst_map.get(s.path)
-        if fast and d is not None and s[1:hi] == d[1:hi] and s.target == d.target:
-            unchanged += 1
-            continue
-        d_for_action: Entry | None
-        if d is not None and d.kind is not s.kind:
-            d_for_action, reason = d, Reason.TYPE
-            d = None
-        else:
-            d_for_action, reason = d, Reason.NEW
-        k = s.kind
-        if k is Kind.SPECIAL:
-            changes.append(Action(Op.SKIP, s.path, s, d, Reason.SPECIAL))
-            continue
-        if d is None:
+def walk_key(path: str) -> list[str]:
+    """Sort key of the walk order: pre-order with names sorted is the order of
+    the paths' component lists."""
+    return path.split("/")
+
+
+class Planner:
+    """``make_plan`` in pieces, for listings that arrive in walk order.
+
+    ``add(src_part, dst_part)`` takes the entries of both trees in one range
+    of the walk order (every entry of both trees inside the range, none
+    outside; ranges in order) and returns the actions that can run at once:
+    removals (deepest first), then creations and updates in pre-order.
+    Removing a directory has to wait until everything below it is gone,
+    which later ranges may hold, so ``rmdir`` (and whatever replaces a
+    directory) is held back until the call with ``last=True``, which puts
+    them with its own removals and changes.  ``finish`` returns the directory
+    metadata of phase 3.  One ``add(..., last=True)`` is ``make_plan``; a
+    remote push plans each listing batch as it arrives, so files cross the
+    link while the far side is still walking.
+    """
+
+    def __init__(self, opts: CompareOptions, src_unreadable: set[str] | None = None,
+                 src_hash: HashFunc | None = None, dst_hash: HashFunc | None = None) -> None:
+        self.opts = opts
+        self.unreadable = src_unreadable or set()
+        self.src_hash, self.dst_hash = src_hash, dst_hash
+        self.unchanged = 0
+        self._touched: set[str] = set()  # directories whose contents change in this pass
+        self._new_dirs: set[str] = set()
+        self._src_dirs: list[Entry] = []  # in walk order
+        self._dst_dirs: dict[str, Entry] = {}
+        self._rmdirs: list[Action] = []  # in walk order
+        self._after_rmdirs: list[Action] = []  # what replaces a removed directory
+
+    def add(self, src_entries: list[Entry], dst_entries: list[Entry],
+            last: bool = False) -> list[Action]:
+        opts, touched = self.opts, self._touched
+        src_map = {e.path: e for e in src_entries}
+        dst_map = {e.path: e for e in dst_entries}
+        removals: list[Action] = []
+        rmdirs: list[Action] = []
+
+        # Phase 1: removals, deepest first (reverse pre-order puts children first).
+        unreadable = self.unreadable
+        d: Entry | None
+        for d in reversed(dst_entries):
+            if d.kind is Kind.DIR:
+                self._dst_dirs[d.path] = d
+            s = src_map.get(d.path)
+            if s is not None and (s.kind is d.kind or s.kind is Kind.SPECIAL):
+                continue
+            if s is None and unreadable and _under(d.path, unreadable):
+                continue  # source contents unknown: never delete on a failed read
+            reason = Reason.EXTRANEOUS if s is None else Reason.TYPE
+            if d.kind is not Kind.DIR:
+                removals.append(Action(Op.DELETE, d.path, s, d, reason))
+            elif last:
+                removals.append(Action(Op.RMDIR, d.path, s, d, reason))
+            else:
+                rmdirs.append(Action(Op.RMDIR, d.path, s, d, reason))
+            touched.add(_parent(d.path))
+        rmdirs.reverse()
+        self._rmdirs += rmdirs
+        if last:  # the directories held back: deepest first, after this range's
+            removals += self._rmdirs[::-1]
+            self._rmdirs = []
+
+        # Phase 2: pre-order creations and updates.
+        changes: list[Action] = []
+        # Fast path for the common case of a no-op pass: kind, size, mtime, mode
+        # (and owner when compared) and link target all equal.  Plain dirs are
+        # unchanged here too; their metadata is phase 3's business.
+        hi = 8 if opts.owner else 5
+        fast = not opts.checksum
+        unchanged = 0
+        for s in src_entries:
+            k = s.kind
             if k is Kind.DIR:
-                changes.append(Action(Op.MKDIR, s.path, s, d_for_action, reason))
-                new_dirs.append(s)
-            elif k is Kind.FILE:
-                changes.append(Action(Op.CREATE, s.path, s, d_for_action, reason))
-            else:
-                changes.append(Action(Op.SYMLINK, s.path, s, d_for_action, reason))
-            touched.add(_parent(s.path))
-            continue
-        if k is Kind.FILE:
-            why = need_transfer(s, d, opts, src_hash, dst_hash)
-            if why is not None:
-                changes.append(Action(Op.UPDATE, s.path, s, d, why))
-                touched.add(_parent(s.path))
-            elif meta_differs(s, d, opts):
-                changes.append(Action(Op.META, s.path, s, d, Reason.META))
-            else:
+                self._src_dirs.append(s)
+            d = dst_map.get(s.path)
+            if fast and d is not None and s[1:hi] == d[1:hi] and s.target == d.target:
                 unchanged += 1
-        elif k is Kind.SYMLINK:
-            if s.target != d.target:
-                changes.append(Action(Op.SYMLINK, s.path, s, d, Reason.TARGET))
-                touched.add(_parent(s.path))
-            elif meta_differs(s, d, opts):
-                changes.append(Action(Op.META, s.path, s, d, Reason.META))
+                continue
+            d_for_action: Entry | None
+            if d is not None and d.kind is not k:
+                d_for_action, reason = d, Reason.TYPE
+                d = None
             else:
+                d_for_action, reason = d, Reason.NEW
+            if k is Kind.SPECIAL:
+                changes.append(Action(Op.SKIP, s.path, s, d, Reason.SPECIAL))
+                continue
+            if d is None:
+                out = (self._after_rmdirs if not last and d_for_action is not None
+                       and d_for_action.kind is Kind.DIR else changes)
+                if k is Kind.DIR:
+                    out.append(Action(Op.MKDIR, s.path, s, d_for_action, reason))
+                    self._new_dirs.add(s.path)
+                elif k is Kind.FILE:
+                    out.append(Action(Op.CREATE, s.path, s, d_for_action, reason))
+                else:
+                    out.append(Action(Op.SYMLINK, s.path, s, d_for_action, reason))
+                touched.add(_parent(s.path))
+                continue
+            if k is Kind.FILE:
+                why = need_transfer(s, d, opts, self.src_hash, self.dst_hash)
+                if why is not None:
+                    changes.append(Action(Op.UPDATE, s.path, s, d, why))
+                    touched.add(_parent(s.path))
+                elif meta_differs(s, d, opts):
+                    changes.append(Action(Op.META, s.path, s, d, Reason.META))
+                else:
+                    unchanged += 1
+            elif k is Kind.SYMLINK:
+                if s.target != d.target:
+                    changes.append(Action(Op.SYMLINK, s.path, s, d, Reason.TARGET))
+                    touched.add(_parent(s.path))
+                elif meta_differs(s, d, opts):
+                    changes.append(Action(Op.META, s.path, s, d, Reason.META))
+                else:
+                    unchanged += 1
+            else:  # directory present on both sides: its metadata goes in phase 3
                 unchanged += 1
-        else:  # directory present on both sides: its metadata goes in phase 3
-            unchanged += 1
+        self.unchanged += unchanged
+        if last:
+            changes[:0] = self._after_rmdirs
+            self._after_rmdirs = []
+        return removals + changes
 
-    # Phase 3: directory metadata after contents, deepest first.  A directory
-    # whose contents changed gets its times restored quietly (reason
-    # UNCHANGED); one whose own metadata differed is logged as ``meta``.
-    new_set = {e.path for e in new_dirs}
-    dir_meta: list[Action] = []
-    for s in reversed([src.root] + src.entries):
-        if s.kind is not Kind.DIR:
-            continue
-        d = dst.root if s.path == "" else dst_map.get(s.path)
-        if s.path in new_set or d is None or d.kind is not Kind.DIR:
-            dir_meta.append(Action(Op.META, s.path, s, None, Reason.UNCHANGED))
-        elif meta_differs(s, d, opts):
-            if s.path != "" and d is not None:
-                unchanged -= 1
-            dir_meta.append(Action(Op.META, s.path, s, d, Reason.META))
-        elif s.path in touched:
-            dir_meta.append(Action(Op.META, s.path, s, d, Reason.UNCHANGED))
-    return removals + changes + dir_meta, unchanged
+    def finish(self, src_root: Entry, dst_root: Entry) -> list[Action]:
+        """Directory metadata, after everything else (call after ``add(..., last=True)``)."""
+        # Phase 3: directory metadata after contents, deepest first.  A directory
+        # whose contents changed gets its times restored quietly (reason
+        # UNCHANGED); one whose own metadata differed is logged as ``meta``.
+        opts, new_set, touched = self.opts, self._new_dirs, self._touched
+        dir_meta: list[Action] = []
+        for s in reversed([src_root] + self._src_dirs):
+            d = dst_root if s.path == "" else self._dst_dirs.get(s.path)
+            if s.path in new_set or d is None:
+                dir_meta.append(Action(Op.META, s.path, s, None, Reason.UNCHANGED))
+            elif meta_differs(s, d, opts):
+                if s.path != "":
+                    self.unchanged -= 1
+                dir_meta.append(Action(Op.META, s.path, s, d, Reason.META))
+            elif s.path in touched:
+                dir_meta.append(Action(Op.META, s.path, s, d, Reason.UNCHANGED))
+        return dir_meta

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .compare import CompareOptions, make_plan
+from .compare import CompareOptions, Planner, make_plan, walk_key
 from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -71,7 +71,16 @@ class SyncOptions:
 
 
 class Reporter:
-    """Observer of a pass.  Every method is optional; the defaults do nothing."""
+    """Observer of a pass.  Every method is optional; the defaults do nothing.
+
+    ``pass_planned`` is called once the whole plan is known, before the
+    first action.  Into a replica that streams its listing (a remote push)
+    the plan is made and carried out batch by batch, and ``pass_planned`` is
+    not called, unless the reporter sets ``wants_plan = True`` (progress bars
+    need the totals first): then the listing is read whole before planning.
+    """
+
+    wants_plan = False
 
     def pass_planned(self, actions: list[Action], files: int, nbytes: int) -> None: ...
     def done(self, action: Action, detail: str) -> None: ...
@@ -180,38 +189,40 @@ class Engine:
         # again (-12% on a 100k-file no-op).
         with _gc_paused():
             t = time.monotonic()
-            finish_replica = self._start_replica_scan(walk_error)
+            stream = self._stream_replica(walk_error)
+            finish_replica = None if stream else self._start_replica_scan(walk_error)
             src_list = self._walk_source(walk_error)
             rep.phase("walk", time.monotonic() - t, f"source: {len(src_list.entries)} entries")
-            t = time.monotonic()
-            dst_list = finish_replica()
-            rep.phase("walk", time.monotonic() - t,
-                      f"replica: {len(dst_list.entries)} entries (after the source walk)")
+            if finish_replica is not None:
+                t = time.monotonic()
+                dst_list = finish_replica()
+                rep.phase("walk", time.monotonic() - t,
+                          f"replica: {len(dst_list.entries)} entries (after the source walk)")
+        for e in src_list.entries:
+            if e.kind is Kind.FILE:
+                stats.source_files += 1
+                stats.source_bytes += e.size
         with self._source_dirs() as src_dirs:
             self._src_dirs = src_dirs
             src_hash = dst_hash = None
             if self.opts.checksum:
                 src_hash, dst_hash = self._hashers()
-            t = time.monotonic()
-            plan, unchanged = make_plan(
-                src_list, dst_list, CompareOptions(self.opts.checksum, self.opts.owner),
-                src_hash, dst_hash)
-            rep.phase("plan", time.monotonic() - t,
-                      f"{len(plan)} actions, {unchanged} unchanged")
-            stats.unchanged = unchanged
-            for e in src_list.entries:
-                if e.kind is Kind.FILE:
-                    stats.source_files += 1
-                    stats.source_bytes += e.size
-            nfiles = sum(1 for a in plan if a.op in (Op.CREATE, Op.UPDATE))
-            nbytes = sum(a.src.size for a in plan if a.op in (Op.CREATE, Op.UPDATE) and a.src)
-            rep.pass_planned(plan, nfiles, nbytes)
-            self._begin_actions(plan)
-            for action in plan:
-                if self.stop.is_set():
-                    stats.interrupted = True
-                    break
-                self._run_action(action)
+            if stream is not None:
+                with _gc_paused():
+                    self._streamed_pass(src_list, stream, src_hash, dst_hash)
+            else:
+                t = time.monotonic()
+                plan, unchanged = make_plan(src_list, dst_list, self._compare_options(),
+                                            src_hash, dst_hash)
+                rep.phase("plan", time.monotonic() - t,
+                          f"{len(plan)} actions, {unchanged} unchanged")
+                stats.unchanged = unchanged
+                nfiles = sum(1 for a in plan if a.op in (Op.CREATE, Op.UPDATE))
+                nbytes = sum(a.src.size for a in plan
+                             if a.op in (Op.CREATE, Op.UPDATE) and a.src)
+                rep.pass_planned(plan, nfiles, nbytes)
+                self._begin_actions(plan)
+                self._run_actions(plan)
             self._end_actions()
         stats.duration = time.monotonic() - t0
         if stats.interrupted:
@@ -223,6 +234,85 @@ class Engine:
         else:
             code = EXIT_OK
         return stats, code
+
+    def _run_actions(self, actions: list[Action]) -> None:
+        stats = self._stats
+        for action in actions:
+            if stats.interrupted or self.stop.is_set():
+                stats.interrupted = True
+                return
+            self._run_action(action)
+
+    def _streamed_pass(self, src_list: Listing, stream: Iterator[list[Entry]],
+                       src_hash: Callable[[Entry], bytes | None] | None,
+                       dst_hash: Callable[[Entry], bytes | None] | None) -> None:
+        """Plan and act on each batch of the replica's listing as it arrives.
+
+        The replica's listing comes in walk order, and so is the source's:
+        once a batch ending at path K is in, every entry of both trees up to K
+        is known, so those can be planned (``compare.Planner``) and their
+        actions sent while the far side is still walking.  Deltas wait for
+        the end of the listing: their signature is a request that has to be
+        answered, and the far side answers only after its walk.  The stream
+        returns the replica's root and unreadable set at its end.
+        """
+        rep, stats = self.reporter, self._stats
+        t0 = time.monotonic()
+        src = src_list.entries
+        n, i = len(src), 0
+        self._begin_actions([])
+        planner: Planner | None = None
+        later: list[Action] = []  # delta updates, after the listing
+        dst_count = 0
+
+        def act(actions: list[Action], listing_done: bool) -> None:
+            for a in actions:
+                if a.op is Op.UPDATE:
+                    self._by_path[a.path] = a
+                    if not listing_done and self._use_delta(a):
+                        later.append(a)
+                        continue
+                if not stats.interrupted:  # keep reading the listing to its end regardless
+                    self._run_actions([a])
+
+        while True:
+            try:
+                batch = next(stream)
+            except StopIteration as end:
+                dst_list: Listing = end.value
+                break
+            if planner is None:  # the far side has answered: owner comparison is known
+                planner = Planner(self._compare_options(), src_list.unreadable,
+                                  src_hash, dst_hash)
+            if not batch:
+                continue
+            dst_count += len(batch)
+            key = walk_key(batch[-1].path)
+            j = i
+            while j < n and walk_key(src[j].path) <= key:
+                j += 1
+            act(planner.add(src[i:j], batch), False)
+            i = j
+        rep.phase("walk", time.monotonic() - t0,
+                  f"replica: {dst_count} entries (streamed, planned as they came)")
+        if planner is None:
+            planner = Planner(self._compare_options(), src_list.unreadable, src_hash, dst_hash)
+        act(later + planner.add(src[i:], [], last=True), True)
+        act(planner.finish(src_list.root, dst_list.root), True)
+        stats.unchanged = planner.unchanged
+
+    def _stream_replica(self, on_error: Callable[[str, OSError], None]
+                        ) -> Iterator[list[Entry]] | None:
+        """The replica's listing as a stream of batches, when it offers one."""
+        scan_batches = getattr(self.replica, "scan_batches", None)
+        if scan_batches is None or getattr(self.reporter, "wants_plan", False):
+            return None
+        stream: Iterator[list[Entry]] = scan_batches(
+            self.excluder, clean_temps=not self.opts.dry_run, on_error=on_error)
+        return stream
+
+    def _compare_options(self) -> CompareOptions:
+        return CompareOptions(self.opts.checksum, self.opts.owner)
 
     # -- hooks for other sources and pipelined replicas (deltasync.remote) --
     def _walk_source(self, on_error: Callable[[str, OSError], None]) -> Listing:

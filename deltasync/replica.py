@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .errors import DeltaSyncError
-from .fsutil import DirFds, open_nofollow, open_regular, temp_name
+from .fsutil import DirFds, open_nofollow, open_regular, preallocate, temp_name
 from .model import Entry, Kind
 from .walk import Excluder, Listing, walk, walk_in_child
 
@@ -250,6 +250,7 @@ class LocalReplica:
                      0o600, dir_fd=d)
         try:
             try:
+                full = preallocate(fd, entry.size)
                 try:
                     written = fill(fd, d)
                 except (DeltaSyncError, ValueError):
@@ -258,6 +259,8 @@ class LocalReplica:
                     if src is not None:
                         src.check_unchanged()
                     raise
+                if full and written != entry.size:
+                    os.ftruncate(fd, written)  # preallocate set the size it expected
                 self._meta_fd(fd, entry)
                 if self.fsync:
                     os.fsync(fd)

@@ -4,6 +4,7 @@ binary formats decode what they encode."""
 from __future__ import annotations
 
 import io
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -172,3 +173,49 @@ def test_long_literals_are_split() -> None:
     lits = [o for o in ops if isinstance(o, Literal)]
     assert max(len(o.data) for o in lits) <= 1 << 20
     assert stats.literal_bytes == len(new)
+
+
+@SETTINGS
+@given(data=st.binary(max_size=20_000), block_size=block_sizes, skip=st.integers(0, 50),
+       chunk_blocks=st.integers(1, 5), strong_len=st.integers(4, 32))
+def test_threaded_signature_equals_the_sequential_one(tmp_path_factory, data: bytes,  # type: ignore[no-untyped-def]
+                                                      block_size: int, skip: int,
+                                                      chunk_blocks: int, strong_len: int) -> None:
+    # Big regular files are summed by several threads reading whole chunks
+    # with pread; the result must be the one sequential reading gives, from
+    # wherever the file object stands, and leave it at the end.
+    from unittest import mock
+
+    from deltasync.delta import signature as S
+
+    path = tmp_path_factory.mktemp("sig") / "basis"
+    path.write_bytes(data)
+    skip = min(skip, len(data))
+    want = make_signature(io.BytesIO(data[skip:]), block_size, strong_len)
+    with mock.patch.multiple(S, PARALLEL_MIN_SIZE=0, PARALLEL_THREADS=3,
+                             READ_CHUNK=block_size * chunk_blocks), \
+            mock.patch.object(S.os, "cpu_count", return_value=4), open(path, "rb") as f:
+        f.read(skip)  # a buffered reader, part-way through
+        got = make_signature(f, block_size, strong_len)
+        assert f.read() == b""
+    assert got == want
+
+
+def test_threaded_signature_of_a_shrinking_file_stops_at_its_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from unittest import mock
+
+    from deltasync.delta import signature as S
+
+    path = tmp_path / "basis"
+    path.write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    real_pread = os.pread
+
+    def shrinking_pread(fd: int, n: int, off: int) -> bytes:
+        os.truncate(path, 5000)  # shrinks under the reader, after the size was taken
+        return real_pread(fd, n, off)
+
+    with mock.patch.multiple(S, PARALLEL_MIN_SIZE=0, READ_CHUNK=2048), \
+            mock.patch.object(S.os, "cpu_count", return_value=2), \
+            mock.patch.object(S.os, "pread", shrinking_pread), open(path, "rb") as f:
+        got = make_signature(f, 1024)
+    assert got == make_signature(io.BytesIO(path.read_bytes()), 1024)

@@ -38,7 +38,9 @@ from treeutil import (
     touch_ns,
 )
 
+from deltasync.engine import DeltaMode
 from deltasync.fsutil import temp_name
+from deltasync.walk import walk
 
 SEEDS = [1, 2, 3]
 
@@ -625,3 +627,30 @@ def test_delta_that_fails_verification_falls_back_to_a_whole_file(src: Path, dst
     assert r.code == 0
     assert (dst / "big").read_bytes() == new
     assert any("sending the whole file" in m for _, m in r.rep.warnings), r.rep.warnings
+
+
+def test_big_files_are_preallocated_and_end_at_their_size(src: Path, dst: Path) -> None:
+    # Files from 1 MiB up get their blocks before they are written
+    # (fsutil.preallocate); what lands is exactly the source, whatever the
+    # mode of transfer, and a fill that writes less than the entry said
+    # leaves a file of what it wrote, not a tail of preallocated zeros.
+    from deltasync.fsutil import PREALLOCATE_MIN
+    from deltasync.replica import LocalReplica
+
+    rng = random.Random(5)
+    build_tree(src, {"big": rng.randbytes(3 << 20), "edge": rng.randbytes(PREALLOCATE_MIN)})
+    for mode in (DeltaMode.NEVER, DeltaMode.ALWAYS):
+        r = do_sync(src, dst, delta=mode, delta_threshold=0)
+        assert r.code == 0
+        assert_same_tree(src, dst)
+        (src / "big").write_bytes((src / "big").read_bytes()[:-5000] + b"changed")
+    r = do_sync(src, dst)
+    assert_same_tree(src, dst)
+    entry = walk(os.fspath(src)).entries[0]
+    rep = LocalReplica(os.fspath(dst))
+    try:
+        rep._install("short", entry._replace(path="short"),
+                     lambda fd, d: os.write(fd, b"only this"), None)
+    finally:
+        rep.close()
+    assert (dst / "short").read_bytes() == b"only this"

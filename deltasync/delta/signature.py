@@ -244,18 +244,93 @@ def make_signature(
     weaks: list[npt.NDArray[np.uint32]] = []
     strongs: list[bytes] = []
     total = 0
+    for w, s in _parallel_sums(f, L, strong_len, chunk):
+        weaks.append(w)
+        strongs.extend(s)
+        total += len(s) * L  # whole chunks only: every block is full
     while True:
         data = read_full(f, chunk)
         if not data:
             break
         total += len(data)
         weaks.append(block_weak_sums(data, L))
-        mv = memoryview(data)
-        strongs.extend([blake3(mv[i : i + L]).digest(strong_len) for i in range(0, len(data), L)])
+        strongs.extend(_strong_sums(data, L, strong_len))
         if len(data) < chunk:
             break
     weak = np.concatenate(weaks) if weaks else np.zeros(0, dtype=np.uint32)
     return Signature(L, strong_len, total, weak, tuple(strongs))
+
+
+def _strong_sums(data: bytes, L: int, strong_len: int) -> list[bytes]:
+    mv = memoryview(data)
+    return [blake3(mv[i : i + L]).digest(strong_len) for i in range(0, len(data), L)]
+
+
+def _parallel_sums(f: BinaryIO, L: int, strong_len: int, chunk: int
+                   ) -> list[tuple[npt.NDArray[np.uint32], list[bytes]]]:
+    """Sums of the whole chunks of a big regular file, computed by several threads.
+
+    numpy's reductions and blake3 release the GIL, so two threads take a 1 GiB
+    signature from ~0.7 s to ~0.45 s here (the far side of a push computes it
+    while the client waits).  Each thread ``pread``s its own chunks; ``f`` is
+    left just after the last whole chunk, so the caller's sequential loop
+    reads the tail, and anything the file grew by, exactly as it would have.
+    A chunk that comes back short (the file shrank) ends the result there,
+    and ``f`` is left at its end.  Small files, pipes and one-CPU machines
+    get an empty list: the caller's loop does everything.
+    """
+    import numpy as np  # noqa: F401  (loaded before the threads race to import it)
+
+    from .rolling import block_weak_sums
+
+    threads = min(PARALLEL_THREADS, os.cpu_count() or 1)
+    size = stream_size(f)
+    if threads < 2 or size is None or size < PARALLEL_MIN_SIZE:
+        return []
+    try:
+        fd = f.fileno()
+        start = f.tell()
+    except (AttributeError, OSError, ValueError):
+        return []
+    n = size // chunk
+    results: list[tuple[npt.NDArray[np.uint32], list[bytes]] | None] = [None] * n
+    short: list[int] = []  # chunks that came back short
+    errors: list[BaseException] = []
+
+    def work(first: int) -> None:
+        try:
+            for i in range(first, n, threads):
+                if short or errors:
+                    return
+                data = os.pread(fd, chunk, start + i * chunk)
+                if len(data) < chunk:
+                    short.append(i)
+                    data = data[: len(data) // L * L]  # the partial block is read again below
+                results[i] = (block_weak_sums(data, L), _strong_sums(data, L, strong_len))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(e)
+
+    import threading
+
+    pool = [threading.Thread(target=work, args=(k,), name=f"deltasync-sig-{k}", daemon=True)
+            for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise errors[0]
+    done: list[tuple[npt.NDArray[np.uint32], list[bytes]]] = []
+    for r in results[: min(short) + 1 if short else n]:
+        if r is None:  # a thread stopped early because another saw a short chunk
+            break
+        done.append(r)
+    f.seek(start + sum(len(s) for _, s in done) * L)
+    return done
+
+
+PARALLEL_THREADS = 2  # more did not help on 2 cores; the read and blake3 share memory bandwidth
+PARALLEL_MIN_SIZE = 64 << 20
 
 
 def hash_file(f: BinaryIO, chunk: int = READ_CHUNK) -> bytes:

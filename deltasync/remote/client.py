@@ -21,7 +21,7 @@ import queue
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DeltaSyncError, ProtocolError
@@ -197,19 +197,39 @@ class Connection:
 
         Reads the answer to the SCAN sent at connection time if it asked the same.
         """
+        digests: dict[str, bytes] = {}
+        stream = self.scan_batches(excludes, clean_temps, checksum, digests, on_error)
+        while True:
+            try:
+                next(stream)
+            except StopIteration as end:
+                return end.value, digests
+
+    def scan_batches(self, excludes: Iterable[str], clean_temps: bool, checksum: bool,
+                     digests: dict[str, bytes],
+                     on_error: Callable[[str, OSError], None] | None = None,
+                     recv: Callable[[], tuple[int, bytes]] | None = None
+                     ) -> Generator[list[Entry], None, Listing]:
+        """``scan`` as it arrives: yields each batch of entries (walk order) and
+        returns the whole listing; ``digests`` is filled as batches come.
+        ``recv``: where frames come from (default: this connection)."""
         want = (list(excludes), clean_temps, checksum)
         if self._scan_sent != want:
             self._send_scan(*want)
             self.out.flush()
         self._scan_sent = None
+        get = recv or self.recv
         entries: list[Entry] = []
-        digests: dict[str, bytes] = {}
         while True:
-            ftype, payload = self.recv()
+            ftype, payload = get()
             if ftype == LIST:
+                start = len(entries)
                 codec.decode_entries(payload, entries, digests)
+                yield entries[start:]
             elif ftype == LIST_Z:
+                start = len(entries)
                 codec.decode_entries(codec.unpack_entries(payload, MAX_FRAME), entries, digests)
+                yield entries[start:]
             elif ftype == LIST_END:
                 if len(payload) < 4:
                     raise ProtocolError("malformed LIST_END message")
@@ -227,7 +247,7 @@ class Connection:
                     if on_error is not None and isinstance(item, list) and len(item) == 3:
                         path, code, msg = item
                         on_error(str(path), OSError(int(code), f"{msg} (on {self.spec.host})"))
-                return listing, digests
+                return listing
             else:
                 raise ProtocolError(f"unexpected {type_name(ftype)} frame in a listing")
 
@@ -288,20 +308,47 @@ class RemoteReplica:
         self._reader: threading.Thread | None = None
         self._fatal: BaseException | None = None
         self._matcher_warm = False
+        self._listing = False  # listing frames still arriving: results cannot be among them
         self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
 
     # -- reading ----------------------------------------------------------
     def scan(self, excluder: Excluder, clean_temps: bool = True,
              on_error: Callable[[str, OSError], None] | None = None) -> Listing:
+        stream = self.scan_batches(excluder, clean_temps, on_error)
+        while True:
+            try:
+                next(stream)
+            except StopIteration as end:
+                listing: Listing = end.value
+                return listing
+
+    def scan_batches(self, excluder: Excluder, clean_temps: bool = True,
+                     on_error: Callable[[str, OSError], None] | None = None
+                     ) -> Generator[list[Entry], None, Listing]:
+        """The far listing batch by batch (see ``Connection.scan_batches``).
+
+        Frames are read by the results thread from here on, so requests the
+        engine sends while batches still arrive can never deadlock the link:
+        the far side answers them only after its walk, and its listing is
+        drained meanwhile whatever our writes are waiting for.
+        """
         if self._reader is not None:
             raise ProtocolError("a remote replica is scanned once per connection")
-        listing, self._digests = self.conn.scan(excluder.patterns, clean_temps,
-                                                self.checksum_all, on_error)
-        self._files = {e.path for e in listing.entries if e.kind is Kind.FILE}
+        self._listing = True
         self._reader = threading.Thread(target=self._read_loop, name="deltasync-results",
                                         daemon=True)
         self._reader.start()
-        return listing
+        stream = self.conn.scan_batches(excluder.patterns, clean_temps, self.checksum_all,
+                                        self._digests, on_error, recv=self._take)
+        while True:
+            try:
+                batch = next(stream)
+            except StopIteration as end:
+                self._listing = False
+                listing: Listing = end.value
+                return listing
+            self._files.update(e.path for e in batch if e.kind is Kind.FILE)
+            yield batch
 
     def checksum(self, path: str) -> bytes:
         digest = self._digests.get(path)
@@ -483,6 +530,8 @@ class RemoteReplica:
 
     def _poll(self) -> None:
         """Handle the results that have already arrived, without waiting."""
+        if self._listing:
+            return  # the queue holds listing frames, which the scan reads
         while True:
             try:
                 item = self._q.get_nowait()

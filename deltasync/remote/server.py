@@ -238,6 +238,12 @@ class Server:
         root = codec.encode_entry(listing.root)
         self.out.send(LIST_END, struct.pack(">I", len(root)) + root + dump_json(
             {"unreadable": sorted(listing.unreadable), "errors": errors}), flush=True)
+        if self.replica is not None and any(e.size >= WARM_DELTA_SIZE for e in listing.entries):
+            # A file this big may be updated by a delta, whose signature needs
+            # numpy (~70 ms to import): import it while the client plans.
+            import threading
+
+            threading.Thread(target=_warm_delta, name="deltasync-import", daemon=True).start()
 
     # -- replica side (push) ----------------------------------------------
     def _op_signature(self, payload: bytes) -> None:
@@ -390,6 +396,16 @@ class Server:
         META: lambda self, p: self._simple(p, "META"),
     }
     _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
+
+
+WARM_DELTA_SIZE = 1 << 20  # the client's default --delta-threshold over a link
+
+
+def _warm_delta() -> None:
+    try:
+        import deltasync.delta.rolling  # noqa: F401  (numpy)
+    except Exception:  # noqa: BLE001 - the real import reports it
+        pass
 
 
 def codec_path_check(path: str) -> None:

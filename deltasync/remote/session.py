@@ -14,12 +14,11 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable
 from typing import Any
 
+from ..compare import CompareOptions
 from ..engine import Engine, Reporter, SyncOptions
 from ..replica import LocalReplica
-from ..walk import Listing
 from .client import Connection, RemoteReplica
 from .transport import (
     RemoteSpec,
@@ -35,17 +34,11 @@ class PushEngine(Engine):
     """``Engine`` into a ``RemoteReplica``: owner/group are compared only when the
     far side can set them (it runs as root), which is known once it answered."""
 
-    def _start_replica_scan(self, on_error: Any) -> Callable[[], Listing]:
-        finish = super()._start_replica_scan(on_error)
-
-        def done() -> Listing:
-            listing = finish()
-            owner = bool(self.replica.conn.info.get("root_user"))  # type: ignore[attr-defined]
-            if owner != self.opts.owner:
-                self.opts = dataclasses.replace(self.opts, owner=owner)
-            return listing
-
-        return done
+    def _compare_options(self) -> CompareOptions:
+        owner = bool(self.replica.conn.info.get("root_user"))  # type: ignore[attr-defined]
+        if owner != self.opts.owner:
+            self.opts = dataclasses.replace(self.opts, owner=owner)
+        return super()._compare_options()
 
 
 class _PullClose:
