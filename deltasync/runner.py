@@ -66,6 +66,7 @@ class CliReporter(Reporter):
     def __init__(self, logger: logging.Logger, progress: bool) -> None:
         self.log = logger
         self.show_progress = progress
+        self.wants_plan = progress  # the bars need the totals before the first action
         self.bars: list[Any] = []
 
     def pass_planned(self, actions: list[Action], files: int, nbytes: int) -> None:

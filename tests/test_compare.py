@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deltasync.compare import CompareOptions, make_plan, need_transfer
-from deltasync.model import Entry, Kind, Op, Reason
+from deltasync.model import Action, Entry, Kind, Op, Reason
 from deltasync.walk import Listing
 
 T = 1_700_000_000_000_000_001
@@ -154,3 +154,92 @@ def test_unchanged_count() -> None:
     src = listing(F("a"), F("b"), D("d"), F("d/c", 6), F("new"))
     _, unchanged = make_plan(src, dst)
     assert unchanged == 3  # a, b, d
+
+
+# -- the plan in pieces (compare.Planner), as a remote push streams it ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from deltasync.compare import Planner, walk_key  # noqa: E402
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> dict[str, Entry]:
+    """A random small tree: path -> entry, every parent a directory."""
+    out: dict[str, Entry] = {}
+
+    def fill(prefix: str, depth: int) -> None:
+        for name in draw(st.lists(st.sampled_from("abc"), max_size=3, unique=True)):
+            path = prefix + name
+            kind = draw(st.sampled_from(["f", "d", "l"] if depth < 3 else ["f", "l"]))
+            if kind == "d":
+                out[path] = D(path)
+                fill(path + "/", depth + 1)
+            elif kind == "f":
+                out[path] = F(path, size=draw(st.integers(0, 2)))
+            else:
+                out[path] = L(path, draw(st.sampled_from(["x", "y"])))
+
+    fill("", 0)
+    return out
+
+
+def in_walk_order(tree: dict[str, Entry]) -> list[Entry]:
+    return sorted(tree.values(), key=lambda e: walk_key(e.path))
+
+
+def apply(model: dict[str, Kind], actions: list[Action]) -> None:
+    """Carry out a plan on a model of the replica, refusing what a file system refuses."""
+    for a in actions:
+        parent = a.path.rpartition("/")[0]
+        if a.op is Op.DELETE:
+            assert model.get(a.path) not in (None, Kind.DIR), a
+            del model[a.path]
+        elif a.op is Op.RMDIR:
+            assert model.get(a.path) is Kind.DIR, a
+            assert not any(p.startswith(a.path + "/") for p in model), f"not empty: {a}"
+            del model[a.path]
+        elif a.op in (Op.MKDIR, Op.CREATE) or (a.op is Op.SYMLINK and a.path not in model):
+            assert a.path not in model, a
+            assert parent == "" or model.get(parent) is Kind.DIR, f"no parent: {a}"
+            assert a.src is not None
+            model[a.path] = a.src.kind
+        elif a.op in (Op.UPDATE, Op.SYMLINK):
+            assert a.src is not None and model.get(a.path) is a.src.kind, a
+        elif a.op is Op.META:
+            assert a.path == "" or a.path in model, a
+
+
+@settings(max_examples=300, deadline=None)
+@given(src=trees(), dst=trees(), cuts=st.lists(st.integers(0, 40), max_size=6))
+def test_plan_in_batches_is_the_plan_and_runs_in_order(src: dict[str, Entry],
+                                                       dst: dict[str, Entry],
+                                                       cuts: list[int]) -> None:
+    # Batches of the replica's listing, cut anywhere; the source entries up
+    # to each batch's last path go with it.  The actions are those of
+    # make_plan, and in the order given they are all possible on a real tree
+    # (no rmdir of a non-empty directory, no create without its parent) and
+    # leave the replica equal to the source.
+    s_list, d_list = in_walk_order(src), in_walk_order(dst)
+    whole, unchanged = make_plan(listing(*s_list), listing(*d_list))
+    p = Planner(CompareOptions())
+    got: list[Action] = []
+    i = prev = 0
+    for cut in sorted({c for c in cuts if 0 < c <= len(d_list)}):
+        batch = d_list[prev:cut]
+        key = walk_key(batch[-1].path)
+        j = i
+        while j < len(s_list) and walk_key(s_list[j].path) <= key:
+            j += 1
+        got += p.add(s_list[i:j], batch)
+        i, prev = j, cut
+    got += p.add(s_list[i:], d_list[prev:], last=True)
+    got += p.finish(ROOT, ROOT)
+    assert sorted(got, key=repr) == sorted(whole, key=repr)
+    assert p.unchanged == unchanged
+    model = {e.path: e.kind for e in d_list}
+    apply(model, got)
+    assert model == {e.path: e.kind for e in s_list}
+    metas = [k for k, a in enumerate(got) if a.op is Op.META and a.src and a.src.kind is Kind.DIR]
+    assert all(k >= len(got) - len(metas) for k in metas), "directory metadata comes last"

@@ -18,7 +18,7 @@ import pytest
 from conftest import popen
 from remoteutil import REMOTE_CMD, pipe_rsh, pull, push, remote_cmd
 from test_sync import MUTATIONS, base_tree
-from treeutil import Dir, File, Symlink, add, assert_same_tree, build_tree, inodes
+from treeutil import Dir, File, Symlink, add, assert_same_tree, build_tree, inodes, remove
 
 from deltasync.errors import ProtocolError, UsageError
 from deltasync.fsutil import is_temp_name
@@ -80,6 +80,59 @@ def test_random_mutations_converge(direction: str, seed: int, rsh: str, src: Pat
         mirror(direction, rsh, src, dst, **opts)
     assert_noop(direction, rsh, src, dst)
     assert no_temps(dst)
+
+
+@pytest.mark.parametrize("wants_plan", [False, True])
+def test_push_planned_batch_by_batch_converges(rsh: str, src: Path, dst: Path,
+                                               wants_plan: bool) -> None:
+    # A listing of several batches (long names: ~600 entries a batch), and
+    # changes that straddle them: a whole subtree removed, directories
+    # turned into files and back, deltas, new files at both ends.  Planned
+    # batch by batch (the default) or whole (a reporter that wants the plan
+    # first, as --progress does), the replica ends equal to the source.
+    from conftest import RecordingReporter
+
+    from deltasync import DeltaMode, SyncOptions
+    from deltasync.remote.client import Connection, RemoteReplica
+    from deltasync.remote.session import PushEngine
+    from deltasync.remote.transport import RemoteSpec
+
+    long = "n" * 150
+    rng = random.Random(3)
+    build_tree(src, {f"d{i:02d}": {f"{long}{j:02d}": rng.randbytes(rng.randint(0, 3000))
+                                   for j in range(60)} for i in range(30)})
+    (src / "d29" / "big").write_bytes(rng.randbytes(300_000))
+    mirror("push", rsh, src, dst)
+    remove(src / "d05")
+    remove(src / "d10")
+    (src / "d10").write_bytes(b"a file where a directory was")
+    remove(src / "d20" / f"{long}01")
+    build_tree(src / "d20" / f"{long}01", {"x": b"a directory where a file was", "y": {}})
+    for i in (0, 15, 29):
+        (src / f"d{i:02d}" / f"{long}30").write_bytes(rng.randbytes(4000))
+    big = bytearray((src / "d29" / "big").read_bytes())
+    big[1000:1010] = b"0123456789"
+    (src / "d29" / "big").write_bytes(bytes(big))
+    (src / "aaa-first").write_bytes(b"new, before every batch")
+    (src / "zzz-last").write_bytes(b"new, after every batch")
+
+    class Reporter(RecordingReporter):
+        pass
+
+    Reporter.wants_plan = wants_plan
+    rep = Reporter()
+    options = SyncOptions(delta=DeltaMode.ALWAYS)
+    conn = Connection(RemoteSpec("h", os.fspath(dst)), "replica", rsh=rsh,
+                      remote_command=REMOTE_CMD, owner=True, scan=([], True, False))
+    r = RemoteReplica(conn)
+    try:
+        stats, code = PushEngine(os.fspath(src), r, options, rep).run_pass()
+    finally:
+        r.close()
+    assert code == 0 and rep.failed_ == [], rep.failed_
+    assert stats.delta_files == 4  # big and the three rewritten files
+    assert_same_tree(src, dst)
+    assert_noop("push", rsh, src, dst)
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
