@@ -24,7 +24,11 @@ fi
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test,bench]'
+# editable_mode=compat: a plain .pth path entry; the default "strict" mode
+# installs an import-hook finder that every Python start imports (~10 ms,
+# paid twice per remote pass: here and on the far side).
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test,bench]' \
+    --config-settings editable_mode=compat
 # pyrsync2 0.2.6 (the reference peer of the delta tests) no longer builds from
 # its sdist with current setuptools; build its pure-Python wheel in a
 # throwaway venv with an old setuptools, then install the wheel.

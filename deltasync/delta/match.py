@@ -116,7 +116,9 @@ def _ops(sig: Signature, new: BinaryIO, stats: DeltaStats | None) -> Iterator[Op
     tail_idx = nfull  # index of the short last block, if tail > 0
     strong = sig.strong
     index = sig.strong_index
-    hasher = blake3(max_threads=blake3.AUTO)
+    # One thread: blake3's thread pool spins (sched_yield) between our small
+    # updates, burning the CPU the other end of a pipelined sync needs.
+    hasher = blake3()
     rd = _Reader(new, MAX_LITERAL + SCAN_MAX + 2 * L + READ_CHUNK, hasher)
     mv = rd.mv
     h = blake3

