@@ -189,15 +189,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         # os.write, nothing is left buffered but stderr).
         from .remote.server import serve
 
-        code = serve()
-        for f in (sys.stdout, sys.stderr):  # both are stderr by now
-            try:
-                f.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
-    code = run(argv)
-    sys.exit(code)
+        _exit_now(serve())
+    _exit_now(run(argv))
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Flush what is buffered and exit without the interpreter's teardown.
+
+    A pass leaves hundreds of thousands of objects (two listings) that a
+    normal exit frees one by one: ~15 ms at 20,000 files, on every pass and
+    on both ends of a remote one.  Everything that matters is flushed here:
+    log handlers (``logging.shutdown``), stdout and stderr.  The remote
+    transport has already been waited for, the daemon's child never gets
+    here, and no library we use registers ``atexit`` work that matters.
+    """
+    if "logging" in sys.modules:
+        import logging
+
+        logging.shutdown()
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -152,7 +152,11 @@ def daemonize(pid_file: str, body: Callable[[PidLock], int]) -> int:
     pid2 = os.fork()
     if pid2 > 0:
         os._exit(0)
-    # the daemon
+    # The daemon.  It has no terminal to hang up, and logrotate's habit of
+    # sending SIGHUP must not kill it (log files are reopened on their own:
+    # WatchedFileHandler notices a moved or removed file at the next line).
+    # Ignored before the parent is told "OK", so no SIGHUP can come too early.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         lock = PidLock(pid_file)
     except DaemonError as e:

@@ -261,13 +261,6 @@ def _install_signals(stop: threading.Event, logger: logging.Logger) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _ignore_hup() -> None:
-    # A daemon has no terminal to hang up, and logrotate's habit of sending
-    # SIGHUP must not kill it: log files are reopened on their own
-    # (WatchedFileHandler notices a moved or removed file at the next line).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
 def _loop(p: _Pass, logger: logging.Logger, interval: float, stop: threading.Event) -> int:
     from .schedule import run_periodic
 
@@ -317,7 +310,6 @@ def run_sync(args: argparse.Namespace) -> int:
             stop = threading.Event()
             logger = setup(args.verbose - args.quiet, log_file, io_log, console=False)
             _install_signals(stop, logger)
-            _ignore_hup()
             p = _Pass(args, source, replica, logger, stop, pid_file)
             try:
                 return _loop(p, logger, args.interval, stop)
