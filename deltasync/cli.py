@@ -8,11 +8,11 @@ progress bars, prints summaries or exits.  Commands: ``sync``, ``start``,
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import (
@@ -27,17 +27,31 @@ from .errors import (
 )
 from .model import quote_path
 
+if TYPE_CHECKING:
+    import argparse  # imported when a parser is built: a remote pass starts ssh first
+
 PROG = "deltasync"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one line and exit 2."""
+def _parser_class() -> type[argparse.ArgumentParser]:
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        msg = f"{message} (see '{self.prog} --help')"
-        if self.prog.split()[-1] in _RDIFF_COMMANDS:
-            raise ConfigError(msg)  # like rdiff: any bad argument of these is exit 1
-        raise UsageError(msg)
+    class _Parser(argparse.ArgumentParser):
+        """argparse that reports errors as one line and exit 2."""
+
+        def error(self, message: str) -> NoReturn:
+            msg = f"{message} (see '{self.prog} --help')"
+            if self.prog.split()[-1] in _RDIFF_COMMANDS:
+                raise ConfigError(msg)  # like rdiff: any bad argument of these is exit 1
+            raise UsageError(msg)
+
+    return _Parser
+
+
+def _bad(message: str) -> Exception:
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
 
 
 _RDIFF_COMMANDS = {"signature", "delta", "patch"}
@@ -47,9 +61,9 @@ def _positive_float(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise _bad(f"not a number: {text!r}") from None
     if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+        raise _bad(f"must be a positive number of seconds: {text!r}")
     return v
 
 
@@ -63,16 +77,16 @@ def _size(text: str) -> int:
     try:
         v = int(float(num) * _SUFFIX[unit])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+        raise _bad(f"not a size: {text!r}") from None
     if v < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        raise _bad(f"must not be negative: {text!r}")
     return v
 
 
 def _pos_int(text: str) -> int:
     v = _size(text)
     if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        raise _bad(f"must be positive: {text!r}")
     return v
 
 
@@ -81,7 +95,7 @@ def _block_size(text: str) -> int:
 
     v = _size(text)
     if not MIN_BLOCK_SIZE <= v <= MAX_BLOCK_SIZE:
-        raise argparse.ArgumentTypeError(f"must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}: "
+        raise _bad(f"must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}: "
                                          f"{text!r}")
     return v
 
@@ -94,6 +108,9 @@ def _rate(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    _Parser = _parser_class()
     p = _Parser(prog=PROG, description="Keep a replica directory an exact one-way mirror "
                 "of a source directory; rsync-style deltas for large files.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -215,23 +232,87 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _quick_sync_args(argv: list[str]) -> SimpleNamespace | None:
+    """What argparse will make of a plain ``sync`` command line, or None if unsure.
+
+    Just enough to start ssh before the parser is even built (a remote pass
+    waits for ssh's handshake more than for anything else; rsync starts it
+    within a few milliseconds, we parse in ~5).  Any option it does not
+    know exactly -- an abbreviation, ``-qz``, a new option -- gives None and
+    the normal path; values are checked with the parser's own functions.
+    The transport started is used only if argparse agrees (``take_early``).
+    """
+    valued: dict[str, Callable[[str], object]] = {
+        "--log-file": str, "--io-log-file": str, "--exclude": str, "-e": str, "--rsh": str,
+        "--remote-command": str, "--delta": _DELTA_MODES.__getitem__,
+        "--delta-threshold": _size, "--block-size": _block_size, "--bwlimit": _rate,
+        "--interval": _positive_float}
+    flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
+             "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress"}
+    ns = SimpleNamespace(rsh=None, remote_command=None)
+    pos: list[str] = []
+    i = 1
+    try:
+        while i < len(argv):
+            a = argv[i]
+            name, eq, val = a.partition("=") if a.startswith("--") else (a, "", "")
+            if name in valued:
+                if not eq:
+                    i += 1
+                    val = argv[i]
+                    if val.startswith("-"):
+                        return None  # argparse would take it for an option
+                valued[name](val)
+                if name in ("-e", "--rsh", "--remote-command"):
+                    setattr(ns, "rsh" if name != "--remote-command" else "remote_command", val)
+            elif a not in flags:
+                if a.startswith("-"):
+                    return None
+                pos.append(a)
+            i += 1
+    except Exception:  # noqa: BLE001 - a bad value (argparse will say why): not sure
+        return None
+    if len(pos) != 2:
+        return None
+    ns.source, ns.replica = pos
+    return ns
+
+
+_DELTA_MODES = {"auto": 0, "always": 1, "never": 2}
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run a command and return its exit code (in-process; used by tests)."""
+    argv = sys.argv[1:] if argv is None else [os.fspath(a) for a in argv]
+    early = None
+    if argv[:1] == ["sync"] and any(":" in a for a in argv[1:]):
+        # A remote pass: start ssh now, before the parser and the imports
+        # and set-up below, so its handshake (~0.3 s, the longest wait of a
+        # pass) overlaps with them.  The local side is checked first.
+        quick = _quick_sync_args(argv)
+        if quick is not None:
+            from .remote.transport import start_early
+
+            try:
+                early = start_early(quick)  # type: ignore[arg-type]
+            except DeltaSyncError:
+                pass  # the normal path below says why
     try:
         args = build_parser().parse_args(argv)
     except (UsageError, ConfigError) as e:
+        _drop(early)
         _err(str(e))
         return e.exit_code
     except SystemExit as e:  # --help / --version
+        _drop(early)
         return int(e.code or 0)
     try:
         if args.command == "sync" and (":" in args.source or ":" in args.replica):
-            # A remote pass: start ssh now, before the imports and set-up
-            # below, so its handshake (~0.3 s, the longest wait of a pass)
-            # overlaps with them.  The local side is checked first.
             from .remote.transport import start_early
 
-            args.transport = start_early(args)
+            args.transport = early if early is not None else start_early(args)
+        else:
+            _drop(early)
         if args.command in ("sync", "start"):
             from .runner import run_sync
 
@@ -265,6 +346,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         _err(_os_message(e))
         return EXIT_FATAL
+
+
+def _drop(transport: object) -> None:
+    """End a transport started early for a command line that turned out bad."""
+    if transport is not None:
+        transport.kill()  # type: ignore[attr-defined]
+        transport.wait(timeout=5)  # type: ignore[attr-defined]
 
 
 def _os_message(e: OSError) -> str:

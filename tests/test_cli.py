@@ -18,6 +18,7 @@ import pytest
 from conftest import CliResult, popen, run_proc, temps
 from treeutil import Fifo, File, Symlink, assert_same_tree, build_tree, entries, snapshot
 
+from deltasync.errors import ConfigError, UsageError
 from deltasync.fsutil import is_temp_name
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
@@ -401,3 +402,44 @@ def test_sigkill_mid_write_leaves_no_partial_file(src: Path, dst: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert temps(dst) == []
     assert_same_tree(src, dst)
+
+
+@pytest.mark.parametrize("argv", [
+    ["sync", "src", "h:dst"],
+    ["sync", "-e", "ssh -p 2222", "src", "u@h:dst", "--remote-command", "venv/bin/deltasync"],
+    ["sync", "--rsh=ssh -i key", "--remote-command=x y", "h:src", "dst", "-q", "-z"],
+    ["sync", "src", "h:dst", "--exclude", "*.tmp", "--exclude=-e", "--delta", "always",
+     "--bwlimit", "10M", "--block-size", "4096", "--interval", "5", "--log-file", "-e"],
+    ["sync", "-n", "-c", "--stats", "--json", "-v", "--fsync", "--progress", "src", "h:dst"],
+    ["sync", "--", "src", "h:dst"],  # argparse takes "--"; the quick look does not
+    ["sync", "-qz", "src", "h:dst"],  # combined short flags: not sure
+    ["sync", "--remote", "x", "src", "h:dst"],  # an abbreviation: not sure
+    ["sync", "--block-size", "0", "src", "h:dst"],  # a bad value: argparse must say it
+    ["sync", "--delta", "bogus", "src", "h:dst"],
+    ["sync", "src", "h:dst", "extra"],
+    ["sync", "src", "h:dst", "-e"],
+])
+def test_quick_look_at_sync_agrees_with_argparse_or_abstains(argv: list[str]) -> None:
+    # ssh is started from a quick look at the command line, before argparse
+    # runs; whatever it says must be what argparse says, or nothing.
+    from deltasync.cli import _quick_sync_args, build_parser
+
+    quick = _quick_sync_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except (UsageError, ConfigError):
+        assert quick is None
+        return
+    if quick is not None:
+        got = (quick.source, quick.replica, quick.rsh, quick.remote_command)
+        assert got == (args.source, args.replica, args.rsh, args.remote_command)
+
+
+def test_bad_option_value_starts_no_transport(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "src").mkdir()
+    rsh = tmp_path / "rsh"
+    rsh.write_text(f"#!/bin/sh\ntouch {tmp_path / 'started'}\n")
+    rsh.chmod(0o755)
+    r = run_cli("sync", tmp_path / "src", "h:dst", "-e", rsh, "--bwlimit", "fast")
+    assert r.code == 2 and "--bwlimit" in r.err
+    assert not (tmp_path / "started").exists()

@@ -13,16 +13,18 @@ to a callback, which the CLI turns into log lines.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import ConfigError, UsageError
 from ..model import quote_path
+
+if TYPE_CHECKING:
+    import argparse
 
 DEFAULT_RSH = "ssh"
 DEFAULT_REMOTE_COMMAND = "deltasync"
@@ -198,6 +200,10 @@ class Transport:
             except OSError:
                 pass
         return code
+
+    def kill(self) -> None:
+        """Stop the process now (the caller still waits for it)."""
+        self._kill()
 
     def _kill(self) -> None:
         if self.proc.poll() is None:
