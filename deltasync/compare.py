@@ -215,6 +215,15 @@ class Planner:
             self._after_rmdirs = []
         return removals + changes
 
+    def add_same(self, entries: list[Entry]) -> None:
+        """``add(entries, entries)`` for a range both trees hold identically:
+        nothing to do there but remember its directories for ``finish``."""
+        for e in entries:
+            if e.kind is Kind.DIR:
+                self._src_dirs.append(e)
+                self._dst_dirs[e.path] = e
+        self.unchanged += len(entries)
+
     def finish(self, src_root: Entry, dst_root: Entry) -> list[Action]:
         """Directory metadata, after everything else (call after ``add(..., last=True)``)."""
         # Phase 3: directory metadata after contents, deepest first.  A directory

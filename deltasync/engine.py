@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .compare import CompareOptions, Planner, make_plan, walk_key
 from .errors import (
@@ -68,6 +69,15 @@ class SyncOptions:
     delta_threshold: int | None = None  # None: see DEFAULT_DELTA_THRESHOLD
     block_size: int | None = None  # None: sqrt rule of the delta engine
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)
+
+
+class ListingBatch(Protocol):
+    """A batch of a streamed replica listing (``RemoteReplica.scan_batches``)."""
+
+    count: int
+
+    def same_as(self, entries: list[Entry]) -> bool: ...
+    def entries(self) -> list[Entry]: ...
 
 
 class Reporter:
@@ -243,7 +253,7 @@ class Engine:
                 return
             self._run_action(action)
 
-    def _streamed_pass(self, src_list: Listing, stream: Iterator[list[Entry]],
+    def _streamed_pass(self, src_list: Listing, stream: Iterator[ListingBatch],
                        src_hash: Callable[[Entry], bytes | None] | None,
                        dst_hash: Callable[[Entry], bytes | None] | None) -> None:
         """Plan and act on each batch of the replica's listing as it arrives.
@@ -254,7 +264,8 @@ class Engine:
         actions sent while the far side is still walking.  Deltas wait for
         the end of the listing: their signature is a request that has to be
         answered, and the far side answers only after its walk.  The stream
-        returns the replica's root and unreadable set at its end.
+        returns the replica's root and unreadable set at its end.  A batch
+        identical to the next source entries (``same_as``) is not even decoded.
         """
         rep, stats = self.reporter, self._stats
         t0 = time.monotonic()
@@ -284,14 +295,21 @@ class Engine:
             if planner is None:  # the far side has answered: owner comparison is known
                 planner = Planner(self._compare_options(), src_list.unreadable,
                                   src_hash, dst_hash)
-            if not batch:
+            n_same = batch.count
+            if 0 < n_same <= n - i and batch.same_as(src[i : i + n_same]):
+                planner.add_same(src[i : i + n_same])  # identical: nothing to decode or plan
+                i += n_same
+                dst_count += n_same
                 continue
-            dst_count += len(batch)
-            key = walk_key(batch[-1].path)
+            entries = batch.entries()
+            if not entries:
+                continue
+            dst_count += len(entries)
+            key = walk_key(entries[-1].path)
             j = i
             while j < n and walk_key(src[j].path) <= key:
                 j += 1
-            act(planner.add(src[i:j], batch), False)
+            act(planner.add(src[i:j], entries), False)
             i = j
         rep.phase("walk", time.monotonic() - t0,
                   f"replica: {dst_count} entries (streamed, planned as they came)")
@@ -302,12 +320,12 @@ class Engine:
         stats.unchanged = planner.unchanged
 
     def _stream_replica(self, on_error: Callable[[str, OSError], None]
-                        ) -> Iterator[list[Entry]] | None:
+                        ) -> Iterator[ListingBatch] | None:
         """The replica's listing as a stream of batches, when it offers one."""
         scan_batches = getattr(self.replica, "scan_batches", None)
         if scan_batches is None or getattr(self.reporter, "wants_plan", False):
             return None
-        stream: Iterator[list[Entry]] = scan_batches(
+        stream: Iterator[ListingBatch] = scan_batches(
             self.excluder, clean_temps=not self.opts.dry_run, on_error=on_error)
         return stream
 

@@ -198,38 +198,37 @@ class Connection:
         Reads the answer to the SCAN sent at connection time if it asked the same.
         """
         digests: dict[str, bytes] = {}
+        entries: list[Entry] = []
         stream = self.scan_batches(excludes, clean_temps, checksum, digests, on_error)
         while True:
             try:
-                next(stream)
+                entries += next(stream).entries()
             except StopIteration as end:
-                return end.value, digests
+                listing: Listing = end.value
+                listing.entries = entries
+                return listing, digests
 
     def scan_batches(self, excludes: Iterable[str], clean_temps: bool, checksum: bool,
                      digests: dict[str, bytes],
                      on_error: Callable[[str, OSError], None] | None = None,
                      recv: Callable[[], tuple[int, bytes]] | None = None
-                     ) -> Generator[list[Entry], None, Listing]:
-        """``scan`` as it arrives: yields each batch of entries (walk order) and
-        returns the whole listing; ``digests`` is filled as batches come.
-        ``recv``: where frames come from (default: this connection)."""
+                     ) -> Generator[ListBatch, None, Listing]:
+        """``scan`` as it arrives: yields each batch (walk order) and returns the
+        listing's root and unreadable set (its ``entries`` are the batches').
+        ``digests`` is filled as batches are decoded.  ``recv``: where frames
+        come from (default: this connection)."""
         want = (list(excludes), clean_temps, checksum)
         if self._scan_sent != want:
             self._send_scan(*want)
             self.out.flush()
         self._scan_sent = None
         get = recv or self.recv
-        entries: list[Entry] = []
         while True:
             ftype, payload = get()
             if ftype == LIST:
-                start = len(entries)
-                codec.decode_entries(payload, entries, digests)
-                yield entries[start:]
+                yield ListBatch(payload, digests)
             elif ftype == LIST_Z:
-                start = len(entries)
-                codec.decode_entries(codec.unpack_entries(payload, MAX_FRAME), entries, digests)
-                yield entries[start:]
+                yield ListBatch(codec.unpack_entries(payload, MAX_FRAME), digests)
             elif ftype == LIST_END:
                 if len(payload) < 4:
                     raise ProtocolError("malformed LIST_END message")
@@ -237,7 +236,7 @@ class Connection:
                 root, _, pos = codec.decode_entry(payload[4 : 4 + rlen])
                 if root.path != "" or root.kind is not Kind.DIR or pos != rlen:
                     raise ProtocolError("malformed LIST_END message: bad root entry")
-                listing = Listing(root=root, entries=entries)
+                listing = Listing(root=root)
                 body = parse_json(payload[4 + rlen :], "LIST_END")
                 unreadable = body.get("unreadable", [])
                 if not isinstance(unreadable, list):
@@ -278,6 +277,40 @@ class Connection:
         self.transport.wait(timeout=10)
 
 
+class ListBatch:
+    """One LIST batch of the far listing, decoded only when needed.
+
+    ``same_as(entries)`` says whether the batch is exactly these entries
+    (their encoding is byte for byte the batch), which on a pass with
+    nothing to do is every batch: comparing bytes costs a third of decoding
+    and planning them, CPU the far side's walk needs on a small machine.
+    """
+
+    __slots__ = ("raw", "count", "digests", "on_decode", "_entries")
+
+    def __init__(self, raw: bytes, digests: dict[str, bytes]) -> None:
+        if len(raw) < 4:
+            raise ProtocolError("malformed LIST message: too short")
+        self.raw = raw
+        (self.count,) = struct.unpack_from(">I", raw)
+        self.digests = digests
+        self.on_decode: Callable[[list[Entry]], None] | None = None
+        self._entries: list[Entry] | None = None
+
+    def same_as(self, entries: list[Entry]) -> bool:
+        return (len(entries) == self.count
+                and codec.encode_entries([(e, None) for e in entries]) == self.raw)
+
+    def entries(self) -> list[Entry]:
+        if self._entries is None:
+            out: list[Entry] = []
+            codec.decode_entries(self.raw, out, self.digests)
+            self._entries = out
+            if self.on_decode is not None:
+                self.on_decode(out)
+        return self._entries
+
+
 class _Pending:
     __slots__ = ("op_id", "op", "path", "ignore")
 
@@ -314,17 +347,19 @@ class RemoteReplica:
     # -- reading ----------------------------------------------------------
     def scan(self, excluder: Excluder, clean_temps: bool = True,
              on_error: Callable[[str, OSError], None] | None = None) -> Listing:
+        entries: list[Entry] = []
         stream = self.scan_batches(excluder, clean_temps, on_error)
         while True:
             try:
-                next(stream)
+                entries += next(stream).entries()
             except StopIteration as end:
                 listing: Listing = end.value
+                listing.entries = entries
                 return listing
 
     def scan_batches(self, excluder: Excluder, clean_temps: bool = True,
                      on_error: Callable[[str, OSError], None] | None = None
-                     ) -> Generator[list[Entry], None, Listing]:
+                     ) -> Generator[ListBatch, None, Listing]:
         """The far listing batch by batch (see ``Connection.scan_batches``).
 
         Frames are read by the results thread from here on, so requests the
@@ -347,8 +382,13 @@ class RemoteReplica:
                 self._listing = False
                 listing: Listing = end.value
                 return listing
-            self._files.update(e.path for e in batch if e.kind is Kind.FILE)
+            batch.on_decode = self._decoded
             yield batch
+
+    def _decoded(self, entries: list[Entry]) -> None:
+        # Only decoded batches can hold paths we write to (an undecoded one was
+        # identical to the source: nothing in it changes).
+        self._files.update(e.path for e in entries if e.kind is Kind.FILE)
 
     def checksum(self, path: str) -> bytes:
         digest = self._digests.get(path)
