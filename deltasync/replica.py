@@ -179,7 +179,7 @@ class LocalReplica:
         listing = walk(self.root, excluder, on_error=on_error, on_temp=temps.append,
                        on_progress=on_progress)
         if clean_temps and temps:
-            self._remove_temps(temps)
+            self.remove_temps(temps)
         return listing
 
     def scan_start(self, excluder: Excluder, clean_temps: bool = True,
@@ -202,12 +202,12 @@ class LocalReplica:
                 for path, e in errors:
                     on_error(path, e)
             if clean_temps and temps:
-                self._remove_temps(temps)
+                self.remove_temps(temps)
             return listing
 
         return finish
 
-    def _remove_temps(self, temps: list[str]) -> None:
+    def remove_temps(self, temps: list[str]) -> None:
         for t in temps:
             try:
                 d, name = self.dirs.parent_of(t)

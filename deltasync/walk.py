@@ -158,33 +158,63 @@ def walk(
     a directory's entries), so a caller can pass them on before the walk ends.
     """
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    listing = Listing(root=_entry("", os.fstat(root_fd), Kind.DIR))
+    try:
+        listing = Listing(root=_entry("", os.fstat(root_fd), Kind.DIR))
+        walk_below(root_fd, "", listing, excluder, on_error, on_temp, on_progress)
+    finally:
+        os.close(root_fd)
+    return listing
+
+
+Unit = tuple[int, int, str]  # (position in the entries, open directory fd, path)
+
+
+def walk_below(
+    dfd: int,
+    path: str,
+    listing: Listing,
+    excluder: Excluder | None = None,
+    on_error: ErrorFunc | None = None,
+    on_temp: Callable[[str], None] | None = None,
+    on_progress: Callable[[Listing], None] | None = None,
+    units: list[Unit] | None = None,
+    depth: int = 0,
+) -> None:
+    """Append the entries below directory ``dfd`` (at relative ``path``) to ``listing``.
+
+    With ``units``, directories ``depth`` levels down are not entered: each
+    is appended as an entry and recorded as (position in ``listing.entries``
+    where its contents belong, its open descriptor, its path), for the
+    caller to walk with ``walk_below`` and close.  ``dfd`` is not closed.
+    """
     # An explicit stack instead of recursion: trees may nest thousands of
     # levels deep (deeper than PATH_MAX as one string), past Python's
     # recursion limit.  Each level holds one directory descriptor.
+    excl = excluder or _NO_EXCL
     stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = []
     try:
-        first = _read_dir(root_fd, "", listing, on_error)
-        stack.append((root_fd, "", iter(first)))
+        first = _read_dir(dfd, path, listing, on_error)
+        stack.append((dfd, path + "/" if path else "", iter(first)))
         while stack:
-            dfd, prefix, it = stack[-1]
-            sub = _walk_some(dfd, prefix, it, listing, excluder or _NO_EXCL, on_error, on_temp)
+            top, prefix, it = stack[-1]
+            sub = _walk_some(top, prefix, it, listing, excl, on_error, on_temp)
             if on_progress is not None:
                 on_progress(listing)
             if sub is None:
                 stack.pop()
-                if dfd != root_fd:
-                    os.close(dfd)
+                if top != dfd:
+                    os.close(top)
                 continue
             sfd, spath = sub
+            if units is not None and len(stack) == depth:
+                units.append((len(listing.entries), sfd, spath))
+                continue
             des = _read_dir(sfd, spath, listing, on_error)
             stack.append((sfd, spath + "/", iter(des)))
     finally:
-        for dfd, _, _ in stack:
-            if dfd != root_fd:
-                os.close(dfd)
-        os.close(root_fd)
-    return listing
+        for top, _, _ in stack:
+            if top != dfd:
+                os.close(top)
 
 
 def _read_dir(dfd: int, path: str, listing: Listing,

@@ -28,8 +28,9 @@ from ..errors import EXIT_FATAL, EXIT_OK, EXIT_PROTOCOL, DeltaSyncError, Protoco
 from ..fsutil import DirFds, open_nofollow
 from ..model import Entry, Kind
 from ..replica import LocalReplica
-from ..walk import Excluder, Listing, stat_entry, walk
+from ..walk import Excluder, stat_entry
 from . import codec
+from .listing import Scan, send_listing
 from .protocol import (
     DELETE,
     DELTA,
@@ -63,7 +64,6 @@ from .protocol import (
 )
 from .streams import DataReader, DataWriter
 
-LIST_BATCH = 128 << 10  # about this many bytes of entries per LIST frame
 COPY_RETRIES = 2
 READ_CHUNK = 256 << 10
 
@@ -187,58 +187,26 @@ class Server:
         if not isinstance(excludes, list) or not all(isinstance(x, str) for x in excludes):
             raise ProtocolError("malformed SCAN message")
         excluder = Excluder(excludes)
-        errors: list[list[object]] = []
-
-        def on_error(path: str, e: OSError) -> None:
-            errors.append([path, e.errno or 0, e.strerror or str(e)])
-
-        hash_files = bool(body.get("checksum"))
         # zlib per batch when asked, unless the whole stream is compressed (-z) already
         packed = body.get("list_zlib") is True and not self.out.compressing
-        dirs = DirFds(self.root) if hash_files and os.path.isdir(self.root) else None
-        if dirs is not None:
-            from ..hashing import hash_below  # blake3 only when --checksum asks for it
-        sent = counted = pending = 0  # entries sent; entries sized; bytes of those not sent
+        ftype = LIST_Z if packed else LIST
 
-        def send(listing: Listing, final: bool = False) -> None:
-            # Batches go out while the walk goes on: the link, the client's
-            # decoding and our walking overlap instead of taking turns.
-            nonlocal sent, counted, pending
-            entries = listing.entries
-            while counted < len(entries):
-                e = entries[counted]
-                counted += 1
-                pending += 80 + len(e.path) + (len(e.target) if e.target else 0)
-                if pending >= LIST_BATCH:
-                    batch(entries[sent:counted])
-                    sent, pending = counted, 0
-            if final and sent < counted:
-                batch(entries[sent:counted])
-                sent, pending = counted, 0
+        def sink(payload: bytes) -> None:
+            self.out.send(ftype, payload, flush=True)
 
-        def batch(part: list[Entry]) -> None:
-            pairs = [(e, hash_below(dirs, e.path) if dirs is not None and e.kind is Kind.FILE
-                      else None) for e in part]
-            raw = codec.encode_entries(pairs)
-            self.out.send(LIST_Z if packed else LIST, codec.pack_entries(raw) if packed else raw,
-                          flush=True)
-
-        try:
-            if not os.path.isdir(self.root):  # a dry run into a replica not made yet
-                listing = Listing(root=Entry("", Kind.DIR))
-            elif self.replica is not None:
-                listing = self.replica.scan(excluder, clean_temps=bool(body.get("clean_temps")),
-                                            on_error=on_error, on_progress=send)
-            else:
-                listing = walk(self.root, excluder, on_error=on_error, on_progress=send)
-            send(listing, final=True)
-        finally:
-            if dirs is not None:
-                dirs.close()
-        root = codec.encode_entry(listing.root)
+        if not os.path.isdir(self.root):  # a dry run into a replica not made yet
+            scan = Scan(Entry("", Kind.DIR))
+        else:
+            clean = self.replica is not None and bool(body.get("clean_temps"))
+            scan = send_listing(self.root, excluder, sink, packed=packed,
+                                checksum=bool(body.get("checksum")), temps=clean)
+            if clean and scan.temps:
+                assert self.replica is not None
+                self.replica.remove_temps(scan.temps)
+        root = codec.encode_entry(scan.root)
         self.out.send(LIST_END, struct.pack(">I", len(root)) + root + dump_json(
-            {"unreadable": sorted(listing.unreadable), "errors": errors}), flush=True)
-        if self.replica is not None and any(e.size >= WARM_DELTA_SIZE for e in listing.entries):
+            {"unreadable": sorted(scan.unreadable), "errors": scan.errors}), flush=True)
+        if self.replica is not None and scan.big:
             # A file this big may be updated by a delta, whose signature needs
             # numpy (~70 ms to import): import it while the client plans.
             import threading
@@ -396,9 +364,6 @@ class Server:
         META: lambda self, p: self._simple(p, "META"),
     }
     _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
-
-
-WARM_DELTA_SIZE = 1 << 20  # the client's default --delta-threshold over a link
 
 
 def _warm_delta() -> None:

@@ -1,0 +1,347 @@
+"""The far side's answer to SCAN: its tree, walked by two processes, sent as it is walked.
+
+A no-op pass over SSH waits for little but this walk, so it is split.  The
+tree is first walked down to ``FRONTIER`` levels; the directories found
+there are *units*.  Then a forked child and this process take units in
+order from a shared pipe (a read of 4 bytes from a pipe is atomic, so each
+index goes to exactly one of them), each walking its units with
+``walk.walk_below`` and encoding them into LIST payloads.  This process sends
+everything in walk order: the upper entries, its own units, and the
+child's units as the child hands over their payloads through a second pipe.
+Measured on the 20,000-file bench tree: the scan took 105-113 ms in one
+process and 60 ms in two; remote-tree-noop went from 0.565 to 0.524 s
+(rsync 0.535 s in both runs of that A/B, 9 runs each).
+
+A child that fails leaves its units to this process, so the listing is the
+same either way; a tree with fewer than ``MIN_UNITS`` units is walked here
+alone.  Payloads are sent as soon as they are due, so the link and the
+client's decoding overlap with the walk (``LIST_BATCH`` bytes of entries at
+a time).
+"""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import os
+import signal
+import struct
+from collections.abc import Callable, Iterable
+
+from ..fsutil import DirFds
+from ..model import Entry, Kind
+from ..walk import Excluder, Listing, Unit, _entry, walk_below
+from . import codec
+
+LIST_BATCH = 128 << 10  # about this many bytes of entries per LIST frame
+FRONTIER = 2  # directories this deep are the units shared between the processes
+MIN_UNITS = 4  # fewer: not worth a fork
+MAX_UNITS = 8192  # their indices must fit in the claim pipe (64 KiB)
+BIG_FILE = 1 << 20  # a file this big may be updated by a delta (see Scan.big)
+
+_U32 = struct.Struct(">I")
+ErrorList = list[list[object]]
+
+
+class _Batcher:
+    """Entries in, LIST payloads out (``sink``), about ``LIST_BATCH`` bytes each."""
+
+    def __init__(self, sink: Callable[[bytes], None], packed: bool, dirs: DirFds | None) -> None:
+        self.sink, self.packed, self.dirs = sink, packed, dirs
+        self.pending: list[Entry] = []
+        self.size = 0
+        self.big = False
+
+    def add(self, entries: Iterable[Entry]) -> None:
+        for e in entries:
+            self.pending.append(e)
+            self.size += 80 + len(e.path) + (len(e.target) if e.target else 0)
+            if e.size >= BIG_FILE:
+                self.big = True
+            if self.size >= LIST_BATCH:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        if self.dirs is not None:
+            from ..hashing import hash_below  # blake3 only when --checksum asks for it
+
+            pairs = [(e, hash_below(self.dirs, e.path) if e.kind is Kind.FILE else None)
+                     for e in self.pending]
+        else:
+            pairs = [(e, None) for e in self.pending]
+        raw = codec.encode_entries(pairs)
+        self.sink(codec.pack_entries(raw) if self.packed else raw)
+        self.pending, self.size = [], 0
+
+
+class Scan:
+    """What a scan found besides its entries (which went out as it went)."""
+
+    def __init__(self, root: Entry) -> None:
+        self.root = root
+        self.unreadable: set[str] = set()
+        self.errors: ErrorList = []
+        self.temps: list[str] = []
+        self.big = False  # a regular file of BIG_FILE bytes or more
+
+
+def send_listing(root: str, excluder: Excluder, sink: Callable[[bytes], None], *,
+                 packed: bool, checksum: bool, temps: bool) -> Scan:
+    """Walk ``root`` and hand its LIST payloads to ``sink`` in walk order.
+
+    ``packed``: zlib each payload (LIST_Z); ``checksum``: carry each file's
+    blake3; ``temps``: collect the temp files seen (``Scan.temps``).
+    """
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    units: list[Unit] = []
+    dirs = DirFds(root) if checksum else None
+    try:
+        scan = Scan(_entry("", os.fstat(root_fd), Kind.DIR))
+        upper = Listing(scan.root)
+        out = _Batcher(sink, packed, dirs)
+        sender = _Sender(root, excluder, scan, upper, units, out, temps)
+
+        def progress(lst: Listing) -> None:
+            if not units:  # before the first unit, upper entries are in their final place
+                sender._upper_until(len(lst.entries))
+
+        walk_below(root_fd, "", upper, excluder, _errors(scan), _temps(scan, temps), progress,
+                   units=units, depth=FRONTIER)
+        sender.run()
+        out.flush()
+        scan.unreadable |= upper.unreadable
+        scan.big = scan.big or out.big
+        return scan
+    finally:
+        for _, fd, _ in units:
+            os.close(fd)
+        if dirs is not None:
+            dirs.close()
+        os.close(root_fd)
+
+
+def _errors(scan: Scan) -> Callable[[str, OSError], None]:
+    def on_error(path: str, e: OSError) -> None:
+        scan.errors.append([path, e.errno or 0, e.strerror or str(e)])
+    return on_error
+
+
+def _temps(scan: Scan, wanted: bool) -> Callable[[str], None] | None:
+    return scan.temps.append if wanted else None
+
+
+class _Sender:
+    """Sends the upper entries and every unit in order; units are shared with a child."""
+
+    def __init__(self, root: str, excluder: Excluder, scan: Scan, upper: Listing,
+                 units: list[Unit], out: _Batcher, temps: bool) -> None:
+        self.root, self.excluder, self.scan = root, excluder, scan
+        self.upper, self.units, self.out, self.temps = upper, units, out, temps
+        self.sent_upper = 0
+        self.claim_fd = -1
+        self.child: _Child | None = None
+
+    def run(self) -> None:
+        n = len(self.units)
+        if MIN_UNITS <= n <= MAX_UNITS:
+            self.child = _Child.start(self)
+        try:
+            mine: dict[int, Listing] = {}  # walked ahead of their turn
+            for due in range(n):
+                self._upper_until(self.units[due][0])
+                while True:
+                    if due in mine:
+                        self.out.add(mine.pop(due).entries)
+                        break
+                    if self.child is not None and self.child.has(due):
+                        self.out.flush()
+                        for payload in self.child.take(due):
+                            self.out.sink(payload)
+                        break
+                    k = self._claim()
+                    if k is None and self.child is not None and self.child.alive:
+                        self.child.wait_for_more()  # the due unit is the child's
+                        continue
+                    if k is None:  # no child, or it died: walk it here
+                        k = due
+                    if k == due:
+                        self._walk_unit(k, stream=True)
+                        break
+                    mine[k] = self._walk_unit(k, stream=False)
+                    if self.child is not None:
+                        self.child.poll()
+            self._upper_until(len(self.upper.entries))
+        finally:
+            if self.child is not None:
+                self.child.finish(self.scan)
+            if self.claim_fd >= 0:
+                os.close(self.claim_fd)
+
+    def _upper_until(self, pos: int) -> None:
+        self.out.add(self.upper.entries[self.sent_upper:pos])
+        self.sent_upper = max(self.sent_upper, pos)
+
+    def _claim(self) -> int | None:
+        if self.claim_fd < 0:
+            return None
+        b = os.read(self.claim_fd, 4)
+        return _U32.unpack(b)[0] if len(b) == 4 else None
+
+    def _walk_unit(self, k: int, stream: bool) -> Listing:
+        _, fd, path = self.units[k]
+        listing = Listing(self.scan.root)
+        done = 0
+
+        def progress(lst: Listing) -> None:
+            nonlocal done
+            self.out.add(lst.entries[done:])
+            done = len(lst.entries)
+
+        walk_below(fd, path, listing, self.excluder, _errors(self.scan),
+                   _temps(self.scan, self.temps), progress if stream else None)
+        if stream:
+            progress(listing)
+        self.scan.unreadable |= listing.unreadable
+        return listing
+
+
+class _Child:
+    """The forked walker: claims units, sends back (index, payloads) records."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid, self.fd = pid, fd
+        self.alive = True
+        self.buf = b""
+        self.done: dict[int, list[bytes]] = {}
+        self.result: tuple[list[str], ErrorList, list[str], bool] | None = None
+
+    @classmethod
+    def start(cls, s: _Sender) -> _Child | None:
+        try:
+            cr, cw = os.pipe()
+            rr, rw = os.pipe()
+        except OSError:
+            return None
+        try:
+            os.write(cw, b"".join(_U32.pack(i) for i in range(len(s.units))))
+            os.close(cw)
+            pid = os.fork()
+        except OSError:
+            for fd in (cr, rr, rw):
+                os.close(fd)
+            return None
+        if pid == 0:
+            os.close(rr)
+            _child_main(s, cr, rw)  # never returns
+        os.close(rw)
+        s.claim_fd = cr
+        try:  # room for a whole tree's payloads: the child never waits on us
+            import fcntl
+
+            fcntl.fcntl(rr, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass
+        return cls(pid, rr)
+
+    def has(self, k: int) -> bool:
+        self.poll()
+        return k in self.done
+
+    def take(self, k: int) -> list[bytes]:
+        return self.done.pop(k)
+
+    def poll(self) -> None:
+        """Read what the child has written so far, without waiting."""
+        if not self.alive:
+            return
+        os.set_blocking(self.fd, False)
+        try:
+            self._read()
+        finally:
+            os.set_blocking(self.fd, True)
+
+    def wait_for_more(self) -> None:
+        self._read(block=True)
+
+    def _read(self, block: bool = False) -> None:
+        while self.alive:
+            try:
+                b = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                b = b""
+            if not b:
+                self.alive = False
+                return
+            self.buf += b
+            self._records()
+            if block:
+                return
+
+    def _records(self) -> None:
+        while len(self.buf) >= 4:
+            (n,) = _U32.unpack_from(self.buf)
+            if len(self.buf) < 4 + n:
+                return
+            rec = marshal.loads(self.buf[4 : 4 + n])
+            self.buf = self.buf[4 + n :]
+            if rec[0] >= 0:
+                self.done[rec[0]] = rec[1]
+            else:
+                self.result = (rec[1], rec[2], rec[3], rec[4])
+
+    def finish(self, scan: Scan) -> None:
+        """Collect the child's errors, unreadable directories and temps; reap it."""
+        while self.alive:
+            self._read(block=True)
+        os.close(self.fd)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        if self.result is not None:
+            unreadable, errors, temps, big = self.result
+            scan.unreadable.update(unreadable)
+            scan.errors += errors
+            scan.temps += temps
+            scan.big = scan.big or big
+
+
+def _child_main(s: _Sender, claim_fd: int, out_fd: int) -> None:
+    code = 1
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # the parent decides; its death shows as EPIPE
+        scan = Scan(s.scan.root)
+        dirs = DirFds(s.root) if s.out.dirs is not None else None
+        while True:
+            b = os.read(claim_fd, 4)
+            if len(b) < 4:
+                break
+            k = _U32.unpack(b)[0]
+            _, fd, path = s.units[k]
+            listing = Listing(scan.root)
+            walk_below(fd, path, listing, s.excluder, _errors(scan), _temps(scan, s.temps))
+            payloads: list[bytes] = []
+            batcher = _Batcher(payloads.append, s.out.packed, dirs)
+            batcher.add(listing.entries)
+            batcher.flush()
+            scan.unreadable |= listing.unreadable
+            scan.big = scan.big or batcher.big
+            _send_record(out_fd, (k, payloads))
+        _send_record(out_fd, (-1, sorted(scan.unreadable), scan.errors, scan.temps, scan.big))
+        code = 0
+    except OSError as e:
+        code = 0 if e.errno == errno.EPIPE else 1
+    finally:
+        os._exit(code)
+
+
+def _send_record(fd: int, rec: tuple[object, ...]) -> None:
+    data = marshal.dumps(rec)  # type: ignore[arg-type]
+    view = memoryview(_U32.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
