@@ -387,9 +387,10 @@ def test_modes_and_times_survive(rsh: str, src: Path, dst: Path) -> None:
 
 
 def test_link_signatures_use_short_strong_sums(tmp_path: Path) -> None:
-    from deltasync.remote.sigs import link_signature, strong_len_for
+    from deltasync.remote.sigs import PUSH_MARGIN_BITS, link_signature, strong_len_for
 
-    assert strong_len_for(4 << 30, 32768) == 7  # 1 GiB basis at 32 KiB blocks, push
+    assert strong_len_for(1 << 30, 32768) == 7  # 1 GiB at 32 KiB blocks, pull
+    assert strong_len_for(4 << 30, 32768, PUSH_MARGIN_BITS) == 5  # push: the redo covers it
     assert strong_len_for(1 << 20, 1024) == 5
     assert strong_len_for(64 << 10, 64) == 4  # small files: the format's minimum
     assert strong_len_for(1 << 62, 1 << 62) == 16  # never above the local default

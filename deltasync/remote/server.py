@@ -216,12 +216,13 @@ class Server:
     # -- replica side (push) ----------------------------------------------
     def _op_signature(self, payload: bytes) -> None:
         from ..delta import write_signature
-        from .sigs import link_signature
+        from .sigs import PUSH_MARGIN_BITS, link_signature
 
         op_id, block_size, path = codec.decode_path_op(payload, "SIGNATURE")
         assert self.replica is not None
         try:
-            sig = link_signature(self.replica, path, block_size or None)
+            sig = link_signature(self.replica, path, block_size or None,
+                                 margin_bits=PUSH_MARGIN_BITS)
         except (OSError, ValueError, DeltaSyncError) as e:
             self._result(op_id, err=e)
             return

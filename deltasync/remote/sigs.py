@@ -10,10 +10,22 @@ probability ``blocks * 2**-32`` per offset of the new file, and then the
 strong filter with ``2**-(8*strong_len)``, so over a new file of ``N`` bytes
 the expected number of false block matches is at most
 ``N * blocks * 2**-(32 + 8*strong_len)``.  ``strong_len_for`` picks the
-shortest length that keeps it below ``2**-40`` (clamped to
-``[MIN_STRONG_LEN, DEFAULT_STRONG_LEN]``): 7 bytes for 1 GiB, 4 for small
-files.  Even a false match cannot install a wrong file: every delta carries
-the new file's full blake3 and the receiver refuses a result that differs.
+shortest length that keeps it below ``2**-margin_bits`` (clamped to
+``[MIN_STRONG_LEN, DEFAULT_STRONG_LEN]``).  Even a false match cannot
+install a wrong file: every delta carries the new file's full blake3 and the
+receiver refuses a result that differs.
+
+What a false match then costs decides the margin, as in rsync (which goes
+down to 2-3 bytes because its redo phase resends with full sums):
+
+- push (``PUSH_MARGIN_BITS`` = 24): the client sends the file again whole
+  (the engine's redo), so one file in ~16 million may cost one whole-file
+  transfer -- on average a few bytes per file, against two bytes a block
+  saved on every one (1 GiB at 32 KiB blocks: 5 bytes, 229 KB of signature
+  instead of 295 KB at 7);
+- pull (``PULL_MARGIN_BITS`` = 40): the failed file is reported, and a
+  false match is deterministic (same basis, same data: the next pass would
+  meet it again), so it must practically never happen: 7 bytes for 1 GiB.
 
 A push's far side does not know the new file's size; it assumes up to four
 times the basis (a file that grows more than that in one pass loses two
@@ -30,21 +42,23 @@ if TYPE_CHECKING:
     from ..delta import Signature
     from ..replica import LocalReplica
 
-MARGIN_BITS = 40  # expected false matches per file <= 2**-40
+PUSH_MARGIN_BITS = 24  # a false match costs a whole-file resend (the push's redo)
+PULL_MARGIN_BITS = 40  # a false match fails the file, every pass: it must not happen
 WEAK_BITS = 32
 GROWTH = 4  # push: assumed largest new size, as a multiple of the basis
 
 
-def strong_len_for(new_size: int, blocks: int) -> int:
+def strong_len_for(new_size: int, blocks: int, margin_bits: int = PULL_MARGIN_BITS) -> int:
     """Strong sum length (bytes) for a basis of ``blocks`` blocks and a new file of ``new_size``."""
     from ..delta import DEFAULT_STRONG_LEN, MIN_STRONG_LEN
 
-    bits = math.log2(max(new_size, 2)) + math.log2(max(blocks, 1)) - WEAK_BITS + MARGIN_BITS
+    bits = math.log2(max(new_size, 2)) + math.log2(max(blocks, 1)) - WEAK_BITS + margin_bits
     return max(MIN_STRONG_LEN, min(DEFAULT_STRONG_LEN, math.ceil(bits / 8)))
 
 
 def link_signature(replica: LocalReplica, path: str, block_size: int | None,
-                   new_size: int | None = None) -> Signature:
+                   new_size: int | None = None,
+                   margin_bits: int = PULL_MARGIN_BITS) -> Signature:
     """Signature of ``path`` in ``replica`` with ``strong_len_for`` its sizes.
 
     Raises what ``make_signature`` raises (OSError, ValueError, DeltaSyncError).
@@ -55,5 +69,5 @@ def link_signature(replica: LocalReplica, path: str, block_size: int | None,
         size = os.fstat(f.fileno()).st_size
         bs = block_size or default_block_size(size)
         blocks = -(-size // bs) if bs > 0 else 0
-        s = strong_len_for(GROWTH * size if new_size is None else new_size, blocks)
+        s = strong_len_for(GROWTH * size if new_size is None else new_size, blocks, margin_bits)
         return make_signature(f, block_size=bs, strong_len=s, size=size)
