@@ -21,8 +21,8 @@ down to 2-3 bytes because its redo phase resends with full sums):
 - push (``PUSH_MARGIN_BITS`` = 24): the client sends the file again whole
   (the engine's redo), so one file in ~16 million may cost one whole-file
   transfer -- on average a few bytes per file, against two bytes a block
-  saved on every one (1 GiB at 32 KiB blocks: 5 bytes, 229 KB of signature
-  instead of 295 KB at 7);
+  saved on every one (1 GiB at 32 KiB blocks: 5 bytes, 295 KB of signature
+  instead of 360 KB at 7);
 - pull (``PULL_MARGIN_BITS`` = 40): the failed file is reported, and a
   false match is deterministic (same basis, same data: the next pass would
   meet it again), so it must practically never happen: 7 bytes for 1 GiB.
