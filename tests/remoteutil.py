@@ -17,8 +17,9 @@ from typing import Any
 from conftest import PassResult, RecordingReporter
 
 from deltasync import LocalReplica, SyncOptions
-from deltasync.remote.client import Connection, RemoteReplica
+from deltasync.remote.client import Connection
 from deltasync.remote.pull import PullEngine
+from deltasync.remote.push import RemoteReplica
 from deltasync.remote.session import PushEngine
 from deltasync.remote.transport import RemoteSpec
 

@@ -93,7 +93,8 @@ def test_push_planned_batch_by_batch_converges(rsh: str, src: Path, dst: Path,
     from conftest import RecordingReporter
 
     from deltasync import DeltaMode, SyncOptions
-    from deltasync.remote.client import Connection, RemoteReplica
+    from deltasync.remote.client import Connection
+    from deltasync.remote.push import RemoteReplica
     from deltasync.remote.session import PushEngine
     from deltasync.remote.transport import RemoteSpec
 
@@ -316,7 +317,7 @@ def test_bwlimit_paces_the_stream(rsh: str, src: Path, tmp_path: Path, run_cli) 
 
 
 def test_compress_shrinks_the_wire(rsh: str, src: Path, tmp_path: Path) -> None:
-    from deltasync.remote import client
+    from deltasync.remote import push as client
 
     sent: dict[bool, int] = {}
     orig = client.RemoteReplica.close

@@ -9,7 +9,7 @@ from remoteutil import pipe_rsh, push
 from treeutil import build_tree
 
 from deltasync.engine import DeltaMode
-from deltasync.remote.client import RemoteReplica
+from deltasync.remote.push import RemoteReplica
 
 
 def test_delta_that_fails_verification_on_the_far_side_is_resent_whole(tmp_path: Path) -> None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import Connection, RemoteFailure, RemoteReplica
+    from .client import Connection, RemoteFailure
+    from .push import RemoteReplica
     from .transport import RemoteSpec, parse_remote
 
 __all__ = ["Connection", "RemoteFailure", "RemoteReplica", "RemoteSpec", "parse_remote"]
 
-_HOME = {"Connection": "client", "RemoteFailure": "client", "RemoteReplica": "client",
+_HOME = {"Connection": "client", "RemoteFailure": "client", "RemoteReplica": "push",
          "RemoteSpec": "transport", "parse_remote": "transport"}
 
 

@@ -62,10 +62,9 @@ from .protocol import (
     parse_json,
     type_name,
 )
-from .streams import DataReader, DataWriter
+from .streams import DataReader, DataWriter, send_fd
 
 COPY_RETRIES = 2
-READ_CHUNK = 256 << 10
 
 
 class Server:
@@ -311,8 +310,6 @@ class Server:
         self._send_file(op_id, path, sig)
 
     def _send_file(self, op_id: int, path: str, sig: Any) -> None:
-        from blake3 import blake3
-
         for _attempt in range(COPY_RETRIES + 1):
             try:
                 codec_path_check(path)
@@ -323,7 +320,7 @@ class Server:
             try:
                 self.out.send(DELTA if sig is not None else FILE, codec.encode_op(op_id, entry))
                 w = DataWriter(self.out)
-                h = blake3()
+                digest = b""  # a delta carries its own
                 try:
                     if sig is not None:
                         from ..delta import DeltaStats, make_delta, write_delta
@@ -332,12 +329,7 @@ class Server:
                             ds = DeltaStats()
                             write_delta(make_delta(sig, f, ds), w, sig.block_size)  # type: ignore[arg-type]
                     else:
-                        while True:
-                            buf = os.read(fd, READ_CHUNK)
-                            if not buf:
-                                break
-                            h.update(buf)
-                            w.write(buf)
+                        digest = send_fd(fd, w)[1]
                 except (OSError, ValueError, DeltaSyncError) as e:
                     w.end(codec.encode_end(codec.END_FAILED, err=e))
                     self._result(op_id, err=e)
@@ -346,7 +338,7 @@ class Server:
                 if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
                     w.end(codec.encode_end(codec.END_CHANGED))
                     continue
-                w.end(codec.encode_end(codec.END_OK, b"" if sig is not None else h.digest()))
+                w.end(codec.encode_end(codec.END_OK, digest))
                 self._result(op_id, entry.size)
                 return
             finally:

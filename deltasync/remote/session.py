@@ -19,7 +19,8 @@ from typing import Any
 from ..compare import CompareOptions
 from ..engine import Engine, Reporter, SyncOptions
 from ..replica import LocalReplica
-from .client import Connection, RemoteReplica
+from .client import Connection
+from .push import RemoteReplica
 from .transport import (
     RemoteSpec,
     check_remote_paths,

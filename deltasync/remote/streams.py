@@ -9,6 +9,7 @@ to the delta library's ``write_*``/``read_*`` functions.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from ..errors import ProtocolError
@@ -140,3 +141,21 @@ class DataReaderChunks:
             raise StopIteration
         r._pos = len(r._chunk)
         return r._chunk
+
+
+def send_fd(fd: int, w: DataWriter, chunk: int = DATA_CHUNK) -> tuple[int, bytes]:
+    """Send everything readable from ``fd`` as DATA frames; return (bytes, blake3).
+
+    The END frame is the caller's: only it knows whether the file stayed the same.
+    """
+    from blake3 import blake3  # not needed by a pass that sends no file
+
+    h = blake3()
+    total = 0
+    while True:
+        buf = os.read(fd, chunk)
+        if not buf:
+            return total, h.digest()
+        h.update(buf)
+        w.write(buf)
+        total += len(buf)

@@ -1,0 +1,322 @@
+"""A push's replica: ``RemoteReplica``, the ``Replica`` protocol over a ``Connection``.
+
+It is *pipelined*: ``write_file``, ``write_delta``, ``mkdir``, ``symlink``,
+``delete`` and ``set_meta`` send their request and return at once; a reader
+thread collects the in-order ``RESULT`` frames, and a failed one reaches the
+engine through the late-failure callback it registers with
+``begin_actions`` (``end_actions`` waits for the last result).  Only
+``signature`` waits for its answer, because the delta needs it.  Whole files
+carry their blake3, which the far side checks before the rename.  The far
+listing arrives batch by batch (``scan_batches``), read by the same thread,
+so the engine can act on a batch while later ones are still coming.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from typing import TYPE_CHECKING
+
+from ..errors import DeltaSyncError, ProtocolError
+from ..model import Entry, Kind
+from ..replica import SourceChanged, SourceFile
+from ..walk import Excluder, Listing
+from . import codec
+from .client import Connection, ListBatch, whole
+from .protocol import (
+    DATA,
+    DELETE,
+    DELTA,
+    END,
+    FILE,
+    GOODBYE,
+    META,
+    MKDIR,
+    RESULT,
+    SIGNATURE,
+    SYMLINK,
+    type_name,
+)
+from .streams import DataWriter, send_fd
+
+if TYPE_CHECKING:
+    from ..delta import Signature
+
+LateFailure = Callable[[str, str, BaseException], None]
+
+
+class _Pending:
+    __slots__ = ("op_id", "op", "path", "ignore")
+
+    def __init__(self, op_id: int, op: str, path: str) -> None:
+        self.op_id = op_id
+        self.op = op
+        self.path = path
+        self.ignore = False  # we abandoned it ourselves; its failure is expected
+
+
+class RemoteReplica:
+    """A replica directory on the far side of a ``Connection`` (push)."""
+
+    pipelined = True
+    scan_reports_errors = True
+
+    def __init__(self, conn: Connection, checksum: bool = False) -> None:
+        self.conn = conn
+        self.out = conn.out
+        self.root = ""  # not a local path: the engine must not look at it
+        self.checksum_all = checksum
+        self._digests: dict[str, bytes] = {}
+        self._files: set[str] = set()
+        self._q: queue.Queue[tuple[int, bytes] | BaseException] = queue.Queue()
+        self._pending: deque[_Pending] = deque()
+        self._next_id = 1
+        self._late: LateFailure | None = None
+        self._reader: threading.Thread | None = None
+        self._fatal: BaseException | None = None
+        self._matcher_warm = False
+        self._listing = False  # listing frames still arriving: results cannot be among them
+        self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
+
+    # -- reading ----------------------------------------------------------
+    def scan(self, excluder: Excluder, clean_temps: bool = True,
+             on_error: Callable[[str, OSError], None] | None = None) -> Listing:
+        return whole(self.scan_batches(excluder, clean_temps, on_error))
+
+    def scan_batches(self, excluder: Excluder, clean_temps: bool = True,
+                     on_error: Callable[[str, OSError], None] | None = None
+                     ) -> Generator[ListBatch, None, Listing]:
+        """The far listing batch by batch (see ``Connection.scan_batches``).
+
+        Frames are read by the results thread from here on, so requests the
+        engine sends while batches still arrive can never deadlock the link:
+        the far side answers them only after its walk, and its listing is
+        drained meanwhile whatever our writes are waiting for.
+        """
+        if self._reader is not None:
+            raise ProtocolError("a remote replica is scanned once per connection")
+        self._listing = True
+        self._reader = threading.Thread(target=self._read_loop, name="deltasync-results",
+                                        daemon=True)
+        self._reader.start()
+        stream = self.conn.scan_batches(excluder.patterns, clean_temps, self.checksum_all,
+                                        self._digests, on_error, recv=self._take)
+        while True:
+            try:
+                batch = next(stream)
+            except StopIteration as end:
+                self._listing = False
+                listing: Listing = end.value
+                return listing
+            batch.on_decode = self._decoded
+            yield batch
+
+    def _decoded(self, entries: list[Entry]) -> None:
+        # Only decoded batches can hold paths we write to (an undecoded one was
+        # identical to the source: nothing in it changes).
+        self._files.update(e.path for e in entries if e.kind is Kind.FILE)
+
+    def checksum(self, path: str) -> bytes:
+        digest = self._digests.get(path)
+        if digest is None:
+            raise DeltaSyncError(f"no remote checksum for {path!r}")
+        return digest
+
+    def signature(self, path: str, block_size: int | None = None) -> Signature:
+        from ..delta import read_signature
+        from .streams import DataReader
+
+        self._poll()
+        p = self._send(SIGNATURE, lambda i: codec.encode_path_op(i, block_size or 0, path),
+                       "signature", path, flush=True)
+        if not self._matcher_warm:
+            # The matcher needs numpy (~0.1 s to import); import it while the
+            # far side reads its file, not after the signature arrived.
+            self._matcher_warm = True
+            threading.Thread(target=_warm_matcher, name="deltasync-import", daemon=True).start()
+        ftype, payload = RESULT, b""
+        while True:  # results of earlier operations come first
+            ftype, payload = self._take()
+            if ftype != RESULT:
+                break
+            op_id, _, err = codec.decode_result(payload)
+            if op_id != p.op_id:
+                self._on_result(payload)
+                continue
+            self._pending.popleft()
+            raise err or ProtocolError("SIGNATURE answered without a signature")
+        if ftype not in (DATA, END):
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame instead of a signature")
+        first: list[tuple[int, bytes]] = [(ftype, payload)]
+
+        def recv() -> tuple[int, bytes]:
+            return first.pop() if first else self._take()
+
+        reader = DataReader(recv, "signature")
+        try:
+            sig = read_signature(reader)  # type: ignore[arg-type]
+        finally:
+            reader.finish()
+        ftype, payload = self._take()
+        if ftype != RESULT:
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame after a signature")
+        self._on_result(payload)
+        return sig
+
+    # -- pipelined writes -------------------------------------------------
+    def write_file(self, path: str, src: SourceFile) -> int:
+        p = self._send(FILE, lambda i: codec.encode_op(i, src.entry._replace(path=path)),
+                       "update" if path in self._files else "create", path)
+        w = DataWriter(self.out)
+        try:
+            total, digest = send_fd(src.fileno(), w)
+            src.check_unchanged()
+        except SourceChanged:
+            p.ignore = True
+            w.end(codec.encode_end(codec.END_CHANGED))
+            raise
+        except OSError as e:
+            p.ignore = True
+            w.end(codec.encode_end(codec.END_FAILED, err=e))
+            raise
+        w.end(codec.encode_end(codec.END_OK, digest))
+        self._poll()
+        return total
+
+    def write_delta(self, path: str, src: SourceFile, ops: Iterable[object],
+                    block_size: int) -> int:
+        from ..delta import write_delta
+
+        p = self._send(DELTA, lambda i: codec.encode_op(i, src.entry._replace(path=path)),
+                       "update", path)
+        w = DataWriter(self.out)
+        try:
+            write_delta(ops, w, block_size)  # type: ignore[arg-type]
+            src.check_unchanged()
+        except SourceChanged:
+            p.ignore = True
+            w.end(codec.encode_end(codec.END_CHANGED))
+            raise
+        except (OSError, ValueError, DeltaSyncError) as e:
+            if isinstance(e, ProtocolError):
+                raise
+            p.ignore = True
+            w.end(codec.encode_end(codec.END_FAILED, err=e))
+            raise
+        w.end(codec.encode_end(codec.END_OK))
+        self._poll()
+        return src.entry.size
+
+    def mkdir(self, path: str, entry: Entry) -> None:
+        self._send(MKDIR, lambda i: codec.encode_op(i, entry._replace(path=path)), "mkdir", path)
+
+    def symlink(self, path: str, entry: Entry) -> None:
+        self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path)),
+                   "symlink", path)
+
+    def delete(self, path: str, kind: Kind) -> None:
+        self._send(DELETE, lambda i: codec.encode_path_op(i, codec.KIND_CODE[kind], path),
+                   "rmdir" if kind is Kind.DIR else "delete", path)
+
+    def set_meta(self, path: str, entry: Entry) -> None:
+        self._send(META, lambda i: codec.encode_op(i, entry._replace(path=path)), "meta", path)
+
+    # -- pass boundaries (engine hooks) -----------------------------------
+    def begin_actions(self, on_late_failure: LateFailure) -> None:
+        self._late = on_late_failure
+
+    def end_actions(self) -> None:
+        """Wait until every operation sent so far has its result."""
+        self.out.flush()
+        while self._pending:
+            ftype, payload = self._take()
+            if ftype != RESULT:
+                raise ProtocolError(f"unexpected {type_name(ftype)} frame")
+            self._on_result(payload)
+
+    def close(self) -> None:
+        if self._fatal is not None or self.conn.closed:
+            self.conn.abort()
+            return
+        try:
+            self.end_actions()
+        except DeltaSyncError:
+            self.conn.abort()
+            return
+        if self._reader is None:
+            self.conn.goodbye()
+            return
+        self.conn.goodbye(self._take)
+        self._reader.join(timeout=5)
+
+    # -- plumbing ---------------------------------------------------------
+    def _send(self, ftype: int, encode: Callable[[int], bytes], op: str, path: str,
+              flush: bool = False) -> _Pending:
+        if self._fatal is not None:
+            raise self._fatal
+        p = _Pending(self._next_id, op, path)
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        self._pending.append(p)
+        self.out.send(ftype, encode(p.op_id), flush=flush)
+        return p
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                frame = self.conn.recv()
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                self._q.put(e)
+                return
+            self._q.put(frame)
+            if frame[0] == GOODBYE:
+                return
+
+    def _take(self) -> tuple[int, bytes]:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._reader is None:
+            return self.conn.recv()
+        self.out.flush()
+        item = self._q.get()
+        if isinstance(item, BaseException):
+            self._fatal = item
+            raise item
+        return item
+
+    def _poll(self) -> None:
+        """Handle the results that have already arrived, without waiting."""
+        if self._listing:
+            return  # the queue holds listing frames, which the scan reads
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, BaseException):
+                self._fatal = item
+                raise item
+            ftype, payload = item
+            if ftype != RESULT:
+                raise ProtocolError(f"unexpected {type_name(ftype)} frame")
+            self._on_result(payload)
+
+    def _on_result(self, payload: bytes) -> None:
+        op_id, _, err = codec.decode_result(payload)
+        if not self._pending or self._pending[0].op_id != op_id:
+            raise ProtocolError(f"RESULT for operation {op_id} arrived out of order")
+        p = self._pending.popleft()
+        if err is None or p.ignore:
+            return
+        if self._late is not None:
+            self._late(p.path, p.op, err)
+        else:
+            self.failures.append((p.path, p.op, err))
+
+
+def _warm_matcher() -> None:
+    try:
+        import deltasync.delta.match  # noqa: F401
+    except Exception:  # noqa: BLE001 - the real import will report it
+        pass
