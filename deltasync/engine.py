@@ -275,6 +275,7 @@ class Engine:
         planner: Planner | None = None
         later: list[Action] = []  # delta updates, after the listing
         dst_count = 0
+        skip_same = 0  # batches to decode without trying same_as first
 
         def act(actions: list[Action], listing_done: bool) -> None:
             for a in actions:
@@ -296,11 +297,17 @@ class Engine:
                 planner = Planner(self._compare_options(), src_list.unreadable,
                                   src_hash, dst_hash)
             n_same = batch.count
-            if 0 < n_same <= n - i and batch.same_as(src[i : i + n_same]):
+            if skip_same:
+                skip_same -= 1
+            elif 0 < n_same <= n - i and batch.same_as(src[i : i + n_same]):
                 planner.add_same(src[i : i + n_same])  # identical: nothing to decode or plan
                 i += n_same
                 dst_count += n_same
                 continue
+            else:
+                # Changes are about: the comparison (an encoding of the batch)
+                # would mostly be wasted, so try again only every fourth batch.
+                skip_same = 3
             entries = batch.entries()
             if not entries:
                 continue
