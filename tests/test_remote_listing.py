@@ -105,3 +105,22 @@ def test_no_descriptor_is_left_open(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     before = set(os.listdir("/proc/self/fd"))
     listed(tmp_path)
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_checksums_from_both_walkers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --checksum: every regular file carries its blake3, whichever process listed it.
+    from blake3 import blake3
+
+    big_tree(tmp_path, 2)
+    monkeypatch.setattr(listing, "MIN_UNITS", 1)
+    payloads: list[bytes] = []
+    listing.send_listing(str(tmp_path), Excluder(()), payloads.append, packed=False,
+                         checksum=True, temps=False)
+    out: list[Entry] = []
+    digests: dict[str, bytes] = {}
+    for p in payloads:
+        codec.decode_entries(p, out, digests)
+    files = [e.path for e in out if e.kind.value == "file"]
+    assert files and sorted(digests) == sorted(files)
+    for path in files:
+        assert digests[path] == blake3((tmp_path / path).read_bytes()).digest()
