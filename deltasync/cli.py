@@ -95,9 +95,11 @@ def _block_size(text: str) -> int:
 
     v = _size(text)
     if not MIN_BLOCK_SIZE <= v <= MAX_BLOCK_SIZE:
-        raise _bad(f"must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}: "
-                                         f"{text!r}")
+        raise _bad(f"must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}: {text!r}")
     return v
+
+
+_DELTA_MODES = ("auto", "always", "never")
 
 
 def _rate(text: str) -> int | None:
@@ -127,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compare same-size files by blake3 content, not size+mtime")
         sp.add_argument("--exclude", metavar="PATTERN", action="append", default=[],
                         help="glob on the relative path (repeatable); excluded paths are neither copied nor deleted")
-        sp.add_argument("--delta", choices=["auto", "always", "never"], default="auto",
+        sp.add_argument("--delta", choices=_DELTA_MODES, default="auto",
                         help="send changed files as deltas: by --delta-threshold (auto), always, or never")
         sp.add_argument("--delta-threshold", metavar="SIZE", type=_size, default=None,
                         help="smallest changed file sent as a delta in auto mode (default: 1M when "
@@ -244,7 +246,7 @@ def _quick_sync_args(argv: list[str]) -> SimpleNamespace | None:
     """
     valued: dict[str, Callable[[str], object]] = {
         "--log-file": str, "--io-log-file": str, "--exclude": str, "-e": str, "--rsh": str,
-        "--remote-command": str, "--delta": _DELTA_MODES.__getitem__,
+        "--remote-command": str, "--delta": _DELTA_MODES.index,
         "--delta-threshold": _size, "--block-size": _block_size, "--bwlimit": _rate,
         "--interval": _positive_float}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
@@ -276,9 +278,6 @@ def _quick_sync_args(argv: list[str]) -> SimpleNamespace | None:
         return None
     ns.source, ns.replica = pos
     return ns
-
-
-_DELTA_MODES = {"auto": 0, "always": 1, "never": 2}
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -321,8 +320,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             finally:
                 early = getattr(args, "transport", None)
                 if early is not None:  # not taken by a pass (an error before it)
-                    early.close_input()
-                    early.wait(timeout=5)
+                    early.release()
         if args.command == "serve":
             from .remote.server import serve
 

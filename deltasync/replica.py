@@ -173,11 +173,9 @@ class LocalReplica:
 
     # -- reading --------------------------------------------------------
     def scan(self, excluder: Excluder, clean_temps: bool = True,
-             on_error: Callable[[str, OSError], None] | None = None,
-             on_progress: Callable[[Listing], None] | None = None) -> Listing:
+             on_error: Callable[[str, OSError], None] | None = None) -> Listing:
         temps: list[str] = []
-        listing = walk(self.root, excluder, on_error=on_error, on_temp=temps.append,
-                       on_progress=on_progress)
+        listing = walk(self.root, excluder, on_error=on_error, on_temp=temps.append)
         if clean_temps and temps:
             self.remove_temps(temps)
         return listing

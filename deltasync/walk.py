@@ -150,17 +150,12 @@ def walk(
     excluder: Excluder | None = None,
     on_error: ErrorFunc | None = None,
     on_temp: Callable[[str], None] | None = None,
-    on_progress: Callable[[Listing], None] | None = None,
 ) -> Listing:
-    """List the tree below ``root`` (which must be a directory).
-
-    ``on_progress(listing)`` is called as entries accumulate (after each run of
-    a directory's entries), so a caller can pass them on before the walk ends.
-    """
+    """List the tree below ``root`` (which must be a directory)."""
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         listing = Listing(root=_entry("", os.fstat(root_fd), Kind.DIR))
-        walk_below(root_fd, "", listing, excluder, on_error, on_temp, on_progress)
+        walk_below(root_fd, "", listing, excluder, on_error, on_temp)
     finally:
         os.close(root_fd)
     return listing
@@ -185,7 +180,10 @@ def walk_below(
     With ``units``, directories ``depth`` levels down are not entered: each
     is appended as an entry and recorded as (position in ``listing.entries``
     where its contents belong, its open descriptor, its path), for the
-    caller to walk with ``walk_below`` and close.  ``dfd`` is not closed.
+    caller to walk with ``walk_below`` and close.  ``on_progress(listing)``
+    is called as entries accumulate (after each run of a directory's
+    entries), so a caller can pass them on before the walk ends.  ``dfd`` is
+    not closed.
     """
     # An explicit stack instead of recursion: trees may nest thousands of
     # levels deep (deeper than PATH_MAX as one string), past Python's

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import DeltaSyncError, ProtocolError
 from ..model import Entry, Kind
@@ -41,12 +41,6 @@ from .protocol import (
     type_name,
 )
 from .transport import RemoteSpec, Transport, transport_argv
-
-if TYPE_CHECKING:
-    pass
-
-READ_CHUNK = 256 << 10
-LateFailure = Callable[[str, str, BaseException], None]
 
 
 class RemoteFailure(DeltaSyncError):

@@ -184,14 +184,9 @@ class _Sender:
         self.sent_upper = max(self.sent_upper, pos)
 
     def _claim(self) -> int | None:
-        if self.claim_fd < 0:
-            return None
-        b = os.read(self.claim_fd, 4)
-        return _U32.unpack(b)[0] if len(b) == 4 else None
+        return None if self.claim_fd < 0 else _claim(self.claim_fd)
 
     def _walk_unit(self, k: int, stream: bool) -> Listing:
-        _, fd, path = self.units[k]
-        listing = Listing(self.scan.root)
         done = 0
 
         def progress(lst: Listing) -> None:
@@ -199,12 +194,27 @@ class _Sender:
             self.out.add(lst.entries[done:])
             done = len(lst.entries)
 
-        walk_below(fd, path, listing, self.excluder, _errors(self.scan),
-                   _temps(self.scan, self.temps), progress if stream else None)
+        listing = _walk_unit(self, k, self.scan, progress if stream else None)
         if stream:
             progress(listing)
-        self.scan.unreadable |= listing.unreadable
         return listing
+
+
+def _claim(fd: int) -> int | None:
+    """The next unit index from the claim pipe; None when all are taken."""
+    b = os.read(fd, 4)
+    return _U32.unpack(b)[0] if len(b) == 4 else None
+
+
+def _walk_unit(s: _Sender, k: int, scan: Scan,
+               progress: Callable[[Listing], None] | None = None) -> Listing:
+    """Walk unit ``k`` into a listing of its own; its errors, temps and
+    unreadable directories go to ``scan``."""
+    _, fd, path = s.units[k]
+    listing = Listing(scan.root)
+    walk_below(fd, path, listing, s.excluder, _errors(scan), _temps(scan, s.temps), progress)
+    scan.unreadable |= listing.unreadable
+    return listing
 
 
 class _Child:
@@ -317,19 +327,11 @@ def _child_main(s: _Sender, claim_fd: int, out_fd: int) -> None:
             signal.signal(sig, signal.SIG_IGN)  # the parent decides; its death shows as EPIPE
         scan = Scan(s.scan.root)
         dirs = DirFds(s.root) if s.out.dirs is not None else None
-        while True:
-            b = os.read(claim_fd, 4)
-            if len(b) < 4:
-                break
-            k = _U32.unpack(b)[0]
-            _, fd, path = s.units[k]
-            listing = Listing(scan.root)
-            walk_below(fd, path, listing, s.excluder, _errors(scan), _temps(scan, s.temps))
+        while (k := _claim(claim_fd)) is not None:
             payloads: list[bytes] = []
             batcher = _Batcher(payloads.append, s.out.packed, dirs)
-            batcher.add(listing.entries)
+            batcher.add(_walk_unit(s, k, scan).entries)
             batcher.flush()
-            scan.unreadable |= listing.unreadable
             scan.big = scan.big or batcher.big
             _send_record(out_fd, (k, payloads))
         _send_record(out_fd, (-1, sorted(scan.unreadable), scan.errors, scan.temps, scan.big))

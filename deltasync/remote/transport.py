@@ -102,8 +102,7 @@ def take_early(args: argparse.Namespace, argv: list[str]) -> Transport | None:
     t: Transport | None = getattr(args, "transport", None)
     args.transport = None
     if t is not None and t.argv != argv:
-        t.close_input()
-        t.wait(timeout=5)
+        t.release()
         return None
     return t
 
@@ -200,6 +199,12 @@ class Transport:
             except OSError:
                 pass
         return code
+
+    def release(self) -> None:
+        """End a process no pass will use: close its input (the far side sees
+        end of input and exits) and wait for it."""
+        self.close_input()
+        self.wait(timeout=5)
 
     def kill(self) -> None:
         """Stop the process now (the caller still waits for it)."""
