@@ -85,12 +85,6 @@ def make_plan(src: Listing, dst: Listing, opts: CompareOptions = CompareOptions(
     return actions, p.unchanged
 
 
-def walk_key(path: str) -> list[str]:
-    """Sort key of the walk order: pre-order with names sorted is the order of
-    the paths' component lists."""
-    return path.split("/")
-
-
 class Planner:
     """``make_plan`` in pieces, for listings that arrive in walk order.
 

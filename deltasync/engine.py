@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .compare import CompareOptions, Planner, make_plan, walk_key
+from .compare import CompareOptions, Planner, make_plan
 from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -36,7 +36,7 @@ from .fsutil import DirFds, open_nofollow
 from .model import Action, Entry, Kind, Op, Reason, Stats, quote_path
 from .prefetch import Prefetched
 from .replica import LocalReplica, Replica, SourceChanged
-from .walk import Excluder, Listing, stat_entry, walk
+from .walk import Excluder, Listing, stat_entry, walk, walk_key
 
 
 class DeltaMode(enum.Enum):

@@ -164,6 +164,12 @@ def walk(
 Unit = tuple[int, int, str]  # (position in the entries, open directory fd, path)
 
 
+def walk_key(path: str) -> list[str]:
+    """Sort key of the walk order: pre-order with names sorted is the order of
+    the paths' component lists."""
+    return path.split("/")
+
+
 def walk_below(
     dfd: int,
     path: str,

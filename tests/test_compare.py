@@ -161,7 +161,8 @@ def test_unchanged_count() -> None:
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from deltasync.compare import Planner, walk_key  # noqa: E402
+from deltasync.compare import Planner  # noqa: E402
+from deltasync.walk import walk_key  # noqa: E402
 
 
 @st.composite

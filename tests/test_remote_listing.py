@@ -124,3 +124,97 @@ def test_checksums_from_both_walkers(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert files and sorted(digests) == sorted(files)
     for path in files:
         assert digests[path] == blake3((tmp_path / path).read_bytes()).digest()
+
+
+def test_a_child_that_dies_inside_a_unit_is_resumed_after_its_last_entry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The child hands over the first payload of its first unit, then dies: the
+    # unit is walked again here and sent from the next entry, nothing twice.
+    big_tree(tmp_path, 4)
+    monkeypatch.setattr(listing, "MIN_UNITS", 1)
+    monkeypatch.setattr(listing, "LIST_BATCH", 300)  # units span several payloads
+
+    def dies_inside(s: listing._Sender, k: int, scan: listing.Scan, dirs: object,
+                    out_fd: int) -> None:
+        def sink(payload: bytes) -> None:
+            listing._send_record(out_fd, (k, payload, batcher.last))
+            os._exit(3)
+        batcher = listing._Batcher(sink, s.out.packed, None)
+        listing._stream_unit(s, k, scan, batcher)
+        batcher.flush()
+        os._exit(3)
+
+    monkeypatch.setattr(listing, "_child_unit", dies_inside)
+    got, scan, _ = listed(tmp_path)
+    want, temps = expected(tmp_path)
+    assert strip(got) == strip(want)
+    assert sorted(scan.temps) == sorted(temps)
+
+
+def test_the_childs_payloads_go_out_before_its_unit_is_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The listing streams whoever walks: the child's first payload must reach
+    # the sink while the child is still held inside that unit.
+    import select
+
+    big_tree(tmp_path, 1)
+    monkeypatch.setattr(listing, "MIN_UNITS", 1)
+    monkeypatch.setattr(listing, "LIST_BATCH", 300)
+    side_r, side_w = os.pipe()  # the child's first payload, for the sink to recognise
+    gate_r, gate_w = os.pipe()  # the sink lets the child go on
+    verdict = tmp_path.parent / f"{tmp_path.name}-verdict"
+    real = listing._child_unit
+    first = [True]
+
+    def held(s: listing._Sender, k: int, scan: listing.Scan, dirs: object,
+             out_fd: int) -> None:
+        def sink(payload: bytes) -> None:
+            listing._send_record(out_fd, (k, payload, batcher.last))
+            if first[0]:
+                first[0] = False
+                os.write(side_w, len(payload).to_bytes(4, "big") + payload)
+                ready, _, _ = select.select([gate_r], [], [], 5)
+                verdict.write_text("released" if ready else "timed out")
+        batcher = listing._Batcher(sink, s.out.packed, None)
+        listing._stream_unit(s, k, scan, batcher)
+        batcher.flush()
+        listing._send_record(out_fd, (k, None, ""))
+
+    monkeypatch.setattr(listing, "_child_unit", held)
+    assert real is not held
+    # The child must get a unit: the parent claims only after the child has.
+    claimed_r, claimed_w = os.pipe()
+    real_claim, parent = listing._claim, os.getpid()
+
+    def claim(fd: int) -> int | None:
+        if os.getpid() != parent:
+            k = real_claim(fd)
+            os.write(claimed_w, b"c")
+            return k
+        select.select([claimed_r], [], [], 5)
+        return real_claim(fd)
+
+    monkeypatch.setattr(listing, "_claim", claim)
+    payloads: list[bytes] = []
+    childs: list[bytes] = []
+
+    def sink(p: bytes) -> None:
+        payloads.append(p)
+        if not childs and select.select([side_r], [], [], 0)[0]:
+            n = int.from_bytes(os.read(side_r, 4), "big")
+            childs.append(os.read(side_r, n))
+        if childs and p == childs[0]:
+            os.write(gate_w, b"g")
+
+    try:
+        listing.send_listing(str(tmp_path), Excluder(()), sink, packed=False,
+                             checksum=False, temps=False)
+    finally:
+        for fd in (side_r, side_w, gate_r, gate_w, claimed_r, claimed_w):
+            os.close(fd)
+    assert verdict.exists(), "the child walked no unit"
+    assert verdict.read_text() == "released"
+    out: list[Entry] = []
+    for p in payloads:
+        codec.decode_entries(p, out, {})
+    assert strip(out) == strip(expected(tmp_path)[0])

@@ -12,11 +12,20 @@ Measured on the 20,000-file bench tree: the scan took 105-113 ms in one
 process and 60 ms in two; remote-tree-noop went from 0.565 to 0.524 s
 (rsync 0.535 s in both runs of that A/B, 9 runs each).
 
+Payloads go out as soon as they are due, so the link, the client's planning
+and the transfers it starts overlap with the walk (``LIST_BATCH`` bytes of
+entries at a time).  That holds for the child's units too: it hands over
+each payload as it is made, and while the unit due next is the child's this
+process forwards them between its own walking.  (Units are as uneven as the
+tree: the bench tree's first holds 9,404 of its 20,000 files.  Handed over a
+unit at a time, the whole listing of that tree left only when the child was
+done, ~65 ms after the walk began, and the push's uploads could not start
+before it.)
+
 A child that fails leaves its units to this process, so the listing is the
-same either way; a tree with fewer than ``MIN_UNITS`` units is walked here
-alone.  Payloads are sent as soon as they are due, so the link and the
-client's decoding overlap with the walk (``LIST_BATCH`` bytes of entries at
-a time).
+same either way: a unit it had begun is walked again here and sent from the
+entry after the last one the child delivered.  A tree with fewer than
+``MIN_UNITS`` units is walked here alone.
 """
 
 from __future__ import annotations
@@ -26,11 +35,12 @@ import marshal
 import os
 import signal
 import struct
+import time
 from collections.abc import Callable, Iterable
 
 from ..fsutil import DirFds
 from ..model import Entry, Kind
-from ..walk import Excluder, Listing, Unit, _entry, walk_below
+from ..walk import Excluder, Listing, Unit, _entry, walk_below, walk_key
 from . import codec
 
 LIST_BATCH = 128 << 10  # about this many bytes of entries per LIST frame
@@ -38,6 +48,7 @@ FRONTIER = 2  # directories this deep are the units shared between the processes
 MIN_UNITS = 4  # fewer: not worth a fork
 MAX_UNITS = 8192  # their indices must fit in the claim pipe (64 KiB)
 BIG_FILE = 1 << 20  # a file this big may be updated by a delta (see Scan.big)
+RELAY_EVERY = 0.002  # while walking ahead, look for the child's due payloads this often (s)
 
 _U32 = struct.Struct(">I")
 ErrorList = list[list[object]]
@@ -51,6 +62,7 @@ class _Batcher:
         self.pending: list[Entry] = []
         self.size = 0
         self.big = False
+        self.last = ""  # path of the last entry handed to the sink
 
     def add(self, entries: Iterable[Entry]) -> None:
         for e in entries:
@@ -72,6 +84,7 @@ class _Batcher:
         else:
             pairs = [(e, None) for e in self.pending]
         raw = codec.encode_entries(pairs)
+        self.last = self.pending[-1].path
         self.sink(codec.pack_entries(raw) if self.packed else raw)
         self.pending, self.size = [], 0
 
@@ -151,33 +164,46 @@ class _Sender:
             mine: dict[int, Listing] = {}  # walked ahead of their turn
             for due in range(n):
                 self._upper_until(self.units[due][0])
-                while True:
-                    if due in mine:
-                        self.out.add(mine.pop(due).entries)
-                        break
-                    if self.child is not None and self.child.has(due):
-                        self.out.flush()
-                        for payload in self.child.take(due):
-                            self.out.sink(payload)
-                        break
-                    k = self._claim()
-                    if k is None and self.child is not None and self.child.alive:
-                        self.child.wait_for_more()  # the due unit is the child's
-                        continue
-                    if k is None:  # no child, or it died: walk it here
-                        k = due
-                    if k == due:
-                        self._walk_unit(k, stream=True)
-                        break
-                    mine[k] = self._walk_unit(k, stream=False)
-                    if self.child is not None:
-                        self.child.poll()
+                self._send_unit(due, mine)
             self._upper_until(len(self.upper.entries))
         finally:
             if self.child is not None:
                 self.child.finish(self.scan)
             if self.claim_fd >= 0:
                 os.close(self.claim_fd)
+
+    def _send_unit(self, due: int, mine: dict[int, Listing]) -> None:
+        """Send unit ``due``: walked ahead here, the child's, or walked now."""
+        child = self.child
+        while True:
+            if due in mine:
+                self.out.add(mine.pop(due).entries)
+                return
+            if child is not None and child.started(due):
+                self._relay(due)
+                if child.complete(due):
+                    return
+            k = self._claim()
+            if k is not None and k != due:
+                mine[k] = self._walk_unit(k, relay=due)  # the due unit is the child's
+                continue
+            if k is None and child is not None and child.alive:
+                child.wait_for_more()  # the due unit is the child's
+                continue
+            # Ours, or the child died before finishing it: walk it here, from
+            # the entry after the last one the child delivered.
+            after = child.delivered(due) if child is not None else None
+            self._walk_unit(due, stream=True, after=after)
+            return
+
+    def _relay(self, due: int) -> None:
+        """Send the payloads of the child's unit ``due`` that have arrived."""
+        assert self.child is not None
+        payloads = self.child.take(due)
+        if payloads:
+            self.out.flush()
+            for payload in payloads:
+                self.out.sink(payload)
 
     def _upper_until(self, pos: int) -> None:
         self.out.add(self.upper.entries[self.sent_upper:pos])
@@ -186,18 +212,24 @@ class _Sender:
     def _claim(self) -> int | None:
         return None if self.claim_fd < 0 else _claim(self.claim_fd)
 
-    def _walk_unit(self, k: int, stream: bool) -> Listing:
-        done = 0
+    def _walk_unit(self, k: int, stream: bool = False, after: str | None = None,
+                   relay: int | None = None) -> Listing:
+        """Walk unit ``k``; ``stream``: send it as it goes (it is due), else
+        keep it, relaying the child's payloads of unit ``relay`` meanwhile."""
+        if stream:
+            return _stream_unit(self, k, self.scan, self.out, after)
+        child = self.child
+        next_look = time.monotonic() + RELAY_EVERY
 
         def progress(lst: Listing) -> None:
-            nonlocal done
-            self.out.add(lst.entries[done:])
-            done = len(lst.entries)
+            nonlocal next_look
+            if child is None or relay is None or time.monotonic() < next_look:
+                return
+            child.poll()
+            self._relay(relay)
+            next_look = time.monotonic() + RELAY_EVERY
 
-        listing = _walk_unit(self, k, self.scan, progress if stream else None)
-        if stream:
-            progress(listing)
-        return listing
+        return _walk_unit(self, k, self.scan, progress)
 
 
 def _claim(fd: int) -> int | None:
@@ -217,14 +249,45 @@ def _walk_unit(s: _Sender, k: int, scan: Scan,
     return listing
 
 
+def _stream_unit(s: _Sender, k: int, scan: Scan, out: _Batcher,
+                 after: str | None = None) -> Listing:
+    """Walk unit ``k``, adding its entries to ``out`` as they come (only
+    those past ``after`` in walk order, when given)."""
+    done = 0
+    skip = walk_key(after) if after is not None else None
+
+    def progress(lst: Listing) -> None:
+        nonlocal done, skip
+        new = lst.entries[done:]
+        done = len(lst.entries)
+        if skip is not None and new:
+            kept = [e for e in new if walk_key(e.path) > skip]
+            if len(kept) < len(new):
+                new = kept
+            else:
+                skip = None  # walk order: everything from here on is past it
+        out.add(new)
+
+    listing = _walk_unit(s, k, scan, progress)
+    progress(listing)
+    return listing
+
+
 class _Child:
-    """The forked walker: claims units, sends back (index, payloads) records."""
+    """The forked walker: claims units, sends back their payloads as it makes them.
+
+    Records on its pipe: ``(k, payload, last_path)`` for each payload of unit
+    ``k``, ``(k, None, "")`` when unit ``k`` is complete, and finally
+    ``(-1, unreadable, errors, temps, big)``.
+    """
 
     def __init__(self, pid: int, fd: int) -> None:
         self.pid, self.fd = pid, fd
         self.alive = True
         self.buf = b""
-        self.done: dict[int, list[bytes]] = {}
+        self.got: dict[int, list[bytes]] = {}  # payloads not yet taken, per unit
+        self.last: dict[int, str] = {}  # path of the last entry received, per unit
+        self.done: set[int] = set()
         self.result: tuple[list[str], ErrorList, list[str], bool] | None = None
 
     @classmethod
@@ -255,12 +318,19 @@ class _Child:
             pass
         return cls(pid, rr)
 
-    def has(self, k: int) -> bool:
+    def started(self, k: int) -> bool:
         self.poll()
-        return k in self.done
+        return k in self.got or k in self.done
+
+    def complete(self, k: int) -> bool:
+        return k in self.done and not self.got.get(k)
+
+    def delivered(self, k: int) -> str | None:
+        """Path of the last entry of unit ``k`` received from the child (None: none)."""
+        return self.last.get(k)
 
     def take(self, k: int) -> list[bytes]:
-        return self.done.pop(k)
+        return self.got.pop(k, [])
 
     def poll(self) -> None:
         """Read what the child has written so far, without waiting."""
@@ -292,16 +362,22 @@ class _Child:
                 return
 
     def _records(self) -> None:
-        while len(self.buf) >= 4:
-            (n,) = _U32.unpack_from(self.buf)
-            if len(self.buf) < 4 + n:
-                return
-            rec = marshal.loads(self.buf[4 : 4 + n])
-            self.buf = self.buf[4 + n :]
-            if rec[0] >= 0:
-                self.done[rec[0]] = rec[1]
-            else:
+        buf, pos = self.buf, 0
+        while len(buf) - pos >= 4:
+            (n,) = _U32.unpack_from(buf, pos)
+            if len(buf) - pos < 4 + n:
+                break
+            rec = marshal.loads(buf[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+            k = rec[0]
+            if k < 0:
                 self.result = (rec[1], rec[2], rec[3], rec[4])
+            elif rec[1] is None:
+                self.done.add(k)
+            else:
+                self.got.setdefault(k, []).append(rec[1])
+                self.last[k] = rec[2]
+        self.buf = buf[pos:]
 
     def finish(self, scan: Scan) -> None:
         """Collect the child's errors, unreadable directories and temps; reap it."""
@@ -328,18 +404,25 @@ def _child_main(s: _Sender, claim_fd: int, out_fd: int) -> None:
         scan = Scan(s.scan.root)
         dirs = DirFds(s.root) if s.out.dirs is not None else None
         while (k := _claim(claim_fd)) is not None:
-            payloads: list[bytes] = []
-            batcher = _Batcher(payloads.append, s.out.packed, dirs)
-            batcher.add(_walk_unit(s, k, scan).entries)
-            batcher.flush()
-            scan.big = scan.big or batcher.big
-            _send_record(out_fd, (k, payloads))
+            _child_unit(s, k, scan, dirs, out_fd)
         _send_record(out_fd, (-1, sorted(scan.unreadable), scan.errors, scan.temps, scan.big))
         code = 0
     except OSError as e:
         code = 0 if e.errno == errno.EPIPE else 1
     finally:
         os._exit(code)
+
+
+def _child_unit(s: _Sender, k: int, scan: Scan, dirs: DirFds | None, out_fd: int) -> None:
+    """In the child: walk unit ``k``, handing over each payload as it is made."""
+    def sink(payload: bytes) -> None:
+        _send_record(out_fd, (k, payload, batcher.last))
+
+    batcher = _Batcher(sink, s.out.packed, dirs)
+    _stream_unit(s, k, scan, batcher)
+    batcher.flush()
+    scan.big = scan.big or batcher.big
+    _send_record(out_fd, (k, None, ""))
 
 
 def _send_record(fd: int, rec: tuple[object, ...]) -> None:
