@@ -8,6 +8,7 @@ bad option.  Missing peers are not failures; they show as "missing".
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import os
 import platform
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="deltasync-bench-", dir=args.workdir or "/tmp"))
     sizes = Sizes.pick(args.quick, args.scale)
     ctx = Context(work, args.runs, args.quick, args.seed, sizes, Tools.find(), _log)
+    # As a pip install would: with an editable checkout (and more so under
+    # PYTHONDONTWRITEBYTECODE) every timed run would compile what it imports.
+    compileall.compile_dir(str(REPO / "deltasync"), quiet=1)
     started = datetime.now().astimezone()
     info = machine.describe(str(work))
     info["deltasync_source"] = machine.deltasync_source(str(REPO), ctx.tools.deltasync)

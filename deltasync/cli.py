@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import (
@@ -25,10 +22,15 @@ from .errors import (
     NotRunningError,
     UsageError,
 )
-from .model import quote_path
 
+# Nothing above but os, sys and errors (already loaded or tiny): a remote pass
+# starts ssh before anything else is imported (see ``run``), and ``typing``
+# alone costs ~12 ms, hence the constant instead of ``typing.TYPE_CHECKING``.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse  # imported when a parser is built: a remote pass starts ssh first
+    import argparse  # imported when a parser is built
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
 
 PROG = "deltasync"
 
@@ -234,7 +236,16 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _quick_sync_args(argv: list[str]) -> SimpleNamespace | None:
+class _Quick:
+    """What ``_quick_sync_args`` found (the attributes ``start_early`` reads)."""
+
+    def __init__(self) -> None:
+        self.rsh: str | None = None
+        self.remote_command: str | None = None
+        self.source = self.replica = ""
+
+
+def _quick_sync_args(argv: list[str]) -> _Quick | None:
     """What argparse will make of a plain ``sync`` command line, or None if unsure.
 
     Just enough to start ssh before the parser is even built (a remote pass
@@ -251,7 +262,7 @@ def _quick_sync_args(argv: list[str]) -> SimpleNamespace | None:
         "--interval": _positive_float}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
              "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress"}
-    ns = SimpleNamespace(rsh=None, remote_command=None)
+    ns = _Quick()
     pos: list[str] = []
     i = 1
     try:
@@ -355,6 +366,8 @@ def _drop(transport: object) -> None:
 
 def _os_message(e: OSError) -> str:
     if e.filename is not None:
+        from .model import quote_path
+
         return f"{e.strerror or e}: {quote_path(os.fsdecode(e.filename))}"
     return e.strerror or str(e)
 
