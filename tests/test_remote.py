@@ -188,7 +188,7 @@ def test_one_failed_file_does_not_stop_the_pass(rsh: str, src: Path, dst: Path) 
     build_tree(dst, {"clash": {"keep.tmp": b"excluded"}})
     r = push(rsh, src, dst, excludes=("*.tmp",))
     assert r.code == 23
-    assert [p for p, _, _ in r.rep.failed_] == ["clash"]
+    assert [(p, op) for p, op, _ in r.rep.failed_] == [("clash", "create")]
     assert (dst / "a").read_bytes() == b"1" and (dst / "z").read_bytes() == b"3"
     assert r.stats.failed == 1
     assert no_temps(dst)

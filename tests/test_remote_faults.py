@@ -51,6 +51,7 @@ def test_far_side_disk_full_fails_that_file_only(tmp_path: Path) -> None:
     from test_faults import tmpfs
     from treeutil import assert_same_tree
 
+    from deltasync import DeltaMode
     from deltasync.fsutil import is_temp_name
 
     src = tmp_path / "src"
@@ -63,9 +64,11 @@ def test_far_side_disk_full_fails_that_file_only(tmp_path: Path) -> None:
         (src / "big").write_bytes(random.Random(2).randbytes(6 << 20))  # cannot fit
         (src / "a").write_bytes(b"new small a")
         (src / "n").write_bytes(b"a new file")
-        r = push(rsh, src, dst)
+        r = push(rsh, src, dst, delta=DeltaMode.NEVER)  # sent whole, as a FILE request
         assert r.code == 23, (r.rep.failed_, r.rep.warnings)
-        assert any(p == "big" for p, _, _ in r.rep.failed_), r.rep.failed_
+        # named for what it was: an update of a file the far side has
+        assert [(p, op) for p, op, _ in r.rep.failed_] == [("big", "update")]
+        assert r.stats.counts["update"] == 1 and r.stats.counts["create"] == 1  # a; n
         assert (dst / "big").read_bytes() == old_big  # old version intact
         assert (dst / "a").read_bytes() == b"new small a"
         assert (dst / "n").read_bytes() == b"a new file"
