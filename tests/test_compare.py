@@ -244,3 +244,38 @@ def test_plan_in_batches_is_the_plan_and_runs_in_order(src: dict[str, Entry],
     assert model == {e.path: e.kind for e in s_list}
     metas = [k for k, a in enumerate(got) if a.op is Op.META and a.src and a.src.kind is Kind.DIR]
     assert all(k >= len(got) - len(metas) for k in metas), "directory metadata comes last"
+
+
+class _Unsplit(Planner):
+    """The planner without its in-step pairing: every entry through the path maps."""
+
+    def _split_same(self, src: list[Entry], dst: list[Entry], hi: int, fast: bool
+                    ) -> tuple[list[Entry], list[Entry], int]:
+        self._src_dirs += [e for e in src if e.kind is Kind.DIR]
+        self._dst_dirs.update((e.path, e) for e in dst if e.kind is Kind.DIR)
+        return list(src), list(dst), 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(src=trees(), dst=trees(), owner=st.booleans(), checksum=st.booleans(),
+       shuffle=st.randoms(use_true_random=False) | st.none())
+def test_pairing_entries_in_step_changes_nothing_in_the_plan(
+        src: dict[str, Entry], dst: dict[str, Entry], owner: bool, checksum: bool,
+        shuffle: object) -> None:
+    # Identical pairs are taken out by walking both lists in step; the plan
+    # (every action, in order, and the unchanged count) is what the path maps
+    # alone give -- in walk order, and in any order (where nothing pairs).
+    s_list, d_list = in_walk_order(src), in_walk_order(dst)
+    if shuffle is not None:
+        shuffle.shuffle(s_list)  # type: ignore[attr-defined]
+        shuffle.shuffle(d_list)  # type: ignore[attr-defined]
+
+    def digest(e: Entry) -> bytes:
+        return bytes([e.size])
+
+    hashes = (digest, digest) if checksum else (None, None)
+    plans = []
+    for cls in (Planner, _Unsplit):
+        p = cls(CompareOptions(checksum, owner), None, *hashes)
+        plans.append((p.add(s_list, d_list, last=True) + p.finish(ROOT, ROOT), p.unchanged))
+    assert plans[0] == plans[1]
