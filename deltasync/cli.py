@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
+    from .remote.transport import Transport
+
 PROG = "deltasync"
 
 
@@ -357,11 +359,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         return EXIT_FATAL
 
 
-def _drop(transport: object) -> None:
+def _drop(transport: Transport | None) -> None:
     """End a transport started early for a command line that turned out bad."""
     if transport is not None:
-        transport.kill()  # type: ignore[attr-defined]
-        transport.wait(timeout=5)  # type: ignore[attr-defined]
+        transport.kill()
+        transport.wait(timeout=5)
 
 
 def _os_message(e: OSError) -> str:

@@ -185,7 +185,7 @@ class _Sender:
                     return
             k = self._claim()
             if k is not None and k != due:
-                mine[k] = self._walk_unit(k, relay=due)  # the due unit is the child's
+                mine[k] = self._walk_ahead(k, due)  # the due unit is the child's
                 continue
             if k is None and child is not None and child.alive:
                 child.wait_for_more()  # the due unit is the child's
@@ -193,7 +193,7 @@ class _Sender:
             # Ours, or the child died before finishing it: walk it here, from
             # the entry after the last one the child delivered.
             after = child.delivered(due) if child is not None else None
-            self._walk_unit(due, stream=True, after=after)
+            _stream_unit(self, due, self.scan, self.out, after)
             return
 
     def _relay(self, due: int) -> None:
@@ -212,21 +212,18 @@ class _Sender:
     def _claim(self) -> int | None:
         return None if self.claim_fd < 0 else _claim(self.claim_fd)
 
-    def _walk_unit(self, k: int, stream: bool = False, after: str | None = None,
-                   relay: int | None = None) -> Listing:
-        """Walk unit ``k``; ``stream``: send it as it goes (it is due), else
-        keep it, relaying the child's payloads of unit ``relay`` meanwhile."""
-        if stream:
-            return _stream_unit(self, k, self.scan, self.out, after)
+    def _walk_ahead(self, k: int, due: int) -> Listing:
+        """Walk unit ``k`` ahead of its turn (kept, not sent), relaying the
+        child's payloads of the due unit meanwhile."""
         child = self.child
         next_look = time.monotonic() + RELAY_EVERY
 
         def progress(lst: Listing) -> None:
             nonlocal next_look
-            if child is None or relay is None or time.monotonic() < next_look:
+            if child is None or time.monotonic() < next_look:
                 return
             child.poll()
-            self._relay(relay)
+            self._relay(due)
             next_look = time.monotonic() + RELAY_EVERY
 
         return _walk_unit(self, k, self.scan, progress)
