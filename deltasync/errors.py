@@ -70,3 +70,41 @@ class ProtocolError(DeltaSyncError):
 
 class UnsafePathError(DeltaSyncError):
     """A relative path would resolve outside the replica root or through a symlink."""
+
+
+class SourceChanged(DeltaSyncError):
+    """A source file changed while it was being read; nothing was installed.
+
+    A pass copies such a file again (``source.COPY_RETRIES``), then reports it.
+    """
+
+
+class NewFileChangedError(SourceChanged):
+    """The new file changed size while its delta was being made (``deltasync delta``: exit 1)."""
+
+
+class RemoteFailure(DeltaSyncError):
+    """The far side ended the session with an error it explained (its exit code)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_PROTOCOL) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class RemoteError(DeltaSyncError):
+    """The far side reported a per-file error of a kind this side does not know."""
+
+
+def pass_exit_code(failed: int, vanished: int, interrupted: bool) -> int:
+    """The exit code of one pass: the one place it is decided.
+
+    Interrupted before the end: 20; some entries failed: 23; only source files
+    vanished: 24; else 0 (rsync's codes).
+    """
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if failed:
+        return EXIT_PARTIAL
+    if vanished:
+        return EXIT_VANISHED
+    return EXIT_OK

@@ -74,6 +74,16 @@ class Action(NamedTuple):
     reason: Reason = Reason.NEW
 
 
+class Result(NamedTuple):
+    """What one action did: the data of a ``Reporter.done`` event (the CLI renders it)."""
+
+    size: int = 0  # the file's size (create/update; in a dry run, the source's)
+    written: int = 0  # file data written into the replica
+    delta: bool = False  # sent as a delta
+    literal: int = 0  # delta: literal bytes
+    matched: int = 0  # delta: bytes taken from the old version
+
+
 class Stats:
     """Counters of one pass; the CLI renders them."""
 

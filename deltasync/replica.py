@@ -26,17 +26,17 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from .errors import DeltaSyncError
+from .errors import DeltaSyncError, SourceChanged
 from .fsutil import DirFds, open_nofollow, open_regular, preallocate, temp_name
+from .listing import Lister, ThreadLister
 from .model import Entry, Kind
 from .walk import Excluder, Listing, walk, walk_in_child
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature
+    from .source import SourceFile
 
-
-class SourceChanged(DeltaSyncError):
-    """The source file changed while it was being copied; nothing was installed."""
+__all__ = ["LocalReplica", "Replica", "SourceChanged", "SourceCheck", "copy_fd"]
 
 
 class SourceCheck(Protocol):
@@ -48,27 +48,49 @@ class SourceCheck(Protocol):
         """Raise ``SourceChanged`` if the file changed since it was opened."""
 
 
-class SourceFile(SourceCheck, Protocol):
-    """What the replica reads a new file from."""
-
-    def read(self, n: int = -1) -> bytes: ...
-    def fileno(self) -> int: ...
+LateFailure = Callable[[str, str, BaseException], None]
 
 
 class Replica(Protocol):
-    """The operations the engine needs from the receiving side."""
+    """The operations the engine needs from the receiving side.
 
-    def scan(self, excluder: Excluder, clean_temps: bool = True,
-             on_error: Callable[[str, OSError], None] | None = None) -> Listing: ...
+    The attributes and the methods with a body are optional capabilities with
+    their defaults: a replica that needs nothing else leaves them alone.
+    """
+
+    #: File data crosses a connection to reach this replica (a remote push).
+    data_crosses_link: bool = False
+    #: Owner and group are set (and so compared): this side runs as root.
+    owner: bool = False
+
+    def lister(self, excluder: Excluder, owner: bool) -> Lister:
+        """The replica tree's units in walk order (``listing.Lister``)."""
+        ...
+
+    def remove_temps(self, paths: list[str]) -> None:
+        """Remove temp files of an interrupted pass that the listing found."""
+
     def checksum(self, path: str) -> bytes: ...
     def signature(self, path: str, block_size: int | None = None) -> Signature: ...
     def write_file(self, path: str, src: SourceFile) -> int: ...
-    def write_delta(self, path: str, src: SourceFile, ops: Iterable[object],
+    def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int) -> int: ...
     def mkdir(self, path: str, entry: Entry) -> None: ...
     def symlink(self, path: str, entry: Entry) -> None: ...
     def delete(self, path: str, kind: Kind) -> None: ...
     def set_meta(self, path: str, entry: Entry) -> None: ...
+
+    def begin_actions(self, on_late_failure: LateFailure) -> None:
+        """Before the first change: where failures found after a call returned go.
+
+        A pipelined replica (its calls return before the change is made)
+        reports them there; a replica whose calls raise needs nothing.
+        """
+
+    def end_actions(self) -> None:
+        """After the last change: wait until every change is made (and every
+        late failure has been reported)."""
+
     def close(self) -> None: ...
 
 
@@ -144,7 +166,7 @@ def _discard(d: int, name: str) -> None:
         pass
 
 
-class LocalReplica:
+class LocalReplica(Replica):
     """A replica directory on this machine."""
 
     def __init__(self, root: str, *, fsync: bool = False, owner: bool | None = None,
@@ -172,6 +194,11 @@ class LocalReplica:
             os.fsync(dfd)
 
     # -- reading --------------------------------------------------------
+    def lister(self, excluder: Excluder, owner: bool) -> Lister:
+        """Walked in a thread ahead of the march (``listing.ThreadLister``): the
+        scanner releases the GIL, so both trees are listed at once."""
+        return ThreadLister(self.root, excluder, owner)
+
     def scan(self, excluder: Excluder, clean_temps: bool = True,
              on_error: Callable[[str, OSError], None] | None = None) -> Listing:
         temps: list[str] = []

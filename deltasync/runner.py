@@ -17,10 +17,11 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from .engine import DeltaMode, Engine, Reporter, SyncOptions, human
+from .engine import DeltaMode, Engine, Reporter, SyncOptions
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
-from .model import Action, Op, Stats
+from .model import Action, Op, Result, Stats
+from .render import describe, human
 from .replica import LocalReplica
 
 _WARN_OPS = {Op.SKIP}
@@ -95,9 +96,9 @@ class CliReporter(Reporter):
         self.bars = []
         console_stream.bars_active = False
 
-    def done(self, action: Action, detail: str) -> None:
+    def done(self, action: Action, result: Result) -> None:
         level = logging.WARNING if action.op in _WARN_OPS else logging.INFO
-        op_line(self.log, level, action.op.value, action.path, detail)
+        op_line(self.log, level, action.op.value, action.path, describe(action, result))
 
     def failed(self, path: str, op: str, exc: BaseException) -> None:
         if isinstance(exc, OSError):

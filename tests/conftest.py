@@ -20,7 +20,8 @@ import pytest
 
 from deltasync import Engine, LocalReplica, Reporter, SyncOptions
 from deltasync.fsutil import is_temp_name
-from deltasync.model import Action, Stats
+from deltasync.model import Action, Result, Stats
+from deltasync.render import describe
 
 # The tests themselves need a way to become an unprivileged user.
 NOBODY_UID = 65534
@@ -34,13 +35,13 @@ class RecordingReporter(Reporter):
         self.done_: list[tuple[str, str, str]] = []
         self.failed_: list[tuple[str, str, BaseException]] = []
         self.warnings: list[tuple[str, str]] = []
-        self.planned: list[Action] = []
+        self.dirs: list[str] = []
 
-    def pass_planned(self, actions: list[Action], files: int, nbytes: int) -> None:
-        self.planned = list(actions)
+    def directory(self, path: str) -> None:
+        self.dirs.append(path)
 
-    def done(self, action: Action, detail: str) -> None:
-        self.done_.append((action.op.value, action.path, detail))
+    def done(self, action: Action, result: Result) -> None:
+        self.done_.append((action.op.value, action.path, describe(action, result)))
 
     def failed(self, path: str, op: str, exc: BaseException) -> None:
         self.failed_.append((path, op, exc))

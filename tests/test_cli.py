@@ -211,13 +211,14 @@ def test_vanished_file_exit_24(run_cli, src: Path, dst: Path, monkeypatch) -> No
     from deltasync import runner
 
     build_tree(src, {"a": b"1", "b": b"2", "c": b"3"})
-    orig = runner.CliReporter.pass_planned
+    orig = runner.CliReporter.directory
 
-    def planned(self, actions, files, nbytes):  # type: ignore[no-untyped-def]
-        os.unlink(src / "b")
-        orig(self, actions, files, nbytes)
+    def decided(self, path):  # type: ignore[no-untyped-def]
+        if path == "":  # the root's actions are decided, none has run yet
+            os.unlink(src / "b")
+        orig(self, path)
 
-    monkeypatch.setattr(runner.CliReporter, "pass_planned", planned)
+    monkeypatch.setattr(runner.CliReporter, "directory", decided)
     r = run_cli("sync", src, dst, "--json")
     assert r.code == 24
     assert "WARNING warning b (file vanished from source)" in r.err

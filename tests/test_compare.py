@@ -1,38 +1,63 @@
-"""deltasync.compare: need_transfer and plan order, on listings built from data."""
+"""deltasync.compare and deltasync.march: need_transfer, and the actions of a pass in order.
+
+The march runs here over in-memory trees (``doubles.MemoryTree``), whose
+listers hand out units exactly as the disk's do.
+"""
 
 from __future__ import annotations
 
 import pytest
+from doubles import MemoryTree
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from deltasync.compare import CompareOptions, make_plan, need_transfer
-from deltasync.model import Action, Entry, Kind, Op, Reason
-from deltasync.walk import Listing
+from deltasync.compare import CompareOptions, need_transfer
+from deltasync.march import March
+from deltasync.model import Action, Entry, Kind, Op, Reason, Stats
+from deltasync.walk import Excluder
 
 T = 1_700_000_000_000_000_001
 ROOT = Entry("", Kind.DIR, 0, T, 0o755)
 
 
-def F(path: str, size: int = 1, mtime: int = T, mode: int = 0o644, **kw: object) -> Entry:
-    return Entry(path, Kind.FILE, size, mtime, mode, **kw)  # type: ignore[arg-type]
+def F(path: str, size: int = 1, mtime: int = T, mode: int = 0o644, uid: int = 0,
+      gid: int = 0) -> Entry:
+    return Entry(path, Kind.FILE, size, mtime, mode, uid, gid)
 
 
 def D(path: str, mtime: int = T, mode: int = 0o755) -> Entry:
-    return Entry(path, Kind.DIR, 0, mtime, mode)
+    return Entry(path, Kind.DIR, 0, mtime, mode, 0, 0)
 
 
 def L(path: str, target: str, mtime: int = T) -> Entry:
-    return Entry(path, Kind.SYMLINK, 0, mtime, 0o777, target=target)
+    return Entry(path, Kind.SYMLINK, 0, mtime, 0o777, 0, 0, target=target)
 
 
 def S(path: str) -> Entry:
-    return Entry(path, Kind.SPECIAL, 0, T, 0o644)
+    return Entry(path, Kind.SPECIAL, 0, T, 0o644, 0, 0)
 
 
-def listing(*entries: Entry, root: Entry = ROOT, unreadable: set[str] | None = None) -> Listing:
-    return Listing(root, sorted(entries, key=lambda e: e.path), unreadable or set())
+def listing(*entries: Entry, root: Entry = ROOT, unreadable: set[str] | None = None) -> MemoryTree:
+    t = MemoryTree(root)
+    for e in entries:
+        t.add(e)
+    t.unreadable = unreadable or set()
+    return t
 
 
-def plan(src: Listing, dst: Listing, **opts: object) -> list[tuple[str, str, Reason]]:
+def make_plan(src: MemoryTree, dst: MemoryTree, opts: CompareOptions = CompareOptions(),
+              src_hash=None, dst_hash=None, fast: bool = True  # type: ignore[no-untyped-def]
+              ) -> tuple[list[Action], int]:
+    """Every action of a pass of ``src`` into ``dst``, in order; and the unchanged count."""
+    stats = Stats()
+    errors: list[str] = []
+    m = March(src.lister(Excluder(), opts.owner), dst.lister(Excluder(), opts.owner), opts,
+              Excluder(), stats, lambda p, e: errors.append(p), None, src_hash, dst_hash)
+    m.fast = m.fast and fast
+    return list(m.actions()), stats.unchanged
+
+
+def plan(src: MemoryTree, dst: MemoryTree, **opts: object) -> list[tuple[str, str, Reason]]:
     actions, _ = make_plan(src, dst, CompareOptions(**opts))  # type: ignore[arg-type]
     return [(a.op.value, a.path, a.reason) for a in actions
             if not (a.op is Op.META and a.reason is Reason.UNCHANGED)]
@@ -75,22 +100,22 @@ def test_creations_are_preorder_and_dir_meta_after_contents() -> None:
     src = listing(D("a"), D("a/b"), F("a/b/f"), L("a/l", "b"), F("z"))
     got = make_plan(src, listing())[0]
     ops = [(a.op.value, a.path) for a in got]
-    assert ops == [("mkdir", "a"), ("mkdir", "a/b"), ("create", "a/b/f"), ("symlink", "a/l"),
-                   ("create", "z"),
-                   # directory times restored deepest first, the root last
-                   ("meta", "a/b"), ("meta", "a"), ("meta", "")]
+    # pre-order; each directory's times set once its contents are done, the root last
+    assert ops == [("mkdir", "a"), ("mkdir", "a/b"), ("create", "a/b/f"), ("meta", "a/b"),
+                   ("symlink", "a/l"), ("meta", "a"), ("create", "z"), ("meta", "")]
 
 
-def test_removals_deepest_first_before_anything_else() -> None:
+def test_removals_first_in_each_directory_and_deepest_first() -> None:
     dst = listing(D("x"), D("x/y"), F("x/y/f"), F("x/g"), F("keep"), L("old", "t"))
     src = listing(F("keep"), F("new"))
     assert plan(src, dst) == [
+        ("delete", "old", Reason.EXTRANEOUS),  # the directory's own removals first
+        ("create", "new", Reason.NEW),
+        # a replica-only directory at its place in walk order, emptied deepest first
+        ("delete", "x/g", Reason.EXTRANEOUS),
         ("delete", "x/y/f", Reason.EXTRANEOUS),
         ("rmdir", "x/y", Reason.EXTRANEOUS),
-        ("delete", "x/g", Reason.EXTRANEOUS),
         ("rmdir", "x", Reason.EXTRANEOUS),
-        ("delete", "old", Reason.EXTRANEOUS),
-        ("create", "new", Reason.NEW),
     ]
 
 
@@ -113,7 +138,7 @@ def test_type_change_of_dir_with_contents() -> None:
     dst = listing(D("p"), F("p/a"), D("p/s"), F("p/s/b"))
     got = plan(listing(F("p")), dst)
     assert [(op, p) for op, p, _ in got] == [
-        ("delete", "p/s/b"), ("rmdir", "p/s"), ("delete", "p/a"), ("rmdir", "p"), ("create", "p")]
+        ("delete", "p/a"), ("delete", "p/s/b"), ("rmdir", "p/s"), ("rmdir", "p"), ("create", "p")]
 
 
 def test_updates_meta_and_retargets() -> None:
@@ -122,12 +147,12 @@ def test_updates_meta_and_retargets() -> None:
     src = listing(F("size", 2), F("time", 1, T + 1), F("mode", 1, T, 0o644), L("l", "new"),
                   L("lt", "same", T + 9), D("d", T, 0o755))
     assert plan(src, dst) == [
+        ("meta", "d", Reason.META),  # a directory's metadata, once its (empty) contents are done
         ("symlink", "l", Reason.TARGET),
         ("meta", "lt", Reason.META),  # a symlink's own mtime
         ("meta", "mode", Reason.META),
         ("update", "size", Reason.SIZE),
         ("update", "time", Reason.MTIME),
-        ("meta", "d", Reason.META),  # directory metadata last
     ]
 
 
@@ -156,14 +181,9 @@ def test_unchanged_count() -> None:
     assert unchanged == 3  # a, b, d
 
 
-# -- the plan in pieces (compare.Planner), as a remote push streams it ----------
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
-from deltasync.compare import Planner  # noqa: E402
-from deltasync.walk import walk_key  # noqa: E402
-
+# -- random trees: the march in order, as a file system would carry it out -------
 
 @st.composite
 def trees(draw: st.DrawFn) -> dict[str, Entry]:
@@ -171,14 +191,17 @@ def trees(draw: st.DrawFn) -> dict[str, Entry]:
     out: dict[str, Entry] = {}
 
     def fill(prefix: str, depth: int) -> None:
-        for name in draw(st.lists(st.sampled_from("abc"), max_size=3, unique=True)):
+        for name in draw(st.lists(st.sampled_from(["a", "b", "c", "B", "\udcff", "é"]),
+                                  max_size=3, unique=True)):
             path = prefix + name
-            kind = draw(st.sampled_from(["f", "d", "l"] if depth < 3 else ["f", "l"]))
+            kind = draw(st.sampled_from(["f", "d", "l", "s"] if depth < 3 else ["f", "l"]))
             if kind == "d":
-                out[path] = D(path)
+                out[path] = D(path, mtime=T + draw(st.integers(0, 1)))
                 fill(path + "/", depth + 1)
             elif kind == "f":
-                out[path] = F(path, size=draw(st.integers(0, 2)))
+                out[path] = F(path, size=draw(st.integers(0, 2)), mtime=T + draw(st.integers(0, 1)))
+            elif kind == "s":
+                out[path] = S(path)
             else:
                 out[path] = L(path, draw(st.sampled_from(["x", "y"])))
 
@@ -186,96 +209,72 @@ def trees(draw: st.DrawFn) -> dict[str, Entry]:
     return out
 
 
-def in_walk_order(tree: dict[str, Entry]) -> list[Entry]:
-    return sorted(tree.values(), key=lambda e: walk_key(e.path))
-
-
-def apply(model: dict[str, Kind], actions: list[Action]) -> None:
-    """Carry out a plan on a model of the replica, refusing what a file system refuses."""
+def apply(model: dict[str, Entry], actions: list[Action]) -> None:
+    """Carry out a pass on a model of the replica, refusing what a file system refuses,
+    and check that no directory's metadata is set before its contents are done."""
+    meta_done: set[str] = set()
     for a in actions:
         parent = a.path.rpartition("/")[0]
+        for p in meta_done:  # nothing may change inside a directory whose times were set
+            assert not (a.path.startswith(p + "/") or (p == "" and a.path)), (a, p)
         if a.op is Op.DELETE:
-            assert model.get(a.path) not in (None, Kind.DIR), a
+            assert a.path in model and model[a.path].kind is not Kind.DIR, a
             del model[a.path]
         elif a.op is Op.RMDIR:
-            assert model.get(a.path) is Kind.DIR, a
+            assert a.path in model and model[a.path].kind is Kind.DIR, a
             assert not any(p.startswith(a.path + "/") for p in model), f"not empty: {a}"
             del model[a.path]
         elif a.op in (Op.MKDIR, Op.CREATE) or (a.op is Op.SYMLINK and a.path not in model):
             assert a.path not in model, a
-            assert parent == "" or model.get(parent) is Kind.DIR, f"no parent: {a}"
+            assert parent == "" or (parent in model and model[parent].kind is Kind.DIR), a
             assert a.src is not None
-            model[a.path] = a.src.kind
+            model[a.path] = a.src
         elif a.op in (Op.UPDATE, Op.SYMLINK):
-            assert a.src is not None and model.get(a.path) is a.src.kind, a
+            assert a.src is not None and model[a.path].kind is a.src.kind, a
+            model[a.path] = a.src
         elif a.op is Op.META:
-            assert a.path == "" or a.path in model, a
+            assert a.src is not None
+            if a.path:
+                model[a.path] = a.src
+            if a.src.kind is Kind.DIR:
+                meta_done.add(a.path)
+        elif a.op is Op.SKIP:
+            assert a.src is not None and a.src.kind is Kind.SPECIAL
+
+
+def mirrored(src: dict[str, Entry], model: dict[str, Entry]) -> bool:
+    """Equal as a mirror: special files are skipped (never made, never replace anything)."""
+    def key(e: Entry) -> tuple[object, ...]:
+        return (e.kind, e.size, e.mtime_ns, e.mode, e.target)
+
+    want = {p: key(e) for p, e in src.items() if e.kind is not Kind.SPECIAL}
+    got = {p: key(e) for p, e in model.items()
+           if not (p in src and src[p].kind is Kind.SPECIAL)
+           and not any(p.startswith(q + "/") for q, e in src.items() if e.kind is Kind.SPECIAL)}
+    return want == got
+
+
+@settings(max_examples=400, deadline=None)
+@given(src=trees(), dst=trees())
+def test_a_pass_on_random_trees_runs_in_order_and_mirrors(src: dict[str, Entry],
+                                                         dst: dict[str, Entry]) -> None:
+    actions, unchanged = make_plan(listing(*src.values()), listing(*dst.values()))
+    model = dict(dst)
+    apply(model, actions)
+    assert mirrored(src, model)
+    # the second pass has nothing to do
+    again, _ = make_plan(listing(*src.values()), listing(*model.values()))
+    assert [a for a in again if a.op is not Op.SKIP] == []
 
 
 @settings(max_examples=300, deadline=None)
-@given(src=trees(), dst=trees(), cuts=st.lists(st.integers(0, 40), max_size=6))
-def test_plan_in_batches_is_the_plan_and_runs_in_order(src: dict[str, Entry],
-                                                       dst: dict[str, Entry],
-                                                       cuts: list[int]) -> None:
-    # Batches of the replica's listing, cut anywhere; the source entries up
-    # to each batch's last path go with it.  The actions are those of
-    # make_plan, and in the order given they are all possible on a real tree
-    # (no rmdir of a non-empty directory, no create without its parent) and
-    # leave the replica equal to the source.
-    s_list, d_list = in_walk_order(src), in_walk_order(dst)
-    whole, unchanged = make_plan(listing(*s_list), listing(*d_list))
-    p = Planner(CompareOptions())
-    got: list[Action] = []
-    i = prev = 0
-    for cut in sorted({c for c in cuts if 0 < c <= len(d_list)}):
-        batch = d_list[prev:cut]
-        key = walk_key(batch[-1].path)
-        j = i
-        while j < len(s_list) and walk_key(s_list[j].path) <= key:
-            j += 1
-        got += p.add(s_list[i:j], batch)
-        i, prev = j, cut
-    got += p.add(s_list[i:], d_list[prev:], last=True)
-    got += p.finish(ROOT, ROOT)
-    assert sorted(got, key=repr) == sorted(whole, key=repr)
-    assert p.unchanged == unchanged
-    model = {e.path: e.kind for e in d_list}
-    apply(model, got)
-    assert model == {e.path: e.kind for e in s_list}
-    metas = [k for k, a in enumerate(got) if a.op is Op.META and a.src and a.src.kind is Kind.DIR]
-    assert all(k >= len(got) - len(metas) for k in metas), "directory metadata comes last"
-
-
-class _Unsplit(Planner):
-    """The planner without its in-step pairing: every entry through the path maps."""
-
-    def _split_same(self, src: list[Entry], dst: list[Entry], hi: int, fast: bool
-                    ) -> tuple[list[Entry], list[Entry], int]:
-        self._src_dirs += [e for e in src if e.kind is Kind.DIR]
-        self._dst_dirs.update((e.path, e) for e in dst if e.kind is Kind.DIR)
-        return list(src), list(dst), 0
-
-
-@settings(max_examples=300, deadline=None)
-@given(src=trees(), dst=trees(), owner=st.booleans(), checksum=st.booleans(),
-       shuffle=st.randoms(use_true_random=False) | st.none())
-def test_pairing_entries_in_step_changes_nothing_in_the_plan(
-        src: dict[str, Entry], dst: dict[str, Entry], owner: bool, checksum: bool,
-        shuffle: object) -> None:
-    # Identical pairs are taken out by walking both lists in step; the plan
-    # (every action, in order, and the unchanged count) is what the path maps
-    # alone give -- in walk order, and in any order (where nothing pairs).
-    s_list, d_list = in_walk_order(src), in_walk_order(dst)
-    if shuffle is not None:
-        shuffle.shuffle(s_list)  # type: ignore[attr-defined]
-        shuffle.shuffle(d_list)  # type: ignore[attr-defined]
-
-    def digest(e: Entry) -> bytes:
-        return bytes([e.size])
-
-    hashes = (digest, digest) if checksum else (None, None)
-    plans = []
-    for cls in (Planner, _Unsplit):
-        p = cls(CompareOptions(checksum, owner), None, *hashes)
-        plans.append((p.add(s_list, d_list, last=True) + p.finish(ROOT, ROOT), p.unchanged))
-    assert plans[0] == plans[1]
+@given(src=trees(), dst=trees(), owner=st.booleans())
+def test_the_fast_path_changes_nothing(src: dict[str, Entry], dst: dict[str, Entry],
+                                       owner: bool) -> None:
+    # Directories whose listings are equal bytes are passed without decoding:
+    # the actions (in order) and the unchanged count are what the full
+    # comparison of every directory gives.
+    opts = CompareOptions(owner=owner)
+    fast = make_plan(listing(*src.values()), listing(*dst.values()), opts)
+    slow = make_plan(listing(*src.values()), listing(*dst.values()), opts, fast=False)
+    assert fast == slow

@@ -28,7 +28,7 @@ from deltasync.delta import (
     write_signature,
 )
 from deltasync.delta.format import uvarint
-from deltasync.errors import FormatError, PatchError
+from deltasync.errors import FormatError, NewFileChangedError, PatchError
 
 
 def prng(tag: bytes, n: int) -> bytes:
@@ -281,7 +281,7 @@ def test_writer_declares_sizes_and_refuses_a_changed_file() -> None:
     bs, ops = read_delta(io.BytesIO(d.getvalue()))
     assert (ops.basis_size, ops.new_size) == (len(BASIS), len(NEW))
     # Declared size from the caller that the new file then does not match.
-    with pytest.raises(ValueError, match="changed"):
+    with pytest.raises(NewFileChangedError, match="changed"):
         write_delta(make_delta(sig, io.BytesIO(NEW)), io.BytesIO(), BS, new_size=len(NEW) + 1)
     # Unknown sizes are allowed (e.g. ops from elsewhere, a pipe).
     d = io.BytesIO()

@@ -35,7 +35,7 @@ from deltasync import LocalReplica
 from deltasync.engine import DeltaMode
 from deltasync.errors import FormatError, PatchError
 from deltasync.fsutil import is_temp_name
-from deltasync.model import Action
+from deltasync.model import Action, Result
 
 
 def mirror(src: Path, dst: Path, **opts: Any) -> PassResult:
@@ -54,8 +54,8 @@ def temps(root: Path | bytes) -> list[bytes]:
 class Hook(RecordingReporter):
     """A reporter that runs ``fn`` once, right after the action on ``after`` is done.
 
-    ``after=None`` runs it when the pass is planned (after both walks, before
-    the first action).
+    ``after=None`` runs it when the root directory's actions are decided (both
+    listings of the root taken, before the first action).
     """
 
     def __init__(self, fn: Callable[[], None], after: str | None = None) -> None:
@@ -67,13 +67,13 @@ class Hook(RecordingReporter):
             self.fired = True
             self.fn()
 
-    def pass_planned(self, actions: list[Action], files: int, nbytes: int) -> None:
-        super().pass_planned(actions, files, nbytes)
-        if self.after is None:
+    def directory(self, path: str) -> None:
+        super().directory(path)
+        if self.after is None and path == "":
             self._fire()
 
-    def done(self, action: Action, detail: str) -> None:
-        super().done(action, detail)
+    def done(self, action: Action, result: Result) -> None:
+        super().done(action, result)
         if action.path == self.after:
             self._fire()
 

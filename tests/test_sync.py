@@ -317,8 +317,10 @@ def test_source_mutated_during_a_pass_converges_after_one_more(src: Path, dst: P
     base_tree(rng, src)
 
     class Mutator(RecordingReporter):
-        def pass_planned(self, actions, files, nbytes):  # type: ignore[no-untyped-def]
-            super().pass_planned(actions, files, nbytes)
+        def directory(self, path):  # type: ignore[no-untyped-def]
+            super().directory(path)
+            if path != "":
+                return
             for m in (m_update_size, m_create, m_delete_file, m_touch_file, m_chmod_dir):
                 m(rng, src)
 
@@ -561,8 +563,10 @@ def test_vanished_source_file_gives_24_and_the_rest_is_synced(src: Path, dst: Pa
     build_tree(src, {"a": b"1", "gone": b"2", "z": b"3"})
 
     class Vanisher(RecordingReporter):
-        def pass_planned(self, actions, files, nbytes):  # type: ignore[no-untyped-def]
-            super().pass_planned(actions, files, nbytes)
+        def directory(self, path):  # type: ignore[no-untyped-def]
+            super().directory(path)
+            if path != "":
+                return
             os.unlink(src / "gone")
 
     r = do_sync(src, dst, reporter=Vanisher())

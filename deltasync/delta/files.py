@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..errors import ConfigError, DeltaSyncError
+from ..errors import ConfigError, NewFileChangedError
 from ..fsutil import temp_name
 from .format import read_delta, read_signature, write_delta, write_signature
 from .ops import DeltaStats, PatchStats
@@ -41,10 +41,6 @@ __all__ = [
 ]
 
 STDIO = "-"
-
-
-class NewFileChangedError(DeltaSyncError):
-    """The new file changed size while its delta was being made (exit 1)."""
 
 
 @dataclass
@@ -144,7 +140,7 @@ def delta_file(sig_path: str, new_path: str, delta_path: str) -> DeltaStats:
     with _open_input(new_path) as nf, atomic_output(delta_path) as out:
         try:
             written = write_delta(make_delta(sig, nf, stats), out, sig.block_size)
-        except ValueError as e:  # the only encodable failure: NEW changed size
+        except NewFileChangedError as e:
             raise NewFileChangedError(f"{new_path}: {e}") from e
     stats.delta_bytes = written.delta_bytes
     stats.elapsed = time.perf_counter() - t0

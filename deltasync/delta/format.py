@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 from blake3 import blake3
 
-from ..errors import FormatError
+from ..errors import FormatError, NewFileChangedError
 from .ops import DIGEST_LEN, Copy, DeltaStats, End, Literal, Op, OpStream
 from .signature import (
     MAX_BLOCK_SIZE,
@@ -265,7 +265,7 @@ def write_delta(
             if not (0 <= op.size <= MAX_FILE_SIZE) or len(op.digest) != DIGEST_LEN:
                 raise ValueError(f"cannot encode {op!r}")
             if new_size is not None and op.size != new_size:
-                raise ValueError(
+                raise NewFileChangedError(
                     f"the new file changed while the delta was made ({new_size} bytes "
                     f"expected, {op.size} read)"
                 )

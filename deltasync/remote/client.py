@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-from ..errors import DeltaSyncError, ProtocolError
+from ..errors import DeltaSyncError, ProtocolError, RemoteFailure
 from ..model import Entry, Kind
 from ..walk import Listing
 from . import codec
@@ -41,14 +41,6 @@ from .protocol import (
     type_name,
 )
 from .transport import RemoteSpec, Transport, transport_argv
-
-
-class RemoteFailure(DeltaSyncError):
-    """The far side ended the session with an error it explained (its exit code)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class Connection:

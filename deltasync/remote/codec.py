@@ -25,6 +25,8 @@ from ..errors import (
     FormatError,
     PatchError,
     ProtocolError,
+    RemoteError,
+    SourceChanged,
     UnsafePathError,
 )
 from ..model import Entry, Kind
@@ -254,10 +256,6 @@ def decode_end(buf: bytes) -> tuple[int, bytes, BaseException | None]:
 # -- results and errors -----------------------------------------------------
 
 # Error classes a peer may name; anything else arrives as RemoteError.
-class RemoteError(DeltaSyncError):
-    """The far side reported an error of a kind this side does not know."""
-
-
 _ERROR_CLASSES: dict[str, type[DeltaSyncError]] = {
     "UnsafePathError": UnsafePathError,
     "PatchError": PatchError,
@@ -285,8 +283,6 @@ def decode_error(buf: bytes) -> BaseException:
     if code:
         return OSError(code, msg or os.strerror(code))
     if kind == "SourceChanged":
-        from ..replica import SourceChanged
-
         return SourceChanged(msg)
     return _ERROR_CLASSES.get(kind, RemoteError)(msg)
 

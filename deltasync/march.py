@@ -1,0 +1,251 @@
+"""The march: both trees walked in lockstep, one directory at a time, as a stream of actions.
+
+Modelled on rclone's ``fs/march``: for each directory, take its unit from the
+source's lister and from the replica's (``listing.Lister``), decide the
+directory (``compare.plan_dir``), hand out its actions, then go down into
+its subdirectories, in walk order; when a directory is left, its own
+metadata is set (after its contents, because writing inside a directory
+moves its mtime).  Nothing is kept of a directory once it is left, so
+memory is bounded by the depth of the tree times the widest directory,
+never by the size of the tree.
+
+Two units with equal bytes (``DirUnit.raw``) are equal in every compared
+field, so a directory with nothing to do costs one bytes comparison: no
+entry is decoded, nothing is planned (the fast path; not with
+``--checksum``, which compares contents, nor with exclude rules, whose
+entries must be counted out).
+
+The order of what comes out, the guarantees of a pass:
+
+* a directory exists before its contents (``mkdir`` when entering it);
+* in each directory: its removals (files, symlinks, special files the source
+  lacks or has as another type), then its creations and updates in name
+  order, then its subdirectories in walk order; a replica-only directory is
+  emptied deepest first and then removed (``rmdir``), at its place among its
+  siblings; a replica directory the source has as a file or symlink is
+  removed the same way, then the file or symlink is made;
+* directory metadata after the directory's contents, deepest first;
+* a source directory that cannot be read protects everything below it in
+  the replica (nothing there is deleted: rsync's rule after an I/O error),
+  and so does a source entry that cannot be stat'ed.
+
+Temp files found in the replica (``fsutil.is_temp_name``) are never entries:
+they are handed to ``on_temps`` for removal.  Read errors go to
+``on_read_error``; the march never raises for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from .compare import Child, CompareOptions, HashFunc, Walk, dir_meta, plan_dir
+from .fsutil import is_temp_name
+from .listing import DirUnit, Lister
+from .model import Action, Entry, Kind, Op, Reason, Stats
+from .scan import totals
+from .walk import Excluder
+
+ReadError = Callable[[str, OSError], None]
+
+
+class _Frame:
+    __slots__ = ("how", "path", "src", "dst", "touched", "items", "after", "parent",
+                 "unit", "listed")
+
+    def __init__(self, how: Walk, path: str, src: Entry | None, dst: Entry | None,
+                 parent: DirUnit | None, after: Action | None = None) -> None:
+        self.how = how
+        self.path = path
+        self.src = src  # None: not looked up yet (a directory passed by the fast path)
+        self.dst = dst
+        self.parent = parent  # the parent's source unit, where ``src`` can be looked up
+        self.after = after
+        self.touched = False
+        self.items: Iterator[Action | Child] = iter(())
+        self.unit: DirUnit | None = None  # this directory's source unit, once entered
+        self.listed = True  # False when the source directory could not be read
+
+
+def _filter(unit: DirUnit, excluder: Excluder) -> tuple[list[Entry], list[str]]:
+    """The unit's entries without excluded ones and temp files; and the temp files."""
+    entries = unit.entries()
+    n = len(unit.prefix)
+    kept: list[Entry] = []
+    temps: list[str] = []
+    check = bool(excluder)
+    for e in entries:
+        name = e.path[n:]
+        if name.startswith(".deltasync.") and e.kind is not Kind.DIR and is_temp_name(name):
+            temps.append(e.path)
+        elif check and excluder.excluded(e.path, name, e.kind is Kind.DIR):
+            continue
+        else:
+            kept.append(e)
+    return kept, temps
+
+
+class March:
+    """One pass's walk of both trees; iterate ``actions()`` once."""
+
+    def __init__(self, src: Lister, dst: Lister, opts: CompareOptions, excluder: Excluder,
+                 stats: Stats, on_read_error: ReadError,
+                 on_temps: Callable[[list[str]], None] | None = None,
+                 src_hash: HashFunc | None = None, dst_hash: HashFunc | None = None,
+                 on_dir: Callable[[str], None] | None = None) -> None:
+        self.src, self.dst = src, dst
+        self.opts = opts
+        self.excluder = excluder
+        self.stats = stats
+        self.on_read_error = on_read_error
+        self.on_temps = on_temps
+        self.src_hash, self.dst_hash = src_hash, dst_hash
+        self.on_dir = on_dir
+        # The bytes comparison of two units stands for the plan of a directory
+        # only when the plan would look at nothing the bytes do not hold.
+        self.fast = not opts.checksum and not excluder
+
+    def actions(self) -> Iterator[Action]:
+        src_root = self.src.root
+        if src_root is None:
+            raise FileNotFoundError("source root does not exist")
+        # A replica root that does not exist yet (a dry run) lists as empty and
+        # shows as a directory whose metadata differs, as it will once made.
+        dst_root = self.dst.root or Entry("", Kind.DIR)
+        root = _Frame(Walk.BOTH, "", src_root, dst_root, None)
+        yield from self._enter(root)
+        stack = [root]
+        while stack:
+            f = stack[-1]
+            child = next(f.items, None)
+            if child is None:
+                stack.pop()
+                yield from self._leave(f)
+                continue
+            if type(child) is not Child:
+                yield child  # type: ignore[misc]
+                continue
+            how = child.how
+            if how is Walk.KEEP:
+                self.dst.skip(child.path)
+                continue
+            sub = _Frame(how, child.path, child.src, child.dst, f.unit, child.after)
+            if how is Walk.NEW:
+                yield Action(Op.MKDIR, child.path, child.src, child.dst,
+                             Reason.TYPE if child.dst is not None else Reason.NEW)
+            yield from self._enter(sub)
+            stack.append(sub)
+
+    # -- entering a directory -------------------------------------------
+    def _enter(self, f: _Frame) -> Iterator[Action]:
+        how, path = f.how, f.path
+        if how is Walk.GONE or how is Walk.REPLACE:
+            self._enter_removal(f)
+            return
+        su = self.src.take(path)
+        du = self.dst.take(path) if how is Walk.BOTH else None
+        if su.error is not None:
+            f.listed = False
+            self.stats.failed += 1
+            self.on_read_error(path or ".", su.error)
+            if du is not None:
+                for name in du.subdirs:  # protected: nothing below is looked at
+                    self.dst.skip(du.prefix + name)
+            return
+        if du is not None and du.error is not None:
+            self.stats.failed += 1
+            self.on_read_error(path or ".", du.error)
+            du = DirUnit(path)  # its contents are unknown: nothing will be removed
+        if self.on_dir is not None:
+            self.on_dir(path)
+        stats = self.stats
+        if (self.fast and du is not None and su.raw == du.raw and not su.errors
+                and not du.errors):
+            files, nbytes = totals(su.raw)
+            stats.source_files += files
+            stats.source_bytes += nbytes
+            stats.unchanged += su.count
+            prefix = su.prefix
+            f.items = (Child(Walk.BOTH, prefix + n, None, None) for n in su.subdirs)
+            f.unit = su
+            return
+        s_ents, _ = _filter(su, self.excluder)
+        unknown: set[str] | None = None
+        if su.errors:
+            unknown = set()
+            prefix = su.prefix
+            for name, err in su.errors:
+                unknown.add(prefix + name)
+                stats.failed += 1
+                self.on_read_error(prefix + name, OSError(err, _strerror(err)))
+        if du is not None:
+            d_ents, temps = _filter(du, self.excluder)
+            if temps and self.on_temps is not None:
+                self.on_temps(temps)
+            if du.errors:
+                for name, err in du.errors:
+                    stats.failed += 1
+                    self.on_read_error(du.prefix + name, OSError(err, _strerror(err)))
+        else:
+            d_ents = []
+        for e in s_ents:
+            if e.kind is Kind.FILE:
+                stats.source_files += 1
+                stats.source_bytes += e.size
+        plan = plan_dir(s_ents, d_ents, self.opts, unknown, self.src_hash, self.dst_hash)
+        stats.unchanged += plan.unchanged
+        f.touched = plan.touched
+        f.items = iter(plan.items)
+        f.unit = su
+        yield from plan.removals
+
+    def _enter_removal(self, f: _Frame) -> None:
+        du = self.dst.take(f.path)
+        if du.error is not None:
+            self.stats.failed += 1
+            self.on_read_error(f.path, du.error)
+            return  # the rmdir below will say what is left
+        d_ents, temps = _filter(du, self.excluder)
+        if temps and self.on_temps is not None:
+            self.on_temps(temps)
+        f.items = iter([Child(Walk.GONE, d.path, None, d) if d.kind is Kind.DIR
+                        else Action(Op.DELETE, d.path, None, d, Reason.EXTRANEOUS)
+                        for d in d_ents])
+
+    # -- leaving a directory --------------------------------------------
+    def _leave(self, f: _Frame) -> Iterator[Action]:
+        how = f.how
+        if how is Walk.GONE or how is Walk.REPLACE:
+            assert f.dst is not None
+            yield Action(Op.RMDIR, f.path, f.src, f.dst,
+                         Reason.TYPE if how is Walk.REPLACE else Reason.EXTRANEOUS)
+            if f.after is not None:
+                yield f.after
+            return
+        if not f.listed and how is Walk.BOTH:
+            return  # an unreadable source directory: its replica copy is left as it is
+        src = f.src
+        if src is None:  # passed by the fast path: its entries are equal on both sides
+            if not f.touched:
+                return
+            src = f.dst = _lookup(f)
+        a = dir_meta(src, f.dst, how is Walk.NEW, f.touched, self.opts)
+        if a is not None:
+            if a.reason is Reason.META and f.path != "":
+                self.stats.unchanged -= 1  # it was counted with its parent's entries
+            yield a
+
+
+def _lookup(f: _Frame) -> Entry:
+    """The entry of a directory the fast path passed, from its parent's unit
+    (equal on both sides, by the fast path's own test)."""
+    assert f.parent is not None
+    for e in f.parent.entries():
+        if e.path == f.path:
+            return e
+    raise AssertionError(f"{f.path!r} is not in its parent's listing")
+
+
+def _strerror(err: int) -> str:
+    import os
+
+    return os.strerror(err)
