@@ -118,6 +118,7 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
     items: list[Action | Child] = []  # subdirectories in their place among the entries
     unchanged = 0
     touched = False
+    d: Entry | None
     for s in src:
         path, k = s.path, s.kind
         d = dst_by.pop(path, None)
@@ -138,7 +139,8 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
                 items.append(Child(Walk.REPLACE, path, s, d, after))
                 continue
             removals.append(Action(Op.DELETE, path, s, d, Reason.TYPE))
-            reason, old, d = Reason.TYPE, d, None
+            reason, old = Reason.TYPE, d
+            d = None
         else:
             reason, old = Reason.NEW, d
         if d is None:
@@ -170,16 +172,16 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
         else:  # a directory on both sides: its own metadata is set when the march leaves it
             unchanged += 1
             items.append(Child(Walk.BOTH, path, s, d))
-    for d in dst_by.values():  # only in the replica
-        if unknown and d.path in unknown:
-            if d.kind is Kind.DIR:
-                items.append(Child(Walk.KEEP, d.path, None, d))
+    for o in dst_by.values():  # only in the replica
+        if unknown and o.path in unknown:
+            if o.kind is Kind.DIR:
+                items.append(Child(Walk.KEEP, o.path, None, o))
             continue
         touched = True
-        if d.kind is Kind.DIR:
-            items.append(Child(Walk.GONE, d.path, None, d))
+        if o.kind is Kind.DIR:
+            items.append(Child(Walk.GONE, o.path, None, o))
         else:
-            removals.append(Action(Op.DELETE, d.path, None, d, Reason.EXTRANEOUS))
+            removals.append(Action(Op.DELETE, o.path, None, o, Reason.EXTRANEOUS))
     if dst_by:  # replica-only entries were added after the source's: back in order
         items.sort(key=_name_key)
         removals.sort(key=_name_key)

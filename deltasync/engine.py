@@ -18,11 +18,13 @@ import enum
 import errno
 import gc
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .compare import CompareOptions
 from .errors import (
@@ -38,6 +40,9 @@ from .prefetch import Prefetched
 from .replica import Replica
 from .source import LocalSource, Source, SourceFile
 from .walk import Excluder
+
+if TYPE_CHECKING:
+    from .delta import Signature
 
 
 class DeltaMode(enum.Enum):
@@ -132,6 +137,9 @@ class Engine:
         self._stats = Stats()
         self._redo: dict[str, Action] = {}
         self._deltas: dict[str, Action] = {}  # delta updates sent to a pipelined replica
+        self._lock = threading.Lock()  # stats shared by the march and a pipelined source's worker
+        self._worker: _Worker | None = None
+        self._halt = threading.Event()  # the pass failed: a worker stops at once
 
     # -- one pass -------------------------------------------------------
     def run_pass(self) -> tuple[Stats, int]:
@@ -151,19 +159,33 @@ class Engine:
         except BaseException:
             src_l.close()
             raise
+        worker = None
+        self._halt.clear()
         try:
             self.replica.begin_actions(self._late_failure)
             march = March(src_l, dst_l, copts, self.excluder, stats, self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,
                           src_hash, dst_hash, rep.directory)
+            if self.source.pipelined and not self.opts.dry_run:
+                worker = self._worker = _Worker(self)
             with _gc_paused():
                 for a in march.actions():
                     if self.stop.is_set():
                         stats.interrupted = True
                         break
-                    self._run_action(a)
+                    if worker is None:
+                        self._run_action(a)
+                    else:
+                        self._queue_action(worker, a)
+                if worker is not None:
+                    worker.finish()
+                    self._worker = worker = None
+                    self._redo_pipelined()
             self._end_actions()
         finally:
+            if worker is not None:
+                worker.abandon()
+            self._worker = None
             try:
                 src_l.close()
             finally:
@@ -173,7 +195,52 @@ class Engine:
         return stats, pass_exit_code(stats.failed, stats.vanished, stats.interrupted)
 
     def _read_error(self, path: str, e: OSError) -> None:
+        with self._lock:
+            self._stats.failed += 1
         self.reporter.failed(path, "read", e)
+
+    # -- a pipelined source (a pull): requests ahead, a worker installs -------
+    def _queue_action(self, worker: _Worker, a: Action) -> None:
+        """Ask for a transfer's data now; the worker carries out every action in order."""
+        if a.op is Op.CREATE or a.op is Op.UPDATE:
+            self._request(a, delta=self._use_delta(a))
+        worker.put(a)
+
+    def _request(self, a: Action, delta: bool) -> None:
+        sig = None
+        if delta:
+            try:
+                sig = self._link_signature(a)
+            except (OSError, DeltaSyncError):
+                sig = None  # no usable old version: ask for the whole file
+        self.source.request(a.path, sig)
+
+    def _link_signature(self, a: Action) -> Signature:
+        """The replica's signature of its old version, with strong sums as long
+        as a link needs (``delta.strong_len_for``)."""
+        from .delta import PULL_MARGIN_BITS, default_block_size, strong_len_for
+
+        assert a.src is not None and a.dst is not None
+        size = a.dst.size
+        bs = self.opts.block_size or default_block_size(size)
+        blocks = -(-size // bs) if bs > 0 else 0
+        return self.replica.signature(a.path, bs, strong_len_for(a.src.size, blocks,
+                                                                 PULL_MARGIN_BITS))
+
+    def _redo_pipelined(self) -> None:
+        """Deltas from a pipelined source that did not verify, asked for again whole."""
+        redo, self._redo = self._redo, {}
+        if not redo or self.stop.is_set():
+            return
+        worker = self._worker = _Worker(self)
+        try:
+            for a in redo.values():
+                self._request(a, delta=False)
+                worker.put(a)
+            worker.finish()
+        finally:
+            worker.abandon()
+            self._worker = None
 
     def _hashers(self) -> tuple[Callable[[Entry], bytes | None], Callable[[Entry], bytes | None]]:
         source, replica = self.source, self.replica
@@ -240,6 +307,8 @@ class Engine:
                 return
             self._fail(a, e)
             return
+        except _Deferred:
+            return  # it will be done again later (and reported then)
         except (OSError, DeltaSyncError) as e:
             self._fail(a, e)
             return
@@ -247,11 +316,13 @@ class Engine:
             return  # nothing was done (and the reporter has been told why)
         if a.op is Op.META and a.reason is Reason.UNCHANGED:
             return  # quiet restore of a directory's times after its contents changed
-        stats.count(a.op)
+        with self._lock:
+            stats.count(a.op)
         rep.done(a, result)
 
     def _fail(self, a: Action, e: BaseException) -> None:
-        self._stats.failed += 1
+        with self._lock:
+            self._stats.failed += 1
         self.reporter.failed(a.path, a.op.value, e)
 
     def _apply(self, a: Action) -> Result | None:
@@ -311,10 +382,14 @@ class Engine:
         stats, rep = self._stats, self.reporter
         if self.opts.dry_run:
             return Result(size=a.src.size)
-        use_delta = not whole and self._use_delta(a)
 
         def retry() -> None:
             rep.warning(a.path, "changed while being copied; retrying")
+
+        if self._worker is not None:
+            return self._receive(a, retry)
+        use_delta = not whole and self._use_delta(a)
+        new = a.op is Op.CREATE
 
         while True:
             try:
@@ -322,8 +397,8 @@ class Engine:
                     result = self.source.transfer(a.path, lambda f: self._send_delta(a, f), retry)
                     self._count_delta(a, result)
                 else:
-                    n = self.source.transfer(a.path, lambda f: self.replica.write_file(a.path, f),
-                                             retry)
+                    n = self.source.transfer(
+                        a.path, lambda f: self.replica.write_file(a.path, f, new), retry)
                     stats.bytes_written += n
                     stats.bytes_sent += n
                     result = Result(size=n, written=n)
@@ -339,6 +414,42 @@ class Engine:
                     raise
                 use_delta = False
                 rep.warning(a.path, f"delta did not verify ({e}); sending the whole file")
+
+    def _receive(self, a: Action, retry: Callable[[], None]) -> Result:
+        """The worker's half of a pipelined transfer: install the answer asked for."""
+        stats = self._stats
+        replica, new = self.replica, a.op is Op.CREATE
+
+        def install(f: SourceFile) -> Result:
+            d = f.delta
+            if d is None:
+                n = replica.write_file(a.path, f, new)
+                return Result(size=n, written=n)
+            n = replica.write_delta(a.path, f, d.ops, d.block_size)
+            return Result(size=n, written=n, delta=True, literal=d.literal,
+                          matched=n - d.literal)
+
+        try:
+            r = self.source.transfer(a.path, install, retry)
+        except PatchError as e:
+            if a.op is not Op.UPDATE or a.path in self._redo:
+                raise
+            # the delta did not apply to our old version: ask again, whole, at the end
+            self.reporter.warning(a.path, f"delta did not verify ({e}); fetching the whole file")
+            self._redo[a.path] = a
+            raise _Deferred() from e
+        with self._lock:
+            stats.bytes_written += r.written
+            if r.delta:
+                stats.delta_files += 1
+                stats.literal_bytes += r.literal
+                stats.matched_bytes += r.matched
+                stats.bytes_sent += r.literal + 8 * max(1, r.written // 65536)
+            else:
+                stats.bytes_sent += r.written
+        self.reporter.progress(r.written)
+        self.reporter.file_done()
+        return r
 
     def _send_delta(self, a: Action, src: SourceFile) -> Result:
         from .delta import DeltaStats, make_delta
@@ -364,3 +475,70 @@ class Engine:
         stats.matched_bytes += r.matched
         stats.delta_files += 1
         stats.bytes_sent += self._sent
+
+
+class _Deferred(DeltaSyncError):
+    """An action that will be carried out again later in the pass (not a failure)."""
+
+
+class _Worker:
+    """Carries out a pass's actions in order, in a thread, for a pipelined source.
+
+    The march (in the caller's thread) asks the source for each transfer as
+    soon as it is decided and queues every action here; this thread installs
+    the answers as they arrive, in the same order, so the link never waits a
+    round trip per file.  The queue is bounded (``depth`` actions): when the
+    replica's disk is slower than the link, the march waits for it.  All
+    changes to the replica happen in this thread, in the march's order.
+    """
+
+    def __init__(self, engine: Engine, depth: int = 1024) -> None:
+        self.engine = engine
+        self.q: queue.Queue[Action | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="deltasync-worker", daemon=True)
+        self.thread.start()
+
+    def put(self, a: Action | None) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.q.put(a, timeout=0.2)
+                return
+            except queue.Full:
+                if not self.thread.is_alive():
+                    raise self.error or ProtocolError("the pipeline stopped") from None
+
+    def _run(self) -> None:
+        e = self.engine
+        try:
+            while True:
+                a = self.q.get()
+                if a is None:
+                    return
+                if e.stop.is_set() or e._halt.is_set():  # read the rest, do nothing
+                    e._stats.interrupted = True
+                    if a.op is Op.CREATE or a.op is Op.UPDATE:
+                        e.source.discard(a.path)
+                    continue
+                e._run_action(a)
+        except BaseException as exc:  # noqa: BLE001 - handed to the march's thread
+            self.error = exc
+
+    def finish(self) -> None:
+        """Wait until every queued action is done; re-raise what stopped the worker."""
+        self.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self) -> None:
+        """After an error in the march's thread: stop the worker, wait for it."""
+        if self.thread.is_alive():
+            self.engine._halt.set()
+            try:
+                self.q.put_nowait(None)
+            except queue.Full:
+                pass
+            self.thread.join(timeout=30)

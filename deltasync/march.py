@@ -145,14 +145,12 @@ class March:
         du = self.dst.take(path) if how is Walk.BOTH else None
         if su.error is not None:
             f.listed = False
-            self.stats.failed += 1
             self.on_read_error(path or ".", su.error)
             if du is not None:
                 for name in du.subdirs:  # protected: nothing below is looked at
                     self.dst.skip(du.prefix + name)
             return
         if du is not None and du.error is not None:
-            self.stats.failed += 1
             self.on_read_error(path or ".", du.error)
             du = DirUnit(path)  # its contents are unknown: nothing will be removed
         if self.on_dir is not None:
@@ -175,7 +173,6 @@ class March:
             prefix = su.prefix
             for name, err in su.errors:
                 unknown.add(prefix + name)
-                stats.failed += 1
                 self.on_read_error(prefix + name, OSError(err, _strerror(err)))
         if du is not None:
             d_ents, temps = _filter(du, self.excluder)
@@ -183,8 +180,7 @@ class March:
                 self.on_temps(temps)
             if du.errors:
                 for name, err in du.errors:
-                    stats.failed += 1
-                    self.on_read_error(du.prefix + name, OSError(err, _strerror(err)))
+                        self.on_read_error(du.prefix + name, OSError(err, _strerror(err)))
         else:
             d_ents = []
         for e in s_ents:
@@ -201,7 +197,6 @@ class March:
     def _enter_removal(self, f: _Frame) -> None:
         du = self.dst.take(f.path)
         if du.error is not None:
-            self.stats.failed += 1
             self.on_read_error(f.path, du.error)
             return  # the rmdir below will say what is left
         d_ents, temps = _filter(du, self.excluder)

@@ -69,10 +69,18 @@ class Replica(Protocol):
 
     def remove_temps(self, paths: list[str]) -> None:
         """Remove temp files of an interrupted pass that the listing found."""
+        return None
 
     def checksum(self, path: str) -> bytes: ...
-    def signature(self, path: str, block_size: int | None = None) -> Signature: ...
-    def write_file(self, path: str, src: SourceFile) -> int: ...
+    def signature(self, path: str, block_size: int | None = None,
+                  strong_len: int | None = None) -> Signature:
+        """Signature of the replica's version of ``path`` (the basis of a delta)."""
+        ...
+
+    def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
+        """Install ``path`` from ``src`` (``new``: no file was listed there)."""
+        ...
+
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int) -> int: ...
     def mkdir(self, path: str, entry: Entry) -> None: ...
@@ -86,10 +94,12 @@ class Replica(Protocol):
         A pipelined replica (its calls return before the change is made)
         reports them there; a replica whose calls raise needs nothing.
         """
+        return None
 
     def end_actions(self) -> None:
         """After the last change: wait until every change is made (and every
         late failure has been reported)."""
+        return None
 
     def close(self) -> None: ...
 
@@ -156,6 +166,22 @@ class _FdWriter:
 
     def flush(self) -> None:
         pass
+
+
+def _copy_stream(src: SourceFile, fd: int) -> int:
+    """Copy a source that has no descriptor (one arriving over a connection)."""
+    buf = bytearray(COPY_CHUNK)
+    view = memoryview(buf)
+    total = 0
+    while True:
+        n = src.readinto(view)
+        if not n:
+            return total
+        piece = view[:n]
+        while piece:
+            w = os.write(fd, piece)
+            piece = piece[w:]
+        total += n
 
 
 def _discard(d: int, name: str) -> None:
@@ -259,11 +285,13 @@ class LocalReplica(Replica):
         finally:
             os.close(fd)
 
-    def signature(self, path: str, block_size: int | None = None) -> Signature:
-        from .delta import make_signature
+    def signature(self, path: str, block_size: int | None = None,
+                  strong_len: int | None = None) -> Signature:
+        from .delta import DEFAULT_STRONG_LEN, make_signature
 
         with self.open_file(path) as f:
-            return make_signature(f, block_size=block_size)
+            return make_signature(f, block_size=block_size,
+                                  strong_len=strong_len or DEFAULT_STRONG_LEN)
 
     # -- writing --------------------------------------------------------
     def _install(self, path: str, entry: Entry, fill: Callable[[int, int], int],
@@ -302,8 +330,12 @@ class LocalReplica(Replica):
         self._fsync_dir(d)
         return written
 
-    def write_file(self, path: str, src: SourceFile) -> int:
-        return self._install(path, src.entry, lambda fd, d: copy_fd(src.fileno(), fd, src.entry.size), src)
+    def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
+        sfd = src.fileno()
+        if sfd >= 0:
+            return self._install(path, src.entry, lambda fd, d: copy_fd(sfd, fd, src.entry.size),
+                                 src)
+        return self._install(path, src.entry, lambda fd, d: _copy_stream(src, fd), src)
 
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int) -> int:

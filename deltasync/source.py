@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .errors import DeltaSyncError, SourceChanged
 from .fsutil import DirFds, open_nofollow
@@ -29,20 +29,37 @@ from .listing import Lister, ThreadLister
 from .model import Entry, Kind
 from .walk import Excluder, stat_entry
 
+if TYPE_CHECKING:
+    from .delta import Signature
+
 T = TypeVar("T")
 
 # A file that keeps changing under us is copied this many more times, then reported.
 COPY_RETRIES = 2
 
 
+class IncomingDelta(Protocol):
+    """A delta the far side made against the replica's old version (a pull)."""
+
+    block_size: int
+    ops: Iterator[object]
+    literal: int  # literal bytes among the ops consumed so far
+
+
 class SourceFile(Protocol):
     """An open source file, as a replica reads it."""
 
     entry: Entry  # stat taken when it was opened
+    #: Not None when what arrives is a delta to apply to the replica's old
+    #: version rather than the file's bytes (a pipelined source).
+    delta: IncomingDelta | None
 
     def read(self, n: int = -1) -> bytes: ...
     def readinto(self, buf: bytearray | memoryview) -> int: ...
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """A descriptor to copy from in the kernel, or -1 (then ``read``)."""
+        ...
+
     def check_unchanged(self) -> None:
         """Raise ``SourceChanged`` if the file changed since it was opened."""
         ...
@@ -63,16 +80,27 @@ class Source(Protocol):
 
     def transfer(self, path: str, use: Callable[[SourceFile], T],
                  on_retry: Callable[[], None] | None = None) -> T:
-        """Open ``path``, call ``use`` with it, check it did not change meanwhile.
+        """Open ``path`` and call ``use`` with it.
 
-        Retries ``use`` on a fresh open when the file changed (``SourceChanged``),
-        calling ``on_retry`` first; raises ``FileNotFoundError`` when it is gone.
+        ``use`` calls ``check_unchanged`` before it commits anything (a replica
+        checks before the rename); when that raises ``SourceChanged``, ``use`` is
+        called again on a fresh open (``on_retry`` first), at most
+        ``COPY_RETRIES`` more times.  Raises ``FileNotFoundError`` when it is gone.
         """
         ...
 
     def checksum(self, path: str) -> bytes | None:
         """blake3 of the regular file at ``path``, or None if it cannot be read."""
         ...
+
+    def request(self, path: str, signature: Signature | None = None) -> None:
+        """A pipelined source: ask now for the file ``transfer`` will take later
+        (with the replica's signature of its old version: only a delta comes)."""
+        return None
+
+    def discard(self, path: str) -> None:
+        """A pipelined source: throw away the answer to a request (a pass stopped)."""
+        return None
 
     def exists(self, path: str) -> bool:
         """Whether anything is at ``path`` (after a failure: vanished, or failed?)."""
@@ -85,6 +113,7 @@ class _OpenFile:
     """A source file open for reading, with the stat taken at open (``SourceFile``)."""
 
     __slots__ = ("fd", "entry", "_sig")
+    delta: IncomingDelta | None = None  # the file's own bytes
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
@@ -157,9 +186,7 @@ class LocalSource(Source):
         while True:
             f = self.open(path)
             try:
-                result = use(f)
-                f.check_unchanged()
-                return result
+                return use(f)  # which checks the file before it commits anything
             except SourceChanged:
                 if changed == COPY_RETRIES:
                     raise

@@ -115,6 +115,8 @@ class MemoryLister:
 class MemoryFile:
     """A ``SourceFile`` over bytes (no descriptor: ``fileno`` is -1)."""
 
+    delta = None
+
     def __init__(self, entry: Entry, data: bytes) -> None:
         self.entry = entry
         self._f = io.BytesIO(data)
@@ -199,12 +201,14 @@ class MemoryReplica(Replica):
 
         return blake3(self.tree.data[path]).digest()
 
-    def signature(self, path: str, block_size: int | None = None) -> Any:
-        from deltasync.delta import make_signature
+    def signature(self, path: str, block_size: int | None = None,
+                  strong_len: int | None = None) -> Any:
+        from deltasync.delta import DEFAULT_STRONG_LEN, make_signature
 
-        return make_signature(io.BytesIO(self.tree.data[path]), block_size=block_size)
+        return make_signature(io.BytesIO(self.tree.data[path]), block_size=block_size,
+                              strong_len=strong_len or DEFAULT_STRONG_LEN)
 
-    def write_file(self, path: str, src: SourceFile) -> int:
+    def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
         self.calls.append(("write_file", path))
         data = _read_all(src)
         src.check_unchanged()
@@ -275,9 +279,9 @@ class FailingReplica(MemoryReplica):
         if e is not None:
             raise e
 
-    def write_file(self, path: str, src: SourceFile) -> int:
+    def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
         self._check("write_file", path)
-        return super().write_file(path, src)
+        return super().write_file(path, src, new)
 
     def mkdir(self, path: str, entry: Entry) -> None:
         self._check("mkdir", path)
@@ -375,7 +379,7 @@ class CountingReplica(Replica):
     def _n(self, op: str) -> None:
         self.counts[op] = self.counts.get(op, 0) + 1
 
-    def write_file(self, path: str, src: SourceFile) -> int:
+    def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
         self._n("write_file")
         return len(_read_all(src))
 

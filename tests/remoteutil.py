@@ -16,11 +16,10 @@ from typing import Any
 
 from conftest import PassResult, RecordingReporter
 
-from deltasync import LocalReplica, SyncOptions
+from deltasync import Engine, LocalReplica, SyncOptions
 from deltasync.remote.client import Connection
-from deltasync.remote.pull import PullEngine
+from deltasync.remote.pull import RemoteSource
 from deltasync.remote.push import RemoteReplica
-from deltasync.remote.session import PushEngine
 from deltasync.remote.transport import RemoteSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,10 +51,10 @@ def push(rsh: str, src: Path, dst: Path, *, compress: bool = False,
     conn = Connection(RemoteSpec("h", os.fspath(dst)), "replica", rsh=rsh,
                       remote_command=remote_command, compress=compress,
                       dry_run=options.dry_run, owner=True,
-                      scan=(list(options.excludes), not options.dry_run, options.checksum))
+                      scan=(list(options.excludes), not options.dry_run, options.checksum, True))
     r = RemoteReplica(conn, checksum=options.checksum)
     try:
-        stats, code = PushEngine(os.fspath(src), r, options, rep).run_pass()
+        stats, code = Engine(os.fspath(src), r, options, rep).run_pass()
     finally:
         r.close()
     return PassResult(stats, code, rep)
@@ -70,13 +69,14 @@ def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
         os.makedirs(dst, exist_ok=True)
     conn = Connection(RemoteSpec("h", os.fspath(src)), "source", rsh=rsh,
                       remote_command=remote_command, compress=compress,
-                      scan=(list(options.excludes), False, options.checksum))
+                      scan=(list(options.excludes), False, options.checksum, options.owner))
     local = LocalReplica(os.fspath(dst), owner=options.owner)
     try:
-        stats, code = PullEngine(conn, local, options, rep).run_pass()
+        stats, code = Engine(RemoteSource(conn), local, options, rep).run_pass()
     finally:
         local.close()
-        conn.goodbye()
+        if not conn.closed:
+            conn.goodbye()
     return PassResult(stats, code, rep)
 
 

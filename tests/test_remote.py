@@ -23,6 +23,7 @@ from treeutil import Dir, File, Symlink, add, assert_same_tree, build_tree, inod
 from deltasync.errors import ProtocolError, UsageError
 from deltasync.fsutil import is_temp_name
 from deltasync.remote.client import RemoteFailure
+from deltasync.remote.protocol import PROTOCOL_VERSION
 from deltasync.remote.transport import RemoteSpec, parse_remote, transport_argv
 
 DIRECTIONS = ["push", "pull"]
@@ -82,21 +83,24 @@ def test_random_mutations_converge(direction: str, seed: int, rsh: str, src: Pat
     assert no_temps(dst)
 
 
-@pytest.mark.parametrize("wants_plan", [False, True])
-def test_push_planned_batch_by_batch_converges(rsh: str, src: Path, dst: Path,
-                                               wants_plan: bool) -> None:
-    # A listing of several batches (long names: ~600 entries a batch), and
-    # changes that straddle them: a whole subtree removed, directories
-    # turned into files and back, deltas, new files at both ends.  Planned
-    # batch by batch (the default) or whole (a reporter that wants the plan
-    # first, as --progress does), the replica ends equal to the source.
+@pytest.mark.parametrize("credit", [None, 4096])
+def test_push_streamed_unit_by_unit_converges(rsh: str, src: Path, dst: Path,
+                                              credit: int | None, monkeypatch) -> None:
+    # A listing of many units (long names), and changes that straddle them:
+    # a whole subtree removed, directories turned into files and back,
+    # deltas, new files at both ends.  With the default listing credit, and
+    # with so little that the far side stops after every unit until the
+    # march gives credit back, the replica ends equal to the source.
     from conftest import RecordingReporter
 
-    from deltasync import DeltaMode, SyncOptions
+    from deltasync import DeltaMode, Engine, SyncOptions
+    from deltasync.remote import client
     from deltasync.remote.client import Connection
     from deltasync.remote.push import RemoteReplica
-    from deltasync.remote.session import PushEngine
     from deltasync.remote.transport import RemoteSpec
+
+    if credit is not None:
+        monkeypatch.setattr(client, "DEFAULT_CREDIT", credit)
 
     long = "n" * 150
     rng = random.Random(3)
@@ -117,17 +121,13 @@ def test_push_planned_batch_by_batch_converges(rsh: str, src: Path, dst: Path,
     (src / "aaa-first").write_bytes(b"new, before every batch")
     (src / "zzz-last").write_bytes(b"new, after every batch")
 
-    class Reporter(RecordingReporter):
-        pass
-
-    Reporter.wants_plan = wants_plan
-    rep = Reporter()
+    rep = RecordingReporter()
     options = SyncOptions(delta=DeltaMode.ALWAYS)
     conn = Connection(RemoteSpec("h", os.fspath(dst)), "replica", rsh=rsh,
-                      remote_command=REMOTE_CMD, owner=True, scan=([], True, False))
+                      remote_command=REMOTE_CMD, owner=True, scan=([], True, False, True))
     r = RemoteReplica(conn)
     try:
-        stats, code = PushEngine(os.fspath(src), r, options, rep).run_pass()
+        stats, code = Engine(os.fspath(src), r, options, rep).run_pass()
     finally:
         r.close()
     assert code == 0 and rep.failed_ == [], rep.failed_
@@ -254,7 +254,7 @@ def test_cli_incompatible_version_names_both(run_cli, rsh: str, src: Path,  # ty
     r = run_cli("sync", src, f"h:{tmp_path / 'r'}", "--rsh", rsh, "--remote-command",
                 remote_cmd("DELTASYNC_PROTOCOL_VERSION=99"))
     assert r.code == 12
-    assert "protocol version 1" in r.err and "version 99" in r.err, r.err
+    assert f"protocol version {PROTOCOL_VERSION}" in r.err and "version 99" in r.err, r.err
     assert not (tmp_path / "r").exists()
 
 

@@ -2,8 +2,9 @@
 
 Entries carry what the protocol carries (path, kind, size, mtime, mode,
 uid/gid, link target, digest); names that are not UTF-8 travel as their raw
-bytes.  ``ListBatch.same_as`` (a push skips decoding a batch identical to its
-source) must be true exactly when the entries are the batch's.
+bytes.  Directory units (``remote.units``) carry a listing record, the
+subdirectories, the unreadable entries and the digests; anything a peer
+sends that does not decode exactly is a ``ProtocolError``, nothing else.
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ import errno
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pytest
+
+from deltasync.errors import ProtocolError
+from deltasync.listing import DirUnit
 from deltasync.model import Entry, Kind
 from deltasync.remote import codec
-from deltasync.remote.client import ListBatch
+from deltasync.remote.units import decode_unit, encode_unit
+from deltasync.scan import encode, sort_key
 
 SETTINGS = settings(max_examples=200, deadline=None)
 
@@ -46,17 +52,63 @@ def wire(e: Entry) -> Entry:
     return e._replace(ino=0, dev=0)
 
 
+@st.composite
+def units(draw: st.DrawFn) -> tuple[DirUnit, list[tuple[int, bytes]]]:
+    """A directory unit as a far side would send it (entries of one directory)."""
+    path = draw(st.just("") | paths)
+    prefix = path + "/" if path else ""
+    kids = draw(st.lists(entries(), max_size=12, unique_by=lambda x: x[0].path.split("/")[-1]))
+    es = sorted((e._replace(path=prefix + e.path.split("/")[-1], uid=max(e.uid, 0),
+                            gid=max(e.gid, 0), mtime_ns=e.mtime_ns, ino=0, dev=0) for e, _ in kids),
+                key=lambda e: sort_key(e.path.rpartition("/")[2]))
+    if draw(st.booleans()):
+        return DirUnit(path, error=OSError(errno.EACCES, "Permission denied")), []
+    subdirs = [e.path.rpartition("/")[2] for e in es if e.kind is Kind.DIR]
+    errors = draw(st.lists(st.tuples(names, st.sampled_from([errno.EACCES, errno.EIO])),
+                           max_size=2))
+    files = [i for i, e in enumerate(es) if e.kind is Kind.FILE]
+    digests = [(i, draw(st.binary(min_size=32, max_size=32))) for i in files
+               if draw(st.booleans())]
+    return DirUnit(path, encode(es, True), None, subdirs, errors, count=len(es)), digests
+
+
 @SETTINGS
-@given(st.lists(entries(), max_size=30), st.booleans())
-def test_listing_batch_round_trip(batch: list[tuple[Entry, bytes | None]], packed: bool) -> None:
-    raw = codec.encode_entries(batch)
-    if packed:
-        raw = codec.unpack_entries(codec.pack_entries(raw), 1 << 22)
-    out: list[Entry] = []
-    digests: dict[str, bytes] = {}
-    codec.decode_entries(raw, out, digests)
-    assert [wire(e) for e in out] == [wire(e) for e, _ in batch]
-    assert digests == {e.path: d for e, d in batch if d is not None}
+@given(units(), st.booleans())
+def test_unit_round_trip(item: tuple[DirUnit, list[tuple[int, bytes]]], packed: bool) -> None:
+    unit, digests = item
+    got, got_digests = decode_unit(encode_unit(unit, digests, packed))
+    assert got.path == unit.path
+    if unit.error is not None:
+        assert got.error is not None and got.error.errno == unit.error.errno
+        return
+    assert (got.raw, got.subdirs, got.errors, got.count) == (unit.raw, unit.subdirs,
+                                                              unit.errors, unit.count)
+    assert got_digests == digests
+
+
+@SETTINGS
+@given(units(), st.data())
+def test_damaged_units_are_protocol_errors(item: tuple[DirUnit, list[tuple[int, bytes]]],
+                                           data: st.DataObject) -> None:
+    payload = bytearray(encode_unit(*item, packed=data.draw(st.booleans())))
+    how = data.draw(st.sampled_from(["cut", "flip", "extra"]))
+    if how == "cut":
+        del payload[data.draw(st.integers(0, len(payload) - 1)):]
+    elif how == "flip":
+        i = data.draw(st.integers(0, len(payload) - 1))
+        payload[i] ^= data.draw(st.integers(1, 255))
+    else:
+        payload += data.draw(st.binary(min_size=1, max_size=8))
+    try:
+        decode_unit(bytes(payload))
+    except ProtocolError:
+        pass  # refused: fine; decoding to something else (a flip in a size) is fine too
+
+
+@pytest.mark.parametrize("path", ["/abs", "a/../b", "a//b", "./a", "a/."])
+def test_unsafe_unit_paths_are_refused(path: str) -> None:
+    with pytest.raises(ProtocolError):
+        decode_unit(encode_unit(DirUnit(path)))
 
 
 @SETTINGS
@@ -81,27 +133,3 @@ def test_results_round_trip(op_id: int, value: int, code: int | None, msg: str) 
         assert (got_value, got_err) == (value, None)
     else:
         assert isinstance(got_err, OSError) and got_err.errno == code
-
-
-@SETTINGS
-@given(st.lists(entries(), min_size=1, max_size=20), st.data())
-def test_batch_is_same_as_exactly_its_entries(batch: list[tuple[Entry, bytes | None]],
-                                              data: st.DataObject) -> None:
-    plain = [(e, None) for e, _ in batch]
-    lb = ListBatch(codec.encode_entries(plain), {})
-    mine = [e for e, _ in plain]
-    assert lb.same_as(mine)
-    assert [wire(e) for e in lb.entries()] == [wire(e) for e in mine]
-    # any one field different, an entry more or less: not the same
-    k = data.draw(st.integers(0, len(mine) - 1))
-    field = data.draw(st.sampled_from(["path", "size", "mtime_ns", "mode", "uid", "gid"]))
-    e = mine[k]
-    changed = {"path": e.path + "x", "size": e.size + 1 if e.kind is Kind.FILE else e.size,
-               "mtime_ns": e.mtime_ns ^ 1, "mode": e.mode ^ 1, "uid": e.uid + 1 if e.uid < 5 else 1,
-               "gid": e.gid + 1 if e.gid < 5 else 1}[field]
-    if changed != getattr(e, field):
-        other = mine[:k] + [e._replace(**{field: changed})] + mine[k + 1:]
-        assert not lb.same_as(other)
-    assert not lb.same_as(mine[:-1])
-    assert not ListBatch(codec.encode_entries(batch), {}).same_as(mine) or all(
-        d is None for _, d in batch)  # digests are part of the batch

@@ -53,7 +53,7 @@ def file_ops(op_id: int, path: str, data: bytes) -> bytes:
 def script() -> bytes:
     """A well-formed session body: mkdir, two files, a symlink, a delete, meta."""
     d = Entry("d", Kind.DIR, 0, 1_600_000_000_000_000_000, 0o755)
-    s = frame(P.SCAN, P.dump_json({"excludes": [], "clean_temps": True}))
+    s = frame(P.SCAN, P.dump_json({"excludes": [], "clean_temps": True, "credit": 1 << 20}))
     s += frame(P.MKDIR, codec.encode_op(1, d))
     s += file_ops(2, "d/new", CONTENT)
     s += file_ops(3, "old", CONTENT[:5000])
@@ -222,10 +222,10 @@ def test_real_serve_incompatible_version(sandbox: Path) -> None:
     p = serve_proc(env={"DELTASYNC_PROTOCOL_VERSION": "99"})
     out, err = p.communicate(prefix(sandbox / "root"), timeout=20)
     assert p.returncode == 12
-    assert b"protocol version 99" in err and b"speaks version 1" in err
+    assert b"protocol version 99" in err and f"speaks version {P.PROTOCOL_VERSION}".encode() in err
 
 
-# -- LIST_Z: the zlib-packed listing --------------------------------------------
+# -- the listing: directory units, packed when asked, within the client's credit --
 
 
 def frames(out: bytes) -> list[tuple[int, bytes]]:
@@ -237,57 +237,98 @@ def frames(out: bytes) -> list[tuple[int, bytes]]:
     return found
 
 
+def scan_frame(credit: int = 1 << 24, **kw: object) -> bytes:
+    return frame(P.SCAN, P.dump_json({"excludes": [], "clean_temps": True, "credit": credit}
+                                     | kw))
+
+
+def run_listing(root: Path, scan: bytes, until_end: bool = True) -> tuple[int, bytes]:
+    """A session on pipes: HELLO, OPEN, ``scan``; read what comes (up to LIST_END,
+    or for a moment), then GOODBYE.  Returns (exit code, everything the server sent)."""
+    import select
+
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(Server(in_r, out_w).run()), daemon=True)
+    t.start()
+    os.write(in_w, prefix(root) + scan)
+    got = b""
+    try:
+        while True:
+            ready = select.select([out_r], [], [], 10 if until_end else 0.5)[0]
+            if not ready:
+                assert not until_end, "the listing did not end"
+                break
+            got += os.read(out_r, 1 << 20)
+            if until_end and any(t == P.LIST_END for t, _ in frames(got)):
+                break
+        os.write(in_w, frame(P.GOODBYE))
+        while True:
+            b = os.read(out_r, 1 << 20)
+            got += b
+            if any(t == P.GOODBYE for t, _ in frames(got)) or not b:
+                break
+    finally:
+        t.join(10)
+        for fd in (in_r, in_w, out_r, out_w):
+            os.close(fd)
+    assert result, "the server hung"
+    return result[0], got
+
+
 @pytest.mark.parametrize("ask", [False, True])
 def test_listing_is_packed_only_when_asked(sandbox: Path, ask: bool) -> None:
+    from deltasync.remote.units import decode_unit
+
     build_tree(sandbox / "root", {f"d{i}": {f"file{j}.txt": b"x" * j for j in range(40)}
                                   for i in range(10)})
-    scan = {"excludes": [], "clean_temps": True} | ({"list_zlib": True} if ask else {})
-    code, out = run_server(prefix(sandbox / "root") + frame(P.SCAN, P.dump_json(scan))
-                           + frame(P.GOODBYE))
+    code, out = run_listing(sandbox / "root", scan_frame(list_zlib=ask))
     assert code == 0
-    got = frames(out)
-    types = {t for t, _ in got}
-    assert (P.LIST_Z in types, P.LIST in types) == (ask, not ask)
-    entries: list[Entry] = []
-    for t, payload in got:
-        if t == P.LIST_Z:
-            payload = codec.unpack_entries(payload, P.MAX_FRAME)
-            codec.decode_entries(payload, entries, {})
-        elif t == P.LIST:
-            codec.decode_entries(payload, entries, {})
+    got = [(t, p) for t, p in frames(out) if t == P.UNIT]
+    assert len(got) == 11  # the root and ten directories
+    assert all(p[0] == (1 if ask else 0) for _, p in got)
+    entries = [e for _, p in got for e in decode_unit(p)[0].entries()]
     assert len([e for e in entries if e.path.endswith(".txt")]) == 400
-    packed = sum(len(p) for t, p in got if t in (P.LIST, P.LIST_Z))
-    assert (packed < 12_000) == ask  # ~17 bytes an entry packed, ~70 raw
+    packed = sum(len(p) for _, p in got)
+    assert (packed < 8_000) == ask
 
 
-def test_big_listing_streams_in_batches_of_walk_order(sandbox: Path) -> None:
-    # 3,000 entries with long names are ~600 KB of listing: several LIST
-    # frames, each under the batch size, together the whole tree in walk order.
-    long = "n" * 150
-    build_tree(sandbox / "root", {f"d{i:02d}": {f"{long}{j:03d}": b"" for j in range(100)}
+def test_listing_waits_for_credit_and_comes_in_walk_order(sandbox: Path) -> None:
+    # With credit for less than one unit, the far side sends one unit and
+    # waits; here the client never gives credit back, so only that one comes,
+    # and GOODBYE still ends the session at once.
+    from deltasync.remote.units import decode_unit
+
+    build_tree(sandbox / "root", {f"d{i:02d}": {f"f{j:03d}": b"" for j in range(100)}
                                   for i in range(30)})
-    code, out = run_server(prefix(sandbox / "root") + frame(P.SCAN, P.dump_json(
-        {"excludes": [], "clean_temps": True})) + frame(P.GOODBYE))
+    code, out = run_listing(sandbox / "root", scan_frame(credit=100), until_end=False)
+    assert code == 0
+    units = [decode_unit(p)[0] for t, p in frames(out) if t == P.UNIT]
+    assert [u.path for u in units] == [""]
+    code, out = run_listing(sandbox / "root", scan_frame())
+    got = frames(out)
+    units = [decode_unit(p)[0] for t, p in got if t == P.UNIT]
+    assert [u.path for u in units] == [""] + [f"d{i:02d}" for i in range(30)]
+    assert [t for t, _ in got].index(P.LIST_END) > max(
+        i for i, (t, _) in enumerate(got) if t == P.UNIT)
+
+
+def test_a_unit_larger_than_a_frame_travels_in_parts(sandbox: Path) -> None:
+    from deltasync.remote.units import decode_unit
+
+    long = "n" * 200
+    build_tree(sandbox / "root", {"big": {f"{long}{j:06d}": b"" for j in range(20_000)}})
+    code, out = run_listing(sandbox / "root", scan_frame())
     assert code == 0
     got = frames(out)
-    batches = [p for t, p in got if t == P.LIST]
-    assert len(batches) >= 4 and all(len(b) < 200 << 10 for b in batches)
-    assert [t for t, _ in got].index(P.LIST_END) > max(
-        i for i, (t, _) in enumerate(got) if t == P.LIST)
-    entries: list[Entry] = []
-    for b in batches:
-        codec.decode_entries(b, entries, {})
-    want = [p for i in range(30) for p in [f"d{i:02d}"] + [f"d{i:02d}/{long}{j:03d}"
-                                                           for j in range(100)]]
-    assert [e.path for e in entries if e.path[:1] == "d" and e.path[1:3].isdigit()] == want
+    parts = [i for i, (t, _) in enumerate(got) if t == P.UNIT_PART]
+    assert parts and got[parts[-1] + 1][0] == P.UNIT
+    payload = b"".join(p for t, p in got[parts[0]:parts[-1] + 2])
+    assert decode_unit(payload)[0].count == 20_000
 
 
-@pytest.mark.parametrize("payload", [
-    zlib.compress(b"\0" * (P.MAX_FRAME + 10)),  # inflates past the frame cap
-    zlib.compress(b"\0" * 100)[:-3],  # truncated
-    zlib.compress(b"\0" * 100) + b"extra",  # trailing bytes
-    b"not zlib at all",
-])
-def test_bad_list_z_is_a_protocol_error(payload: bytes) -> None:
-    with pytest.raises(ProtocolError):
-        codec.unpack_entries(payload, P.MAX_FRAME)
+def test_scan_without_credit_is_a_protocol_error(sandbox: Path) -> None:
+    code, out = run_server(prefix(sandbox / "root") + frame(P.SCAN, P.dump_json(
+        {"excludes": []})) + frame(P.GOODBYE))
+    assert code == 12

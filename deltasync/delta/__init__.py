@@ -47,10 +47,13 @@ from .signature import (
     MAX_STRONG_LEN,
     MIN_BLOCK_SIZE,
     MIN_STRONG_LEN,
+    PULL_MARGIN_BITS,
+    PUSH_MARGIN_BITS,
     Signature,
     default_block_size,
     hash_file,
     make_signature,
+    strong_len_for,
     strong_sum,
 )
 
@@ -65,6 +68,9 @@ __all__ = [
     "DEFAULT_MAX_BLOCKS",
     "MAX_LITERAL_RECORD",
     "Signature",
+    "PULL_MARGIN_BITS",
+    "PUSH_MARGIN_BITS",
+    "strong_len_for",
     "default_block_size",
     "make_signature",
     "hash_file",

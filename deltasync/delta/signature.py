@@ -344,3 +344,20 @@ def hash_file(f: BinaryIO, chunk: int = READ_CHUNK) -> bytes:
         if len(data) < chunk:
             break
     return h.digest()
+
+
+# -- strong sums for a link -------------------------------------------------------
+# Over a link the strong sums are most of a signature, so they are only as long
+# as the file needs; the rule and its margins are explained in remote/sigs.py.
+PUSH_MARGIN_BITS = 24  # a false match costs a whole-file resend (the push's redo)
+PULL_MARGIN_BITS = 40  # a false match fails the file, every pass: it must not happen
+WEAK_BITS = 32
+
+
+def strong_len_for(new_size: int, blocks: int, margin_bits: int = PULL_MARGIN_BITS) -> int:
+    """Strong sum length (bytes) for a basis of ``blocks`` blocks and a new file of
+    ``new_size`` bytes: expected false block matches below ``2**-margin_bits``."""
+    import math
+
+    bits = math.log2(max(new_size, 2)) + math.log2(max(blocks, 1)) - WEAK_BITS + margin_bits
+    return max(MIN_STRONG_LEN, min(DEFAULT_STRONG_LEN, math.ceil(bits / 8)))

@@ -1,35 +1,37 @@
-"""The client end: a connection to ``deltasync serve``, and the far listing batch by batch.
+"""The client end: a connection to ``deltasync serve``.
 
 ``Connection`` starts the transport, exchanges hellos (version, capabilities,
 compression, rate limit), opens the far root in a role (``replica`` for a
-push, ``source`` for a pull) and fetches listings: ``scan_batches`` yields
-each LIST batch as a ``ListBatch`` (decoded only when needed), ``scan`` the
-whole listing.  A push's replica over a connection is ``push.RemoteReplica``.
+push, ``source`` for a pull) and asks for its listing (``SCAN``), all
+without waiting.  Once the far side has answered, one reader thread takes
+every frame off the link: the listing's frames (read by the march through
+``lister``, a ``units.RemoteLister``) and everything else (results and file
+data, read through ``response``) go to separate queues, so neither ever
+waits behind the other.  A push's replica is ``push.RemoteReplica``, a
+pull's source ``pull.RemoteSource``.
 """
 
 from __future__ import annotations
 
+import queue
 import struct
-from collections.abc import Callable, Generator, Iterable
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import DeltaSyncError, ProtocolError, RemoteFailure
-from ..model import Entry, Kind
-from ..walk import Listing
-from . import codec
 from .protocol import (
+    CREDIT,
     ERROR,
     GOODBYE,
     HELLO,
-    LIST,
-    LIST_END,
-    LIST_Z,
+    LISTING_FRAMES,
     MAGIC,
-    MAX_FRAME,
     MIN_PROTOCOL_VERSION,
     OPEN,
     OPENED,
     PROTOCOL_VERSION,
+    ROOT,
     SCAN,
     FrameReader,
     FrameWriter,
@@ -41,6 +43,7 @@ from .protocol import (
     type_name,
 )
 from .transport import RemoteSpec, Transport, transport_argv
+from .units import DEFAULT_CREDIT, ListingQueue, RemoteLister, decode_root
 
 
 class Connection:
@@ -57,7 +60,7 @@ class Connection:
                  remote_command: str | None = None, compress: bool = False,
                  compress_level: int = 6, bwlimit: int | None = None, dry_run: bool = False,
                  fsync: bool = False, owner: bool = False,
-                 scan: tuple[list[str], bool, bool] | None = None,
+                 scan: tuple[list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None) -> None:
         self.spec = spec
@@ -71,7 +74,8 @@ class Connection:
         self.closed = False
         self.compress = compress
         self._info: dict[str, Any] | None = None
-        self._scan_sent: tuple[list[str], bool, bool] | None = None
+        self._reader: threading.Thread | None = None
+        self._responses: queue.Queue[tuple[int, bytes] | BaseException] = queue.Queue()
         try:
             # Compression is on exactly when the client asks for it (every
             # version has zlib), so it can start before the server's HELLO.
@@ -124,12 +128,13 @@ class Connection:
             self.abort()
             raise
 
-    def _send_scan(self, excludes: list[str], clean_temps: bool, checksum: bool) -> None:
-        self._scan_sent = (list(excludes), clean_temps, checksum)
-        # list_zlib: a server that knows it answers with LIST_Z batches (smaller
-        # on the wire); an older one ignores the key and sends LIST.
+    def _send_scan(self, excludes: list[str], clean_temps: bool, checksum: bool,
+                   owner: bool) -> None:
+        # list_zlib: units are zlib-packed unless the whole stream is (-z).
         self.out.send(SCAN, dump_json({"excludes": list(excludes), "clean_temps": clean_temps,
-                                       "checksum": checksum, "list_zlib": not self.compress}))
+                                       "checksum": checksum, "owner": owner,
+                                       "credit": DEFAULT_CREDIT,
+                                       "list_zlib": not self.compress}))
 
     def _lost(self, e: ProtocolError) -> ProtocolError:
         why = self.transport.describe_exit()
@@ -153,57 +158,75 @@ class Connection:
                                 code if code in (1, 12) else 12)
         return ftype, payload
 
-    def scan(self, excludes: Iterable[str], clean_temps: bool, checksum: bool,
-             on_error: Callable[[str, OSError], None] | None = None
-             ) -> tuple[Listing, dict[str, bytes]]:
-        """The far tree's listing, plus blake3 digests of its files when ``checksum``.
+    # -- after the handshake: one reader thread takes every frame off the link --
+    def start_reader(self, max_responses: int = 0) -> None:
+        """From now on frames are read by a thread: the far listing's frames go to
+        ``listing_frame``, everything else to ``response``.  ``max_responses``
+        bounds the queue of the latter (0: unbounded); the listing is bounded by
+        its credit, so the reader never waits for the march."""
+        if self._reader is not None:
+            return
+        self.open()
+        self.listing = ListingQueue()
+        self._responses = queue.Queue(maxsize=max_responses)
+        self._reader = threading.Thread(target=self._read_loop, name="deltasync-reader",
+                                        daemon=True)
+        self._reader.start()
 
-        Reads the answer to the SCAN sent at connection time if it asked the same.
-        """
-        digests: dict[str, bytes] = {}
-        return whole(self.scan_batches(excludes, clean_temps, checksum, digests, on_error)), digests
-
-    def scan_batches(self, excludes: Iterable[str], clean_temps: bool, checksum: bool,
-                     digests: dict[str, bytes],
-                     on_error: Callable[[str, OSError], None] | None = None,
-                     recv: Callable[[], tuple[int, bytes]] | None = None
-                     ) -> Generator[ListBatch, None, Listing]:
-        """``scan`` as it arrives: yields each batch (walk order) and returns the
-        listing's root and unreadable set (its ``entries`` are the batches').
-        ``digests`` is filled as batches are decoded.  ``recv``: where frames
-        come from (default: this connection)."""
-        want = (list(excludes), clean_temps, checksum)
-        if self._scan_sent != want:
-            self._send_scan(*want)
-            self.out.flush()
-        self._scan_sent = None
-        get = recv or self.recv
+    def _read_loop(self) -> None:
+        listing = self.listing
+        responses = self._responses
         while True:
-            ftype, payload = get()
-            if ftype == LIST:
-                yield ListBatch(payload, digests)
-            elif ftype == LIST_Z:
-                yield ListBatch(codec.unpack_entries(payload, MAX_FRAME), digests)
-            elif ftype == LIST_END:
-                if len(payload) < 4:
-                    raise ProtocolError("malformed LIST_END message")
-                (rlen,) = struct.unpack_from(">I", payload)
-                root, _, pos = codec.decode_entry(payload[4 : 4 + rlen])
-                if root.path != "" or root.kind is not Kind.DIR or pos != rlen:
-                    raise ProtocolError("malformed LIST_END message: bad root entry")
-                listing = Listing(root=root)
-                body = parse_json(payload[4 + rlen :], "LIST_END")
-                unreadable = body.get("unreadable", [])
-                if not isinstance(unreadable, list):
-                    raise ProtocolError("malformed LIST_END message")
-                listing.unreadable = {str(p) for p in unreadable}
-                for item in body.get("errors", []):
-                    if on_error is not None and isinstance(item, list) and len(item) == 3:
-                        path, code, msg = item
-                        on_error(str(path), OSError(int(code), f"{msg} (on {self.spec.host})"))
-                return listing
+            try:
+                frame = self.recv()
+            except BaseException as e:  # noqa: BLE001 - handed to both consumers
+                listing.put(e)
+                responses.put(e)
+                return
+            if frame[0] in LISTING_FRAMES:
+                listing.put(frame)
             else:
-                raise ProtocolError(f"unexpected {type_name(ftype)} frame in a listing")
+                responses.put(frame)
+                if frame[0] == GOODBYE:
+                    return
+
+    def listing_frame(self) -> tuple[int, bytes]:
+        return self.listing.get()
+
+    def response(self) -> tuple[int, bytes]:
+        """The next frame that is not part of the listing (waits for it)."""
+        if self._reader is None:
+            return self.recv()
+        self.out.flush()
+        item = self._responses.get()
+        if isinstance(item, BaseException):
+            self._responses.put(item)
+            raise item
+        return item
+
+    def response_nowait(self) -> tuple[int, bytes] | None:
+        """The next non-listing frame if one has arrived, else None."""
+        try:
+            item = self._responses.get_nowait()
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            self._responses.put(item)
+            raise item
+        return item
+
+    def give_credit(self, n: int) -> None:
+        self.out.send(CREDIT, struct.pack(">I", min(n, 0xFFFFFFFF)), flush=True)
+
+    def lister(self, on_digests: Callable[[dict[str, bytes]], None] | None = None
+               ) -> RemoteLister:
+        """The far tree's ``Lister``: its ROOT, then units as the march takes them."""
+        self.start_reader()
+        ftype, payload = self.listing_frame()
+        if ftype != ROOT:
+            raise ProtocolError(f"expected ROOT, got {type_name(ftype)}")
+        return RemoteLister(self.listing_frame, self.give_credit, decode_root(payload),
+                            on_digests)
 
     def abort(self) -> None:
         """Drop the link now (after an error): close our end and reap the process."""
@@ -220,7 +243,7 @@ class Connection:
             return
         try:
             self.out.send(GOODBYE, b"", flush=True)
-            get = recv or self.recv
+            get = recv or self.response
             while True:
                 ftype, _ = get()
                 if ftype == GOODBYE:
@@ -230,52 +253,8 @@ class Connection:
         self.closed = True
         self.transport.close_input()
         self.transport.wait(timeout=10)
-
-
-def whole(stream: Generator[ListBatch, None, Listing]) -> Listing:
-    """The listing of a ``scan_batches`` stream with every batch decoded."""
-    entries: list[Entry] = []
-    while True:
-        try:
-            entries += next(stream).entries()
-        except StopIteration as end:
-            listing: Listing = end.value
-            listing.entries = entries
-            return listing
-
-
-class ListBatch:
-    """One LIST batch of the far listing, decoded only when needed.
-
-    ``same_as(entries)`` says whether the batch is exactly these entries
-    (their encoding is byte for byte the batch), which on a pass with
-    nothing to do is every batch: comparing bytes costs a third of decoding
-    and planning them, CPU the far side's walk needs on a small machine.
-    """
-
-    __slots__ = ("raw", "count", "digests", "on_decode", "_entries")
-
-    def __init__(self, raw: bytes, digests: dict[str, bytes]) -> None:
-        if len(raw) < 4:
-            raise ProtocolError("malformed LIST message: too short")
-        self.raw = raw
-        (self.count,) = struct.unpack_from(">I", raw)
-        self.digests = digests
-        self.on_decode: Callable[[list[Entry]], None] | None = None
-        self._entries: list[Entry] | None = None
-
-    def same_as(self, entries: list[Entry]) -> bool:
-        return (len(entries) == self.count
-                and codec.encode_entries([(e, None) for e in entries]) == self.raw)
-
-    def entries(self) -> list[Entry]:
-        if self._entries is None:
-            out: list[Entry] = []
-            codec.decode_entries(self.raw, out, self.digests)
-            self._entries = out
-            if self.on_decode is not None:
-                self.on_decode(out)
-        return self._entries
+        if self._reader is not None:
+            self._reader.join(timeout=5)
 
 
 def connect_replica(spec: RemoteSpec, **kw: Any) -> Connection:

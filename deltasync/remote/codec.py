@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno as errno_
 import os
 import struct
-import zlib
 
 from ..errors import (
     DeltaSyncError,
@@ -102,99 +101,6 @@ def decode_entry(buf: bytes, pos: int = 0) -> tuple[Entry, bytes | None, int]:
 #
 #   count u32 | count * entry header (as above, without path/target/digest)
 #   | the paths, targets and digests of all entries, in order
-
-
-def encode_entries(entries: list[tuple[Entry, bytes | None]]) -> bytes:
-    heads = [_U32.pack(len(entries))]
-    blob: list[bytes] = []
-    pack = _ENTRY.pack
-    for e, digest in entries:
-        p = e.path.encode("utf-8", "surrogateescape")
-        blob.append(p)
-        if e.target is None:
-            tlen = NO_TARGET
-        else:
-            t = e.target.encode("utf-8", "surrogateescape")
-            tlen = len(t)
-            blob.append(t)
-        if digest is not None:
-            blob.append(digest)
-        heads.append(pack(len(p), KIND_CODE[e.kind], e.size, e.mtime_ns, e.mode,
-                          e.uid & 0xFFFFFFFF, e.gid & 0xFFFFFFFF, tlen,
-                          0 if digest is None else 1))
-    return b"".join(heads) + b"".join(blob)
-
-
-def decode_entries(buf: bytes, out: list[Entry], digests: dict[str, bytes]) -> None:
-    """Append the entries of one listing batch to ``out`` (digests to ``digests``)."""
-    if len(buf) < 4:
-        raise ProtocolError("malformed LIST message: too short")
-    (count,) = _U32.unpack_from(buf)
-    hdr_end = 4 + count * _ENTRY.size
-    if hdr_end > len(buf):
-        raise ProtocolError("malformed LIST message: entry count exceeds the message")
-    blob = buf[hdr_end:]
-    blen = len(blob)
-    pos = 0
-    kinds = KINDS
-    symlink = Kind.SYMLINK
-    append = out.append
-    try:
-        for plen, kind, size, mtime, mode, uid, gid, tlen, flags in _ENTRY.iter_unpack(
-                buf[4:hdr_end]):
-            end = pos + plen
-            path = blob[pos:end].decode("utf-8", "surrogateescape")
-            pos = end
-            k = kinds[kind]
-            if tlen != NO_TARGET:
-                end = pos + tlen
-                target: str | None = blob[pos:end].decode("utf-8", "surrogateescape")
-                pos = end
-            elif k is symlink:
-                raise ProtocolError("malformed entry: symlink without a target")
-            else:
-                target = None
-            if flags:
-                if flags != 1:
-                    raise ProtocolError("malformed entry: unknown flags")
-                digests[path] = blob[pos : pos + DIGEST_LEN]
-                pos += DIGEST_LEN
-            if pos > blen or mode > 0o7777 or size >= 1 << 63 or not path:
-                raise ProtocolError("malformed entry: bad path, mode or size")
-            append(Entry(path, k, size, mtime, mode, -1 if uid == 0xFFFFFFFF else uid,
-                         -1 if gid == 0xFFFFFFFF else gid, target))
-    except IndexError:
-        raise ProtocolError("malformed entry: unknown kind") from None
-    if pos != blen:
-        raise ProtocolError("malformed LIST message: trailing bytes")
-
-
-# -- LIST_Z: a LIST payload through zlib (asked for by SCAN "list_zlib") -----
-#
-# A listing is ~70 bytes an entry raw and ~18 through zlib level 1 (repeated
-# header fields, shared path prefixes): on a 100 Mbit/s link 20,000 entries
-# take ~25 ms instead of ~110 ms, for ~7 ms of compression on the far side.
-
-LIST_ZLIB_LEVEL = 1
-
-
-def pack_entries(raw: bytes) -> bytes:
-    """A LIST payload -> a LIST_Z payload."""
-    return zlib.compress(raw, LIST_ZLIB_LEVEL)
-
-
-def unpack_entries(buf: bytes, limit: int) -> bytes:
-    """A LIST_Z payload -> the LIST payload; at most ``limit`` bytes are inflated."""
-    d = zlib.decompressobj()
-    try:
-        raw = d.decompress(buf, limit + 1)
-    except zlib.error as e:
-        raise ProtocolError(f"malformed LIST_Z message: {e}") from None
-    if len(raw) > limit:
-        raise ProtocolError(f"malformed LIST_Z message: inflates past {limit} bytes")
-    if not d.eof or d.unused_data:
-        raise ProtocolError("malformed LIST_Z message: truncated or trailing bytes")
-    return raw
 
 
 def expect_done(buf: bytes, pos: int, what: str) -> None:

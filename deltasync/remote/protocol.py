@@ -36,8 +36,10 @@ from typing import Any
 from .. import __version__
 from ..errors import ProtocolError
 
-PROTOCOL_VERSION = 1  # the newest version this deltasync speaks
-MIN_PROTOCOL_VERSION = 1  # the oldest one it still accepts
+PROTOCOL_VERSION = 2  # the newest version this deltasync speaks
+# Version 2 streams the listing as directory units with credit (remote/units.py);
+# version 1's whole-listing batches are gone, so a version 1 peer is refused.
+MIN_PROTOCOL_VERSION = 2  # the oldest one it still accepts
 MAGIC = b"DSYNCPRO"
 
 MAX_FRAME = 4 << 20  # largest payload accepted; data frames are much smaller
@@ -48,7 +50,8 @@ READ_CHUNK = 256 << 10
 # Frame types.  Requests go client -> server, the rest server -> client,
 # except DATA/END/GOODBYE/ERROR, which travel both ways.
 HELLO, ERROR, GOODBYE = 0x01, 0x02, 0x03
-OPEN, OPENED, SCAN, LIST, LIST_END, LIST_Z = 0x10, 0x11, 0x12, 0x13, 0x14, 0x15
+OPEN, OPENED, SCAN, LIST_END = 0x10, 0x11, 0x12, 0x14
+ROOT, UNIT, UNIT_PART, CREDIT = 0x16, 0x17, 0x18, 0x19
 SIGNATURE, FILE, DELTA, MKDIR, SYMLINK, DELETE, META = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
 GET, GET_DELTA = 0x27, 0x28
 DATA, END = 0x30, 0x31
@@ -57,6 +60,8 @@ RESULT = 0x40
 NAMES = {v: k for k, v in list(globals().items())
          if k.isupper() and isinstance(v, int) and 0 < v < 0x100 and k not in
          ("PROTOCOL_VERSION", "MIN_PROTOCOL_VERSION")}
+
+LISTING_FRAMES = frozenset((ROOT, UNIT, UNIT_PART, LIST_END))  # the far listing, in order
 
 _HEAD = struct.Struct(">BI")
 

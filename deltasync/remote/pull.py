@@ -1,210 +1,221 @@
-"""Pull mode: the source tree is on the far side, the replica is local.
+"""Pull mode's source: ``RemoteSource``, the ``Source`` protocol over a ``Connection``.
 
-``PullEngine`` is the normal ``Engine`` (same plan, same reporter events, same
-exit codes) with the source reached through a ``Connection`` opened in the
-``source`` role:
+The far side (``deltasync serve`` in the source role) walks its tree and
+sends it unit by unit (``lister``), and answers requests for files while it
+walks.  The source is *pipelined* (``Source.pipelined``): the engine asks for
+a file as soon as the march decides it (``request``: ``GET``, or
+``GET_DELTA`` with the signature of the replica's old version, so only a
+delta comes back) and takes the answers in the same order from its worker
+(``transfer``), so a pass never waits a round trip per file.
 
-* the source listing (and, with ``--checksum``, the blake3 of every source
-  file) comes from one ``SCAN``;
-* once the plan is known, a sender thread requests every file to transfer, in
-  plan order, without waiting: ``GET`` for a whole file, or ``GET_DELTA``
-  followed by the signature of the local old version (computed in that
-  thread), so the far side streams back only the delta;
-* the main thread runs the plan as usual and, at each create/update, installs
-  the next response through ``LocalReplica`` (temp file, verify, rename).
-
-Responses arrive in request order, so nothing waits a round trip per file.
+An answer is one or more attempts (``FILE`` or ``DELTA`` with the entry as
+the far side opened it, the data, an ``END``), then a ``RESULT``.  An
+attempt whose ``END`` says the file changed while it was read is followed
+by another; ``transfer`` hands each attempt to the engine's install like a
+local file (``SourceFile``), whose ``check_unchanged`` reads the ``END`` and
+checks the whole-file blake3 before anything is renamed into place.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
-from ..engine import Engine, Reporter, SyncOptions, human
-from ..errors import DeltaSyncError, ProtocolError
-from ..model import Action, Entry, Op
-from ..replica import LocalReplica, SourceChanged
-from ..walk import Listing
+from blake3 import blake3
+
+from ..errors import DeltaSyncError, PatchError, ProtocolError, SourceChanged
+from ..listing import Lister
+from ..model import Entry
+from ..source import IncomingDelta, Source, SourceFile
+from ..walk import Excluder
 from . import codec
 from .client import Connection
 from .protocol import DELTA, FILE, GET, GET_DELTA, RESULT, type_name
-from .receive import receive_delta, receive_whole
-from .sigs import link_signature
 from .streams import DataReader, DataWriter
 
+if TYPE_CHECKING:
+    from ..delta import Signature
 
-class PullEngine(Engine):
-    """Runs passes of a remote source into a local replica."""
+T = TypeVar("T")
 
-    def __init__(self, conn: Connection, replica: LocalReplica,
-                 options: SyncOptions = SyncOptions(), reporter: Reporter | None = None,
-                 stop: threading.Event | None = None) -> None:
-        super().__init__(str(conn.spec), replica, options, reporter, stop)
-        self.conn = conn
-        self.local = replica
-        self._digests: dict[str, bytes] = {}
-        self._gone: set[str] = set()
-        self._next_id = 1
-        self._sender: threading.Thread | None = None
-        self._sent = 0
-        self._received = 0
-        self._halt = threading.Event()
 
-    # -- source side ------------------------------------------------------
+class _Delta:
+    """The delta of an answer (``source.IncomingDelta``), counting its literal bytes."""
+
+    def __init__(self, reader: DataReader) -> None:
+        from ..delta import read_delta
+
+        self.block_size, self._ops = read_delta(reader)  # type: ignore[arg-type]
+        self.literal = 0
+        self.ops = self._counted()
+
+    def _counted(self) -> Iterator[object]:
+        from ..delta import Literal
+
+        for op in self._ops:
+            if type(op) is Literal:
+                self.literal += len(op.data)
+            yield op
+
+
+class _Incoming:
+    """One attempt of an answer, as the replica reads it (a ``SourceFile``)."""
+
+    def __init__(self, entry: Entry, reader: DataReader, delta: bool) -> None:
+        self.entry = entry
+        self.reader = reader
+        self.hasher = None if delta else blake3()
+        self.delta: IncomingDelta | None = _Delta(reader) if delta else None
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.reader.read(n)
+        if self.hasher is not None:
+            self.hasher.update(data)
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        n = self.reader.readinto(buf)
+        if self.hasher is not None and n:
+            self.hasher.update(memoryview(buf)[:n])
+        return n
+
+    def fileno(self) -> int:
+        return -1
+
+    def check_unchanged(self) -> None:
+        if self.reader.end is None and self.reader.read(1):
+            raise PatchError("the stream carries data after the end of the file")
+        status, digest, err = codec.decode_end(self.reader.finish())
+        if status == codec.END_CHANGED:
+            raise SourceChanged("source file changed while it was being sent")
+        if status == codec.END_FAILED:
+            assert err is not None
+            raise err
+        if self.hasher is not None:
+            if not digest:
+                raise ProtocolError("whole-file stream ended without its blake3 digest")
+            if digest != self.hasher.digest():
+                raise PatchError("whole-file blake3 of the received data does not match "
+                                 "the sender's; not installed")
+
     @property
-    def data_crosses_link(self) -> bool:
-        return True  # the replica is local but every byte comes over the link
+    def wire(self) -> int:
+        return self.reader.total
 
-    def _walk_source(self, on_error: Any) -> Listing:
-        # The local replica is walked (in a child where it can be) while the
-        # far side walks its tree and sends the listing.
-        finish_local = super()._start_replica_scan(on_error)
-        listing, self._digests = self.conn.scan(list(self.opts.excludes), False,
-                                                self.opts.checksum, on_error)
-        self._local_listing = finish_local()
-        return listing
 
-    def _start_replica_scan(self, on_error: Any) -> Callable[[], Listing]:
-        return lambda: self._local_listing  # walked in _walk_source, beside the far side
+class RemoteSource(Source):
+    """A source directory on the far side of a ``Connection`` (pull)."""
 
-    def _source_dirs(self) -> Any:
-        return contextlib.nullcontext(None)
+    data_crosses_link = True
+    pipelined = True
 
-    def _hashers(self) -> Any:
-        def src_hash(e: Entry) -> bytes | None:
-            return self._digests.get(e.path)
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.root = str(conn.spec)
+        self._digests: dict[str, bytes] = {}
+        self._next_id = 1
+        self._asked: list[int] = []  # ids asked for and not yet answered, in order
+        self._gone: set[str] = set()  # answered "no such file": vanished
+        self.wire = 0  # bytes of file data and deltas received
 
-        def dst_hash(e: Entry) -> bytes | None:
-            try:
-                return self.local.checksum(e.path)
-            except (OSError, DeltaSyncError):
-                return None
+    def lister(self, excluder: Excluder, owner: bool) -> Lister:
+        # File data is read by the engine's worker; a bounded queue keeps at
+        # most ~16 MiB of it in memory when the disk is slower than the link.
+        self.conn.start_reader(max_responses=64)
+        return self.conn.lister(self._set_digests)
 
-        return src_hash, dst_hash
+    def _set_digests(self, digests: dict[str, bytes]) -> None:
+        self._digests = digests
 
-    def _source_gone(self, a: Action) -> bool:
-        return a.path in self._gone
+    def checksum(self, path: str) -> bytes | None:
+        return self._digests.get(path)
 
-    # -- requests (sender thread) -----------------------------------------
-    def _begin_actions(self, plan: list[Action]) -> None:
-        if self.opts.dry_run:
-            return
-        wanted = [a for a in plan if a.op in (Op.CREATE, Op.UPDATE)]
-        if wanted:
-            self._sender = threading.Thread(target=self._send_requests, args=(wanted,),
-                                            name="deltasync-requests", daemon=True)
-            self._sender.start()
+    def exists(self, path: str) -> bool:
+        return path not in self._gone
 
-    def _send_requests(self, wanted: list[Action]) -> None:
+    def request(self, path: str, signature: Signature | None = None) -> None:
+        op_id = self._next_id
+        self._next_id = (op_id + 1) & 0xFFFFFFFF
+        self._asked.append(op_id)
         out = self.conn.out
-        sigs = LocalReplica(self.local.root)  # own dir fds: the main thread uses the other
-        try:
-            for i, a in enumerate(wanted):
-                if self._halt.is_set():
-                    break
-                op_id = i + 1
-                sig = None
-                if self._use_delta(a):
-                    try:
-                        sig = link_signature(sigs, a.path, self.opts.block_size,
-                                             a.src.size if a.src is not None else None)
-                    except (OSError, ValueError, DeltaSyncError):
-                        sig = None  # no usable basis: fetch the whole file
-                if sig is None:
-                    out.send(GET, codec.encode_path_op(op_id, 0, a.path), flush=i < 8)
-                else:
-                    from ..delta import write_signature
+        if signature is None:
+            out.send(GET, codec.encode_path_op(op_id, 0, path), flush=len(self._asked) < 8)
+            return
+        from ..delta import write_signature
 
-                    out.send(GET_DELTA, codec.encode_path_op(op_id, 0, a.path))
-                    w = DataWriter(out)
-                    write_signature(sig, w)  # type: ignore[arg-type]
-                    w.end(codec.encode_end(codec.END_OK), flush=True)
-                self._sent = op_id
-            out.flush()
-        except ProtocolError:
-            pass  # the main thread sees the dropped link when it reads
-        except BaseException:
-            self.conn.abort()  # never leave the main thread waiting for an answer
-            raise
-        finally:
-            sigs.close()
+        out.send(GET_DELTA, codec.encode_path_op(op_id, 0, path))
+        w = DataWriter(out)
+        write_signature(signature, w)  # type: ignore[arg-type]
+        w.end(codec.encode_end(codec.END_OK), flush=True)
 
-    def _end_actions(self) -> None:
-        self._halt.set()
-        if self._sender is not None:
-            self._sender.join()
-            self._sender = None
-        while self._received < self._sent:  # an interrupted pass: drain what was asked
-            self._received += 1
-            self._receive(self._received, None, drain=True)
-
-    # -- responses (main thread) ------------------------------------------
-    def _transfer(self, a: Action, whole: bool = False) -> str:
-        assert a.src is not None
-        if self.opts.dry_run:
-            return f"{human(a.src.size)}, {a.reason.value}"
-        self._received += 1
-        return self._receive(self._received, a)
-
-    def _receive(self, op_id: int, a: Action | None, drain: bool = False) -> str:
-        recv = self.conn.recv
-        stats, rep = self._stats, self.reporter
+    def transfer(self, path: str, use: Callable[[SourceFile], T],
+                 on_retry: Callable[[], None] | None = None) -> T:
+        """Install the next answer (it must be for ``path``) through ``use``."""
+        if not self._asked:
+            raise ProtocolError(f"{path!r} was not asked for")
+        op_id = self._asked.pop(0)
+        recv = self.conn.response
+        result: T | None = None
+        done = False
         local_err: BaseException | None = None
-        n, delta, literal = 0, False, 0
-        wire = 0
         while True:
             ftype, payload = recv()
             if ftype == RESULT:
                 rid, _, err = codec.decode_result(payload)
                 if rid != op_id:
                     raise ProtocolError(f"answer for request {rid} arrived instead of {op_id}")
-                if drain or a is None:
-                    return ""
                 if local_err is not None:
                     raise local_err
                 if err is not None:
                     if isinstance(err, FileNotFoundError):
-                        self._gone.add(a.path)
+                        self._gone.add(path)
                     raise err
-                break
+                if not done:
+                    raise SourceChanged("source file kept changing while it was read")
+                return result  # type: ignore[return-value]
             if ftype not in (FILE, DELTA):
                 raise ProtocolError(f"unexpected {type_name(ftype)} frame in a file transfer")
             rid, entry = codec.decode_op(payload, type_name(ftype))
             reader = DataReader(recv, "file")
-            if rid != op_id or (a is not None and entry.path != a.path):
+            if rid != op_id or entry.path != path:
                 raise ProtocolError(f"file {entry.path!r} (request {rid}) arrived out of order")
-            if drain or a is None or local_err is not None:
+            if done or local_err is not None:
                 reader.finish()
                 continue
-            delta = ftype == DELTA
             try:
-                if delta:
-                    counter = [0]
-                    n = receive_delta(self.local, a.path, entry, reader, counter)
-                    literal = counter[0]
-                else:
-                    n = receive_whole(self.local, a.path, entry, reader)
-                wire = reader.total
+                f = _Incoming(entry, reader, ftype == DELTA)
+                result = use(f)
+                done = True
+                self.wire += reader.total
             except SourceChanged:
-                rep.warning(a.path, "changed while being copied; retrying")
+                reader.finish()
+                if on_retry is not None:
+                    on_retry()
             except ProtocolError:
                 raise
             except (OSError, DeltaSyncError) as e:
+                reader.finish()
                 local_err = e
-        stats.bytes_written += n
-        stats.bytes_sent += wire
-        rep.progress(n)
-        rep.file_done()
-        if delta:
-            stats.delta_files += 1
-            stats.literal_bytes += literal
-            stats.matched_bytes += n - literal
-            return (f"{human(n)}, {a.reason.value}, delta: {human(literal)} literal, "
-                    f"{human(n - literal)} matched")
-        return f"{human(n)}, {a.reason.value}"
+
+    def discard(self, path: str) -> None:
+        """Read the next answer and throw it away (an interrupted pass)."""
+        if not self._asked:
+            return
+        op_id = self._asked.pop(0)
+        while True:
+            ftype, payload = self.conn.response()
+            if ftype == RESULT:
+                if codec.decode_result(payload)[0] != op_id:
+                    raise ProtocolError("an answer arrived out of order")
+                return
+            if ftype not in (FILE, DELTA):
+                raise ProtocolError(f"unexpected {type_name(ftype)} frame in a file transfer")
+            DataReader(self.conn.response, "file").finish()
+
+    def close(self) -> None:
+        while self._asked:
+            self.discard("")
+        self.conn.goodbye()
 
 
-__all__ = ["PullEngine"]
+__all__ = ["RemoteSource"]

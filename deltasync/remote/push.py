@@ -1,37 +1,36 @@
 """A push's replica: ``RemoteReplica``, the ``Replica`` protocol over a ``Connection``.
 
 It is *pipelined*: ``write_file``, ``write_delta``, ``mkdir``, ``symlink``,
-``delete`` and ``set_meta`` send their request and return at once; a reader
-thread collects the in-order ``RESULT`` frames, and a failed one reaches the
-engine through the late-failure callback it registers with
-``begin_actions`` (``end_actions`` waits for the last result).  Only
-``signature`` waits for its answer, because the delta needs it.  Whole files
-carry their blake3, which the far side checks before the rename.  The far
-listing arrives batch by batch (``scan_batches``), read by the same thread,
-so the engine can act on a batch while later ones are still coming.
+``delete`` and ``set_meta`` send their request and return at once; the
+connection's reader thread queues the in-order ``RESULT`` frames, and a
+failed one reaches the engine through the late-failure callback it
+registers with ``begin_actions`` (``end_actions`` waits for the last
+result).  Only ``signature`` waits for its answer, because the delta needs
+it; the far side answers while it is still walking.  Whole files carry their
+blake3, which the far side checks before the rename.  The far listing comes
+unit by unit (``lister``), beside the results.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import DeltaSyncError, ProtocolError
+from ..errors import DeltaSyncError, ProtocolError, SourceChanged
+from ..listing import Lister
 from ..model import Entry, Kind
-from ..replica import SourceChanged, SourceFile
-from ..walk import Excluder, Listing
+from ..replica import LateFailure, Replica, SourceCheck
+from ..walk import Excluder
 from . import codec
-from .client import Connection, ListBatch, whole
+from .client import Connection
 from .protocol import (
     DATA,
     DELETE,
     DELTA,
     END,
     FILE,
-    GOODBYE,
     META,
     MKDIR,
     RESULT,
@@ -43,8 +42,7 @@ from .streams import DataWriter, send_fd
 
 if TYPE_CHECKING:
     from ..delta import Signature
-
-LateFailure = Callable[[str, str, BaseException], None]
+    from ..source import SourceFile
 
 
 class _Pending:
@@ -57,76 +55,36 @@ class _Pending:
         self.ignore = False  # we abandoned it ourselves; its failure is expected
 
 
-class RemoteReplica:
+class RemoteReplica(Replica):
     """A replica directory on the far side of a ``Connection`` (push)."""
 
-    pipelined = True
-    scan_reports_errors = True
+    data_crosses_link = True
 
     def __init__(self, conn: Connection, checksum: bool = False) -> None:
         self.conn = conn
         self.out = conn.out
         self.root = ""  # not a local path: the engine must not look at it
         self.checksum_all = checksum
-        self._digests: dict[str, bytes] = {}
-        self._listed: list[list[Entry]] = []  # the decoded batches of the far listing
-        self._files: set[str] | None = None  # their files, gathered when a failure needs it
-        self._q: queue.Queue[tuple[int, bytes] | BaseException] = queue.Queue()
+        self._digests: dict[str, bytes] = {}  # of the unit taken last (--checksum)
         self._pending: deque[_Pending] = deque()
         self._next_id = 1
         self._late: LateFailure | None = None
-        self._reader: threading.Thread | None = None
         self._fatal: BaseException | None = None
         self._matcher_warm = False
-        self._listing = False  # listing frames still arriving: results cannot be among them
         self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
 
+    @property
+    def owner(self) -> bool:  # type: ignore[override]
+        """Owners are set (and so compared) when the far side runs as root."""
+        return bool(self.conn.info.get("root_user"))
+
     # -- reading ----------------------------------------------------------
-    def scan(self, excluder: Excluder, clean_temps: bool = True,
-             on_error: Callable[[str, OSError], None] | None = None) -> Listing:
-        return whole(self.scan_batches(excluder, clean_temps, on_error))
+    def lister(self, excluder: Excluder, owner: bool) -> Lister:
+        """The far tree, unit by unit (its SCAN went out with the connection)."""
+        return self.conn.lister(self._set_digests)
 
-    def scan_batches(self, excluder: Excluder, clean_temps: bool = True,
-                     on_error: Callable[[str, OSError], None] | None = None
-                     ) -> Generator[ListBatch, None, Listing]:
-        """The far listing batch by batch (see ``Connection.scan_batches``).
-
-        Frames are read by the results thread from here on, so requests the
-        engine sends while batches still arrive can never deadlock the link:
-        the far side answers them only after its walk, and its listing is
-        drained meanwhile whatever our writes are waiting for.
-        """
-        if self._reader is not None:
-            raise ProtocolError("a remote replica is scanned once per connection")
-        self._listing = True
-        self._reader = threading.Thread(target=self._read_loop, name="deltasync-results",
-                                        daemon=True)
-        self._reader.start()
-        stream = self.conn.scan_batches(excluder.patterns, clean_temps, self.checksum_all,
-                                        self._digests, on_error, recv=self._take)
-        while True:
-            try:
-                batch = next(stream)
-            except StopIteration as end:
-                self._listing = False
-                listing: Listing = end.value
-                return listing
-            batch.on_decode = self._decoded
-            yield batch
-
-    def _decoded(self, entries: list[Entry]) -> None:
-        # Only decoded batches can hold paths we write to (an undecoded one was
-        # identical to the source: nothing in it changes).
-        self._listed.append(entries)
-
-    def _create_or_update(self, path: str) -> str:
-        """The word for a failed whole-file write: did the far side have the file?
-
-        Asked only when one fails, so the set of far files (~5 ms at 20,000
-        entries, on every pass) is made only then."""
-        if self._files is None:
-            self._files = {e.path for es in self._listed for e in es if e.kind is Kind.FILE}
-        return "update" if path in self._files else "create"
+    def _set_digests(self, digests: dict[str, bytes]) -> None:
+        self._digests = digests
 
     def checksum(self, path: str) -> bytes:
         digest = self._digests.get(path)
@@ -134,7 +92,9 @@ class RemoteReplica:
             raise DeltaSyncError(f"no remote checksum for {path!r}")
         return digest
 
-    def signature(self, path: str, block_size: int | None = None) -> Signature:
+    def signature(self, path: str, block_size: int | None = None,
+                  strong_len: int | None = None) -> Signature:
+        """The far side sizes the strong sums itself (``sigs.PUSH_MARGIN_BITS``)."""
         from ..delta import read_signature
         from .streams import DataReader
 
@@ -176,9 +136,9 @@ class RemoteReplica:
         return sig
 
     # -- pipelined writes -------------------------------------------------
-    def write_file(self, path: str, src: SourceFile) -> int:
+    def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
         p = self._send(FILE, lambda i: codec.encode_op(i, src.entry._replace(path=path)),
-                       "", path)  # create or update: worked out if it fails
+                       "create" if new else "update", path)
         w = DataWriter(self.out)
         try:
             total, digest = send_fd(src.fileno(), w)
@@ -195,7 +155,7 @@ class RemoteReplica:
         self._poll()
         return total
 
-    def write_delta(self, path: str, src: SourceFile, ops: Iterable[object],
+    def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int) -> int:
         from ..delta import write_delta
 
@@ -209,7 +169,7 @@ class RemoteReplica:
             p.ignore = True
             w.end(codec.encode_end(codec.END_CHANGED))
             raise
-        except (OSError, ValueError, DeltaSyncError) as e:
+        except (OSError, DeltaSyncError) as e:
             if isinstance(e, ProtocolError):
                 raise
             p.ignore = True
@@ -255,11 +215,7 @@ class RemoteReplica:
         except DeltaSyncError:
             self.conn.abort()
             return
-        if self._reader is None:
-            self.conn.goodbye()
-            return
-        self.conn.goodbye(self._take)
-        self._reader.join(timeout=5)
+        self.conn.goodbye()
 
     # -- plumbing ---------------------------------------------------------
     def _send(self, ftype: int, encode: Callable[[int], bytes], op: str, path: str,
@@ -272,41 +228,25 @@ class RemoteReplica:
         self.out.send(ftype, encode(p.op_id), flush=flush)
         return p
 
-    def _read_loop(self) -> None:
-        while True:
-            try:
-                frame = self.conn.recv()
-            except BaseException as e:  # noqa: BLE001 - handed to the main thread
-                self._q.put(e)
-                return
-            self._q.put(frame)
-            if frame[0] == GOODBYE:
-                return
-
     def _take(self) -> tuple[int, bytes]:
         if self._fatal is not None:
             raise self._fatal
-        if self._reader is None:
-            return self.conn.recv()
-        self.out.flush()
-        item = self._q.get()
-        if isinstance(item, BaseException):
-            self._fatal = item
-            raise item
-        return item
+        try:
+            return self.conn.response()
+        except BaseException as e:
+            self._fatal = e
+            raise
 
     def _poll(self) -> None:
         """Handle the results that have already arrived, without waiting."""
-        if self._listing:
-            return  # the queue holds listing frames, which the scan reads
         while True:
             try:
-                item = self._q.get_nowait()
-            except queue.Empty:
+                item = self.conn.response_nowait()
+            except BaseException as e:
+                self._fatal = e
+                raise
+            if item is None:
                 return
-            if isinstance(item, BaseException):
-                self._fatal = item
-                raise item
             ftype, payload = item
             if ftype != RESULT:
                 raise ProtocolError(f"unexpected {type_name(ftype)} frame")
@@ -319,11 +259,10 @@ class RemoteReplica:
         p = self._pending.popleft()
         if err is None or p.ignore:
             return
-        op = p.op or self._create_or_update(p.path)
         if self._late is not None:
-            self._late(p.path, op, err)
+            self._late(p.path, p.op, err)
         else:
-            self.failures.append((p.path, op, err))
+            self.failures.append((p.path, p.op, err))
 
 
 def _warm_matcher() -> None:

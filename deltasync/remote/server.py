@@ -7,6 +7,14 @@ files and renames them only after the stream was verified.  Requests are
 served strictly in order, one at a time; each gets exactly one ``RESULT``
 (after any data it returns), so the client can pipeline without waiting.
 
+The far listing is walked while requests are served: the loop sends one
+directory unit (``units.walk_units``) whenever no request is waiting and the
+client has credit for it, so transfers start while the walk goes on and
+neither side ever holds the whole listing.  What a push writes cannot
+disturb the walk: the client writes inside a directory only after it has
+that directory's unit, and the walk goes down only into directories it
+listed itself.
+
 A per-file failure (permission denied, disk full, a delta that does not
 apply) is a ``RESULT`` with the error and the session goes on.  A frame that
 cannot be understood ends the session: the server sends ``ERROR``, says why on
@@ -18,20 +26,28 @@ from __future__ import annotations
 
 import gc
 import os
-import stat
+import select
 import struct
 import sys
+from collections.abc import Generator
 from typing import Any
 
 from .. import __version__
-from ..errors import EXIT_FATAL, EXIT_OK, EXIT_PROTOCOL, DeltaSyncError, ProtocolError
-from ..fsutil import DirFds, open_nofollow
-from ..model import Entry, Kind
+from ..errors import (
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_PROTOCOL,
+    DeltaSyncError,
+    ProtocolError,
+    SourceChanged,
+)
+from ..model import Kind
 from ..replica import LocalReplica
-from ..walk import Excluder, stat_entry
+from ..source import LocalSource, SourceFile
+from ..walk import Excluder
 from . import codec
-from .listing import Scan, send_listing
 from .protocol import (
+    CREDIT,
     DELETE,
     DELTA,
     ERROR,
@@ -40,9 +56,7 @@ from .protocol import (
     GET_DELTA,
     GOODBYE,
     HELLO,
-    LIST,
     LIST_END,
-    LIST_Z,
     META,
     MIN_PROTOCOL_VERSION,
     MKDIR,
@@ -50,9 +64,12 @@ from .protocol import (
     OPENED,
     PROTOCOL_VERSION,
     RESULT,
+    ROOT,
     SCAN,
     SIGNATURE,
     SYMLINK,
+    UNIT,
+    UNIT_PART,
     FrameReader,
     FrameWriter,
     dump_json,
@@ -63,8 +80,7 @@ from .protocol import (
     type_name,
 )
 from .streams import DataReader, DataWriter, send_fd
-
-COPY_RETRIES = 2
+from .units import encode_root, root_entry, split_payload, walk_units
 
 
 class Server:
@@ -76,8 +92,11 @@ class Server:
         self.role: str | None = None
         self.root = ""
         self.replica: LocalReplica | None = None
-        self.src_dirs: DirFds | None = None
+        self.source: LocalSource | None = None
         self.dry_run = False
+        self._walk: Generator[bytes, None, None] | None = None  # the listing still to send
+        self._credit = 0  # unit bytes the client will still take
+        self._gc_was = False
 
     # -- session --------------------------------------------------------
     def run(self) -> int:
@@ -85,6 +104,9 @@ class Server:
             try:
                 self._handshake()
                 while True:
+                    if self._walk is not None and self._credit > 0 and not self._waiting():
+                        self._send_unit()
+                        continue
                     if not self.inp.has_frame():
                         self.out.flush()
                     ftype, payload = self.inp.recv()
@@ -99,10 +121,11 @@ class Server:
                 self._fatal(str(e), e.exit_code)
                 return e.exit_code
         finally:
+            self._end_walk()
             if self.replica is not None:
                 self.replica.close()
-            if self.src_dirs is not None:
-                self.src_dirs.close()
+            if self.source is not None:
+                self.source.close()
 
     def _fatal(self, msg: str, code: int) -> None:
         sys.stderr.write(f"deltasync serve: error: {msg}\n")
@@ -149,7 +172,7 @@ class Server:
             if not os.path.isdir(root):
                 raise DeltaSyncError(f"source is not a directory: {root}" if
                                      os.path.exists(root) else f"source does not exist: {root}")
-            self.src_dirs = DirFds(root)
+            self.source = LocalSource(root)
         self.root = root
         self.out.send(OPENED, dump_json({"root": root, "root_user": os.geteuid() == 0,
                                          "software": __version__}), flush=True)
@@ -157,6 +180,11 @@ class Server:
     def _dispatch(self, ftype: int, payload: bytes) -> None:
         if ftype == SCAN:
             self._scan(parse_json(payload, "SCAN"))
+            return
+        if ftype == CREDIT:
+            if len(payload) != 4:
+                raise ProtocolError("malformed CREDIT message")
+            self._credit += struct.unpack(">I", payload)[0]
             return
         handler = (self._REPLICA_OPS if self.role == "replica" else self._SOURCE_OPS).get(ftype)
         if handler is None:
@@ -170,44 +198,66 @@ class Server:
         return DataReader(self.inp.recv, what)
 
     # -- listing --------------------------------------------------------
-    def _scan(self, body: dict[str, Any]) -> None:
-        # ~20,000 Entry tuples and their strings are born here and none is
-        # garbage: the cyclic GC would only rescan them (as in Engine.run_pass).
-        was = gc.isenabled()
-        gc.disable()
+    def _waiting(self) -> bool:
+        """Is a request waiting to be read?  (Requests go before the walk.)"""
+        if self.inp.has_frame():
+            return True
         try:
-            self._scan_gc_paused(body)
-        finally:
-            if was:
-                gc.enable()
+            return bool(select.select([self.inp.fd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True  # let recv find out what is wrong
 
-    def _scan_gc_paused(self, body: dict[str, Any]) -> None:
+    def _scan(self, body: dict[str, Any]) -> None:
+        if self._walk is not None:
+            raise ProtocolError("a second SCAN in one session")
         excludes = body.get("excludes", [])
         if not isinstance(excludes, list) or not all(isinstance(x, str) for x in excludes):
             raise ProtocolError("malformed SCAN message")
+        credit = body.get("credit")
+        if not isinstance(credit, int) or credit <= 0:
+            raise ProtocolError("malformed SCAN message: no credit")
+        self._credit = credit
         excluder = Excluder(excludes)
-        # zlib per batch when asked, unless the whole stream is compressed (-z) already
+        # zlib per unit when asked, unless the whole stream is compressed (-z) already
         packed = body.get("list_zlib") is True and not self.out.compressing
-        ftype = LIST_Z if packed else LIST
+        clean = self.replica is not None and bool(body.get("clean_temps")) and not self.dry_run
+        # A replica compares owners only when it can set them (it runs as root).
+        owner = bool(body.get("owner")) and (self.replica is None or os.geteuid() == 0)
+        self.out.send(ROOT, encode_root(root_entry(self.root)))
+        # ~20,000 strings a second are born here and none is garbage: the
+        # cyclic GC would only rescan them (as in Engine.run_pass).
+        self._gc_was = gc.isenabled()
+        gc.disable()
+        self._walk = walk_units(self.root, excluder, owner, bool(body.get("checksum")),
+                                self.replica.remove_temps if clean and self.replica else None,
+                                packed)
 
-        def sink(payload: bytes) -> None:
-            self.out.send(ftype, payload, flush=True)
+    def _send_unit(self) -> None:
+        assert self._walk is not None
+        try:
+            payload = next(self._walk)
+        except StopIteration:
+            self._end_walk()
+            self.out.send(LIST_END, dump_json({}), flush=True)
+            self._after_walk()
+            return
+        parts = split_payload(payload)
+        for part in parts[:-1]:
+            self.out.send(UNIT_PART, part)
+        self.out.send(UNIT, parts[-1])
+        self._credit -= len(payload)
 
-        if not os.path.isdir(self.root):  # a dry run into a replica not made yet
-            scan = Scan(Entry("", Kind.DIR))
-        else:
-            clean = self.replica is not None and bool(body.get("clean_temps"))
-            scan = send_listing(self.root, excluder, sink, packed=packed,
-                                checksum=bool(body.get("checksum")), temps=clean)
-            if clean and scan.temps:
-                assert self.replica is not None
-                self.replica.remove_temps(scan.temps)
-        root = codec.encode_entry(scan.root)
-        self.out.send(LIST_END, struct.pack(">I", len(root)) + root + dump_json(
-            {"unreadable": sorted(scan.unreadable), "errors": scan.errors}), flush=True)
-        if self.replica is not None and scan.big:
-            # A file this big may be updated by a delta, whose signature needs
-            # numpy (~70 ms to import): import it while the client plans.
+    def _end_walk(self) -> None:
+        if self._walk is not None:
+            self._walk.close()
+            self._walk = None
+            if self._gc_was:
+                gc.enable()
+
+    def _after_walk(self) -> None:
+        if self.replica is not None and not self.dry_run:
+            # A delta's signature needs numpy (~70 ms to import): import it
+            # while the client plans, in case one is asked for.
             import threading
 
             threading.Thread(target=_warm_delta, name="deltasync-import", daemon=True).start()
@@ -280,15 +330,6 @@ class Server:
         self._result(op_id)
 
     # -- source side (pull) -----------------------------------------------
-    def _open_source(self, path: str) -> tuple[int, Entry]:
-        assert self.src_dirs is not None
-        fd = open_nofollow(self.src_dirs, path)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise OSError(22, "source is not a regular file")
-        return fd, stat_entry(path, st)
-
     def _op_get(self, payload: bytes, sig: object = None) -> None:
         op_id, _, path = codec.decode_path_op(payload, "GET")
         self._send_file(op_id, path, None)
@@ -310,42 +351,41 @@ class Server:
         self._send_file(op_id, path, sig)
 
     def _send_file(self, op_id: int, path: str, sig: Any) -> None:
-        for _attempt in range(COPY_RETRIES + 1):
+        """Answer a GET: one attempt per open of the file (``LocalSource.transfer``
+        opens it again when it changed while it was sent), then the RESULT."""
+        assert self.source is not None
+
+        def attempt(f: SourceFile) -> int:
+            self.out.send(DELTA if sig is not None else FILE, codec.encode_op(op_id, f.entry))
+            w = DataWriter(self.out)
+            digest = b""  # a delta carries its own
             try:
-                codec_path_check(path)
-                fd, entry = self._open_source(path)
+                if sig is not None:
+                    from ..delta import DeltaStats, make_delta, write_delta
+
+                    write_delta(make_delta(sig, f, DeltaStats()), w,  # type: ignore[arg-type]
+                                sig.block_size)
+                else:
+                    digest = send_fd(f.fileno(), w)[1]
+                f.check_unchanged()
+            except SourceChanged:
+                w.end(codec.encode_end(codec.END_CHANGED))
+                raise
             except (OSError, DeltaSyncError) as e:
-                self._result(op_id, err=e)
-                return
-            try:
-                self.out.send(DELTA if sig is not None else FILE, codec.encode_op(op_id, entry))
-                w = DataWriter(self.out)
-                digest = b""  # a delta carries its own
-                try:
-                    if sig is not None:
-                        from ..delta import DeltaStats, make_delta, write_delta
+                w.end(codec.encode_end(codec.END_FAILED, err=e))
+                raise _Sent(e) from e
+            w.end(codec.encode_end(codec.END_OK, digest))
+            return f.entry.size
 
-                        with os.fdopen(os.dup(fd), "rb") as f:
-                            ds = DeltaStats()
-                            write_delta(make_delta(sig, f, ds), w, sig.block_size)  # type: ignore[arg-type]
-                    else:
-                        digest = send_fd(fd, w)[1]
-                except (OSError, ValueError, DeltaSyncError) as e:
-                    w.end(codec.encode_end(codec.END_FAILED, err=e))
-                    self._result(op_id, err=e)
-                    return
-                st = os.fstat(fd)
-                if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-                    w.end(codec.encode_end(codec.END_CHANGED))
-                    continue
-                w.end(codec.encode_end(codec.END_OK, digest))
-                self._result(op_id, entry.size)
-                return
-            finally:
-                os.close(fd)
-        from ..replica import SourceChanged
-
-        self._result(op_id, err=SourceChanged("source file kept changing while it was read"))
+        try:
+            codec_path_check(path)
+            size = self.source.transfer(path, attempt)
+        except _Sent as e:
+            self._result(op_id, err=e.err)
+        except (OSError, DeltaSyncError) as e:
+            self._result(op_id, err=e)
+        else:
+            self._result(op_id, size)
 
     _REPLICA_OPS = {
         SIGNATURE: _op_signature,
@@ -357,6 +397,14 @@ class Server:
         META: lambda self, p: self._simple(p, "META"),
     }
     _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
+
+
+class _Sent(DeltaSyncError):
+    """An attempt failed after its FILE frame went out (its END says so)."""
+
+    def __init__(self, err: BaseException) -> None:
+        super().__init__(str(err))
+        self.err = err
 
 
 def _warm_delta() -> None:

@@ -10,16 +10,16 @@ dropped link costs one failed pass, not the loop.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import threading
 from typing import Any
 
-from ..compare import CompareOptions
 from ..engine import Engine, Reporter, SyncOptions
 from ..replica import LocalReplica
+from ..source import LocalSource
 from .client import Connection
+from .pull import RemoteSource
 from .push import RemoteReplica
 from .transport import (
     RemoteSpec,
@@ -31,17 +31,6 @@ from .transport import (
 )
 
 
-class PushEngine(Engine):
-    """``Engine`` into a ``RemoteReplica``: owner/group are compared only when the
-    far side can set them (it runs as root), which is known once it answered."""
-
-    def _compare_options(self) -> CompareOptions:
-        owner = bool(self.replica.conn.info.get("root_user"))  # type: ignore[attr-defined]
-        if owner != self.opts.owner:
-            self.opts = dataclasses.replace(self.opts, owner=owner)
-        return super()._compare_options()
-
-
 class _PullClose:
     def __init__(self, conn: Connection, local: LocalReplica) -> None:
         self.conn, self.local = conn, local
@@ -50,7 +39,8 @@ class _PullClose:
         try:
             self.local.close()
         finally:
-            self.conn.goodbye()
+            if not self.conn.closed:
+                self.conn.goodbye()
 
 
 def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: SyncOptions,
@@ -71,20 +61,19 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         transport=early)
     if dst_spec is not None:
         # The SCAN goes out with the connection, so the far side walks its
-        # tree while we walk ours.
+        # tree while we walk ours.  Owners count if the far side can set them.
         conn = Connection(dst_spec, "replica", owner=True,
-                          scan=(list(opts.excludes), not opts.dry_run, opts.checksum), **common)
+                          scan=(list(opts.excludes), not opts.dry_run, opts.checksum, True),
+                          **common)
         r = RemoteReplica(conn, checksum=opts.checksum)
-        return PushEngine(source, r, opts, reporter, stop), r
+        return Engine(LocalSource(source), r, opts, reporter, stop), r
     assert src_spec is not None
-    from .pull import PullEngine
-
     if not opts.dry_run:
         os.makedirs(replica, exist_ok=True)
-    conn = Connection(src_spec, "source", scan=(list(opts.excludes), False, opts.checksum),
-                      **common)
+    conn = Connection(src_spec, "source",
+                      scan=(list(opts.excludes), False, opts.checksum, opts.owner), **common)
     local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner)
-    return PullEngine(conn, local, opts, reporter, stop), _PullClose(conn, local)
+    return Engine(RemoteSource(conn), local, opts, reporter, stop), _PullClose(conn, local)
 
 
 __all__ = ["RemoteSpec", "check_remote_paths", "is_remote", "open_remote_pass"]

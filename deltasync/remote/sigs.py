@@ -34,7 +34,6 @@ bits of margin per further doubling, nothing else).
 
 from __future__ import annotations
 
-import math
 import os
 from typing import TYPE_CHECKING
 
@@ -42,18 +41,11 @@ if TYPE_CHECKING:
     from ..delta import Signature
     from ..replica import LocalReplica
 
-PUSH_MARGIN_BITS = 24  # a false match costs a whole-file resend (the push's redo)
-PULL_MARGIN_BITS = 40  # a false match fails the file, every pass: it must not happen
-WEAK_BITS = 32
+from ..delta.signature import PULL_MARGIN_BITS, PUSH_MARGIN_BITS, WEAK_BITS, strong_len_for
+
 GROWTH = 4  # push: assumed largest new size, as a multiple of the basis
-
-
-def strong_len_for(new_size: int, blocks: int, margin_bits: int = PULL_MARGIN_BITS) -> int:
-    """Strong sum length (bytes) for a basis of ``blocks`` blocks and a new file of ``new_size``."""
-    from ..delta import DEFAULT_STRONG_LEN, MIN_STRONG_LEN
-
-    bits = math.log2(max(new_size, 2)) + math.log2(max(blocks, 1)) - WEAK_BITS + margin_bits
-    return max(MIN_STRONG_LEN, min(DEFAULT_STRONG_LEN, math.ceil(bits / 8)))
+__all__ = ["GROWTH", "PULL_MARGIN_BITS", "PUSH_MARGIN_BITS", "WEAK_BITS", "link_signature",
+           "strong_len_for"]
 
 
 def link_signature(replica: LocalReplica, path: str, block_size: int | None,

@@ -1,0 +1,410 @@
+"""Directory units over the wire: the far side's walk, sent as it goes; the near side's lister.
+
+The far side (``deltasync serve``) answers a ``SCAN`` with one ``ROOT`` frame,
+then one ``UNIT`` per directory of its tree, in walk order, then
+``LIST_END``.  A unit is the directory's listing record (``scan.DirScan.raw``,
+the same bytes a local lister compares) plus the names of the
+subdirectories the walk goes into, the entries it could not read and, with
+``--checksum``, the blake3 of its regular files.  Layout in
+``docs/PROTOCOL.md``.
+
+Flow control: the far side sends units only while fewer than ``credit``
+bytes of them are unread; the near side gives the credit back
+(``CREDIT`` frames) as the march takes units.  So neither side ever holds
+more than a bounded part of the far listing, however large the tree, and
+the link is never blocked by a listing nobody reads (requests and their
+results travel beside the units).
+
+``walk_units`` (far side) is a generator: the server's loop asks for one
+unit at a time, between requests, so the walk goes on while files are
+already being transferred.  ``RemoteLister`` (near side) is the
+``listing.Lister`` of the far tree.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import struct
+import zlib
+from collections.abc import Callable, Generator
+
+from ..errors import DeltaSyncError, ProtocolError
+from ..listing import DIR_OPEN, DirUnit
+from ..model import Entry, Kind
+from ..scan import decode, encode, scan_dir
+from ..walk import Excluder, stat_entry
+from . import codec
+from .protocol import MAX_FRAME
+
+MAX_UNIT = 1 << 30  # a unit assembled from parts may not be larger than this
+DEFAULT_CREDIT = 4 << 20  # unread unit bytes the far side may have in flight
+CREDIT_STEP = 256 << 10  # credit is given back in pieces at least this big
+
+_U32 = struct.Struct(">I")
+_ERR = struct.Struct(">iH")
+_COUNTS = struct.Struct(">II")
+_NAME_ERR = struct.Struct(">Hi")
+_DIGEST = struct.Struct(">I32s")
+
+
+# -- the unit payload -----------------------------------------------------------
+
+def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
+                packed: bool = False) -> bytes:
+    """``flags u8 | body`` (flags bit 0: the body is one zlib stream)."""
+    p = os.fsencode(unit.path)
+    parts = [_U32.pack(len(p)), p]
+    if unit.error is not None:
+        msg = (unit.error.strerror or str(unit.error)).encode("utf-8", "replace")[:1000]
+        parts += [b"\x01", _ERR.pack(unit.error.errno or 0, len(msg)), msg]
+    else:
+        parts += [b"\x00", _COUNTS.pack(unit.count, len(unit.raw)), unit.raw,
+                  _U32.pack(len(unit.subdirs))]
+        for n in unit.subdirs:
+            nb = os.fsencode(n)
+            parts += [struct.pack(">H", len(nb)), nb]
+        parts.append(_U32.pack(len(unit.errors)))
+        for n, err in unit.errors:
+            nb = os.fsencode(n)
+            parts += [_NAME_ERR.pack(len(nb), err), nb]
+        parts.append(_U32.pack(len(digests or ())))
+        for idx, d in digests or ():
+            parts.append(_DIGEST.pack(idx, d))
+    body = b"".join(parts)
+    if packed:
+        return b"\x01" + zlib.compress(body, 1)
+    return b"\x00" + body
+
+
+class _Cursor:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf, self.pos = buf, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise ProtocolError("malformed UNIT message: truncated")
+        b = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return b
+
+    def unpack(self, s: struct.Struct) -> tuple[int, ...]:
+        return s.unpack(self.take(s.size))
+
+
+def decode_unit(payload: bytes) -> tuple[DirUnit, list[tuple[int, bytes]]]:
+    """Inverse of ``encode_unit``; anything that does not fit exactly is a ProtocolError."""
+    if not payload:
+        raise ProtocolError("malformed UNIT message: empty")
+    if payload[0] == 1:
+        z = zlib.decompressobj()
+        try:
+            body = z.decompress(payload[1:], MAX_UNIT)
+        except zlib.error as e:
+            raise ProtocolError(f"malformed UNIT message: {e}") from None
+        if z.unconsumed_tail or not z.eof or z.unused_data:
+            raise ProtocolError("malformed UNIT message: bad compressed body")
+    elif payload[0] == 0:
+        body = payload[1:]
+    else:
+        raise ProtocolError("malformed UNIT message: unknown flags")
+    c = _Cursor(body)
+    (plen,) = c.unpack(_U32)
+    path = os.fsdecode(c.take(plen))
+    if path and (path.startswith("/") or "" in path.split("/") or ".." in path.split("/")
+                 or "." in path.split("/") or "\0" in path):
+        raise ProtocolError(f"malformed UNIT message: unsafe path {path!r}")
+    status = c.take(1)[0]
+    if status == 1:
+        err, mlen = c.unpack(_ERR)
+        msg = c.take(mlen).decode("utf-8", "replace")
+        if c.pos != len(body):
+            raise ProtocolError("malformed UNIT message: trailing bytes")
+        return DirUnit(path, error=OSError(err, msg)), []
+    if status != 0:
+        raise ProtocolError("malformed UNIT message: bad status")
+    count, rlen = c.unpack(_COUNTS)
+    raw = c.take(rlen)
+    (nsub,) = c.unpack(_U32)
+    if nsub > count:
+        raise ProtocolError("malformed UNIT message: more subdirectories than entries")
+    subdirs = []
+    for _ in range(nsub):
+        (nl,) = struct.unpack(">H", c.take(2))
+        name = os.fsdecode(c.take(nl))
+        if not name or "/" in name or name in (".", "..") or "\0" in name:
+            raise ProtocolError("malformed UNIT message: bad subdirectory name")
+        subdirs.append(name)
+    (nerr,) = c.unpack(_U32)
+    errors = []
+    for _ in range(min(nerr, len(body))):
+        nl, err = c.unpack(_NAME_ERR)
+        name = os.fsdecode(c.take(nl))
+        if not name or "/" in name or name in (".", ".."):
+            raise ProtocolError("malformed UNIT message: bad entry name")
+        errors.append((name, err))
+    (ndig,) = c.unpack(_U32)
+    if ndig > count:
+        raise ProtocolError("malformed UNIT message: more digests than entries")
+    digests = [c.unpack(_DIGEST) for _ in range(ndig)]
+    if c.pos != len(body):
+        raise ProtocolError("malformed UNIT message: trailing bytes")
+    unit = DirUnit(path, raw, None, subdirs, errors, count=count)
+    try:
+        entries = unit.entries()
+    except Exception as exc:  # noqa: BLE001 - any decoding failure of peer data
+        raise ProtocolError(f"malformed UNIT message: bad listing record ({exc})") from None
+    if len(entries) != count:
+        raise ProtocolError("malformed UNIT message: wrong entry count")
+    prefix = unit.prefix
+    for x in entries:
+        name = x.path[len(prefix):]
+        if not name or "/" in name or name in (".", ".."):
+            raise ProtocolError("malformed UNIT message: bad entry name")
+    for idx, _ in digests:
+        if idx >= count:
+            raise ProtocolError("malformed UNIT message: digest of no entry")
+    return unit, [(int(i), bytes(d)) for i, d in digests]
+
+
+def split_payload(payload: bytes) -> list[bytes]:
+    """The frames a unit payload travels in: all but the last are UNIT_PART."""
+    step = MAX_FRAME
+    return [payload[i : i + step] for i in range(0, len(payload), step)] or [b""]
+
+
+# -- far side: the walk -----------------------------------------------------------
+
+def root_entry(root: str) -> Entry | None:
+    try:
+        return stat_entry("", os.stat(root, follow_symlinks=False))
+    except FileNotFoundError:
+        return None
+
+
+def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
+               on_temps: Callable[[list[str]], None] | None, packed: bool
+               ) -> Generator[bytes, None, None]:
+    """The encoded units of the tree at ``root``, in walk order, one per ``next``.
+
+    Temp files (``on_temps`` given: a replica whose leftovers are removed) are
+    taken out of the units and handed to ``on_temps``; ``checksum`` adds the
+    blake3 of every regular file.
+    """
+    from ..fsutil import is_temp_name
+
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield encode_unit(DirUnit(""), None, packed)  # a dry run into a replica not made yet
+        return
+
+    def unit_of(fd: int, path: str) -> tuple[bytes, list[str]]:
+        prefix = path + "/" if path else ""
+        try:
+            s = scan_dir(fd, owner)
+        except OSError as e:
+            return encode_unit(DirUnit(path, error=e), None, packed), []
+        raw, count = s.raw, s.count
+        subdirs = s.subdirs
+        if excluder:
+            subdirs = [n for n in subdirs if not excluder.excluded(prefix + n, n, True)]
+        entries: list[Entry] | None = None
+        if on_temps is not None and b".deltasync." in raw:
+            entries = decode(raw, None, prefix)
+            temps = [x.path for x in entries if x.kind is not Kind.DIR
+                     and is_temp_name(x.path[len(prefix):])]
+            if temps:
+                on_temps(temps)
+                gone = set(temps)
+                entries = [x for x in entries if x.path not in gone]
+                raw, count = encode(entries, owner), len(entries)
+        digests: list[tuple[int, bytes]] = []
+        if checksum:
+            from ..hashing import hash_fd
+
+            if entries is None:
+                entries = decode(raw, None, prefix)
+            for i, x in enumerate(entries):
+                if x.kind is not Kind.FILE:
+                    continue
+                name = x.path[len(prefix):]
+                if excluder and excluder.excluded(x.path, name, False):
+                    continue
+                try:
+                    ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                                  | os.O_CLOEXEC, dir_fd=fd)
+                except OSError:
+                    continue
+                try:
+                    digests.append((i, hash_fd(ffd)))
+                except OSError:
+                    pass
+                finally:
+                    os.close(ffd)
+        return encode_unit(DirUnit(path, raw, None, subdirs, s.errors, count=count),
+                           digests, packed), subdirs
+
+    stack: list[tuple[str, int, list[str]]] = []
+    try:
+        first, subdirs = unit_of(root_fd, "")
+        stack.append(("", root_fd, subdirs[::-1]))  # from here on the stack owns root_fd
+        yield first
+        while stack:
+            path, fd, todo = stack[-1]
+            if not todo:
+                stack.pop()
+                os.close(fd)
+                continue
+            name = todo.pop()
+            sub = path + "/" + name if path else name
+            try:
+                sfd = os.open(name, DIR_OPEN, dir_fd=fd)
+            except OSError as e:
+                yield encode_unit(DirUnit(sub, error=e), None, packed)
+                continue
+            payload, subdirs = unit_of(sfd, sub)
+            stack.append((sub, sfd, subdirs[::-1]))
+            yield payload
+    except BaseException:
+        if not stack:
+            os.close(root_fd)
+        raise
+    finally:
+        for _, fd, _ in stack:
+            os.close(fd)
+
+
+# -- near side: the lister -----------------------------------------------------
+
+class RemoteLister:
+    """``listing.Lister`` over the far side's units.
+
+    ``frames`` yields the payloads of the listing frames in order (``(type,
+    payload)`` of ROOT, UNIT_PART, UNIT and LIST_END, as the connection's
+    reader thread queued them); ``give_credit(n)`` sends credit back.
+    ``on_digests``, with ``--checksum``: the digests of the unit just taken,
+    by path.
+    """
+
+    def __init__(self, frames: Callable[[], tuple[int, bytes]], give_credit: Callable[[int], None],
+                 root: Entry | None, on_digests: Callable[[dict[str, bytes]], None] | None = None
+                 ) -> None:
+        self._frames = frames
+        self._give = give_credit
+        self.root = root
+        self._owed = 0
+        self._peeked: DirUnit | None = None
+        self._ended = False
+        self._on_digests = on_digests
+
+    def _next(self) -> DirUnit:
+        from .protocol import LIST_END, UNIT, UNIT_PART, type_name
+
+        if self._peeked is not None:
+            u, self._peeked = self._peeked, None
+            return u
+        if self._ended:
+            raise ProtocolError("the far listing ended before the walk did")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            if self._owed:
+                self._give(self._owed)  # before waiting: the far side may be out of credit
+                self._owed = 0
+            ftype, payload = self._frames()
+            self._owed += len(payload)
+            if ftype == UNIT_PART:
+                size += len(payload)
+                if size > MAX_UNIT:
+                    raise ProtocolError("a unit of the far listing is too large")
+                parts.append(payload)
+                continue
+            if ftype == UNIT:
+                unit, digests = decode_unit(b"".join(parts) + payload if parts else payload)
+                if digests and self._on_digests is not None:
+                    entries = unit.entries()
+                    self._on_digests({entries[i].path: d for i, d in digests})
+                if self._owed >= CREDIT_STEP:
+                    self._give(self._owed)
+                    self._owed = 0
+                return unit
+            if ftype == LIST_END:
+                self._ended = True
+                raise ProtocolError("the far listing ended before the walk did")
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame in the far listing")
+
+    def take(self, path: str) -> DirUnit:
+        u = self._next()
+        if u.path != path:
+            raise ProtocolError(f"the far listing is out of step ({u.path!r} came, "
+                                f"{path!r} was expected)")
+        return u
+
+    def skip(self, path: str) -> None:
+        below = path + "/"
+        while True:
+            u = self._next()
+            if u.path != path and not u.path.startswith(below):
+                self._peeked = u
+                return
+
+    def drain(self) -> None:
+        """Read the listing to its end (after the march), so the stream stays in step."""
+        from .protocol import LIST_END, UNIT, UNIT_PART, type_name
+
+        if self._peeked is not None:
+            raise ProtocolError("the far listing has units the walk did not take")
+        while not self._ended:
+            ftype, payload = self._frames()
+            self._owed += len(payload)
+            if self._owed >= CREDIT_STEP:
+                self._give(self._owed)
+                self._owed = 0
+            if ftype == LIST_END:
+                self._ended = True
+            elif ftype not in (UNIT, UNIT_PART):
+                raise ProtocolError(f"unexpected {type_name(ftype)} frame in the far listing")
+            else:
+                raise ProtocolError("the far listing has units the walk did not take")
+
+    def close(self) -> None:
+        pass
+
+
+class ListingQueue:
+    """The listing frames the reader thread takes off the connection, for the march."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[tuple[int, bytes] | BaseException] = queue.Queue()
+
+    def put(self, item: tuple[int, bytes] | BaseException) -> None:
+        self.q.put(item)
+
+    def get(self) -> tuple[int, bytes]:
+        item = self.q.get()
+        if isinstance(item, BaseException):
+            self.q.put(item)  # every later reader sees it too
+            raise item
+        return item
+
+
+def decode_root(payload: bytes) -> Entry | None:
+    if payload[:1] == b"\x00" and len(payload) == 1:
+        return None
+    if payload[:1] != b"\x01":
+        raise ProtocolError("malformed ROOT message")
+    root, _, pos = codec.decode_entry(payload[1:])
+    if root.path != "" or root.kind is not Kind.DIR or pos != len(payload) - 1:
+        raise ProtocolError("malformed ROOT message: bad root entry")
+    return root
+
+
+def encode_root(root: Entry | None) -> bytes:
+    return b"\x00" if root is None else b"\x01" + codec.encode_entry(root)
+
+
+__all__ = ["DEFAULT_CREDIT", "DeltaSyncError", "RemoteLister", "decode_unit", "encode_unit",
+           "walk_units"]
