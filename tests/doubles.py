@@ -47,7 +47,8 @@ class MemoryTree:
     """Entries by path (the root is ``""``) and the bytes of each regular file."""
 
     def __init__(self, root: Entry | None = None) -> None:
-        self.root: Entry | None = root if root is not None else Entry("", Kind.DIR, 0, MTIME, 0o755)
+        self.root: Entry | None = (root if root is not None
+                                   else Entry("", Kind.DIR, 0, MTIME, 0o755, 0, 0))
         self.entries: dict[str, Entry] = {}
         self.data: dict[str, bytes] = {}
         self.unreadable: set[str] = set()  # directories whose listing fails (EACCES)
@@ -59,13 +60,13 @@ class MemoryTree:
             self.data[e.path] = data
 
     def file(self, path: str, data: bytes = b"", mtime: int = MTIME, mode: int = 0o644) -> None:
-        self.add(Entry(path, Kind.FILE, len(data), mtime, mode), data)
+        self.add(Entry(path, Kind.FILE, len(data), mtime, mode, 0, 0), data)
 
     def dir(self, path: str, mtime: int = MTIME, mode: int = 0o755) -> None:
-        self.add(Entry(path, Kind.DIR, 0, mtime, mode))
+        self.add(Entry(path, Kind.DIR, 0, mtime, mode, 0, 0))
 
     def symlink(self, path: str, target: str, mtime: int = MTIME) -> None:
-        self.add(Entry(path, Kind.SYMLINK, 0, mtime, 0o777, target=target))
+        self.add(Entry(path, Kind.SYMLINK, 0, mtime, 0o777, 0, 0, target=target))
 
     def remove(self, path: str) -> None:
         self.entries.pop(path, None)
@@ -304,33 +305,36 @@ class FailingReplica(MemoryReplica):
 
 class SyntheticLister:
     """``files`` empty files, ``per_dir`` to a directory, in a two-level tree of
-    directories, made up as they are listed (nothing of the tree is kept)."""
+    directories, made up as they are listed: nothing of the tree is kept, and
+    every leaf directory has the same names (``f000000``...), so its listing
+    record is made once."""
 
     def __init__(self, files: int, per_dir: int = 100, fanout: int = 100) -> None:
         self.files, self.per_dir, self.fanout = files, per_dir, fanout
-        self.root: Entry | None = Entry("", Kind.DIR, 0, MTIME, 0o755)
+        self.root: Entry | None = Entry("", Kind.DIR, 0, MTIME, 0o755, 0, 0)
         self.ndirs = max(1, -(-files // per_dir))
+        self._raw: dict[int, bytes] = {}  # leaf size -> its listing record
 
-    def _dir_units(self, path: str) -> tuple[list[Entry], list[str]]:
-        prefix = path + "/" if path else ""
-        if path == "":
-            tops = -(-self.ndirs // self.fanout)
-            names = [f"t{i:06d}" for i in range(tops)]
-            return [Entry(prefix + n, Kind.DIR, 0, MTIME, 0o755) for n in names], names
-        parts = path.split("/")
-        if len(parts) == 1:
-            t = int(parts[0][1:])
-            lo = t * self.fanout
-            names = [f"d{i:08d}" for i in range(lo, min(lo + self.fanout, self.ndirs))]
-            return [Entry(prefix + n, Kind.DIR, 0, MTIME, 0o755) for n in names], names
-        d = int(parts[1][1:])
-        lo = d * self.per_dir
-        names = [f"f{i:010d}" for i in range(lo, min(lo + self.per_dir, self.files))]
-        return [Entry(prefix + n, Kind.FILE, 0, MTIME, 0o644) for n in names], []
+    def _dirs(self, names: list[str], prefix: str) -> DirUnit:
+        es = [Entry(prefix + n, Kind.DIR, 0, MTIME, 0o755, 0, 0) for n in names]
+        return DirUnit(prefix.rstrip("/"), encode(es, False), None, names, count=len(es))
 
     def take(self, path: str) -> DirUnit:
-        entries, subdirs = self._dir_units(path)
-        return DirUnit(path, encode(entries, False), None, subdirs, count=len(entries))
+        if path == "":
+            tops = -(-self.ndirs // self.fanout)
+            return self._dirs([f"t{i:06d}" for i in range(tops)], "")
+        parts = path.split("/")
+        if len(parts) == 1:
+            lo = int(parts[0][1:]) * self.fanout
+            return self._dirs([f"d{i:08d}" for i in range(lo, min(lo + self.fanout, self.ndirs))],
+                              path + "/")
+        lo = int(parts[1][1:]) * self.per_dir
+        n = min(self.per_dir, self.files - lo)
+        raw = self._raw.get(n)
+        if raw is None:
+            raw = self._raw[n] = encode([Entry(f"f{i:06d}", Kind.FILE, 0, MTIME, 0o644, 0, 0)
+                                         for i in range(n)], False)
+        return DirUnit(path, raw, None, [], count=n)
 
     def skip(self, path: str) -> None:
         pass
@@ -368,12 +372,16 @@ class _EmptyLister:
 
 
 class CountingReplica(Replica):
-    """An empty replica that counts what it is asked to do and keeps nothing."""
+    """A replica that counts what it is asked to do and keeps nothing: empty, or
+    (``same_as``) holding exactly what a synthetic source lists."""
 
-    def __init__(self) -> None:
+    def __init__(self, same_as: SyntheticSource | None = None) -> None:
         self.counts: dict[str, int] = {}
+        self.same_as = same_as
 
     def lister(self, excluder: Excluder, owner: bool) -> Lister:
+        if self.same_as is not None:
+            return SyntheticLister(self.same_as._lister.files, self.same_as._lister.per_dir)
         return _EmptyLister()
 
     def _n(self, op: str) -> None:

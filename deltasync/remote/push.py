@@ -38,7 +38,7 @@ from .protocol import (
     SYMLINK,
     type_name,
 )
-from .streams import DataWriter, send_fd
+from .streams import DataWriter, send_fd, send_source
 
 if TYPE_CHECKING:
     from ..delta import Signature
@@ -141,7 +141,8 @@ class RemoteReplica(Replica):
                        "create" if new else "update", path)
         w = DataWriter(self.out)
         try:
-            total, digest = send_fd(src.fileno(), w)
+            fd = src.fileno()
+            total, digest = send_fd(fd, w) if fd >= 0 else send_source(src, w)
             src.check_unchanged()
         except SourceChanged:
             p.ignore = True

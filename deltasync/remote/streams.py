@@ -143,6 +143,22 @@ class DataReaderChunks:
         return r._chunk
 
 
+def send_source(src: object, w: DataWriter, chunk: int = DATA_CHUNK) -> tuple[int, bytes]:
+    """``send_fd`` for a source file without a descriptor (``fileno() == -1``)."""
+    from blake3 import blake3
+
+    h = blake3()
+    total = 0
+    read = src.read  # type: ignore[attr-defined]
+    while True:
+        buf = read(chunk)
+        if not buf:
+            return total, h.digest()
+        h.update(buf)
+        w.write(buf)
+        total += len(buf)
+
+
 def send_fd(fd: int, w: DataWriter, chunk: int = DATA_CHUNK) -> tuple[int, bytes]:
     """Send everything readable from ``fd`` as DATA frames; return (bytes, blake3).
 
