@@ -101,7 +101,6 @@ class MemoryLister:
         if path in self.tree.unreadable:
             return DirUnit(path, error=PermissionError(errno.EACCES, "Permission denied"))
         kids = self.tree.children(path)
-        prefix = path + "/" if path else ""
         subdirs = [_name(e.path) for e in kids if e.kind is Kind.DIR
                    and not (self.excluder and self.excluder.excluded(e.path, _name(e.path), True))]
         return DirUnit(path, encode(kids, self.owner), None, subdirs, count=len(kids))

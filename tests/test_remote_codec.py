@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import errno
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import pytest
 
 from deltasync.errors import ProtocolError
 from deltasync.listing import DirUnit

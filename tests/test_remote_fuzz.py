@@ -15,7 +15,6 @@ import random
 import struct
 import tempfile
 import threading
-import zlib
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from blake3 import blake3
 from remoteutil import serve_proc
 from treeutil import Symlink, build_tree, snapshot
 
-from deltasync.errors import ProtocolError
 from deltasync.fsutil import is_temp_name
 from deltasync.model import Entry, Kind
 from deltasync.remote import codec
