@@ -85,6 +85,10 @@ class Reporter:
         """Both listings of directory ``path`` are in and its actions decided;
         none of them has run yet."""
 
+    def walked(self, files: int, nbytes: int) -> None:
+        """The march has seen ``files`` source files of ``nbytes`` so far (after
+        each directory: what a progress display counts against a total)."""
+
     def done(self, action: Action, result: Result) -> None: ...
     def failed(self, path: str, op: str, exc: BaseException) -> None: ...
     def warning(self, path: str, message: str) -> None: ...
@@ -163,9 +167,13 @@ class Engine:
         self._halt.clear()
         try:
             self.replica.begin_actions(self._late_failure)
+            def on_dir(path: str) -> None:
+                rep.directory(path)
+                rep.walked(stats.source_files, stats.source_bytes)
+
             march = March(src_l, dst_l, copts, self.excluder, stats, self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,
-                          src_hash, dst_hash, rep.directory)
+                          src_hash, dst_hash, on_dir)
             if self.source.pipelined and not self.opts.dry_run:
                 worker = self._worker = _Worker(self)
             with _gc_paused():

@@ -287,8 +287,30 @@ class ThreadLister:
             self.root_fd = -1
 
 
-def lister_factory(threaded: bool) -> Callable[[str, Excluder, bool], Lister]:
-    return ThreadLister if threaded else LocalLister
+def count_files(root: str, excluder: Excluder, on_count: Callable[[int, int], None],
+                stop: threading.Event) -> None:
+    """Walk ``root`` only to count its regular files and their bytes (a progress
+    display's totals), calling ``on_count(files, nbytes)`` as the counts grow.
+
+    Excluded directories are not entered; excluded files are counted (the total
+    is what the march will see, give or take those).  Holds one descriptor per
+    level and nothing else; stops early when ``stop`` is set.
+    """
+    from .scan import totals
+
+    files = nbytes = 0
+    lister = LocalLister(root, excluder, False)
+    try:
+        todo = [""]
+        while todo and not stop.is_set():
+            path = todo.pop()
+            unit = lister.take(path)
+            f, b = totals(unit.raw)
+            files, nbytes = files + f, nbytes + b
+            on_count(files, nbytes)
+            todo += [unit.prefix + n for n in reversed(unit.subdirs)]
+    finally:
+        lister.close()
 
 
 __all__ = ["DirUnit", "Lister", "LocalLister", "ThreadLister", "Kind"]

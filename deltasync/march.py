@@ -153,8 +153,6 @@ class March:
         if du is not None and du.error is not None:
             self.on_read_error(path or ".", du.error)
             du = DirUnit(path)  # its contents are unknown: nothing will be removed
-        if self.on_dir is not None:
-            self.on_dir(path)
         stats = self.stats
         if (self.fast and du is not None and su.raw == du.raw and not su.errors
                 and not du.errors):
@@ -165,6 +163,8 @@ class March:
             prefix = su.prefix
             f.items = (Child(Walk.BOTH, prefix + n, None, None) for n in su.subdirs)
             f.unit = su
+            if self.on_dir is not None:
+                self.on_dir(path)
             return
         s_ents, _ = _filter(su, self.excluder)
         unknown: set[str] | None = None
@@ -192,6 +192,8 @@ class March:
         f.touched = plan.touched
         f.items = iter(plan.items)
         f.unit = su
+        if self.on_dir is not None:
+            self.on_dir(path)
         yield from plan.removals
 
     def _enter_removal(self, f: _Frame) -> None:

@@ -23,6 +23,7 @@ from .log import _LogFailures, console_stream, op_line, quote_path, setup
 from .model import Action, Op, Result, Stats
 from .render import describe, human
 from .replica import LocalReplica
+from .walk import Excluder
 
 _WARN_OPS = {Op.SKIP}
 
@@ -62,35 +63,62 @@ def _check_log(path: str | None) -> None:
 
 
 class CliReporter(Reporter):
-    """Engine events -> log lines and tqdm bars."""
+    """Engine events -> log lines and tqdm bars.
+
+    ``--progress`` shows two bars without holding any plan: source files
+    checked so far against the source's total (counted by a separate walk of
+    a local SOURCE that keeps only two numbers, ``listing.count_files``; a
+    remote SOURCE has no total), and file data sent so far.
+    """
 
     def __init__(self, logger: logging.Logger, progress: bool) -> None:
         self.log = logger
-        self.show_progress = progress
-        self.wants_plan = progress  # the bars need the totals before the first action
         self.bars: list[Any] = []
-
-    def pass_planned(self, actions: list[Action], files: int, nbytes: int) -> None:
-        if self.show_progress and files:
+        self._stop_count = threading.Event()
+        self._counter: threading.Thread | None = None
+        if progress:
             from tqdm import tqdm
 
             console_stream.bars_active = True
             self.bars = [
-                tqdm(total=files, unit="file", desc="files", file=sys.stderr, position=0,
+                tqdm(total=None, unit="file", desc="checked", file=sys.stderr, position=0,
                      leave=False),
-                tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024,
-                     desc="bytes", file=sys.stderr, position=1, leave=False),
+                tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024,
+                     desc="sent", file=sys.stderr, position=1, leave=False),
             ]
+
+    def count_source(self, root: str, excluder: Excluder) -> None:
+        """Fill in the files bar's total from a counting walk of a local SOURCE."""
+        if not self.bars:
+            return
+        from .listing import count_files
+
+        bar = self.bars[0]
+
+        def on_count(files: int, nbytes: int) -> None:
+            bar.total = files
+
+        self._counter = threading.Thread(target=count_files, name="deltasync-count",
+                                         args=(root, excluder, on_count, self._stop_count),
+                                         daemon=True)
+        self._counter.start()
+
+    def walked(self, files: int, nbytes: int) -> None:
+        if self.bars:
+            bar = self.bars[0]
+            if bar.total is not None and files > bar.total:
+                bar.total = files
+            bar.update(files - bar.n)
 
     def progress(self, nbytes: int) -> None:
         if self.bars:
             self.bars[1].update(nbytes)
 
-    def file_done(self) -> None:
-        if self.bars:
-            self.bars[0].update(1)
-
     def close_bars(self) -> None:
+        self._stop_count.set()
+        if self._counter is not None:
+            self._counter.join()
+            self._counter = None
         for b in self.bars:
             b.close()
         self.bars = []
@@ -196,11 +224,16 @@ class _Pass:
 
             engine, replica = open_remote_pass(args, self.source, self.replica, self.opts,
                                                reporter, self.stop, self.log)
+            from .remote.transport import parse_remote
+
+            if parse_remote(self.source) is None:  # a push: SOURCE is here to count
+                reporter.count_source(self.source, engine.excluder)
         else:
             if not self.opts.dry_run:
                 os.makedirs(self.replica, exist_ok=True)
             replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner)
             engine = Engine(self.source, replica, self.opts, reporter, self.stop)
+            reporter.count_source(self.source, engine.excluder)
         try:
             try:
                 stats, code = engine.run_pass()
