@@ -306,7 +306,7 @@ class LocalReplica(Replica):
                 full = preallocate(fd, entry.size)
                 try:
                     written = fill(fd, d)
-                except (DeltaSyncError, ValueError):
+                except DeltaSyncError:
                     # A delta that fails its size or digest check is most often
                     # a source that changed under us: say so, so it is retried.
                     if src is not None:

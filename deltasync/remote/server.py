@@ -267,12 +267,16 @@ class Server:
         from ..delta import write_signature
         from .sigs import PUSH_MARGIN_BITS, link_signature
 
+        from ..delta import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+
         op_id, block_size, path = codec.decode_path_op(payload, "SIGNATURE")
+        if block_size and not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+            raise ProtocolError(f"malformed SIGNATURE message: block size {block_size}")
         assert self.replica is not None
         try:
             sig = link_signature(self.replica, path, block_size or None,
                                  margin_bits=PUSH_MARGIN_BITS)
-        except (OSError, ValueError, DeltaSyncError) as e:
+        except (OSError, DeltaSyncError) as e:
             self._result(op_id, err=e)
             return
         w = DataWriter(self.out)
