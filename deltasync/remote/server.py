@@ -97,6 +97,7 @@ class Server:
         self._walk: Generator[bytes, None, None] | None = None  # the listing still to send
         self._credit = 0  # unit bytes the client will still take
         self._gc_was = False
+        self._big = False  # the replica holds big files: a delta may come
 
     # -- session --------------------------------------------------------
     def run(self) -> int:
@@ -230,7 +231,7 @@ class Server:
         gc.disable()
         self._walk = walk_units(self.root, excluder, owner, bool(body.get("checksum")),
                                 self.replica.remove_temps if clean and self.replica else None,
-                                packed)
+                                packed, self._saw_big)
 
     def _send_unit(self) -> None:
         assert self._walk is not None
@@ -254,8 +255,11 @@ class Server:
             if self._gc_was:
                 gc.enable()
 
+    def _saw_big(self) -> None:
+        self._big = True
+
     def _after_walk(self) -> None:
-        if self.replica is not None and not self.dry_run:
+        if self._big and self.replica is not None and not self.dry_run:
             # A delta's signature needs numpy (~70 ms to import): import it
             # while the client plans, in case one is asked for.
             import threading

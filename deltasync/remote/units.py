@@ -184,16 +184,21 @@ def root_entry(root: str) -> Entry | None:
         return None
 
 
+BIG = 1 << 20  # a directory holding this much file data may see a delta
+
+
 def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
-               on_temps: Callable[[list[str]], None] | None, packed: bool
-               ) -> Generator[bytes, None, None]:
+               on_temps: Callable[[list[str]], None] | None, packed: bool,
+               on_big: Callable[[], None] | None = None) -> Generator[bytes, None, None]:
     """The encoded units of the tree at ``root``, in walk order, one per ``next``.
 
     Temp files (``on_temps`` given: a replica whose leftovers are removed) are
     taken out of the units and handed to ``on_temps``; ``checksum`` adds the
-    blake3 of every regular file.
+    blake3 of every regular file; ``on_big`` is called (once) when a directory
+    holds ``BIG`` bytes of files or more.
     """
     from ..fsutil import is_temp_name
+    from ..scan import totals
 
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -209,6 +214,10 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
             return encode_unit(DirUnit(path, error=e), None, packed), []
         raw, count = s.raw, s.count
         subdirs = s.subdirs
+        nonlocal on_big
+        if on_big is not None and totals(raw)[1] >= BIG:
+            on_big()
+            on_big = None
         if excluder:
             subdirs = [n for n in subdirs if not excluder.excluded(prefix + n, n, True)]
         entries: list[Entry] | None = None
