@@ -268,10 +268,8 @@ class Server:
 
     # -- replica side (push) ----------------------------------------------
     def _op_signature(self, payload: bytes) -> None:
-        from ..delta import write_signature
+        from ..delta import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, write_signature
         from .sigs import PUSH_MARGIN_BITS, link_signature
-
-        from ..delta import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
         op_id, block_size, path = codec.decode_path_op(payload, "SIGNATURE")
         if block_size and not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
