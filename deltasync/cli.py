@@ -375,6 +375,7 @@ def _os_message(e: OSError) -> str:
 
 
 def _pid_file(args: argparse.Namespace) -> str:
+    """``--pid-file``, or the default ``start`` uses (daemon.py says where, and checks it)."""
     from .daemon import default_pid_file
 
     return os.path.abspath(args.pid_file) if args.pid_file else default_pid_file()
@@ -400,6 +401,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"(exit {last.get('exit_code')}, {last.get('duration')} s)")
         if last.get("summary"):
             print(f"  {last.get('summary')}")
+        if last.get("error"):  # the pass raised: why, and the path it names
+            print(f"  error: {last.get('error')}")
     else:
         print("last pass: none yet")
     return EXIT_OK
