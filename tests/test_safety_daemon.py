@@ -19,14 +19,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_daemon
 from conftest import NOBODY_GID, NOBODY_UID, run_proc, wait_for
-from test_daemon import alive, daemon, read  # noqa: F401 - daemon is a fixture
+from test_daemon import alive, read
 from treeutil import build_tree
 
 from deltasync.daemon import read_state, write_state
 
 PRECIOUS = b"root's precious file\n"
 RUNDIR = f"deltasync-{os.geteuid()}"
+
+daemon = test_daemon.daemon  # the fixture: paths for one daemon, killed at the end
 
 
 def error_line(p: subprocess.CompletedProcess[str]) -> str:
@@ -192,7 +195,7 @@ def test_xdg_runtime_dir_is_used_but_must_be_a_directory(tmp_path: Path, pids: l
 
 
 @pytest.mark.parametrize("which", ["--pid-file", "--log-file", "--io-log-file"])
-def test_an_explicit_symlink_is_refused_not_followed(daemon, tmp_path: Path,  # noqa: F811
+def test_an_explicit_symlink_is_refused_not_followed(daemon, tmp_path: Path,
                                                      which: str) -> None:
     (victim,) = plant_victims(tmp_path, "v")
     link = tmp_path / "run" / "link"
@@ -231,7 +234,7 @@ def test_the_state_file_and_its_temp_file_are_never_followed(tmp_path: Path) -> 
         "ds.pid.state", f"ds.pid.state.{os.getpid()}.tmp", "victim-state", "victim-tmp"])
 
 
-def test_a_rotated_log_is_not_reopened_through_a_symlink(daemon, tmp_path: Path) -> None:  # noqa: F811
+def test_a_rotated_log_is_not_reopened_through_a_symlink(daemon, tmp_path: Path) -> None:
     build_tree(daemon.src, {"a": b"1"})
     pid = started_pid(daemon.start(interval="0.1"))
     wait_for(lambda: last_pass(daemon.pid_file).get("result") == "ok")
@@ -255,7 +258,7 @@ def test_a_rotated_log_is_not_reopened_through_a_symlink(daemon, tmp_path: Path)
 
 @pytest.mark.parametrize("content", [b"precious data\n", b"123\nmore\n", b"0123\n", b"123"],
                          ids=["text", "two-lines", "leading-zero", "no-newline"])
-def test_start_refuses_a_file_that_is_not_a_pid_file_of_ours(daemon, content: bytes,  # noqa: F811
+def test_start_refuses_a_file_that_is_not_a_pid_file_of_ours(daemon, content: bytes,
                                                              ) -> None:
     daemon.pid_file.write_bytes(content)
     p = run_proc("start", daemon.src, daemon.dst, "--interval", "0.2", "--pid-file",
@@ -270,7 +273,7 @@ def test_start_refuses_a_file_that_is_not_a_pid_file_of_ours(daemon, content: by
     assert os.listdir(daemon.pid_file.parent) == ["ds.pid"]  # no ds.log next to it
 
 
-def test_start_takes_an_empty_file_and_a_stale_pid_file(daemon) -> None:  # noqa: F811
+def test_start_takes_an_empty_file_and_a_stale_pid_file(daemon) -> None:
     for content in (b"", b"4194304\n"):
         daemon.pid_file.write_bytes(content)
         pid = started_pid(daemon.start())
@@ -282,7 +285,7 @@ def test_start_takes_an_empty_file_and_a_stale_pid_file(daemon) -> None:  # noqa
 
 # -- item 5: stop signals only the deltasync daemon holding the lock -------------------------
 
-def test_stop_does_not_signal_a_pid_that_does_not_hold_the_lock(daemon) -> None:  # noqa: F811
+def test_stop_does_not_signal_a_pid_that_does_not_hold_the_lock(daemon) -> None:
     victim = subprocess.Popen(["sleep", "300"])
     fd = hold_lock(daemon.pid_file, f"{victim.pid}\n".encode())
     try:
@@ -298,7 +301,7 @@ def test_stop_does_not_signal_a_pid_that_does_not_hold_the_lock(daemon) -> None:
         victim.wait()
 
 
-def test_stop_does_not_signal_a_lock_holder_that_is_not_deltasync(daemon) -> None:  # noqa: F811
+def test_stop_does_not_signal_a_lock_holder_that_is_not_deltasync(daemon) -> None:
     code = ("import fcntl, os, sys\n"
             "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
@@ -320,7 +323,7 @@ def test_stop_does_not_signal_a_lock_holder_that_is_not_deltasync(daemon) -> Non
 
 # -- item 13: a FIFO as pid file; a huge pid --------------------------------------------------
 
-def test_a_fifo_as_pid_file_is_refused_at_once(daemon) -> None:  # noqa: F811
+def test_a_fifo_as_pid_file_is_refused_at_once(daemon) -> None:
     os.mkfifo(daemon.pid_file)
     try:
         expected = f"pid file is not a regular file: {daemon.pid_file}"
@@ -334,7 +337,7 @@ def test_a_fifo_as_pid_file_is_refused_at_once(daemon) -> None:  # noqa: F811
         daemon.pid_file.unlink()  # the fixture reads it
 
 
-def test_a_fifo_as_state_file_does_not_hang_status(daemon) -> None:  # noqa: F811
+def test_a_fifo_as_state_file_does_not_hang_status(daemon) -> None:
     build_tree(daemon.src, {"a": b"1"})
     pid = started_pid(daemon.start(interval="100"))
     state = Path(f"{daemon.pid_file}.state")
@@ -346,7 +349,7 @@ def test_a_fifo_as_state_file_does_not_hang_status(daemon) -> None:  # noqa: F81
     assert run_proc("stop", "--pid-file", daemon.pid_file).returncode == 0
 
 
-def test_a_locked_pid_file_with_a_huge_number(daemon) -> None:  # noqa: F811
+def test_a_locked_pid_file_with_a_huge_number(daemon) -> None:
     fd = hold_lock(daemon.pid_file, b"99999999999999999999999999\n")
     try:
         expected = f"pid file {daemon.pid_file} is locked but holds no valid pid"
@@ -358,7 +361,7 @@ def test_a_locked_pid_file_with_a_huge_number(daemon) -> None:  # noqa: F811
 
 # -- item 14: a directory as pid file -----------------------------------------------------------
 
-def test_a_directory_as_pid_file_is_refused_before_anything_is_created(daemon) -> None:  # noqa: F811
+def test_a_directory_as_pid_file_is_refused_before_anything_is_created(daemon) -> None:
     d = daemon.pid_file.parent / "dir"
     d.mkdir()
     p = run_proc("start", daemon.src, daemon.dst, "--interval", "0.2", "--pid-file", d)
@@ -371,7 +374,7 @@ def test_a_directory_as_pid_file_is_refused_before_anything_is_created(daemon) -
 
 # -- item 15: status shows the failed pass, with its reason and path --------------------------
 
-def test_status_shows_a_failed_pass_with_its_reason_and_path(daemon, tmp_path: Path) -> None:  # noqa: F811
+def test_status_shows_a_failed_pass_with_its_reason_and_path(daemon, tmp_path: Path) -> None:
     build_tree(daemon.src, {"a": b"1"})
     started_pid(daemon.start(interval="0.1"))
 
@@ -390,3 +393,30 @@ def test_status_shows_a_failed_pass_with_its_reason_and_path(daemon, tmp_path: P
     os.rename(tmp_path / "away", daemon.src)
     wait_for(lambda: " result ok " in status()[1])
     assert run_proc("stop", "--pid-file", daemon.pid_file).returncode == 0
+
+
+def test_an_unprivileged_user_gets_its_own_directory(open_tmp: Path, pids: list[int],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """nobody's daemon: /tmp/deltasync-65534, and stop can verify its own daemon."""
+    base, work = open_tmp / "tmp", open_tmp / "work"
+    base.mkdir(mode=0o1777)
+    os.chmod(base, 0o1777)
+    work.mkdir()
+    os.chown(work, NOBODY_UID, NOBODY_GID)
+    build_tree(work / "src", {"a": b"1"})
+    monkeypatch.setenv("TMPDIR", str(base))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    p = run_proc("start", work / "src", work / "replica", "--interval", "0.2", user="nobody")
+    pid = started_pid(p)
+    pids.append(pid)
+    rundir = base / f"deltasync-{NOBODY_UID}"
+    assert f"pid file {rundir}/deltasync.pid" in p.stdout
+    st = os.lstat(rundir)
+    assert (st.st_uid, oct(st.st_mode)) == (NOBODY_UID, oct(0o40700))
+    wait_for(lambda: last_pass(rundir / "deltasync.pid").get("result") == "ok")
+    s = run_proc("status", user="nobody")
+    assert s.returncode == 0 and s.stdout.startswith(f"running (pid {pid})\n"), s.stderr
+    # root's default is elsewhere: nobody's daemon is not root's business
+    assert run_proc("status").returncode == 3
+    sp = run_proc("stop", user="nobody")
+    assert sp.returncode == 0 and sp.stdout == f"deltasync: stopped daemon (pid {pid})\n", sp.stderr
