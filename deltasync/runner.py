@@ -226,15 +226,14 @@ class _Pass:
             out = sys.stderr if args.json else sys.stdout
             print(stats_table(stats, code), file=out, flush=True)
         if self.pid_file:
-            self._write_state(code, stats.duration, summary=line)
+            self._write_state(self.pid_file, code, stats.duration, summary=line)
         return code
 
-    def _write_state(self, code: int, duration: float, **detail: str) -> None:
-        """Record this pass for ``status`` (daemon only)."""
+    def _write_state(self, pid_file: str, code: int, duration: float, **detail: str) -> None:
+        """Record this pass for ``status`` (the daemon's state file)."""
         from .daemon import write_state
 
-        assert self.pid_file is not None
-        write_state(self.pid_file, {"pid": os.getpid(), "last_pass": {
+        write_state(pid_file, {"pid": os.getpid(), "last_pass": {
             "pass": self.n, "started": self.started.isoformat(),
             "ended": datetime.now().astimezone().isoformat(timespec="seconds"),
             "exit_code": code, "result": "ok" if code == 0 else "failed",
@@ -246,7 +245,7 @@ class _Pass:
             return
         duration = (datetime.now().astimezone() - self.started).total_seconds()
         try:
-            self._write_state(EXIT_FATAL, duration, error=why)
+            self._write_state(self.pid_file, EXIT_FATAL, duration, error=why)
         except OSError as e:
             self.log.error(f"error   cannot write state file: {_why(e)}")
 
