@@ -386,6 +386,7 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any], list[str]]] = {
         {"clash": b"file"}, {"clash": {"sub": {"keep.tmp": b"x"}, "other": b"o"}}, ["*.tmp"]),
     # the other way round, other patterns, other things in the way: as before
     "dir-over-file": ({"tdir": {"s": b"s"}}, {"tdir": b"old file"}, ["tdir/"]),
+    "dirs-on-both-sides": ({"tdir": {"s": b"s"}}, {"tdir": {"old": b"o"}}, ["tdir/"]),
     "not-dir-only-file-vs-dir": ({"tdir": b"file"}, {"tdir": {"sub": {"x": b"x"}}}, ["tdir"]),
     "not-dir-only-dir-vs-file": ({"tdir": {"s": b"s"}}, {"tdir": b"old file"}, ["tdir"]),
     "file-over-symlink-to-dir": ({"tdir": b"file"}, {"real": {}, "tdir": Symlink("real")},
