@@ -66,10 +66,11 @@ def far_side(prefix: list[str]) -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _needs_root() -> None:
+def _needs_root(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert os.geteuid() == 0, "these tests chown, drop to nobody and unshare (CI runs as root)"
-    r = subprocess.run([*USERNS, "sh", "-c", "touch /tmp/.deltasync-userns-probe && "
-                        "chown 1000 /tmp/.deltasync-userns-probe"], capture_output=True, text=True)
+    probe = tmp_path_factory.mktemp("userns") / "probe"
+    probe.touch()
+    r = subprocess.run([*USERNS, "chown", "1000", str(probe)], capture_output=True, text=True)
     if "Invalid argument" not in r.stderr:  # user namespaces switched off on this kernel
         pytest.skip(f"unshare -U -r does not give a rootless-container root here: {r.stderr!r}")
 
