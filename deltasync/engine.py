@@ -234,16 +234,33 @@ class Engine:
                 self._begin_actions(plan)
                 self._run_actions(plan)
             self._end_actions()
+        owner_unset = self._report_owner_unset()
         stats.duration = time.monotonic() - t0
         if stats.interrupted:
             code = EXIT_INTERRUPTED
-        elif stats.failed:
+        elif stats.failed or owner_unset:
             code = EXIT_PARTIAL
         elif stats.vanished:
             code = EXIT_VANISHED
         else:
             code = EXIT_OK
         return stats, code
+
+    def _report_owner_unset(self) -> bool:
+        """One warning for all entries installed without their owner in this pass.
+
+        Where the owner cannot be set (a rootless container: root in a user
+        namespace, where the source's ids have no mapping), every entry is
+        still installed; like rsync, the pass then ends with exit 23.  The
+        next pass sees the owners differ and tries again, as metadata only.
+        """
+        unset = self.replica.take_owner_unset()
+        if unset is None:
+            return False
+        n = unset.count
+        self.reporter.warning("", f"owner not set on {n} {'entry' if n == 1 else 'entries'} "
+                                  f"(first: {quote_path(unset.first)}): {unset.why}")
+        return True
 
     def _run_actions(self, actions: list[Action]) -> None:
         stats = self._stats

@@ -15,7 +15,21 @@ Guarantees of ``LocalReplica``:
   the old version stays as it was;
 * a delta update builds the new version from the old file plus delta ops in a
   temp file and verifies the whole-file blake3 before the rename;
-* temp files left by a killed pass are removed by the next ``scan``.
+* temp files left by a killed pass are removed by the next ``scan``;
+* an owner that cannot be set (EPERM, or EINVAL: the id has no mapping in
+  this user namespace, as in a rootless container) does not stop the entry
+  from being installed: its mode and mtime are set, setuid/setgid bits are
+  dropped, and the failure is counted for one warning of the pass
+  (``take_owner_unset``), like rsync, which installs the data and reports
+  the chown;
+* a read-only directory this user owns is made writable for the moment an
+  entry is created in it or removed from it, and its mode put back
+  (``fsutil.Writable``), like rsync;
+* a directory standing where a file or symlink is installed, which the
+  listing did not show (a directory-only exclude such as ``tdir/`` hides it
+  while the source has a file of that name), is removed with everything below
+  it (``fsutil.remove_tree``, never following a symlink) to make way, as
+  rsync does.
 """
 
 from __future__ import annotations
@@ -27,7 +41,15 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .errors import DeltaSyncError
-from .fsutil import DirFds, open_nofollow, open_regular, preallocate, temp_name
+from .fsutil import (
+    DirFds,
+    Writable,
+    open_nofollow,
+    open_regular,
+    preallocate,
+    remove_tree,
+    temp_name,
+)
 from .model import Entry, Kind
 from .walk import Excluder, Listing, walk, walk_in_child
 
@@ -37,6 +59,29 @@ if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is need
 
 class SourceChanged(DeltaSyncError):
     """The source file changed while it was being copied; nothing was installed."""
+
+
+class OwnerNotSet(DeltaSyncError):
+    """Entries were installed, but their owner could not be set.
+
+    ``why`` is the system's reason (``Invalid argument`` for an id that has no
+    mapping in this user namespace, ``Operation not permitted``); ``first``
+    the first such path of the pass and ``count`` how many there were.  The
+    far side of a push reports one per operation in its ``RESULT``.
+    """
+
+    def __init__(self, why: str, first: str = "", count: int = 1) -> None:
+        super().__init__(why)
+        self.why, self.first, self.count = why, first, count
+
+    def add(self, path: str) -> None:
+        if not self.count:
+            self.first = path
+        self.count += 1
+
+
+# chown errors that leave the entry usable: it is installed without its owner.
+OWNER_ERRNOS = frozenset({errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP})
 
 
 class SourceCheck(Protocol):
@@ -69,6 +114,8 @@ class Replica(Protocol):
     def symlink(self, path: str, entry: Entry) -> None: ...
     def delete(self, path: str, kind: Kind) -> None: ...
     def set_meta(self, path: str, entry: Entry) -> None: ...
+    def take_owner_unset(self) -> OwnerNotSet | None:
+        """The entries whose owner could not be set since the last call (None: none)."""
     def close(self) -> None: ...
 
 
@@ -154,6 +201,10 @@ class LocalReplica:
         self.owner = os.geteuid() == 0 if owner is None else owner
         self._dirs: DirFds | None = None
         self._on_temp_removed = on_temp_removed
+        self._owner_unset: OwnerNotSet | None = None
+        # The excludes of the last scan: what stays when a directory has to
+        # make way (``_put_in_place``).  A server sets it from its SCAN.
+        self.excluder: Excluder | None = None
 
     # -- plumbing -------------------------------------------------------
     @property
@@ -174,6 +225,7 @@ class LocalReplica:
     # -- reading --------------------------------------------------------
     def scan(self, excluder: Excluder, clean_temps: bool = True,
              on_error: Callable[[str, OSError], None] | None = None) -> Listing:
+        self.excluder = excluder
         temps: list[str] = []
         listing = walk(self.root, excluder, on_error=on_error, on_temp=temps.append)
         if clean_temps and temps:
@@ -189,6 +241,7 @@ class LocalReplica:
         ``walk.walk_in_child``).  Where forking is unsafe (this process already
         runs other threads) it scans here and now instead.
         """
+        self.excluder = excluder
         if threading.active_count() > 1:
             listing = self.scan(excluder, clean_temps, on_error)
             return lambda: listing
@@ -212,7 +265,8 @@ class LocalReplica:
                 # Put the directory's times back as they were, so removing
                 # debris is invisible to the plan made from this listing.
                 st = os.fstat(d)
-                os.unlink(name, dir_fd=d)
+                with Writable(d) as w:
+                    w(os.unlink, name, dir_fd=d)
                 os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
                 if self._on_temp_removed is not None:
                     self._on_temp_removed(t)
@@ -243,9 +297,16 @@ class LocalReplica:
                  src: SourceCheck | None) -> int:
         """Create a temp file, let ``fill`` write it, set metadata, rename into place."""
         d, name = self.dirs.parent_of(path)
+        with Writable(d) as w:
+            written = self._install_in(w, d, name, path, entry, fill, src)
+        self._fsync_dir(d)
+        return written
+
+    def _install_in(self, w: Writable, d: int, name: str, path: str, entry: Entry,
+                    fill: Callable[[int, int], int], src: SourceCheck | None) -> int:
         tmp = temp_name()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=d)
+        fd = w(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+               0o600, dir_fd=d)
         try:
             try:
                 full = preallocate(fd, entry.size)
@@ -259,21 +320,51 @@ class LocalReplica:
                     raise
                 if full and written != entry.size:
                     os.ftruncate(fd, written)  # preallocate set the size it expected
-                self._meta_fd(fd, entry)
+                unset = self._meta_fd(fd, entry)
                 if self.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
             if src is not None:
                 src.check_unchanged()
-            # os.replace itself refuses to put a file over a directory
-            # (EISDIR), which only a concurrent change can cause here.
-            os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+            self._put_in_place(w, d, tmp, name, path)
         except BaseException:
             _discard(d, tmp)
             raise
-        self._fsync_dir(d)
+        self._owner_failed(path, unset)
         return written
+
+    def _put_in_place(self, w: Writable, d: int, tmp: str, name: str, path: str) -> None:
+        """Rename a temp file or symlink over ``name``, making way for it if a directory is there.
+
+        The plan installs over what the replica's listing showed.  A directory
+        there is one the listing did not show -- hidden by a directory-only
+        exclude (``tdir/`` with a file ``tdir`` in the source), or made since
+        the walk -- or one whose removal was refused because it holds excluded
+        entries.  ``os.replace`` refuses to put a non-directory over it
+        (EISDIR).  rsync removes the tree to make way, except entries the
+        excludes protect (then it fails: "could not make way"); so do we.
+        """
+        try:
+            w(os.replace, tmp, name, src_dir_fd=d, dst_dir_fd=d)
+            return
+        except IsADirectoryError:
+            pass
+        ex = self.excluder
+        self.dirs.forget(path)
+        remove_tree(d, name, w, path, ex.excluded if ex else None)
+        w(os.replace, tmp, name, src_dir_fd=d, dst_dir_fd=d)
+
+    def _owner_failed(self, path: str, why: str | None) -> None:
+        if why is None:
+            return
+        if self._owner_unset is None:
+            self._owner_unset = OwnerNotSet(why, path, 0)
+        self._owner_unset.add(path)
+
+    def take_owner_unset(self) -> OwnerNotSet | None:
+        unset, self._owner_unset = self._owner_unset, None
+        return unset
 
     def write_file(self, path: str, src: SourceFile) -> int:
         return self._install(path, src.entry, lambda fd, d: copy_fd(src.fileno(), fd, src.entry.size), src)
@@ -292,54 +383,83 @@ class LocalReplica:
     def mkdir(self, path: str, entry: Entry) -> None:
         d, name = self.dirs.parent_of(path)
         # Owner-writable while we fill it; the final mode is set after its contents.
-        os.mkdir(name, (entry.mode | 0o700) & 0o7777, dir_fd=d)
+        with Writable(d) as w:
+            w(os.mkdir, name, (entry.mode | 0o700) & 0o7777, dir_fd=d)
         if self.owner:
-            os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+            try:
+                os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in OWNER_ERRNOS:
+                    raise
+                # Not counted here: the directory's metadata, set after its
+                # contents (set_meta), tries again and counts it once.
         self._fsync_dir(d)
 
     def symlink(self, path: str, entry: Entry) -> None:
         d, name = self.dirs.parent_of(path)
         assert entry.target is not None
         tmp = temp_name()
-        os.symlink(entry.target, tmp, dir_fd=d)
-        try:
-            self._link_meta(d, tmp, entry)
-            os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
-        except BaseException:
-            _discard(d, tmp)
-            raise
+        with Writable(d) as w:
+            w(os.symlink, entry.target, tmp, dir_fd=d)
+            try:
+                unset = self._link_meta(d, tmp, entry)
+                self._put_in_place(w, d, tmp, name, path)
+            except BaseException:
+                _discard(d, tmp)
+                raise
+        self._owner_failed(path, unset)
         self._fsync_dir(d)
 
     def delete(self, path: str, kind: Kind) -> None:
         d, name = self.dirs.parent_of(path)
-        if kind is Kind.DIR:
-            self.dirs.forget(path)
-            os.rmdir(name, dir_fd=d)
-        else:
-            os.unlink(name, dir_fd=d)
+        with Writable(d) as w:
+            if kind is Kind.DIR:
+                self.dirs.forget(path)
+                w(os.rmdir, name, dir_fd=d)
+            else:
+                w(os.unlink, name, dir_fd=d)
 
     def set_meta(self, path: str, entry: Entry) -> None:
         if entry.kind is Kind.SYMLINK:
             d, name = self.dirs.parent_of(path)
-            self._link_meta(d, name, entry)
-            return
-        if path == "":
-            self._meta_fd(self.dirs.root_fd, entry)
-            return
-        flags = os.O_RDONLY | (os.O_DIRECTORY if entry.kind is Kind.DIR else 0)
-        fd = open_nofollow(self.dirs, path, flags)
-        try:
-            self._meta_fd(fd, entry)
-        finally:
-            os.close(fd)
+            unset = self._link_meta(d, name, entry)
+        elif path == "":
+            unset = self._meta_fd(self.dirs.root_fd, entry)
+        else:
+            flags = os.O_RDONLY | (os.O_DIRECTORY if entry.kind is Kind.DIR else 0)
+            fd = open_nofollow(self.dirs, path, flags)
+            try:
+                unset = self._meta_fd(fd, entry)
+            finally:
+                os.close(fd)
+        self._owner_failed(path, unset)
 
-    def _meta_fd(self, fd: int, entry: Entry) -> None:
+    def _meta_fd(self, fd: int, entry: Entry) -> str | None:
+        """Set owner, mode and mtime; returns why the owner could not be set (None: it was)."""
+        mode, unset = entry.mode, None
         if self.owner:
-            os.fchown(fd, entry.uid, entry.gid)
-        os.fchmod(fd, entry.mode)  # after chown, which may clear setuid bits
+            try:
+                os.fchown(fd, entry.uid, entry.gid)
+            except OSError as e:
+                if e.errno not in OWNER_ERRNOS:
+                    raise
+                unset = e.strerror or str(e)
+                if entry.kind is not Kind.DIR:
+                    # The file stays ours: a setuid/setgid bit would grant
+                    # our identity, not the source owner's (chown clears them too).
+                    mode &= ~0o6000
+        os.fchmod(fd, mode)  # after chown, which may clear setuid bits
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        return unset
 
-    def _link_meta(self, d: int, name: str, entry: Entry) -> None:
+    def _link_meta(self, d: int, name: str, entry: Entry) -> str | None:
+        unset = None
         if self.owner:
-            os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+            try:
+                os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in OWNER_ERRNOS:
+                    raise
+                unset = e.strerror or str(e)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d, follow_symlinks=False)
+        return unset

@@ -288,6 +288,10 @@ def decode_error(buf: bytes) -> BaseException:
         from ..replica import SourceChanged
 
         return SourceChanged(msg)
+    if kind == "OwnerNotSet":  # the operation was done, without the owner
+        from ..replica import OwnerNotSet
+
+        return OwnerNotSet(msg)
     return _ERROR_CLASSES.get(kind, RemoteError)(msg)
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DeltaSyncError, ProtocolError
 from ..model import Entry, Kind
-from ..replica import SourceChanged, SourceFile
+from ..replica import OwnerNotSet, SourceChanged, SourceFile
 from ..walk import Excluder, Listing
 from . import codec
 from .client import Connection, ListBatch, whole
@@ -80,6 +80,7 @@ class RemoteReplica:
         self._matcher_warm = False
         self._listing = False  # listing frames still arriving: results cannot be among them
         self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
+        self._owner_unset: OwnerNotSet | None = None
 
     # -- reading ----------------------------------------------------------
     def scan(self, excluder: Excluder, clean_temps: bool = True,
@@ -233,6 +234,11 @@ class RemoteReplica:
     def set_meta(self, path: str, entry: Entry) -> None:
         self._send(META, lambda i: codec.encode_op(i, entry._replace(path=path)), "meta", path)
 
+    def take_owner_unset(self) -> OwnerNotSet | None:
+        """Entries the far side installed without their owner (its results say so, one each)."""
+        unset, self._owner_unset = self._owner_unset, None
+        return unset
+
     # -- pass boundaries (engine hooks) -----------------------------------
     def begin_actions(self, on_late_failure: LateFailure) -> None:
         self._late = on_late_failure
@@ -318,6 +324,11 @@ class RemoteReplica:
             raise ProtocolError(f"RESULT for operation {op_id} arrived out of order")
         p = self._pending.popleft()
         if err is None or p.ignore:
+            return
+        if isinstance(err, OwnerNotSet):  # done, but without its owner
+            if self._owner_unset is None:
+                self._owner_unset = OwnerNotSet(err.why, p.path, 0)
+            self._owner_unset.add(p.path)
             return
         op = p.op or self._create_or_update(p.path)
         if self._late is not None:

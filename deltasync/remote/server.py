@@ -164,6 +164,10 @@ class Server:
         handler(self, payload)
 
     def _result(self, op_id: int, value: int = 0, err: BaseException | None = None) -> None:
+        if err is None and self.replica is not None:
+            # Done, but the owner could not be set (a server that is root in a
+            # user namespace): the client counts these for its one warning.
+            err = self.replica.take_owner_unset()
         self.out.send(RESULT, codec.encode_result(op_id, value, err))
 
     def _data_reader(self, what: str) -> DataReader:
@@ -186,6 +190,8 @@ class Server:
         if not isinstance(excludes, list) or not all(isinstance(x, str) for x in excludes):
             raise ProtocolError("malformed SCAN message")
         excluder = Excluder(excludes)
+        if self.replica is not None:
+            self.replica.excluder = excluder  # what stays when a directory must make way
         # zlib per batch when asked, unless the whole stream is compressed (-z) already
         packed = body.get("list_zlib") is True and not self.out.compressing
         ftype = LIST_Z if packed else LIST
