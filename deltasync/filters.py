@@ -128,7 +128,10 @@ def parse_rule(text: str) -> Rule | None:
     Raises UsageError for what deltasync refuses: an include (``+ ``), an
     empty ``- ``, a NUL, a pattern rsync would discard as too long.
     """
-    b = os.fsencode(text)
+    try:
+        b = os.fsencode(text)
+    except UnicodeEncodeError:  # a lone surrogate no file name decodes to (a peer's JSON)
+        raise UsageError(f"exclude pattern {_show(text)}: not a file name string") from None
     if b"\0" in b:
         raise UsageError(f"exclude pattern {_show(text)}: contains a NUL byte")
     if b.startswith(b"- "):
@@ -402,6 +405,7 @@ def _kind(rules: list[Rule], is_dir: bool) -> _Kind:
     names: set[str] = set()     # literal names
     suffixes: list[str] = []    # "*.ext"-style names: name.endswith
     name_res: list[str] = []
+    # (like the regexes, these two see a directory's path with a "/" appended)
     whole: set[str] = set()     # "/" + path == the pattern (anchored literals)
     tails: list[str] = []       # "/" + path ends with "/" + the pattern (other literals)
     heads: list[str] = []
@@ -415,9 +419,9 @@ def _kind(rules: list[Rule], is_dir: bool) -> _Kind:
             if by_name:
                 names.add(lit)
             elif lit.startswith("/"):
-                whole.add(lit)
+                whole.add(lit + "/" if is_dir else lit)
             else:
-                tails.append("/" + lit)
+                tails.append("/" + lit + "/" if is_dir else "/" + lit)
         elif by_name:
             rest = r.pattern[1:]
             if (r.pattern.startswith(b"*") and rest and rest.isascii()
@@ -436,13 +440,10 @@ def _kind(rules: list[Rule], is_dir: bool) -> _Kind:
             tuple(tails), _pair(heads), _pair(anywhere))
 
 
-def _fits(pair: _Pair, s: str, search: bool = False) -> bool:
+def _fits(pair: _Pair, s: str) -> bool:
     if s.isascii():
-        rx = pair[0]
-        return (rx.search(s) if search else rx.fullmatch(s)) is not None
-    raw = pair[1]
-    b = os.fsencode(s)
-    return (raw.search(b) if search else raw.fullmatch(b)) is not None
+        return pair[0].fullmatch(s) is not None
+    return pair[1].fullmatch(os.fsencode(s)) is not None
 
 
 class Excluder:
@@ -467,22 +468,24 @@ class Excluder:
         return f"Excluder({self.patterns!r})"
 
     def excluded(self, path: str, name: str, is_dir: bool) -> bool:
-        # Called for every entry of both walks: the cheap tests first, at most
-        # one regex call on the name and two on the path.
+        # Called for every entry of both walks: the cheap tests first, then at
+        # most one regex call on the name and two on the path.
         names, suffixes, name_re, whole, tails, head_re, any_re = (
             self._dir if is_dir else self._file)
         if name in names or (suffixes and name.endswith(suffixes)):
             return True
         if name_re is not None and _fits(name_re, name):
             return True
-        if whole or tails or head_re is not None or any_re is not None:
-            s = "/" + path
-            if s in whole or (tails and s.endswith(tails)):
-                return True
-            if is_dir:
-                s += "/"
-            if head_re is not None and _fits(head_re, s):
-                return True
-            if any_re is not None and _fits(any_re, s, True):
-                return True
-        return False
+        if not (whole or tails or head_re is not None or any_re is not None):
+            return False
+        s = "/" + path + "/" if is_dir else "/" + path
+        if s in whole or (tails and s.endswith(tails)):
+            return True
+        if head_re is None and any_re is None:
+            return False
+        if s.isascii():  # (inlined _fits: this is the hot path of a walk with path rules)
+            return ((head_re is not None and head_re[0].fullmatch(s) is not None)
+                    or (any_re is not None and any_re[0].search(s) is not None))
+        b = os.fsencode(s)
+        return ((head_re is not None and head_re[1].fullmatch(b) is not None)
+                or (any_re is not None and any_re[1].search(b) is not None))

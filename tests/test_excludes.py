@@ -313,12 +313,19 @@ def test_sync_matches_rsync(run_cli, base: tuple[Path, Path], tmp_path: Path,  #
 
 
 @needs_rsync
+@pytest.mark.parametrize("where", ["local", "push", "pull"])
 def test_several_patterns_at_once_match_rsync(run_cli, base: tuple[Path, Path],  # type: ignore[no-untyped-def]
-                                              tmp_path: Path) -> None:
-    pats = ["*.pyc", "build/cache", "**/node_modules", "logs/*.old", "/dist", "foo/***", "tmp/"]
+                                              tmp_path: Path, where: str) -> None:
+    # In a push the far side walks the replica with the patterns, in a pull the source.
+    pats = ["*.pyc", "build/cache", "**/node_modules", "logs/*.old", "/dist", "foo/***", "tmp/",
+            "[[:upper:]]*", "a[]]b"]
     src, rep1, rep2 = _replicas(base, tmp_path)
     assert rsync(src, rep1, *pats).returncode == 0
-    r = run_cli("sync", src, rep2, *[a for p in pats for a in ("--exclude", p)], "-q")
+    a, b, remote = str(src), str(rep2), []
+    if where != "local":
+        remote = ["--rsh", pipe_rsh(tmp_path), "--remote-command", REMOTE_CMD]
+        a, b = (a, f"h:{b}") if where == "push" else (f"h:{a}", b)
+    r = run_cli("sync", a, b, *remote, *_excludes(pats), "-q")
     assert r.code == 0, r.err
     assert_same_tree(rep1, rep2, times=False)
     # the cases of issue 11: nested build/cache and a top-level node_modules
@@ -346,9 +353,11 @@ paths = st.lists(names, min_size=1, max_size=5).map("/".join)
 @given(patterns, st.lists(paths, min_size=1, max_size=8))
 def test_compiled_rules_agree_with_the_port(pattern: str, some: list[str]) -> None:
     ex = Excluder([pattern])
+    arg = os.fsencode(pattern)
+    arg = arg[2:] if arg.startswith(b"- ") else arg  # what rsync's --exclude makes a rule of
     for path in some:
         for is_dir in (False, True):
-            want = rule_matches(os.fsencode(pattern), os.fsencode(path), is_dir)
+            want = arg != b"!" and rule_matches(arg, os.fsencode(path), is_dir)
             assert ex.excluded(path, path.rsplit("/", 1)[-1], is_dir) == want, (path, is_dir)
 
 
@@ -443,7 +452,7 @@ def test_serve_takes_the_crashing_patterns(tmp_path: Path, pattern: str) -> None
     assert P.LIST_END in [t for t, _ in got]
 
 
-@pytest.mark.parametrize("bad", ["+ keep", "- ", "x" * 5000, "a\0b"])
+@pytest.mark.parametrize("bad", ["+ keep", "- ", "x" * 5000, "a\0b", "\ud800x"])
 def test_serve_answers_an_unusable_pattern_with_a_protocol_error(tmp_path: Path, bad: str) -> None:
     # The client never sends these (it refuses them first); a peer that does
     # gets ERROR and exit 12, not a crash.
