@@ -33,11 +33,13 @@ POSIX classes, ASCII only as in rsync's C and UTF-8 locales).  A pattern that
 cannot match anything in wildmatch's reading (an unterminated ``[``, an
 unknown ``[:name:]``, a trailing ``\\``) matches nothing, as in rsync.
 
-How it is made fast: each rule is compiled once to a regular expression
-over ``"/" + path`` (``+ "/"`` for a directory), and all rules of one kind
-are joined into one alternation, so the walk pays at most two regex calls
-per entry (one on the name, one on the path); literal rules are set and
-``endswith`` look-ups.  A path that is not ASCII is matched as bytes
+How it is made fast (the walk asks for every entry of both trees): literal
+rules are set and ``endswith`` look-ups, ``*.ext`` rules too; every other
+rule is compiled once to a regular expression over the name, or over
+``"/" + path`` (``+ "/"`` for a directory), and the rules of one kind are
+joined into one alternation, so an entry costs at most one regex call on its
+name and two on its path (rules matched from the start, ``fullmatch``; rules
+matched after any ``/``, ``search``).  A path that is not ASCII is matched as bytes
 (``os.fsencode``) with the bytes twin of the same expression; an ASCII path
 gives the same answer either way.  The glob-to-regex translation keeps
 wildmatch's cost bound: each ``*`` that is followed by another star takes
@@ -52,12 +54,20 @@ rsync itself.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterable
-from typing import NamedTuple
 
 from .errors import UsageError
-from .model import quote_path
+
+# The CLI checks --exclude values before it starts ssh, which it does before
+# importing anything it can avoid: so no typing, re or model at import time
+# (~10 ms); re is imported where expressions are compiled.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
+    from collections.abc import Iterable
+
+    _Pair = tuple[re.Pattern[str], re.Pattern[bytes]]
+    _Kind = tuple[frozenset[str], tuple[str, ...], _Pair | None, frozenset[str],
+                  tuple[str, ...], _Pair | None, _Pair | None]
 
 # rsync discards (with a message) a pattern this long; refusing it is safer
 # than ignoring an exclude the user asked for.
@@ -94,32 +104,39 @@ _CLASSES: dict[bytes, frozenset[int]] = {
 _ALL_BUT_SLASH = frozenset(range(256)) - {_SLASH}
 
 
-class Rule(NamedTuple):
-    """One exclude rule, with the flags rsync's ``add_rule`` gives it."""
+class Rule:
+    """One exclude rule, with the flags rsync's ``add_rule`` gives it (``make_rule``)."""
 
-    text: str        # as given (what is sent to the far side)
-    pattern: bytes   # without the "- " prefix and the trailing "/"
-    dir_only: bool   # FILTRULE_DIRECTORY: there was a trailing "/"
-    wild: bool       # FILTRULE_WILD: has "*", "?" or "["
-    wild2: bool      # FILTRULE_WILD2: has "**"
-    wild2_prefix: bool  # FILTRULE_WILD2_PREFIX: starts with "**"
-    wild3_suffix: bool  # FILTRULE_WILD3_SUFFIX: ends with "***"
-    slashes: int     # u.slash_cnt
+    __slots__ = ("text", "pattern", "dir_only", "wild", "wild2", "wild2_prefix",
+                 "wild3_suffix", "slashes")
+
+    def __init__(self, text: str, pattern: bytes) -> None:
+        self.text = text  # as given (what is sent to the far side)
+        self.dir_only = len(pattern) > 1 and pattern.endswith(b"/")  # FILTRULE_DIRECTORY
+        if self.dir_only:
+            pattern = pattern[:-1]
+        self.pattern = pattern  # without the "- " prefix and the trailing "/"
+        self.wild = any(c in pattern for c in b"*?[")  # FILTRULE_WILD
+        self.wild2 = self.wild and b"**" in pattern  # FILTRULE_WILD2
+        self.wild2_prefix = self.wild2 and pattern.startswith(b"**")  # FILTRULE_WILD2_PREFIX
+        self.wild3_suffix = self.wild2 and pattern.endswith(b"***")  # FILTRULE_WILD3_SUFFIX
+        self.slashes = pattern.count(b"/")  # u.slash_cnt
+
+    def __repr__(self) -> str:
+        return f"Rule({self.text!r})"
 
 
 def _show(text: str) -> str:
-    return "'" + (text if text.isprintable() else quote_path(text)) + "'"
+    if text.isprintable():
+        return f"'{text}'"
+    from .model import quote_path
+
+    return f"'{quote_path(text)}'"
 
 
 def make_rule(text: str, pattern: bytes) -> Rule:
     """The rule for ``pattern`` (prefix already dropped), flagged as ``add_rule`` does."""
-    dir_only = len(pattern) > 1 and pattern.endswith(b"/")
-    if dir_only:
-        pattern = pattern[:-1]
-    wild = any(c in pattern for c in b"*?[")
-    wild2 = wild and b"**" in pattern
-    return Rule(text, pattern, dir_only, wild, wild2, wild2 and pattern.startswith(b"**"),
-                wild2 and pattern.endswith(b"***"), pattern.count(b"/"))
+    return Rule(text, pattern)
 
 
 def parse_rule(text: str) -> Rule | None:
@@ -278,7 +295,7 @@ def _tokens(p: bytes) -> list[_Token] | None:
 
 
 def _byte_re(b: int) -> str:
-    return re.escape(chr(b)) if b < 128 else f"\\x{b:02x}"
+    return chr(b) if chr(b).isalnum() and b < 128 else f"\\x{b:02x}"
 
 
 def _set_re(s: frozenset[int]) -> str:
@@ -347,6 +364,8 @@ def glob_regex(pattern: bytes) -> str | None:
 
 def wildmatch(pattern: bytes, text: bytes) -> bool:
     """rsync's ``wildmatch(pattern, text)``: does the whole of ``text`` match?"""
+    import re
+
     src = glob_regex(pattern)
     return src is not None and re.fullmatch(src.encode("latin-1"), text, re.S) is not None
 
@@ -387,17 +406,14 @@ def _path_re(rule: Rule, is_dir: bool) -> tuple[bool, str] | None:
     return False, "/" + core + end
 
 
-def _pair(sources: list[str]) -> tuple[re.Pattern[str], re.Pattern[bytes]] | None:
+def _pair(sources: list[str]) -> _Pair | None:
     """One alternation, as text (for ASCII subjects) and as bytes (for the rest)."""
+    import re
+
     if not sources:
         return None
     src = sources[0] if len(sources) == 1 else "(?:" + "|".join(sources) + ")"
     return re.compile(src, re.S), re.compile(src.encode("latin-1"), re.S)
-
-
-_Pair = tuple[re.Pattern[str], re.Pattern[bytes]]
-_Kind = tuple[frozenset[str], tuple[str, ...], _Pair | None, frozenset[str], tuple[str, ...],
-              _Pair | None, _Pair | None]
 
 
 def _kind(rules: list[Rule], is_dir: bool) -> _Kind:
