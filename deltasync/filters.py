@@ -423,7 +423,7 @@ def _kind(rules: list[Rule], is_dir: bool) -> _Kind:
     name_res: list[str] = []
     # (like the regexes, these two see a directory's path with a "/" appended)
     whole: set[str] = set()     # "/" + path == the pattern (anchored literals)
-    tails: list[str] = []       # "/" + path ends with "/" + the pattern (other literals)
+    tails: list[str] = []       # "/" + path ends with it (other literals, "**/literal")
     heads: list[str] = []
     anywhere: list[str] = []
     for r in rules:
@@ -449,6 +449,14 @@ def _kind(rules: list[Rule], is_dir: bool) -> _Kind:
             if src is not None:
                 name_res.append(src)
         else:
+            rest = r.pattern.lstrip(b"*")
+            if (r.wild2_prefix and rest and (rest.isascii() or rest.startswith(b"/"))
+                    and not any(c in rest for c in b"*?[\\")):
+                # "**/node_modules": "/" + path ends with "/node_modules" (as bytes
+                # too: the suffix is ASCII or starts at a "/", a character boundary)
+                lit = os.fsdecode(rest)
+                tails.append(lit + "/" if is_dir else lit)
+                continue
             got = _path_re(r, is_dir)
             if got is not None:
                 (heads if got[0] else anywhere).append(got[1])
