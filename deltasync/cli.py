@@ -103,6 +103,16 @@ def _block_size(text: str) -> int:
     return v
 
 
+def _exclude(text: str) -> str:
+    """--exclude: refused here (exit 2), before REPLICA is made or ssh started."""
+    from .filters import check_exclude
+
+    try:
+        return check_exclude(text)
+    except UsageError as e:
+        raise _bad(str(e)) from None
+
+
 _DELTA_MODES = ("auto", "always", "never")
 
 
@@ -131,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-n", "--dry-run", action="store_true", help="log what would be done, change nothing")
         sp.add_argument("-c", "--checksum", action="store_true",
                         help="compare same-size files by blake3 content, not size+mtime")
-        sp.add_argument("--exclude", metavar="PATTERN", action="append", default=[],
-                        help="glob on the relative path (repeatable); excluded paths are neither copied nor deleted")
+        sp.add_argument("--exclude", metavar="PATTERN", action="append", default=[], type=_exclude,
+                        help="rsync exclude pattern (repeatable); excluded paths are neither copied nor deleted")
         sp.add_argument("--delta", choices=_DELTA_MODES, default="auto",
                         help="send changed files as deltas: by --delta-threshold (auto), always, or never")
         sp.add_argument("--delta-threshold", metavar="SIZE", type=_size, default=None,
@@ -258,7 +268,7 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
     The transport started is used only if argparse agrees (``take_early``).
     """
     valued: dict[str, Callable[[str], object]] = {
-        "--log-file": str, "--io-log-file": str, "--exclude": str, "-e": str, "--rsh": str,
+        "--log-file": str, "--io-log-file": str, "--exclude": _exclude, "-e": str, "--rsh": str,
         "--remote-command": str, "--delta": _DELTA_MODES.index,
         "--delta-threshold": _size, "--block-size": _block_size, "--bwlimit": _rate,
         "--interval": _positive_float}

@@ -24,7 +24,14 @@ import sys
 from typing import Any
 
 from .. import __version__
-from ..errors import EXIT_FATAL, EXIT_OK, EXIT_PROTOCOL, DeltaSyncError, ProtocolError
+from ..errors import (
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_PROTOCOL,
+    DeltaSyncError,
+    ProtocolError,
+    UsageError,
+)
 from ..fsutil import DirFds, open_nofollow
 from ..model import Entry, Kind
 from ..replica import LocalReplica
@@ -189,7 +196,10 @@ class Server:
         excludes = body.get("excludes", [])
         if not isinstance(excludes, list) or not all(isinstance(x, str) for x in excludes):
             raise ProtocolError("malformed SCAN message")
-        excluder = Excluder(excludes)
+        try:
+            excluder = Excluder(excludes)
+        except UsageError as e:  # the client checks them first: this is not our deltasync
+            raise ProtocolError(f"SCAN: {e}") from None
         if self.replica is not None:
             self.replica.excluder = excluder  # what stays when a directory must make way
         # zlib per batch when asked, unless the whole stream is compressed (-z) already
