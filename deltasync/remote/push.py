@@ -233,6 +233,18 @@ class RemoteReplica:
     def set_meta(self, path: str, entry: Entry) -> None:
         self._send(META, lambda i: codec.encode_op(i, entry._replace(path=path)), "meta", path)
 
+    # -- the replica lock -------------------------------------------------
+    def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
+             on_wait: Callable[[], None] | None = None) -> bool:
+        """Nothing to do here: the far side takes the lock itself when it opens
+        the replica (waiting up to the ``lock_wait`` of the connection's OPEN)
+        and holds it for the session; waiting for its answer here would stall
+        the local walk, which runs meanwhile."""
+        return True
+
+    def unlock(self) -> None:
+        """The far lock goes with the session (``close``)."""
+
     # -- pass boundaries (engine hooks) -----------------------------------
     def begin_actions(self, on_late_failure: LateFailure) -> None:
         self._late = on_late_failure
