@@ -39,7 +39,7 @@ from .errors import (
 from .fsutil import DirFds, open_nofollow
 from .model import Action, Entry, Kind, Op, Reason, Stats, quote_path
 from .prefetch import Prefetched
-from .replica import LocalReplica, LockUnavailable, Replica, SourceChanged
+from .replica import LocalReplica, LockUnavailable, LockWaitInterrupted, Replica, SourceChanged
 from .walk import Excluder, Listing, stat_entry, walk, walk_key
 
 
@@ -209,6 +209,10 @@ class Engine:
             return stats, EXIT_INTERRUPTED
         try:
             return self._locked_pass(t0, stats)
+        except LockWaitInterrupted:  # a far side still waited for its lock
+            stats.interrupted = True
+            stats.duration = time.monotonic() - t0
+            return stats, EXIT_INTERRUPTED
         finally:
             self.replica.unlock()
 

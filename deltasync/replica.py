@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from .errors import DeltaSyncError
+from .errors import EXIT_INTERRUPTED, DeltaSyncError
 from .fsutil import DirFds, open_nofollow, open_regular, preallocate, temp_name
 from .model import Entry, Kind, quote_path
 from .walk import Excluder, Listing, walk, walk_in_child
@@ -58,6 +58,15 @@ class ReplicaLocked(DeltaSyncError):
 
 class LockUnavailable(DeltaSyncError):
     """The file system cannot lock the replica root (``flock`` failed other than busy)."""
+
+
+class LockWaitInterrupted(DeltaSyncError):
+    """A stop request came while the replica side still waited for its lock (exit 20).
+
+    Raised by a replica whose lock is taken elsewhere (a push's far side); the
+    engine ends the pass as interrupted, having touched nothing."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class SourceCheck(Protocol):
@@ -442,14 +451,14 @@ def _flock_wait(fd: int, root: str, timeout: float | None, sleep: Callable[[floa
         except OSError as e:
             raise LockUnavailable(f"cannot lock replica {quote_path(root)}: "
                                   f"{e.strerror or e}") from e
-        if not waiting:
-            waiting = True
-            if on_wait is not None:
-                on_wait()
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise ReplicaLocked(f"replica {quote_path(root)} is locked by another deltasync "
                                 f"pass; gave up waiting after {timeout:g} s")
+        if not waiting:
+            waiting = True
+            if on_wait is not None:
+                on_wait()
         if sleep(step if left is None else min(step, left)):
             return False
         step = min(step * 2, _LOCK_MAX_STEP)

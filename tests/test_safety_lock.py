@@ -402,14 +402,38 @@ def test_far_side_waiting_for_the_lock_leaves_when_the_client_is_gone(src: Path,
         server = int(pidfile.read_text())
         w.proc.kill()
         w.finish()
+        wait_for(lambda: _gone(server))
 
-        def gone() -> bool:
-            try:
-                with open(f"/proc/{server}/stat") as f:
-                    return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-            except FileNotFoundError:
-                return True
-        wait_for(gone)
+
+def test_sigterm_while_the_far_side_waits_for_its_lock_exit_20(src: Path,
+                                                               tmp_path: Path) -> None:
+    # The client is not blocked for as long as the far lock is held: SIGTERM
+    # (`deltasync stop` of a daemon that pushes) ends the pass, and the far
+    # side, which sees the session go, leaves too.
+    dst = tmp_path / "far"
+    mirrored(src, dst)
+    before = snapshot(dst)
+    pidfile = tmp_path / "serve.pid"
+    rsh = pipe_rsh(tmp_path, before=f"echo $$ > {pidfile}")
+    with held_lock(dst):
+        w = start("sync", src, f"h:{dst}", *remote(rsh))
+        assert w.saw(FAR_WAITING), w.lines
+        w.proc.send_signal(signal.SIGTERM)
+        code, _ = w.finish()
+        assert code == 20, w.lines
+        assert any("summary" in ln and "interrupted" in ln for ln in w.lines)
+        assert not any("deltasync: error" in ln for ln in w.lines)
+        assert _gone(int(pidfile.read_text()))
+    assert snapshot(dst) == before
+
+
+def _gone(pid: int) -> bool:
+    """Has process ``pid`` exited (a zombie nobody reaps counts as gone)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 # -- the protocol field: old and new peers ------------------------------------------------

@@ -100,6 +100,11 @@ class Connection:
             raise
 
     @property
+    def opened(self) -> bool:
+        """Has the far side answered OPEN (a far replica: it holds its lock)?"""
+        return bool(self._info)  # {} while OPENED is being read
+
+    @property
     def info(self) -> dict[str, Any]:
         """The far side's OPENED answer (waits for it)."""
         if self._info is None:

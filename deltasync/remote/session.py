@@ -74,7 +74,7 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         # tree while we walk ours.
         conn = Connection(dst_spec, "replica", owner=True, lock_wait=opts.lock_wait,
                           scan=(list(opts.excludes), not opts.dry_run, opts.checksum), **common)
-        r = RemoteReplica(conn, checksum=opts.checksum)
+        r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
         return PushEngine(source, r, opts, reporter, stop), r
     assert src_spec is not None
     from .pull import PullEngine
