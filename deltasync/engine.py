@@ -202,13 +202,13 @@ class Engine:
         stats = Stats()
         self._stats = stats
         if self.opts.dry_run:
-            return self._locked_pass(t0, stats)  # reads only: never waits, never blocks
+            return self._pass_body(t0, stats)  # reads only: never waits, never blocks
         if not self._lock():
             stats.interrupted = True
             stats.duration = time.monotonic() - t0
             return stats, EXIT_INTERRUPTED
         try:
-            return self._locked_pass(t0, stats)
+            return self._pass_body(t0, stats)
         except LockWaitInterrupted:  # a far side still waited for its lock
             stats.interrupted = True
             stats.duration = time.monotonic() - t0
@@ -228,7 +228,7 @@ class Engine:
                                       "leftover temp files in place")
             return True
 
-    def _locked_pass(self, t0: float, stats: Stats) -> tuple[Stats, int]:
+    def _pass_body(self, t0: float, stats: Stats) -> tuple[Stats, int]:
         rep = self.reporter
         self._reserved: list[str] = []  # source names of the reserved form (skipped)
 
