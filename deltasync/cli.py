@@ -123,6 +123,17 @@ def _rate(text: str) -> int | None:
     return v or None
 
 
+def _lock_wait(text: str) -> float:
+    """--lock-wait: seconds, 0 included (do not wait at all)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise _bad(f"not a number: {text!r}") from None
+    if not 0 <= v < float("inf"):  # NaN fails too
+        raise _bad(f"must be a number of seconds, 0 or more: {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
@@ -156,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-v", "--verbose", action="count", default=0, help="more output")
         sp.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors on the console")
         sp.add_argument("--fsync", action="store_true", help="fsync files and directories before rename")
+        sp.add_argument("--lock-wait", metavar="SECONDS", type=_lock_wait, default=None,
+                        help="wait at most SECONDS for another pass into the same replica to "
+                             "end, then fail with exit 1 (default: wait as long as it takes)")
         rg = sp.add_argument_group("remote sync ([USER@]HOST:PATH as SOURCE or REPLICA)")
         rg.add_argument("-e", "--rsh", metavar="COMMAND", default=None,
                         help="transport command, split like a shell would (default: ssh)")
@@ -271,7 +285,7 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--log-file": str, "--io-log-file": str, "--exclude": _exclude, "-e": str, "--rsh": str,
         "--remote-command": str, "--delta": _DELTA_MODES.index,
         "--delta-threshold": _size, "--block-size": _block_size, "--bwlimit": _rate,
-        "--interval": _positive_float}
+        "--interval": _positive_float, "--lock-wait": _lock_wait}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
              "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress"}
     ns = _Quick()

@@ -6,6 +6,10 @@ prints or logs; the CLI turns events into log lines, progress bars and
 summaries.  Per-file failures are reported and the pass goes on (the exit code
 becomes 23, or 24 when only source files vanished); ``stop`` is checked between
 files so SIGTERM ends a pass after the file in flight.
+
+A pass that changes the replica holds the replica's lock (``Replica.lock``)
+from before its walk to its end, so two passes into one replica never run at
+once; a dry run only reads and takes no lock.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from .errors import (
 from .fsutil import DirFds, open_nofollow
 from .model import Action, Entry, Kind, Op, Reason, Stats, quote_path
 from .prefetch import Prefetched
-from .replica import LocalReplica, Replica, SourceChanged
+from .replica import LocalReplica, LockUnavailable, LockWaitInterrupted, Replica, SourceChanged
 from .walk import Excluder, Listing, stat_entry, walk, walk_key
 
 
@@ -69,6 +73,9 @@ class SyncOptions:
     delta_threshold: int | None = None  # None: see DEFAULT_DELTA_THRESHOLD
     block_size: int | None = None  # None: sqrt rule of the delta engine
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)
+    # Seconds to wait for the replica lock held by another pass; None: as long
+    # as it takes (a cron job that overlaps the previous one should just wait).
+    lock_wait: float | None = None
 
 
 class ListingBatch(Protocol):
@@ -100,6 +107,9 @@ class Reporter:
     def file_done(self) -> None: ...
     def phase(self, name: str, seconds: float, detail: str) -> None:
         """A step of the pass finished (walks, plan); the CLI shows these with -v."""
+    def lock_waiting(self, timeout: float | None) -> None:
+        """Another pass holds the replica lock: this one waits (up to ``timeout``
+        seconds; None: as long as it takes).  Called at most once per pass."""
 
 
 class _RaisingReporter(Reporter):
@@ -182,11 +192,45 @@ class Engine:
 
     # -- one pass -------------------------------------------------------
     def run_pass(self) -> tuple[Stats, int]:
-        """One pass; returns (stats, exit code)."""
+        """One pass; returns (stats, exit code).
+
+        Raises ``ReplicaLocked`` (exit 1) when another pass held the replica
+        lock for longer than ``lock_wait``; a stop request while waiting ends
+        the pass as interrupted before it has touched anything.
+        """
         t0 = time.monotonic()
         stats = Stats()
         self._stats = stats
+        if self.opts.dry_run:
+            return self._pass_body(t0, stats)  # reads only: never waits, never blocks
+        if not self._lock():
+            stats.interrupted = True
+            stats.duration = time.monotonic() - t0
+            return stats, EXIT_INTERRUPTED
+        try:
+            return self._pass_body(t0, stats)
+        except LockWaitInterrupted:  # a far side still waited for its lock
+            stats.interrupted = True
+            stats.duration = time.monotonic() - t0
+            return stats, EXIT_INTERRUPTED
+        finally:
+            self.replica.unlock()
+
+    def _lock(self) -> bool:
+        timeout = self.opts.lock_wait
+        try:
+            return self.replica.lock(timeout, self.stop.wait,
+                                     lambda: self.reporter.lock_waiting(timeout))
+        except LockUnavailable as e:
+            # rsync has no lock at all: run as it would, but keep every temp
+            # file, since one may be another pass's write in flight.
+            self.reporter.warning("", f"{e}; this pass runs unlocked and leaves "
+                                      "leftover temp files in place")
+            return True
+
+    def _pass_body(self, t0: float, stats: Stats) -> tuple[Stats, int]:
         rep = self.reporter
+        self._reserved: list[str] = []  # source names of the reserved form (skipped)
 
         def walk_error(path: str, e: OSError) -> None:
             stats.failed += 1
@@ -212,6 +256,9 @@ class Engine:
             if e.kind is Kind.FILE:
                 stats.source_files += 1
                 stats.source_bytes += e.size
+        for path in self._reserved:  # never synced, never silently dropped
+            stats.count(Op.SKIP)
+            rep.done(Action(Op.SKIP, path, reason=Reason.RESERVED), Reason.RESERVED.value)
         with self._source_dirs() as src_dirs:
             self._src_dirs = src_dirs
             src_hash = dst_hash = None
@@ -358,7 +405,7 @@ class Engine:
 
     # -- hooks for other sources and pipelined replicas (deltasync.remote) --
     def _walk_source(self, on_error: Callable[[str, OSError], None]) -> Listing:
-        return walk(self.source, self.excluder, on_error=on_error)
+        return walk(self.source, self.excluder, on_error=on_error, on_temp=self._reserved.append)
 
     def _source_dirs(self) -> DirFds:
         return DirFds(self.source)
@@ -402,6 +449,12 @@ class Engine:
         if (redo is not None and op == Op.UPDATE.value and isinstance(exc, PatchError)
                 and path in self._by_path):
             self.reporter.warning(path, f"delta did not verify ({exc}); sending the whole file")
+            redo[path] = self._by_path[path]
+            return
+        if (redo is not None and op == Op.UPDATE.value and isinstance(exc, FileNotFoundError)
+                and path in self._by_path):
+            self.reporter.warning(path, "old version vanished from the replica; "
+                                        "sending the whole file")
             redo[path] = self._by_path[path]
             return
         if (op == Op.RMDIR.value and isinstance(exc, OSError) and exc.errno == errno.ENOTEMPTY
@@ -566,6 +619,14 @@ class Engine:
                     raise
                 changed += 1
                 rep.warning(a.path, "changed while being copied; retrying")
+            except FileNotFoundError:
+                # The source is open, so what vanished is the replica's old
+                # version (its signature or basis): create the file whole.
+                if not use_delta:
+                    raise
+                use_delta = False
+                rep.warning(a.path, "old version vanished from the replica; "
+                                    "sending the whole file")
             except (PatchError, FormatError) as e:
                 # The source did not change (that is SourceChanged), so the new
                 # version failed verification against the replica's old file:

@@ -26,19 +26,37 @@ T = TypeVar("T")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-# Temp files are named so they can be recognised (and removed) by the next pass
-# without keeping any state; the original name is not part of it because a
-# 255-byte name plus a prefix would exceed NAME_MAX.
-TEMP_PREFIX = ".deltasync."
-TEMP_RE = re.compile(r"^\.deltasync\.[0-9a-f]{16}\.tmp$")
+# Names deltasync reserves in the replica (README, "Atomic writes"): everything
+# it leaves there itself is named ``.deltasync.<16 hex>.<suffix>``, lowercase
+# hex, with a suffix of RESERVED_SUFFIXES: ``tmp`` for the temp file of a write
+# in flight (today), ``part`` for a resumable partial (reserved for later).  Only
+# non-directories of exactly this form are reserved: neither walk lists them as
+# data (the source walk reports them as skipped, the replica walk hands them
+# over as leftovers, removed only under the replica lock), so they are never
+# synced or counted.  Any other name, ``.deltasync.foo`` included, is ordinary
+# data, as it is for rsync.  The grammar, not the bare prefix, is reserved so
+# that a user's own ``.deltasync.*`` files keep being mirrored.  The original
+# name is not part of a temp name because a 255-byte name plus a prefix would
+# exceed NAME_MAX.
+RESERVED_PREFIX = ".deltasync."
+RESERVED_SUFFIXES = ("tmp", "part")
+RESERVED_RE = re.compile(r"\.deltasync\.[0-9a-f]{16}\.(?:tmp|part)\Z")
+TEMP_PREFIX = RESERVED_PREFIX  # kept for callers of the older name
 
 
 def temp_name() -> str:
-    return f"{TEMP_PREFIX}{os.urandom(8).hex()}.tmp"
+    """A fresh temp name: ``.deltasync.<16 hex>.tmp``."""
+    return f"{RESERVED_PREFIX}{os.urandom(8).hex()}.tmp"
 
 
 def is_temp_name(name: str) -> bool:
-    return len(name) == 31 and name.startswith(TEMP_PREFIX) and TEMP_RE.match(name) is not None
+    """Is ``name`` a temp file of a write in flight (``.deltasync.<16 hex>.tmp``)?"""
+    return len(name) == 31 and name.endswith(".tmp") and is_reserved_name(name)
+
+
+def is_reserved_name(name: str) -> bool:
+    """Is ``name`` of the form deltasync reserves (``.deltasync.<16 hex>.tmp|part``)?"""
+    return name.startswith(RESERVED_PREFIX) and RESERVED_RE.match(name) is not None
 
 
 def split_rel(path: str) -> list[str]:

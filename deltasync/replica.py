@@ -15,7 +15,11 @@ Guarantees of ``LocalReplica``:
   the old version stays as it was;
 * a delta update builds the new version from the old file plus delta ops in a
   temp file and verifies the whole-file blake3 before the rename;
-* temp files left by a killed pass are removed by the next ``scan``;
+* temp files left by a killed pass are removed by the next ``scan``, and only
+  while the replica lock is held (``lock``);
+* entries that appear or vanish under a pass are tolerated where the outcome
+  is the same: ``mkdir`` of a directory that is already there, ``delete`` of
+  an entry that is already gone;
 * an owner that cannot be set (EPERM, or EINVAL: the id has no mapping in
   this user namespace, as in a rootless container) does not stop the entry
   from being installed: its mode and mtime are set, setuid/setgid bits are
@@ -30,17 +34,26 @@ Guarantees of ``LocalReplica``:
   while the source has a file of that name), is removed with everything below
   it (``fsutil.remove_tree``, never following a symlink) to make way, as
   rsync does.
+
+The replica lock is ``flock(LOCK_EX)`` on a descriptor of the root directory,
+so it needs no file inside the replica.  One pass holds it from before its
+walk to its end; forked workers of the pass share it (a ``flock`` belongs to
+the open file description, which ``fork`` shares).  ``flock`` on a directory
+works on local file systems; on NFS it is local to each client machine.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import stat
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from .errors import DeltaSyncError
+from .errors import EXIT_INTERRUPTED, DeltaSyncError
 from .fsutil import (
     DirFds,
     Writable,
@@ -50,7 +63,7 @@ from .fsutil import (
     remove_tree,
     temp_name,
 )
-from .model import Entry, Kind
+from .model import Entry, Kind, quote_path
 from .walk import Excluder, Listing, walk, walk_in_child
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
@@ -82,6 +95,23 @@ class OwnerNotSet(DeltaSyncError):
 
 # chown errors that leave the entry usable: it is installed without its owner.
 OWNER_ERRNOS = frozenset({errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP})
+
+
+class ReplicaLocked(DeltaSyncError):
+    """Another pass held the replica lock for longer than the caller would wait (exit 1)."""
+
+
+class LockUnavailable(DeltaSyncError):
+    """The file system cannot lock the replica root (``flock`` failed other than busy)."""
+
+
+class LockWaitInterrupted(DeltaSyncError):
+    """A stop request came while the replica side still waited for its lock (exit 20).
+
+    Raised by a replica whose lock is taken elsewhere (a push's far side); the
+    engine ends the pass as interrupted, having touched nothing."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class SourceCheck(Protocol):
@@ -116,6 +146,15 @@ class Replica(Protocol):
     def set_meta(self, path: str, entry: Entry) -> None: ...
     def take_owner_unset(self) -> OwnerNotSet | None:
         """The entries whose owner could not be set since the last call (None: none)."""
+    def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
+             on_wait: Callable[[], None] | None = None) -> bool:
+        """Take the replica lock for one pass, waiting up to ``timeout`` seconds
+        (None: as long as it takes).  ``on_wait`` is called once if it has to
+        wait; ``sleep(seconds)`` waits between tries and returns True to give
+        up (a stop request), which makes ``lock`` return False.  Raises
+        ``ReplicaLocked`` on timeout, ``LockUnavailable`` where locking fails."""
+    def unlock(self) -> None:
+        """Release what ``lock`` took (``close`` releases it too)."""
     def close(self) -> None: ...
 
 
@@ -205,6 +244,7 @@ class LocalReplica:
         # The excludes of the last scan: what stays when a directory has to
         # make way (``_put_in_place``).  A server sets it from its SCAN.
         self.excluder: Excluder | None = None
+        self._lock_fd: int | None = None
 
     # -- plumbing -------------------------------------------------------
     @property
@@ -217,6 +257,36 @@ class LocalReplica:
         if self._dirs is not None:
             self._dirs.close()
             self._dirs = None
+        self.unlock()
+
+    # -- the replica lock -------------------------------------------------
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
+
+    def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
+             on_wait: Callable[[], None] | None = None) -> bool:
+        """See ``Replica.lock``.  Tries without blocking and sleeps between
+        tries (20 ms, doubling up to 0.5 s), so a stop request or the timeout
+        ends the wait, which a blocking ``flock`` could not."""
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            got = _flock_wait(fd, self.root, timeout, sleep or _sleep, on_wait)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not got:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the last descriptor of the lock: released
+            self._lock_fd = None
 
     def _fsync_dir(self, dfd: int) -> None:
         if self.fsync:
@@ -259,6 +329,10 @@ class LocalReplica:
         return finish
 
     def remove_temps(self, temps: list[str]) -> None:
+        """Remove leftover temp files, only while this replica holds its lock:
+        without it, a temp may belong to a write in flight of another pass."""
+        if self._lock_fd is None:
+            return
         for t in temps:
             try:
                 d, name = self.dirs.parent_of(t)
@@ -383,8 +457,13 @@ class LocalReplica:
     def mkdir(self, path: str, entry: Entry) -> None:
         d, name = self.dirs.parent_of(path)
         # Owner-writable while we fill it; the final mode is set after its contents.
-        with Writable(d) as w:
-            w(os.mkdir, name, (entry.mode | 0o700) & 0o7777, dir_fd=d)
+        try:
+            with Writable(d) as w:
+                w(os.mkdir, name, (entry.mode | 0o700) & 0o7777, dir_fd=d)
+        except FileExistsError:
+            # Made meanwhile by someone else: a directory is what we wanted.
+            if not stat.S_ISDIR(os.stat(name, dir_fd=d, follow_symlinks=False).st_mode):
+                raise
         if self.owner:
             try:
                 os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
@@ -411,13 +490,16 @@ class LocalReplica:
         self._fsync_dir(d)
 
     def delete(self, path: str, kind: Kind) -> None:
-        d, name = self.dirs.parent_of(path)
-        with Writable(d) as w:
-            if kind is Kind.DIR:
-                self.dirs.forget(path)
-                w(os.rmdir, name, dir_fd=d)
-            else:
-                w(os.unlink, name, dir_fd=d)
+        try:
+            d, name = self.dirs.parent_of(path)
+            with Writable(d) as w:
+                if kind is Kind.DIR:
+                    self.dirs.forget(path)
+                    w(os.rmdir, name, dir_fd=d)
+                else:
+                    w(os.unlink, name, dir_fd=d)
+        except FileNotFoundError:
+            pass  # already gone (removed under us): what a delete wants
 
     def set_meta(self, path: str, entry: Entry) -> None:
         if entry.kind is Kind.SYMLINK:
@@ -463,3 +545,40 @@ class LocalReplica:
                 unset = e.strerror or str(e)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d, follow_symlinks=False)
         return unset
+
+
+_LOCK_FIRST_STEP = 0.02
+_LOCK_MAX_STEP = 0.5
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+def _flock_wait(fd: int, root: str, timeout: float | None, sleep: Callable[[float], bool],
+                on_wait: Callable[[], None] | None) -> bool:
+    """``flock(fd, LOCK_EX)`` within ``timeout`` seconds; False if ``sleep`` gave up."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    step = _LOCK_FIRST_STEP
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            raise LockUnavailable(f"cannot lock replica {quote_path(root)}: "
+                                  f"{e.strerror or e}") from e
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise ReplicaLocked(f"replica {quote_path(root)} is locked by another deltasync "
+                                f"pass; gave up waiting after {timeout:g} s")
+        if not waiting:
+            waiting = True
+            if on_wait is not None:
+                on_wait()
+        if sleep(step if left is None else min(step, left)):
+            return False
+        step = min(step * 2, _LOCK_MAX_STEP)

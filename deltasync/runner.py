@@ -114,6 +114,10 @@ class CliReporter(Reporter):
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug(f"{name:<7} {detail} in {seconds:.3f} s")
 
+    def lock_waiting(self, timeout: float | None) -> None:
+        limit = "as long as it takes" if timeout is None else f"up to {timeout:g} s, --lock-wait"
+        self.log.info(f"lock    waiting: another deltasync pass holds the replica lock ({limit})")
+
 
 def summary_line(stats: Stats, code: int) -> str:
     c = stats.counts
@@ -165,6 +169,7 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         delta=DeltaMode(args.delta),
         delta_threshold=args.delta_threshold,
         block_size=args.block_size,
+        lock_wait=args.lock_wait,
     )
 
 

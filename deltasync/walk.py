@@ -9,8 +9,10 @@ I/O error), and reported through ``on_error``.
 
 Order: depth-first pre-order with the names of each directory sorted, so a
 directory always precedes its contents and two listings can be compared in
-step.  Temp files of an interrupted pass (``fsutil.is_temp_name``) are never
-listed; the replica walk hands them to ``on_temp`` for removal.
+step.  Non-directories with a reserved name (``fsutil.is_reserved_name``: the
+temp files of an interrupted pass) are never listed; they go to ``on_temp``,
+where the replica side removes them (under its lock) and the source side
+reports them as skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import stat as st_
 from collections.abc import Callable, Iterator
 
 from .filters import Excluder  # re-exported: callers import it from here
-from .fsutil import is_temp_name
+from .fsutil import is_reserved_name
 from .model import Entry, Kind
 
 ErrorFunc = Callable[[str, OSError], None]
@@ -179,9 +181,10 @@ def _walk_some(dfd: int, prefix: str, des: Iterator[os.DirEntry[str]], listing: 
             continue
         m = s.st_mode
         is_dir = S_ISDIR(m)
-        # Temp files (and temp symlinks of an interrupted retarget) are debris
-        # for the replica side to remove, never entries; directories never are.
-        if not is_dir and name.startswith(".deltasync.") and is_temp_name(name):
+        # Reserved names (temp files, temp symlinks of an interrupted retarget)
+        # are never entries: debris on the replica side, skipped with a warning
+        # on the source side.  Directories are never reserved.
+        if not is_dir and name.startswith(".deltasync.") and is_reserved_name(name):
             if on_temp is not None:
                 on_temp(path)
             continue

@@ -59,12 +59,14 @@ class Connection:
     and its walk overlap with whatever the caller does next (walking the local
     tree).  The answers are read on first use (``open()``, ``scan()``).
     ``transport``: one already started for ``spec`` (``transport.start_early``).
+    ``lock_wait``: how long a far replica waits for its lock (None: as long as
+    it takes); OPENED comes once it holds it.
     """
 
     def __init__(self, spec: RemoteSpec, role: str, *, rsh: str | None = None,
                  remote_command: str | None = None, compress: bool = False,
                  compress_level: int = 6, bwlimit: int | None = None, dry_run: bool = False,
-                 fsync: bool = False, owner: bool = False,
+                 fsync: bool = False, owner: bool = False, lock_wait: float | None = None,
                  scan: tuple[list[str], bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None) -> None:
@@ -88,13 +90,19 @@ class Connection:
             if compress:
                 self.out.start_compression(compress_level)
             self.out.send(OPEN, dump_json({"role": role, "path": spec.path, "dry_run": dry_run,
-                                           "fsync": fsync, "owner": owner}))
+                                           "fsync": fsync, "owner": owner,
+                                           "lock_wait": lock_wait}))
             if scan is not None:
                 self._send_scan(*scan)
             self.out.flush()
         except BaseException:
             self.abort()
             raise
+
+    @property
+    def opened(self) -> bool:
+        """Has the far side answered OPEN (a far replica: it holds its lock)?"""
+        return bool(self._info)  # {} while OPENED is being read
 
     @property
     def info(self) -> dict[str, Any]:
@@ -162,19 +170,23 @@ class Connection:
         return ftype, payload
 
     def scan(self, excludes: Iterable[str], clean_temps: bool, checksum: bool,
-             on_error: Callable[[str, OSError], None] | None = None
+             on_error: Callable[[str, OSError], None] | None = None,
+             on_reserved: Callable[[str], None] | None = None
              ) -> tuple[Listing, dict[str, bytes]]:
         """The far tree's listing, plus blake3 digests of its files when ``checksum``.
 
         Reads the answer to the SCAN sent at connection time if it asked the same.
+        ``on_reserved``: told each far source name of the reserved form (skipped).
         """
         digests: dict[str, bytes] = {}
-        return whole(self.scan_batches(excludes, clean_temps, checksum, digests, on_error)), digests
+        return whole(self.scan_batches(excludes, clean_temps, checksum, digests, on_error,
+                                       on_reserved=on_reserved)), digests
 
     def scan_batches(self, excludes: Iterable[str], clean_temps: bool, checksum: bool,
                      digests: dict[str, bytes],
                      on_error: Callable[[str, OSError], None] | None = None,
-                     recv: Callable[[], tuple[int, bytes]] | None = None
+                     recv: Callable[[], tuple[int, bytes]] | None = None,
+                     on_reserved: Callable[[str], None] | None = None
                      ) -> Generator[ListBatch, None, Listing]:
         """``scan`` as it arrives: yields each batch (walk order) and returns the
         listing's root and unreadable set (its ``entries`` are the batches').
@@ -209,6 +221,10 @@ class Connection:
                     if on_error is not None and isinstance(item, list) and len(item) == 3:
                         path, code, msg = item
                         on_error(str(path), OSError(int(code), f"{msg} (on {self.spec.host})"))
+                reserved = body.get("reserved", [])
+                if on_reserved is not None and isinstance(reserved, list):
+                    for path in reserved:
+                        on_reserved(str(path))
                 return listing
             else:
                 raise ProtocolError(f"unexpected {type_name(ftype)} frame in a listing")

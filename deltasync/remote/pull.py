@@ -63,7 +63,8 @@ class PullEngine(Engine):
         # far side walks its tree and sends the listing.
         finish_local = super()._start_replica_scan(on_error)
         listing, self._digests = self.conn.scan(list(self.opts.excludes), False,
-                                                self.opts.checksum, on_error)
+                                                self.opts.checksum, on_error,
+                                                on_reserved=self._reserved.append)
         self._local_listing = finish_local()
         return listing
 

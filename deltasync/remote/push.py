@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DeltaSyncError, ProtocolError
 from ..model import Entry, Kind
-from ..replica import OwnerNotSet, SourceChanged, SourceFile
+from ..replica import LockWaitInterrupted, OwnerNotSet, SourceChanged, SourceFile
 from ..walk import Excluder, Listing
 from . import codec
 from .client import Connection, ListBatch, whole
@@ -63,8 +63,10 @@ class RemoteReplica:
     pipelined = True
     scan_reports_errors = True
 
-    def __init__(self, conn: Connection, checksum: bool = False) -> None:
+    def __init__(self, conn: Connection, checksum: bool = False,
+                 stop: threading.Event | None = None) -> None:
         self.conn = conn
+        self._stop = stop  # set: give up waiting for a far side that waits for its lock
         self.out = conn.out
         self.root = ""  # not a local path: the engine must not look at it
         self.checksum_all = checksum
@@ -239,6 +241,18 @@ class RemoteReplica:
         unset, self._owner_unset = self._owner_unset, None
         return unset
 
+    # -- the replica lock -------------------------------------------------
+    def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
+             on_wait: Callable[[], None] | None = None) -> bool:
+        """Nothing to do here: the far side takes the lock itself when it opens
+        the replica (waiting up to the ``lock_wait`` of the connection's OPEN)
+        and holds it for the session; waiting for its answer here would stall
+        the local walk, which runs meanwhile."""
+        return True
+
+    def unlock(self) -> None:
+        """The far lock goes with the session (``close``)."""
+
     # -- pass boundaries (engine hooks) -----------------------------------
     def begin_actions(self, on_late_failure: LateFailure) -> None:
         self._late = on_late_failure
@@ -295,11 +309,27 @@ class RemoteReplica:
         if self._reader is None:
             return self.conn.recv()
         self.out.flush()
-        item = self._q.get()
+        item = self._get()
         if isinstance(item, BaseException):
             self._fatal = item
             raise item
         return item
+
+    def _get(self) -> tuple[int, bytes] | BaseException:
+        """The next queued frame.  Before the far side has opened the replica
+        (it may wait for the replica lock, as long as it takes), a stop request
+        ends the wait: the session is dropped (``close``), so the far side,
+        which watches for that, leaves without having touched anything."""
+        while True:
+            if self._stop is None or self.conn.opened:
+                return self._q.get()
+            try:
+                return self._q.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    self._fatal = LockWaitInterrupted(
+                        "interrupted while the remote replica waited for its lock")
+                    raise self._fatal from None
 
     def _poll(self) -> None:
         """Handle the results that have already arrived, without waiting."""

@@ -12,6 +12,13 @@ apply) is a ``RESULT`` with the error and the session goes on.  A frame that
 cannot be understood ends the session: the server sends ``ERROR``, says why on
 stderr (which the client logs) and exits 12.  End of input ends it too, with
 any file in flight removed.
+
+A replica session that may write (not a dry run) holds the replica lock
+(``LocalReplica.lock``) from OPEN to its end, since a push is one pass: OPENED
+is sent only once the lock is held, after waiting at most the client's
+``lock_wait`` seconds (absent or null: as long as it takes).  While it waits
+it says so once on stderr, which the client logs, and gives up if the client
+hangs up.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from ..errors import (
 )
 from ..fsutil import DirFds, open_nofollow
 from ..model import Entry, Kind
-from ..replica import LocalReplica
+from ..replica import LocalReplica, LockUnavailable
 from ..walk import Excluder, stat_entry
 from . import codec
 from .listing import Scan, send_listing
@@ -152,14 +159,50 @@ class Server:
                 os.makedirs(root, exist_ok=True)
             owner = bool(body.get("owner")) and os.geteuid() == 0
             self.replica = LocalReplica(root, fsync=bool(body.get("fsync")), owner=owner)
+            if not self.dry_run:
+                self._lock(root, body.get("lock_wait"))
         else:
             if not os.path.isdir(root):
                 raise DeltaSyncError(f"source is not a directory: {root}" if
                                      os.path.exists(root) else f"source does not exist: {root}")
             self.src_dirs = DirFds(root)
         self.root = root
-        self.out.send(OPENED, dump_json({"root": root, "root_user": os.geteuid() == 0,
-                                         "software": __version__}), flush=True)
+        self.out.send(OPENED, dump_json({
+            "root": root, "root_user": os.geteuid() == 0, "software": __version__,
+            "locked": self.replica is not None and self.replica.locked}), flush=True)
+
+    def _lock(self, root: str, timeout: object) -> None:
+        """Take the replica lock for the session (see the module docstring)."""
+        if timeout is not None and (isinstance(timeout, bool) or
+                                    not isinstance(timeout, (int, float)) or
+                                    not 0 <= timeout < float("inf")):
+            raise ProtocolError("malformed OPEN message: bad lock_wait")
+        assert self.replica is not None
+
+        def on_wait() -> None:
+            sys.stderr.write(f"deltasync serve: waiting: another deltasync pass holds the lock of {root}\n")
+            sys.stderr.flush()
+
+        try:
+            got = self.replica.lock(timeout, self._client_gone, on_wait)
+        except LockUnavailable as e:
+            sys.stderr.write(f"deltasync serve: warning: {e}; this pass runs unlocked and leaves leftover "
+                             "temp files in place\n")
+            sys.stderr.flush()
+            return
+        if not got:
+            raise ProtocolError("the client went away while this side waited for the lock")
+
+    def _client_gone(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True as soon as the client has hung up.
+
+        Only hang-ups are watched (POLLHUP for a pipe, POLLRDHUP for a
+        socket), not input: the client's SCAN may be waiting to be read."""
+        import select
+
+        p = select.poll()
+        p.register(self.inp.fd, select.POLLRDHUP)  # POLLHUP/POLLERR are always reported
+        return bool(p.poll(max(1, int(seconds * 1000))))
 
     def _dispatch(self, ftype: int, payload: bytes) -> None:
         if ftype == SCAN:
@@ -209,18 +252,26 @@ class Server:
         def sink(payload: bytes) -> None:
             self.out.send(ftype, payload, flush=True)
 
+        end: dict[str, Any] = {}
         if not os.path.isdir(self.root):  # a dry run into a replica not made yet
             scan = Scan(Entry("", Kind.DIR))
         else:
-            clean = self.replica is not None and bool(body.get("clean_temps"))
+            # Reserved names: a replica's are leftovers, removed only under the
+            # lock; a source's are reported, so the client logs them as skipped.
+            clean = (self.replica is not None and self.replica.locked
+                     and bool(body.get("clean_temps")))
             scan = send_listing(self.root, excluder, sink, packed=packed,
-                                checksum=bool(body.get("checksum")), temps=clean)
+                                checksum=bool(body.get("checksum")),
+                                temps=clean or self.replica is None)
             if clean and scan.temps:
                 assert self.replica is not None
                 self.replica.remove_temps(scan.temps)
+            if self.replica is None and scan.temps:
+                end["reserved"] = sorted(scan.temps)
         root = codec.encode_entry(scan.root)
-        self.out.send(LIST_END, struct.pack(">I", len(root)) + root + dump_json(
-            {"unreadable": sorted(scan.unreadable), "errors": scan.errors}), flush=True)
+        end.update({"unreadable": sorted(scan.unreadable), "errors": scan.errors})
+        self.out.send(LIST_END, struct.pack(">I", len(root)) + root + dump_json(end),
+                      flush=True)
         if self.replica is not None and scan.big:
             # A file this big may be updated by a delta, whose signature needs
             # numpy (~70 ms to import): import it while the client plans.

@@ -72,9 +72,9 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
     if dst_spec is not None:
         # The SCAN goes out with the connection, so the far side walks its
         # tree while we walk ours.
-        conn = Connection(dst_spec, "replica", owner=True,
+        conn = Connection(dst_spec, "replica", owner=True, lock_wait=opts.lock_wait,
                           scan=(list(opts.excludes), not opts.dry_run, opts.checksum), **common)
-        r = RemoteReplica(conn, checksum=opts.checksum)
+        r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
         return PushEngine(source, r, opts, reporter, stop), r
     assert src_spec is not None
     from .pull import PullEngine
