@@ -103,6 +103,16 @@ def _block_size(text: str) -> int:
     return v
 
 
+def _exclude(text: str) -> str:
+    """--exclude: refused here (exit 2), before REPLICA is made or ssh started."""
+    from .filters import check_exclude
+
+    try:
+        return check_exclude(text)
+    except UsageError as e:
+        raise _bad(str(e)) from None
+
+
 _DELTA_MODES = ("auto", "always", "never")
 
 
@@ -111,6 +121,17 @@ def _rate(text: str) -> int | None:
     t = text.strip()
     v = _size(t + "k") if t.replace(".", "", 1).isdigit() else _size(t)
     return v or None
+
+
+def _lock_wait(text: str) -> float:
+    """--lock-wait: seconds, 0 included (do not wait at all)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise _bad(f"not a number: {text!r}") from None
+    if not 0 <= v < float("inf"):  # NaN fails too
+        raise _bad(f"must be a number of seconds, 0 or more: {text!r}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-n", "--dry-run", action="store_true", help="log what would be done, change nothing")
         sp.add_argument("-c", "--checksum", action="store_true",
                         help="compare same-size files by blake3 content, not size+mtime")
-        sp.add_argument("--exclude", metavar="PATTERN", action="append", default=[],
-                        help="glob on the relative path (repeatable); excluded paths are neither copied nor deleted")
+        sp.add_argument("--exclude", metavar="PATTERN", action="append", default=[], type=_exclude,
+                        help="rsync exclude pattern (repeatable); excluded paths are neither copied nor deleted")
         sp.add_argument("--delta", choices=_DELTA_MODES, default="auto",
                         help="send changed files as deltas: by --delta-threshold (auto), always, or never")
         sp.add_argument("--delta-threshold", metavar="SIZE", type=_size, default=None,
@@ -146,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-v", "--verbose", action="count", default=0, help="more output")
         sp.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors on the console")
         sp.add_argument("--fsync", action="store_true", help="fsync files and directories before rename")
+        sp.add_argument("--lock-wait", metavar="SECONDS", type=_lock_wait, default=None,
+                        help="wait at most SECONDS for another pass into the same replica to "
+                             "end, then fail with exit 1 (default: wait as long as it takes)")
         rg = sp.add_argument_group("remote sync ([USER@]HOST:PATH as SOURCE or REPLICA)")
         rg.add_argument("-e", "--rsh", metavar="COMMAND", default=None,
                         help="transport command, split like a shell would (default: ssh)")
@@ -258,10 +282,10 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
     The transport started is used only if argparse agrees (``take_early``).
     """
     valued: dict[str, Callable[[str], object]] = {
-        "--log-file": str, "--io-log-file": str, "--exclude": str, "-e": str, "--rsh": str,
+        "--log-file": str, "--io-log-file": str, "--exclude": _exclude, "-e": str, "--rsh": str,
         "--remote-command": str, "--delta": _DELTA_MODES.index,
         "--delta-threshold": _size, "--block-size": _block_size, "--bwlimit": _rate,
-        "--interval": _positive_float}
+        "--interval": _positive_float, "--lock-wait": _lock_wait}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
              "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress"}
     ns = _Quick()
@@ -375,6 +399,7 @@ def _os_message(e: OSError) -> str:
 
 
 def _pid_file(args: argparse.Namespace) -> str:
+    """``--pid-file``, or the default ``start`` uses (daemon.py says where, and checks it)."""
     from .daemon import default_pid_file
 
     return os.path.abspath(args.pid_file) if args.pid_file else default_pid_file()
@@ -400,6 +425,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"(exit {last.get('exit_code')}, {last.get('duration')} s)")
         if last.get("summary"):
             print(f"  {last.get('summary')}")
+        if last.get("error"):  # the pass raised: why, and the path it names
+            print(f"  error: {last.get('error')}")
     else:
         print("last pass: none yet")
     return EXIT_OK

@@ -10,6 +10,10 @@ LocalReplica)``.  Per-file failures are reported and the pass goes on (exit
 23, or 24 when only source files vanished: ``errors.pass_exit_code``);
 ``stop`` is checked between actions, so SIGTERM ends a pass after the file in
 flight.
+
+A pass that changes the replica holds the replica's lock (``Replica.lock``)
+from before its walk to its end, so two passes into one replica never run at
+once; a dry run only reads and takes no lock.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from .compare import CompareOptions
 from .errors import (
     DeltaSyncError,
     FormatError,
+    LockUnavailable,
+    LockWaitInterrupted,
     PatchError,
     ProtocolError,
     pass_exit_code,
 )
 from .march import March
-from .model import Action, Entry, Kind, Op, Reason, Result, Stats
+from .model import Action, Entry, Kind, Op, Reason, Result, Stats, quote_path
 from .prefetch import Prefetched
 from .replica import Replica
 from .source import LocalSource, Source, SourceFile
@@ -72,6 +78,9 @@ class SyncOptions:
     delta_threshold: int | None = None  # None: see DEFAULT_DELTA_THRESHOLD
     block_size: int | None = None  # None: sqrt rule of the delta engine
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)
+    # Seconds to wait for the replica lock held by another pass; None: as long
+    # as it takes (a cron job that overlaps the previous one should just wait).
+    lock_wait: float | None = None
 
 
 class Reporter:
@@ -96,6 +105,10 @@ class Reporter:
     def file_done(self) -> None: ...
     def phase(self, name: str, seconds: float, detail: str) -> None:
         """A step of the pass finished; the CLI shows these with -v."""
+
+    def lock_waiting(self, timeout: float | None) -> None:
+        """Another pass holds the replica lock: this one waits (up to ``timeout``
+        seconds; None: as long as it takes).  Called at most once per pass."""
 
 
 class _RaisingReporter(Reporter):
@@ -147,9 +160,42 @@ class Engine:
 
     # -- one pass -------------------------------------------------------
     def run_pass(self) -> tuple[Stats, int]:
-        """One pass; returns (stats, exit code)."""
+        """One pass; returns (stats, exit code).
+
+        Raises ``ReplicaLocked`` (exit 1) when another pass held the replica
+        lock for longer than ``lock_wait``; a stop request while waiting ends
+        the pass as interrupted before it has touched anything.
+        """
         t0 = time.monotonic()
         stats = self._stats = Stats()
+        if self.opts.dry_run:
+            return self._pass(t0, stats)  # reads only: never waits, never blocks
+        if not self._lock():
+            stats.interrupted = True
+            stats.duration = time.monotonic() - t0
+            return stats, pass_exit_code(0, 0, True)
+        try:
+            return self._pass(t0, stats)
+        except LockWaitInterrupted:  # a far side still waited for its lock
+            stats.interrupted = True
+            stats.duration = time.monotonic() - t0
+            return stats, pass_exit_code(0, 0, True)
+        finally:
+            self.replica.unlock()
+
+    def _lock(self) -> bool:
+        timeout = self.opts.lock_wait
+        try:
+            return self.replica.lock(timeout, self.stop.wait,
+                                     lambda: self.reporter.lock_waiting(timeout))
+        except LockUnavailable as e:
+            # rsync has no lock at all: run as it would, but keep every temp
+            # file, since one may be another pass's write in flight.
+            self.reporter.warning("", f"{e}; this pass runs unlocked and leaves "
+                                      "leftover temp files in place")
+            return True
+
+    def _pass(self, t0: float, stats: Stats) -> tuple[Stats, int]:
         rep = self.reporter
         owner = self.replica.owner
         copts = CompareOptions(self.opts.checksum, owner)
@@ -198,9 +244,27 @@ class Engine:
                 src_l.close()
             finally:
                 dst_l.close()
+        owner_unset = self._report_owner_unset()
         stats.duration = time.monotonic() - t0
         rep.phase("pass", stats.duration, f"{stats.source_files} source files")
-        return stats, pass_exit_code(stats.failed, stats.vanished, stats.interrupted)
+        return stats, pass_exit_code(stats.failed, stats.vanished, stats.interrupted,
+                                     owner_unset)
+
+    def _report_owner_unset(self) -> bool:
+        """One warning for all entries installed without their owner in this pass.
+
+        Where the owner cannot be set (a rootless container: root in a user
+        namespace, where the source's ids have no mapping), every entry is
+        still installed; like rsync, the pass then ends with exit 23.  The
+        next pass sees the owners differ and tries again, as metadata only.
+        """
+        unset = self.replica.take_owner_unset()
+        if unset is None:
+            return False
+        n = unset.count
+        self.reporter.warning("", f"owner not set on {n} {'entry' if n == 1 else 'entries'} "
+                                  f"(first: {quote_path(unset.first)}): {unset.why}")
+        return True
 
     def _read_error(self, path: str, e: OSError) -> None:
         with self._lock:
@@ -290,6 +354,11 @@ class Engine:
         """An operation a pipelined replica accepted (and we reported) failed later."""
         if op == Op.UPDATE.value and isinstance(exc, PatchError) and path in self._deltas:
             self.reporter.warning(path, f"delta did not verify ({exc}); sending the whole file")
+            self._redo[path] = self._deltas.pop(path)
+            return
+        if op == Op.UPDATE.value and isinstance(exc, FileNotFoundError) and path in self._deltas:
+            self.reporter.warning(path, "old version vanished from the replica; "
+                                        "sending the whole file")
             self._redo[path] = self._deltas.pop(path)
             return
         if (op == Op.RMDIR.value and isinstance(exc, OSError) and exc.errno == errno.ENOTEMPTY
@@ -413,6 +482,14 @@ class Engine:
                 rep.progress(result.written)
                 rep.file_done()
                 return result
+            except FileNotFoundError:
+                # With the source still there, what vanished is the replica's
+                # old version (its signature or basis): create the file whole.
+                if not use_delta or not self.source.exists(a.path):
+                    raise
+                use_delta = False
+                rep.warning(a.path, "old version vanished from the replica; "
+                                    "sending the whole file")
             except (PatchError, FormatError) as e:
                 # The source did not change (that is SourceChanged), so the new
                 # version failed verification against the replica's old file:

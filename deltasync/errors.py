@@ -95,15 +95,53 @@ class RemoteError(DeltaSyncError):
     """The far side reported a per-file error of a kind this side does not know."""
 
 
-def pass_exit_code(failed: int, vanished: int, interrupted: bool) -> int:
+class OwnerNotSet(DeltaSyncError):
+    """Entries were installed, but their owner could not be set.
+
+    ``why`` is the system's reason (``Invalid argument`` for an id that has no
+    mapping in this user namespace, ``Operation not permitted``); ``first``
+    the first such path of the pass and ``count`` how many there were.  The
+    far side of a push reports one per operation in its ``RESULT``.
+    """
+
+    def __init__(self, why: str, first: str = "", count: int = 1) -> None:
+        super().__init__(why)
+        self.why, self.first, self.count = why, first, count
+
+    def add(self, path: str) -> None:
+        if not self.count:
+            self.first = path
+        self.count += 1
+
+
+class ReplicaLocked(DeltaSyncError):
+    """Another pass held the replica lock for longer than the caller would wait (exit 1)."""
+
+
+class LockUnavailable(DeltaSyncError):
+    """The file system cannot lock the replica root (``flock`` failed other than busy)."""
+
+
+class LockWaitInterrupted(DeltaSyncError):
+    """A stop request came while the replica side still waited for its lock (exit 20).
+
+    Raised by a replica whose lock is taken elsewhere (a push's far side); the
+    engine ends the pass as interrupted, having touched nothing."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+def pass_exit_code(failed: int, vanished: int, interrupted: bool,
+                   incomplete: bool = False) -> int:
     """The exit code of one pass: the one place it is decided.
 
-    Interrupted before the end: 20; some entries failed: 23; only source files
-    vanished: 24; else 0 (rsync's codes).
+    Interrupted before the end: 20; some entries failed, or were installed
+    without all they should have (``incomplete``: an owner that could not be
+    set): 23; only source files vanished: 24; else 0 (rsync's codes).
     """
     if interrupted:
         return EXIT_INTERRUPTED
-    if failed:
+    if failed or incomplete:
         return EXIT_PARTIAL
     if vanished:
         return EXIT_VANISHED

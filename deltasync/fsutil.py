@@ -5,6 +5,10 @@ relative to its parent's descriptor, so a symlink anywhere inside the tree can
 never redirect an open, a write or a delete outside the root, even if it is
 swapped in while we work, and paths deeper than ``PATH_MAX`` still work
 because no syscall ever sees more than one name.
+
+``Writable`` lets a normal user create and remove names in a read-only
+directory they own, for one operation, and ``remove_tree`` removes a whole
+directory tree through descriptors, never following a symlink.
 """
 
 from __future__ import annotations
@@ -13,24 +17,46 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .errors import UnsafePathError
 
+T = TypeVar("T")
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-# Temp files are named so they can be recognised (and removed) by the next pass
-# without keeping any state; the original name is not part of it because a
-# 255-byte name plus a prefix would exceed NAME_MAX.
-TEMP_PREFIX = ".deltasync."
-TEMP_RE = re.compile(r"^\.deltasync\.[0-9a-f]{16}\.tmp$")
+# Names deltasync reserves in the replica (README, "Atomic writes"): everything
+# it leaves there itself is named ``.deltasync.<16 hex>.<suffix>``, lowercase
+# hex, with a suffix of RESERVED_SUFFIXES: ``tmp`` for the temp file of a write
+# in flight (today), ``part`` for a resumable partial (reserved for later).  Only
+# non-directories of exactly this form are reserved: neither walk lists them as
+# data (the source walk reports them as skipped, the replica walk hands them
+# over as leftovers, removed only under the replica lock), so they are never
+# synced or counted.  Any other name, ``.deltasync.foo`` included, is ordinary
+# data, as it is for rsync.  The grammar, not the bare prefix, is reserved so
+# that a user's own ``.deltasync.*`` files keep being mirrored.  The original
+# name is not part of a temp name because a 255-byte name plus a prefix would
+# exceed NAME_MAX.
+RESERVED_PREFIX = ".deltasync."
+RESERVED_SUFFIXES = ("tmp", "part")
+RESERVED_RE = re.compile(r"\.deltasync\.[0-9a-f]{16}\.(?:tmp|part)\Z")
+TEMP_PREFIX = RESERVED_PREFIX  # kept for callers of the older name
 
 
 def temp_name() -> str:
-    return f"{TEMP_PREFIX}{os.urandom(8).hex()}.tmp"
+    """A fresh temp name: ``.deltasync.<16 hex>.tmp``."""
+    return f"{RESERVED_PREFIX}{os.urandom(8).hex()}.tmp"
 
 
 def is_temp_name(name: str) -> bool:
-    return len(name) == 31 and name.startswith(TEMP_PREFIX) and TEMP_RE.match(name) is not None
+    """Is ``name`` a temp file of a write in flight (``.deltasync.<16 hex>.tmp``)?"""
+    return len(name) == 31 and name.endswith(".tmp") and is_reserved_name(name)
+
+
+def is_reserved_name(name: str) -> bool:
+    """Is ``name`` of the form deltasync reserves (``.deltasync.<16 hex>.tmp|part``)?"""
+    return name.startswith(RESERVED_PREFIX) and RESERVED_RE.match(name) is not None
 
 
 def split_rel(path: str) -> list[str]:
@@ -142,6 +168,131 @@ def open_regular(dirs: DirFds, path: str) -> int:
         os.close(fd)
         raise OSError(errno.EINVAL, f"not a regular file: {path!r}")
     return fd
+
+
+# -- read-only directories ---------------------------------------------------------
+
+class Writable:
+    """Operations on names in one directory, made possible when it is read-only and ours.
+
+    Creating, renaming or removing a name needs write (and search) permission
+    on the directory, even for its owner, so a normal user's mirror of a tree
+    of 0555 directories (Go's module cache) would never converge.  rsync makes
+    such a directory writable for the moment it needs and puts the mode back;
+    so does this: ``w(fn, *args)`` runs ``fn``, and if it is refused with
+    EACCES in a directory this user owns that lacks ``u+wx``, adds them
+    through the descriptor (``fchmod``, so no path is resolved again) and runs
+    ``fn`` once more.  Leaving the ``with`` block puts the mode back, also
+    when an operation failed.  A directory of another user is left alone: only
+    its owner may chmod it, and the EACCES stands.  Root never gets EACCES
+    from directory modes, so this costs nothing unless an operation is refused.
+    """
+
+    __slots__ = ("fd", "_saved")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._saved: int | None = None  # the mode to put back
+
+    def __enter__(self) -> Writable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def __call__(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        try:
+            return fn(*args, **kw)
+        except PermissionError as e:
+            if e.errno != errno.EACCES or self._saved is not None or not self._open_up():
+                raise
+        return fn(*args, **kw)
+
+    def _open_up(self) -> bool:
+        st = os.fstat(self.fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid != os.geteuid() or mode & 0o300 == 0o300:
+            return False  # not ours to change, or not what refused us
+        os.fchmod(self.fd, mode | 0o300)
+        self._saved = mode
+        return True
+
+    def restore(self) -> None:
+        if self._saved is not None:
+            mode, self._saved = self._saved, None
+            os.fchmod(self.fd, mode)  # changes ctime only: the directory's mtime stays
+
+
+def remove_tree(parent: int, name: str, parent_w: Writable | None = None, path: str = "",
+                keep: Callable[[str, str, bool], bool] | None = None) -> None:
+    """Remove directory ``name`` of ``parent`` and everything below it.
+
+    Every directory is opened with ``O_NOFOLLOW | O_DIRECTORY`` relative to
+    its parent's descriptor and its entries are removed by name through that
+    descriptor, so a symlink inside is removed, never followed, and nothing
+    outside the tree can be reached even if the tree changes meanwhile (a
+    directory swapped for a symlink fails its open with ELOOP).  Read-only
+    directories of this user are made writable for their contents
+    (``Writable``), like rsync deleting a tree of 0555 directories.
+
+    ``keep(path, name, is_dir)`` protects entries (the excludes, with
+    ``path`` relative to the root, ``name``'s own being ``path``): they and
+    the directories holding them stay, the rest goes, and then ENOTEMPTY is
+    raised -- rsync's "cannot delete non-empty directory".  Iterative: the
+    depth is bounded by open descriptors, not recursion.
+    """
+    top_w = parent_w if parent_w is not None else Writable(parent)
+    # (descriptor, its Writable, entries left to remove, its name, its path)
+    stack: list[tuple[int, Writable, list[tuple[str, bool]], str, str]] = []
+    kept = blocked = False
+
+    def enter(pfd: int, n: str, p: str) -> None:
+        fd = os.open(n, _DIR_FLAGS, dir_fd=pfd)
+        try:
+            with os.scandir(fd) as it:
+                names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        except BaseException:
+            os.close(fd)
+            raise
+        names.reverse()  # popped from the end: removed in listing order
+        stack.append((fd, Writable(fd), names, n, p))
+
+    try:
+        enter(parent, name, path)
+        while stack:
+            fd, w, names, n, p = stack[-1]
+            while names:
+                child, is_dir = names.pop()
+                child_path = f"{p}/{child}" if p else child
+                if keep is not None and keep(child_path, child, is_dir):
+                    kept = True
+                    continue
+                if is_dir:
+                    enter(fd, child, child_path)
+                    break
+                w(os.unlink, child, dir_fd=fd)
+            else:
+                stack.pop()
+                w.restore()
+                os.close(fd)
+                up_fd, up_w = (stack[-1][0], stack[-1][1]) if stack else (parent, top_w)
+                try:
+                    up_w(os.rmdir, n, dir_fd=up_fd)
+                except OSError as e:
+                    if e.errno != errno.ENOTEMPTY or not kept:
+                        raise
+                    blocked = True  # holds what is kept: go on with the rest
+    finally:
+        for fd, w, *_ in reversed(stack):
+            try:
+                w.restore()
+            except OSError:
+                pass  # the removal's own error is the one to report
+            os.close(fd)
+        if parent_w is None:
+            top_w.restore()
+    if blocked:
+        raise OSError(errno.ENOTEMPTY, "directory in the way holds excluded entries")
 
 
 # -- preallocation ------------------------------------------------------------

@@ -13,12 +13,16 @@ UTF-8 appear as ``\\n``, ``\\t``, ``\\xNN``.
 
 Only the CLI configures logging; library modules never log.  File handlers are
 ``WatchedFileHandler``s, so a log file that logrotate moves or removes is
-reopened at the next line.
+reopened at the next line.  With ``nofollow`` (the daemon's log files) every
+open, the first and each reopen, uses ``O_NOFOLLOW``: a symlink planted where
+the log was is refused (counted as lost lines), never written through.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 from datetime import datetime
 
@@ -39,7 +43,18 @@ class _LogFailures:
     failures = 0
 
 
-def _file_handler(filename: str) -> logging.Handler:
+def _open_nofollow(path: str, flags: int) -> int:
+    """``opener`` for ``open``: the final component must not be a symlink (ELOOP)."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+
+
+def check_log_file(path: str, nofollow: bool = False) -> None:
+    """Open ``path`` for appending (creating it) and close it; raises OSError."""
+    with open(path, "a", encoding="utf-8", opener=_open_nofollow if nofollow else None):
+        pass
+
+
+def _file_handler(filename: str, nofollow: bool = False) -> logging.Handler:
     # logging.handlers costs ~5 ms of imports (socket, pickle, ...): a pass
     # without a log file should not pay it.
     import logging.handlers
@@ -58,6 +73,21 @@ def _file_handler(filename: str) -> logging.Handler:
             # one odd-looking character, never the line.
             super().__init__(filename, encoding=encoding, errors="backslashreplace")
             self._warned = False
+
+        def _open(self) -> io.TextIOWrapper:
+            if not nofollow:
+                return super()._open()
+            return open(self.baseFilename, "a", encoding=self.encoding,
+                        errors=self.errors, opener=_open_nofollow)
+
+        def emit(self, record: logging.LogRecord) -> None:
+            # The reopen after a rotation can fail (a symlink there, the
+            # directory gone): Python lets that escape from emit(), into the
+            # pass that logged.  It is a lost line like any other.
+            try:
+                super().emit(record)
+            except Exception:
+                self.handleError(record)
 
         def handleError(self, record: logging.LogRecord) -> None:
             _LogFailures.failures += 1
@@ -102,8 +132,11 @@ console_stream = _TqdmAwareStream()
 
 
 def setup(verbosity: int = 0, log_file: str | None = None, io_log_file: str | None = None,
-          console: bool = True) -> logging.Logger:
-    """Configure the ``deltasync`` logger.  Raises OSError if a log file cannot be opened."""
+          console: bool = True, nofollow: bool = False) -> logging.Logger:
+    """Configure the ``deltasync`` logger.  Raises OSError if a log file cannot be opened.
+
+    ``nofollow``: log files are never opened through a symlink (the daemon's).
+    """
     logger = logging.getLogger(LOGGER_NAME)
     for h in list(logger.handlers):
         logger.removeHandler(h)
@@ -113,11 +146,11 @@ def setup(verbosity: int = 0, log_file: str | None = None, io_log_file: str | No
     fmt = LineFormatter()
     handlers: list[logging.Handler] = []
     if log_file:
-        fh = _file_handler(log_file)
+        fh = _file_handler(log_file, nofollow)
         fh.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
         handlers.append(fh)
     if io_log_file:
-        ih = _file_handler(io_log_file)
+        ih = _file_handler(io_log_file, nofollow)
         ih.addFilter(_OpsOnly())
         ih.setLevel(logging.INFO)
         handlers.append(ih)

@@ -29,9 +29,11 @@ The order of what comes out, the guarantees of a pass:
   the replica (nothing there is deleted: rsync's rule after an I/O error),
   and so does a source entry that cannot be stat'ed.
 
-Temp files found in the replica (``fsutil.is_temp_name``) are never entries:
-they are handed to ``on_temps`` for removal.  Read errors go to
-``on_read_error``; the march never raises for them.
+Names of the form deltasync reserves (``fsutil.is_reserved_name``: its temp
+files) are never entries: in the replica they are leftovers, handed to
+``on_temps`` for removal; in the source they are skipped with a warning
+(``skip`` with reason ``reserved name``), never silently dropped.  Read errors
+go to ``on_read_error``; the march never raises for them.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from .compare import Child, CompareOptions, HashFunc, Walk, dir_meta, plan_dir
-from .fsutil import is_temp_name
+from .fsutil import is_reserved_name
 from .listing import DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
 from .scan import totals
@@ -66,17 +68,17 @@ class _Frame:
         self.listed = True  # False when the source directory could not be read
 
 
-def _filter(unit: DirUnit, excluder: Excluder) -> tuple[list[Entry], list[str]]:
-    """The unit's entries without excluded ones and temp files; and the temp files."""
+def _filter(unit: DirUnit, excluder: Excluder) -> tuple[list[Entry], list[Entry]]:
+    """The unit's entries without excluded ones and reserved names; and those."""
     entries = unit.entries()
     n = len(unit.prefix)
     kept: list[Entry] = []
-    temps: list[str] = []
+    temps: list[Entry] = []
     check = bool(excluder)
     for e in entries:
         name = e.path[n:]
-        if name.startswith(".deltasync.") and e.kind is not Kind.DIR and is_temp_name(name):
-            temps.append(e.path)
+        if name.startswith(".deltasync.") and e.kind is not Kind.DIR and is_reserved_name(name):
+            temps.append(e)
         elif check and excluder.excluded(e.path, name, e.kind is Kind.DIR):
             continue
         else:
@@ -166,7 +168,7 @@ class March:
             if self.on_dir is not None:
                 self.on_dir(path)
             return
-        s_ents, _ = _filter(su, self.excluder)
+        s_ents, reserved = _filter(su, self.excluder)
         unknown: set[str] | None = None
         if su.errors:
             unknown = set()
@@ -177,7 +179,7 @@ class March:
         if du is not None:
             d_ents, temps = _filter(du, self.excluder)
             if temps and self.on_temps is not None:
-                self.on_temps(temps)
+                self.on_temps([e.path for e in temps])
             if du.errors:
                 for name, err in du.errors:
                         self.on_read_error(du.prefix + name, OSError(err, _strerror(err)))
@@ -194,6 +196,8 @@ class March:
         f.unit = su
         if self.on_dir is not None:
             self.on_dir(path)
+        for e in reserved:  # never synced, never silently dropped
+            yield Action(Op.SKIP, e.path, e, None, Reason.RESERVED)
         yield from plan.removals
 
     def _enter_removal(self, f: _Frame) -> None:
@@ -203,7 +207,7 @@ class March:
             return  # the rmdir below will say what is left
         d_ents, temps = _filter(du, self.excluder)
         if temps and self.on_temps is not None:
-            self.on_temps(temps)
+            self.on_temps([e.path for e in temps])
         f.items = iter([Child(Walk.GONE, d.path, None, d) if d.kind is Kind.DIR
                         else Action(Op.DELETE, d.path, None, d, Reason.EXTRANEOUS)
                         for d in d_ents])

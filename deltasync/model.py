@@ -60,6 +60,7 @@ class Reason(enum.Enum):
     META = "metadata differs"
     EXTRANEOUS = "not in source"
     SPECIAL = "special file"
+    RESERVED = "reserved name"  # fsutil.is_reserved_name: deltasync's own temp names
     UNCHANGED = "unchanged"
 
 

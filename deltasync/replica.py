@@ -15,28 +15,74 @@ Guarantees of ``LocalReplica``:
   the old version stays as it was;
 * a delta update builds the new version from the old file plus delta ops in a
   temp file and verifies the whole-file blake3 before the rename;
-* temp files left by a killed pass are removed by the next ``scan``.
+* temp files left by a killed pass are removed by the next pass, and only
+  while the replica lock is held (``lock``);
+* entries that appear or vanish under a pass are tolerated where the outcome
+  is the same: ``mkdir`` of a directory that is already there, ``delete`` of
+  an entry that is already gone;
+* an owner that cannot be set (EPERM, or EINVAL: the id has no mapping in
+  this user namespace, as in a rootless container) does not stop the entry
+  from being installed: its mode and mtime are set, setuid/setgid bits are
+  dropped, and the failure is counted for one warning of the pass
+  (``take_owner_unset``), like rsync, which installs the data and reports
+  the chown;
+* a read-only directory this user owns is made writable for the moment an
+  entry is created in it or removed from it, and its mode put back
+  (``fsutil.Writable``), like rsync;
+* a directory standing where a file or symlink is installed, which the
+  listing did not show (a directory-only exclude such as ``tdir/`` hides it
+  while the source has a file of that name), is removed with everything below
+  it (``fsutil.remove_tree``, never following a symlink) to make way, as
+  rsync does.
+
+The replica lock is ``flock(LOCK_EX)`` on a descriptor of the root directory,
+so it needs no file inside the replica.  One pass holds it from before its
+walk to its end; forked workers of the pass share it (a ``flock`` belongs to
+the open file description, which ``fork`` shares).  ``flock`` on a directory
+works on local file systems; on NFS it is local to each client machine.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
-import threading
+import stat
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from .errors import DeltaSyncError, SourceChanged
-from .fsutil import DirFds, open_nofollow, open_regular, preallocate, temp_name
+from .errors import (
+    DeltaSyncError,
+    LockUnavailable,
+    LockWaitInterrupted,
+    OwnerNotSet,
+    ReplicaLocked,
+    SourceChanged,
+)
+from .fsutil import (
+    DirFds,
+    Writable,
+    open_nofollow,
+    open_regular,
+    preallocate,
+    remove_tree,
+    temp_name,
+)
 from .listing import Lister, ThreadLister
-from .model import Entry, Kind
-from .walk import Excluder, Listing, walk, walk_in_child
+from .model import Entry, Kind, quote_path
+from .walk import Excluder
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature
     from .source import SourceFile
 
-__all__ = ["LocalReplica", "Replica", "SourceChanged", "SourceCheck", "copy_fd"]
+__all__ = ["LocalReplica", "LockUnavailable", "LockWaitInterrupted", "OwnerNotSet", "Replica",
+           "ReplicaLocked", "SourceChanged", "SourceCheck", "copy_fd"]
+
+
+# chown errors that leave the entry usable: it is installed without its owner.
+OWNER_ERRNOS = frozenset({errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP})
 
 
 class SourceCheck(Protocol):
@@ -87,6 +133,25 @@ class Replica(Protocol):
     def symlink(self, path: str, entry: Entry) -> None: ...
     def delete(self, path: str, kind: Kind) -> None: ...
     def set_meta(self, path: str, entry: Entry) -> None: ...
+
+    def take_owner_unset(self) -> OwnerNotSet | None:
+        """The entries whose owner could not be set since the last call (None: none)."""
+        return None
+
+    def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
+             on_wait: Callable[[], None] | None = None) -> bool:
+        """Take the replica lock for one pass, waiting up to ``timeout`` seconds
+        (None: as long as it takes).  ``on_wait`` is called once if it has to
+        wait; ``sleep(seconds)`` waits between tries and returns True to give
+        up (a stop request), which makes ``lock`` return False.  Raises
+        ``ReplicaLocked`` on timeout, ``LockUnavailable`` where locking fails.
+        A replica whose lock is taken elsewhere (a push's far side takes its
+        own) keeps this default."""
+        return True
+
+    def unlock(self) -> None:
+        """Release what ``lock`` took (``close`` releases it too)."""
+        return None
 
     def begin_actions(self, on_late_failure: LateFailure) -> None:
         """Before the first change: where failures found after a call returned go.
@@ -202,6 +267,11 @@ class LocalReplica(Replica):
         self.owner = os.geteuid() == 0 if owner is None else owner
         self._dirs: DirFds | None = None
         self._on_temp_removed = on_temp_removed
+        self._owner_unset: OwnerNotSet | None = None
+        # The excludes of the last scan: what stays when a directory has to
+        # make way (``_put_in_place``).  A server sets it from its SCAN.
+        self.excluder: Excluder | None = None
+        self._lock_fd: int | None = None
 
     # -- plumbing -------------------------------------------------------
     @property
@@ -214,6 +284,36 @@ class LocalReplica(Replica):
         if self._dirs is not None:
             self._dirs.close()
             self._dirs = None
+        self.unlock()
+
+    # -- the replica lock -------------------------------------------------
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
+
+    def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
+             on_wait: Callable[[], None] | None = None) -> bool:
+        """See ``Replica.lock``.  Tries without blocking and sleeps between
+        tries (20 ms, doubling up to 0.5 s), so a stop request or the timeout
+        ends the wait, which a blocking ``flock`` could not."""
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            got = _flock_wait(fd, self.root, timeout, sleep or _sleep, on_wait)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not got:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the last descriptor of the lock: released
+            self._lock_fd = None
 
     def _fsync_dir(self, dfd: int) -> None:
         if self.fsync:
@@ -223,49 +323,22 @@ class LocalReplica(Replica):
     def lister(self, excluder: Excluder, owner: bool) -> Lister:
         """Walked in a thread ahead of the march (``listing.ThreadLister``): the
         scanner releases the GIL, so both trees are listed at once."""
+        self.excluder = excluder  # what stays when a directory must make way
         return ThreadLister(self.root, excluder, owner)
 
-    def scan(self, excluder: Excluder, clean_temps: bool = True,
-             on_error: Callable[[str, OSError], None] | None = None) -> Listing:
-        temps: list[str] = []
-        listing = walk(self.root, excluder, on_error=on_error, on_temp=temps.append)
-        if clean_temps and temps:
-            self.remove_temps(temps)
-        return listing
-
-    def scan_start(self, excluder: Excluder, clean_temps: bool = True,
-                   on_error: Callable[[str, OSError], None] | None = None
-                   ) -> Callable[[], Listing]:
-        """Start ``scan`` in a child process; the returned function finishes it.
-
-        Lets the engine walk the source while the replica is walked (see
-        ``walk.walk_in_child``).  Where forking is unsafe (this process already
-        runs other threads) it scans here and now instead.
-        """
-        if threading.active_count() > 1:
-            listing = self.scan(excluder, clean_temps, on_error)
-            return lambda: listing
-        collect = walk_in_child(self.root, excluder)
-
-        def finish() -> Listing:
-            listing, errors, temps = collect()
-            if on_error is not None:
-                for path, e in errors:
-                    on_error(path, e)
-            if clean_temps and temps:
-                self.remove_temps(temps)
-            return listing
-
-        return finish
-
     def remove_temps(self, temps: list[str]) -> None:
+        """Remove leftover temp files, only while this replica holds its lock:
+        without it, a temp may belong to a write in flight of another pass."""
+        if self._lock_fd is None:
+            return
         for t in temps:
             try:
                 d, name = self.dirs.parent_of(t)
                 # Put the directory's times back as they were, so removing
                 # debris is invisible to the plan made from this listing.
                 st = os.fstat(d)
-                os.unlink(name, dir_fd=d)
+                with Writable(d) as w:
+                    w(os.unlink, name, dir_fd=d)
                 os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
                 if self._on_temp_removed is not None:
                     self._on_temp_removed(t)
@@ -298,9 +371,16 @@ class LocalReplica(Replica):
                  src: SourceCheck | None) -> int:
         """Create a temp file, let ``fill`` write it, set metadata, rename into place."""
         d, name = self.dirs.parent_of(path)
+        with Writable(d) as w:
+            written = self._install_in(w, d, name, path, entry, fill, src)
+        self._fsync_dir(d)
+        return written
+
+    def _install_in(self, w: Writable, d: int, name: str, path: str, entry: Entry,
+                    fill: Callable[[int, int], int], src: SourceCheck | None) -> int:
         tmp = temp_name()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=d)
+        fd = w(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+               0o600, dir_fd=d)
         try:
             try:
                 full = preallocate(fd, entry.size)
@@ -314,21 +394,51 @@ class LocalReplica(Replica):
                     raise
                 if full and written != entry.size:
                     os.ftruncate(fd, written)  # preallocate set the size it expected
-                self._meta_fd(fd, entry)
+                unset = self._meta_fd(fd, entry)
                 if self.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
             if src is not None:
                 src.check_unchanged()
-            # os.replace itself refuses to put a file over a directory
-            # (EISDIR), which only a concurrent change can cause here.
-            os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+            self._put_in_place(w, d, tmp, name, path)
         except BaseException:
             _discard(d, tmp)
             raise
-        self._fsync_dir(d)
+        self._owner_failed(path, unset)
         return written
+
+    def _put_in_place(self, w: Writable, d: int, tmp: str, name: str, path: str) -> None:
+        """Rename a temp file or symlink over ``name``, making way for it if a directory is there.
+
+        The plan installs over what the replica's listing showed.  A directory
+        there is one the listing did not show -- hidden by a directory-only
+        exclude (``tdir/`` with a file ``tdir`` in the source), or made since
+        the walk -- or one whose removal was refused because it holds excluded
+        entries.  ``os.replace`` refuses to put a non-directory over it
+        (EISDIR).  rsync removes the tree to make way, except entries the
+        excludes protect (then it fails: "could not make way"); so do we.
+        """
+        try:
+            w(os.replace, tmp, name, src_dir_fd=d, dst_dir_fd=d)
+            return
+        except IsADirectoryError:
+            pass
+        ex = self.excluder
+        self.dirs.forget(path)
+        remove_tree(d, name, w, path, ex.excluded if ex else None)
+        w(os.replace, tmp, name, src_dir_fd=d, dst_dir_fd=d)
+
+    def _owner_failed(self, path: str, why: str | None) -> None:
+        if why is None:
+            return
+        if self._owner_unset is None:
+            self._owner_unset = OwnerNotSet(why, path, 0)
+        self._owner_unset.add(path)
+
+    def take_owner_unset(self) -> OwnerNotSet | None:
+        unset, self._owner_unset = self._owner_unset, None
+        return unset
 
     def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
         sfd = src.fileno()
@@ -351,54 +461,128 @@ class LocalReplica(Replica):
     def mkdir(self, path: str, entry: Entry) -> None:
         d, name = self.dirs.parent_of(path)
         # Owner-writable while we fill it; the final mode is set after its contents.
-        os.mkdir(name, (entry.mode | 0o700) & 0o7777, dir_fd=d)
+        try:
+            with Writable(d) as w:
+                w(os.mkdir, name, (entry.mode | 0o700) & 0o7777, dir_fd=d)
+        except FileExistsError:
+            # Made meanwhile by someone else: a directory is what we wanted.
+            if not stat.S_ISDIR(os.stat(name, dir_fd=d, follow_symlinks=False).st_mode):
+                raise
         if self.owner:
-            os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+            try:
+                os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in OWNER_ERRNOS:
+                    raise
+                # Not counted here: the directory's metadata, set after its
+                # contents (set_meta), tries again and counts it once.
         self._fsync_dir(d)
 
     def symlink(self, path: str, entry: Entry) -> None:
         d, name = self.dirs.parent_of(path)
         assert entry.target is not None
         tmp = temp_name()
-        os.symlink(entry.target, tmp, dir_fd=d)
-        try:
-            self._link_meta(d, tmp, entry)
-            os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
-        except BaseException:
-            _discard(d, tmp)
-            raise
+        with Writable(d) as w:
+            w(os.symlink, entry.target, tmp, dir_fd=d)
+            try:
+                unset = self._link_meta(d, tmp, entry)
+                self._put_in_place(w, d, tmp, name, path)
+            except BaseException:
+                _discard(d, tmp)
+                raise
+        self._owner_failed(path, unset)
         self._fsync_dir(d)
 
     def delete(self, path: str, kind: Kind) -> None:
-        d, name = self.dirs.parent_of(path)
-        if kind is Kind.DIR:
-            self.dirs.forget(path)
-            os.rmdir(name, dir_fd=d)
-        else:
-            os.unlink(name, dir_fd=d)
+        try:
+            d, name = self.dirs.parent_of(path)
+            with Writable(d) as w:
+                if kind is Kind.DIR:
+                    self.dirs.forget(path)
+                    w(os.rmdir, name, dir_fd=d)
+                else:
+                    w(os.unlink, name, dir_fd=d)
+        except FileNotFoundError:
+            pass  # already gone (removed under us): what a delete wants
 
     def set_meta(self, path: str, entry: Entry) -> None:
         if entry.kind is Kind.SYMLINK:
             d, name = self.dirs.parent_of(path)
-            self._link_meta(d, name, entry)
-            return
-        if path == "":
-            self._meta_fd(self.dirs.root_fd, entry)
-            return
-        flags = os.O_RDONLY | (os.O_DIRECTORY if entry.kind is Kind.DIR else 0)
-        fd = open_nofollow(self.dirs, path, flags)
-        try:
-            self._meta_fd(fd, entry)
-        finally:
-            os.close(fd)
+            unset = self._link_meta(d, name, entry)
+        elif path == "":
+            unset = self._meta_fd(self.dirs.root_fd, entry)
+        else:
+            flags = os.O_RDONLY | (os.O_DIRECTORY if entry.kind is Kind.DIR else 0)
+            fd = open_nofollow(self.dirs, path, flags)
+            try:
+                unset = self._meta_fd(fd, entry)
+            finally:
+                os.close(fd)
+        self._owner_failed(path, unset)
 
-    def _meta_fd(self, fd: int, entry: Entry) -> None:
+    def _meta_fd(self, fd: int, entry: Entry) -> str | None:
+        """Set owner, mode and mtime; returns why the owner could not be set (None: it was)."""
+        mode, unset = entry.mode, None
         if self.owner:
-            os.fchown(fd, entry.uid, entry.gid)
-        os.fchmod(fd, entry.mode)  # after chown, which may clear setuid bits
+            try:
+                os.fchown(fd, entry.uid, entry.gid)
+            except OSError as e:
+                if e.errno not in OWNER_ERRNOS:
+                    raise
+                unset = e.strerror or str(e)
+                if entry.kind is not Kind.DIR:
+                    # The file stays ours: a setuid/setgid bit would grant
+                    # our identity, not the source owner's (chown clears them too).
+                    mode &= ~0o6000
+        os.fchmod(fd, mode)  # after chown, which may clear setuid bits
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        return unset
 
-    def _link_meta(self, d: int, name: str, entry: Entry) -> None:
+    def _link_meta(self, d: int, name: str, entry: Entry) -> str | None:
+        unset = None
         if self.owner:
-            os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+            try:
+                os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in OWNER_ERRNOS:
+                    raise
+                unset = e.strerror or str(e)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d, follow_symlinks=False)
+        return unset
+
+
+_LOCK_FIRST_STEP = 0.02
+_LOCK_MAX_STEP = 0.5
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
+def _flock_wait(fd: int, root: str, timeout: float | None, sleep: Callable[[float], bool],
+                on_wait: Callable[[], None] | None) -> bool:
+    """``flock(fd, LOCK_EX)`` within ``timeout`` seconds; False if ``sleep`` gave up."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    step = _LOCK_FIRST_STEP
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            raise LockUnavailable(f"cannot lock replica {quote_path(root)}: "
+                                  f"{e.strerror or e}") from e
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise ReplicaLocked(f"replica {quote_path(root)} is locked by another deltasync "
+                                f"pass; gave up waiting after {timeout:g} s")
+        if not waiting:
+            waiting = True
+            if on_wait is not None:
+                on_wait()
+        if sleep(step if left is None else min(step, left)):
+            return False
+        step = min(step * 2, _LOCK_MAX_STEP)

@@ -8,6 +8,7 @@ the SIGINT/SIGTERM handlers that let a pass finish the file in flight.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -142,6 +143,10 @@ class CliReporter(Reporter):
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug(f"{name:<7} {detail} in {seconds:.3f} s")
 
+    def lock_waiting(self, timeout: float | None) -> None:
+        limit = "as long as it takes" if timeout is None else f"up to {timeout:g} s, --lock-wait"
+        self.log.info(f"lock    waiting: another deltasync pass holds the replica lock ({limit})")
+
 
 def summary_line(stats: Stats, code: int) -> str:
     c = stats.counts
@@ -193,6 +198,7 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         delta=DeltaMode(args.delta),
         delta_threshold=args.delta_threshold,
         block_size=args.block_size,
+        lock_wait=args.lock_wait,
     )
 
 
@@ -214,7 +220,7 @@ class _Pass:
     def __call__(self) -> int:
         self.n += 1
         args = self.args
-        started = datetime.now().astimezone()
+        self.started = started = datetime.now().astimezone()
         if args.interval:
             self.log.info(f"pass    #{self.n} started")
         reporter = CliReporter(self.log, args.progress)
@@ -259,14 +265,28 @@ class _Pass:
             out = sys.stderr if args.json else sys.stdout
             print(stats_table(stats, code), file=out, flush=True)
         if self.pid_file:
-            from .daemon import write_state
-
-            write_state(self.pid_file, {"pid": os.getpid(), "last_pass": {
-                "started": started.isoformat(),
-                "ended": datetime.now().astimezone().isoformat(timespec="seconds"),
-                "exit_code": code, "result": "ok" if code == 0 else "failed",
-                "duration": round(stats.duration, 3), "summary": line}})
+            self._write_state(self.pid_file, code, stats.duration, summary=line)
         return code
+
+    def _write_state(self, pid_file: str, code: int, duration: float, **detail: str) -> None:
+        """Record this pass for ``status`` (the daemon's state file)."""
+        from .daemon import write_state
+
+        write_state(pid_file, {"pid": os.getpid(), "last_pass": {
+            "pass": self.n, "started": self.started.isoformat(),
+            "ended": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "exit_code": code, "result": "ok" if code == 0 else "failed",
+            "duration": round(duration, 3), **detail}})
+
+    def record_failure(self, why: str) -> None:
+        """A pass that raised (SOURCE gone, ...): ``status`` must show it, not the last good one."""
+        if not self.pid_file:
+            return
+        duration = (datetime.now().astimezone() - self.started).total_seconds()
+        try:
+            self._write_state(self.pid_file, EXIT_FATAL, duration, error=why)
+        except OSError as e:
+            self.log.error(f"error   cannot write state file: {_why(e)}")
 
 
 # Threads logging "SIGTERM received": joined before the pass summary so it comes first.
@@ -306,13 +326,42 @@ def _loop(p: _Pass, logger: logging.Logger, interval: float, stop: threading.Eve
                        "interval; next pass starts now")
 
     def failed(e: BaseException) -> None:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        why = _why(e)
         logger.error(f"error   pass failed: {why}")
+        p.record_failure(why)
 
     run_periodic(p, interval, stop, overrun, failed)
     _join_signal_notes()
     logger.info("stop    periodic sync stopped")
     return EXIT_OK
+
+
+def _why(e: BaseException) -> str:
+    """An exception as the reason of a failed pass, with the path an OSError names."""
+    if isinstance(e, OSError) and e.strerror:
+        if e.filename is not None:
+            return f"{e.strerror}: {quote_path(os.fsdecode(e.filename))}"
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def _check_daemon_log(path: str | None) -> None:
+    """Like ``_check_log``, but a symlink there is refused, not followed (see daemon.py)."""
+    if not path:
+        return
+    from .log import check_log_file
+
+    if os.path.islink(path):
+        raise ConfigError(f"log file is a symlink (symlinks are not followed): {quote_path(path)}")
+    if os.path.isdir(path):
+        raise ConfigError(f"log file is a directory: {quote_path(path)}")
+    try:
+        check_log_file(path, nofollow=True)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # made a symlink since the check
+            raise ConfigError(f"log file is a symlink (symlinks are not followed): "
+                              f"{quote_path(path)}") from e
+        raise ConfigError(f"cannot write log file {quote_path(path)}: {e.strerror}") from e
 
 
 def run_sync(args: argparse.Namespace) -> int:
@@ -332,17 +381,21 @@ def run_sync(args: argparse.Namespace) -> int:
     log_file = _abs(args.log_file) if args.log_file else None
     io_log = _abs(args.io_log_file) if args.io_log_file else None
     if args.command == "start":
-        from .daemon import daemonize, default_pid_file
+        from .daemon import check_pid_file, daemonize, default_pid_file
 
-        pid_file = _abs(args.pid_file) if args.pid_file else default_pid_file()
+        pid_file = _abs(args.pid_file) if args.pid_file else default_pid_file(create=True)
+        # A pid file start cannot take (a directory, a FIFO, a symlink, someone
+        # else's file) is refused before the log file is created next to it.
+        check_pid_file(pid_file)
         if not log_file:
             log_file = os.path.splitext(pid_file)[0] + ".log"
-        _check_log(log_file)
-        _check_log(io_log)
+        _check_daemon_log(log_file)
+        _check_daemon_log(io_log)
 
         def body(lock: object) -> int:
             stop = threading.Event()
-            logger = setup(args.verbose - args.quiet, log_file, io_log, console=False)
+            logger = setup(args.verbose - args.quiet, log_file, io_log, console=False,
+                           nofollow=True)
             _install_signals(stop, logger)
             p = _Pass(args, source, replica, logger, stop, pid_file)
             try:

@@ -9,99 +9,24 @@ I/O error), and reported through ``on_error``.
 
 Order: depth-first pre-order with the names of each directory sorted, so a
 directory always precedes its contents and two listings can be compared in
-step.  Temp files of an interrupted pass (``fsutil.is_temp_name``) are never
-listed; the replica walk hands them to ``on_temp`` for removal.
+step.  Non-directories with a reserved name (``fsutil.is_reserved_name``: the
+temp files of an interrupted pass) are never listed; they go to ``on_temp``,
+where the replica side removes them (under its lock) and the source side
+reports them as skipped.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import stat as st_
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
-from .fsutil import is_temp_name
+from .filters import Excluder  # re-exported: callers import it from here
+from .fsutil import is_reserved_name
 from .model import Entry, Kind
 
 ErrorFunc = Callable[[str, OSError], None]
-
-
-def _glob_to_regex(pat: str) -> str:
-    out = []
-    i = 0
-    while i < len(pat):
-        c = pat[i]
-        if pat.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = pat.find("]", i + 1)
-            if j == -1:
-                out.append(re.escape(c))
-            else:
-                body = pat[i + 1 : j].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-class Excluder:
-    """rsync-like exclude globs.
-
-    A pattern without ``/`` matches the final name at any depth (``*.tmp``);
-    a pattern with ``/`` matches the whole relative path (a leading ``/``
-    anchors it at the root, which it is anyway); a trailing ``/`` limits it
-    to directories; ``*`` and ``?`` stop at ``/``, ``**`` crosses it.  An
-    excluded directory is not descended into.
-    """
-
-    def __init__(self, patterns: Iterable[str] = ()) -> None:
-        self.patterns = list(patterns)
-        name_any: list[str] = []
-        name_dir: list[str] = []
-        path_any: list[str] = []
-        path_dir: list[str] = []
-        for p in self.patterns:
-            dir_only = p.endswith("/")
-            core = p.rstrip("/")
-            if not core:
-                continue
-            if "/" in core:
-                (path_dir if dir_only else path_any).append(_glob_to_regex(core.lstrip("/")))
-            else:
-                (name_dir if dir_only else name_any).append(_glob_to_regex(core))
-        def comp(parts: list[str]) -> re.Pattern[str] | None:
-            return re.compile("(?:" + "|".join(parts) + r")\Z", re.S) if parts else None
-        self._name_any = comp(name_any)
-        self._name_dir = comp(name_dir)
-        self._path_any = comp(path_any)
-        self._path_dir = comp(path_dir)
-
-    def __bool__(self) -> bool:
-        return bool(self.patterns)
-
-    def excluded(self, path: str, name: str, is_dir: bool) -> bool:
-        if self._name_any is not None and self._name_any.match(name):
-            return True
-        if self._path_any is not None and self._path_any.match(path):
-            return True
-        if is_dir:
-            if self._name_dir is not None and self._name_dir.match(name):
-                return True
-            if self._path_dir is not None and self._path_dir.match(path):
-                return True
-        return False
 
 
 class Listing:
@@ -256,9 +181,10 @@ def _walk_some(dfd: int, prefix: str, des: Iterator[os.DirEntry[str]], listing: 
             continue
         m = s.st_mode
         is_dir = S_ISDIR(m)
-        # Temp files (and temp symlinks of an interrupted retarget) are debris
-        # for the replica side to remove, never entries; directories never are.
-        if not is_dir and name.startswith(".deltasync.") and is_temp_name(name):
+        # Reserved names (temp files, temp symlinks of an interrupted retarget)
+        # are never entries: debris on the replica side, skipped with a warning
+        # on the source side.  Directories are never reserved.
+        if not is_dir and name.startswith(".deltasync.") and is_reserved_name(name):
             if on_temp is not None:
                 on_temp(path)
             continue

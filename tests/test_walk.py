@@ -115,8 +115,12 @@ TREE = {
     (("*.tmp",), {"a.tmp", "src/a.tmp"}),
     # ... including directories, which are not descended into
     (("cache",), {"cache", "cache/x", "cache/cache", "src/cache", "src/cache/y"}),
-    # a path pattern matches the whole relative path, anchored at the root
+    # a pattern with a "/" inside matches the end of the path, at a directory
+    # boundary (rsync); a leading "/" anchors it at the root
     (("src/a.tmp",), {"src/a.tmp"}),
+    (("build/z",), {"logs/build/z"}),
+    (("/build/z",), set()),
+    (("s*/cache",), {"src/cache", "src/cache/y"}),
     (("/src/cache",), {"src/cache", "src/cache/y"}),
     (("src/*.py",), {"src/main.py"}),  # "*" does not cross "/"
     (("src/**.py",), {"src/main.py", "src/sub/main.py"}),  # "**" does

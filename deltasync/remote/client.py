@@ -54,12 +54,14 @@ class Connection:
     and its walk overlap with whatever the caller does next (walking the local
     tree).  The answers are read on first use (``open()``, ``scan()``).
     ``transport``: one already started for ``spec`` (``transport.start_early``).
+    ``lock_wait``: how long a far replica waits for its lock (None: as long as
+    it takes); OPENED comes once it holds it.
     """
 
     def __init__(self, spec: RemoteSpec, role: str, *, rsh: str | None = None,
                  remote_command: str | None = None, compress: bool = False,
                  compress_level: int = 6, bwlimit: int | None = None, dry_run: bool = False,
-                 fsync: bool = False, owner: bool = False,
+                 fsync: bool = False, owner: bool = False, lock_wait: float | None = None,
                  scan: tuple[list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None) -> None:
@@ -76,6 +78,8 @@ class Connection:
         self._info: dict[str, Any] | None = None
         self._reader: threading.Thread | None = None
         self._responses: queue.Queue[tuple[int, bytes] | BaseException] = queue.Queue()
+        # Set (by the pass): stop waiting for a far side that still waits for its lock.
+        self.stop: threading.Event | None = None
         try:
             # Compression is on exactly when the client asks for it (every
             # version has zlib), so it can start before the server's HELLO.
@@ -84,7 +88,8 @@ class Connection:
             if compress:
                 self.out.start_compression(compress_level)
             self.out.send(OPEN, dump_json({"role": role, "path": spec.path, "dry_run": dry_run,
-                                           "fsync": fsync, "owner": owner}))
+                                           "fsync": fsync, "owner": owner,
+                                           "lock_wait": lock_wait}))
             if scan is not None:
                 self._send_scan(*scan)
             self.out.flush()
@@ -93,12 +98,35 @@ class Connection:
             raise
 
     @property
+    def opened(self) -> bool:
+        """Has the far side answered OPEN (a far replica: it holds its lock)?"""
+        return bool(self._info)  # {} while OPENED is being read
+
+    @property
     def info(self) -> dict[str, Any]:
         """The far side's OPENED answer (waits for it)."""
         if self._info is None:
             self.open()
         assert self._info is not None
         return self._info
+
+    def _wait_opened(self) -> None:
+        """Before OPENED the far side may wait for its replica lock, as long as it
+        takes: a stop request ends that wait (the session is dropped, and the far
+        side, which watches for that, leaves without having touched anything)."""
+        import select
+
+        stop = self.stop
+        if stop is None:
+            return
+        while not self.inp.has_frame():
+            if select.select([self.inp.fd], [], [], 0.1)[0]:
+                return
+            if stop.is_set():
+                from ..errors import LockWaitInterrupted
+
+                raise LockWaitInterrupted("interrupted while the remote replica waited for "
+                                          "its lock")
 
     def open(self) -> None:
         """Read the far side's HELLO and OPENED; raise if it refused."""
@@ -119,6 +147,7 @@ class Connection:
             if self.compress:
                 self.inp.start_compression()
             self._info = {}
+            self._wait_opened()
             ftype, payload = self.recv()
             if ftype != OPENED:
                 raise ProtocolError(f"expected OPENED, got {type_name(ftype)}")

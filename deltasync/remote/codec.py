@@ -190,6 +190,10 @@ def decode_error(buf: bytes) -> BaseException:
         return OSError(code, msg or os.strerror(code))
     if kind == "SourceChanged":
         return SourceChanged(msg)
+    if kind == "OwnerNotSet":  # the operation was done, without the owner
+        from ..replica import OwnerNotSet
+
+        return OwnerNotSet(msg)
     return _ERROR_CLASSES.get(kind, RemoteError)(msg)
 
 

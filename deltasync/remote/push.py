@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import DeltaSyncError, ProtocolError, SourceChanged
+from ..errors import DeltaSyncError, OwnerNotSet, ProtocolError, SourceChanged
 from ..listing import Lister
 from ..model import Entry, Kind
 from ..replica import LateFailure, Replica, SourceCheck
@@ -60,8 +60,10 @@ class RemoteReplica(Replica):
 
     data_crosses_link = True
 
-    def __init__(self, conn: Connection, checksum: bool = False) -> None:
+    def __init__(self, conn: Connection, checksum: bool = False,
+                 stop: threading.Event | None = None) -> None:
         self.conn = conn
+        conn.stop = stop  # set: give up waiting for a far side that waits for its lock
         self.out = conn.out
         self.root = ""  # not a local path: the engine must not look at it
         self.checksum_all = checksum
@@ -72,6 +74,7 @@ class RemoteReplica(Replica):
         self._fatal: BaseException | None = None
         self._matcher_warm = False
         self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
+        self._owner_unset: OwnerNotSet | None = None
 
     @property
     def owner(self) -> bool:  # type: ignore[override]
@@ -194,6 +197,23 @@ class RemoteReplica(Replica):
     def set_meta(self, path: str, entry: Entry) -> None:
         self._send(META, lambda i: codec.encode_op(i, entry._replace(path=path)), "meta", path)
 
+    def take_owner_unset(self) -> OwnerNotSet | None:
+        """Entries the far side installed without their owner (its results say so, one each)."""
+        unset, self._owner_unset = self._owner_unset, None
+        return unset
+
+    # -- the replica lock -------------------------------------------------
+    def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
+             on_wait: Callable[[], None] | None = None) -> bool:
+        """Nothing to do here: the far side takes the lock itself when it opens
+        the replica (waiting up to the ``lock_wait`` of the connection's OPEN)
+        and holds it for the session; waiting for its answer here would stall
+        the local walk, which runs meanwhile."""
+        return True
+
+    def unlock(self) -> None:
+        """The far lock goes with the session (``close``)."""
+
     # -- pass boundaries (engine hooks) -----------------------------------
     def begin_actions(self, on_late_failure: LateFailure) -> None:
         self._late = on_late_failure
@@ -259,6 +279,11 @@ class RemoteReplica(Replica):
             raise ProtocolError(f"RESULT for operation {op_id} arrived out of order")
         p = self._pending.popleft()
         if err is None or p.ignore:
+            return
+        if isinstance(err, OwnerNotSet):  # done, but without its owner
+            if self._owner_unset is None:
+                self._owner_unset = OwnerNotSet(err.why, p.path, 0)
+            self._owner_unset.add(p.path)
             return
         if self._late is not None:
             self._late(p.path, p.op, err)

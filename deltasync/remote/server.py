@@ -20,6 +20,13 @@ apply) is a ``RESULT`` with the error and the session goes on.  A frame that
 cannot be understood ends the session: the server sends ``ERROR``, says why on
 stderr (which the client logs) and exits 12.  End of input ends it too, with
 any file in flight removed.
+
+A replica session that may write (not a dry run) holds the replica lock
+(``LocalReplica.lock``) from OPEN to its end, since a push is one pass: OPENED
+is sent only once the lock is held, after waiting at most the client's
+``lock_wait`` seconds (absent or null: as long as it takes).  While it waits
+it says so once on stderr, which the client logs, and gives up if the client
+hangs up.
 """
 
 from __future__ import annotations
@@ -40,9 +47,10 @@ from ..errors import (
     DeltaSyncError,
     ProtocolError,
     SourceChanged,
+    UsageError,
 )
 from ..model import Kind
-from ..replica import LocalReplica
+from ..replica import LocalReplica, LockUnavailable
 from ..source import LocalSource, SourceFile
 from ..walk import Excluder
 from . import codec
@@ -169,14 +177,50 @@ class Server:
                 os.makedirs(root, exist_ok=True)
             owner = bool(body.get("owner")) and os.geteuid() == 0
             self.replica = LocalReplica(root, fsync=bool(body.get("fsync")), owner=owner)
+            if not self.dry_run:
+                self._lock(root, body.get("lock_wait"))
         else:
             if not os.path.isdir(root):
                 raise DeltaSyncError(f"source is not a directory: {root}" if
                                      os.path.exists(root) else f"source does not exist: {root}")
             self.source = LocalSource(root)
         self.root = root
-        self.out.send(OPENED, dump_json({"root": root, "root_user": os.geteuid() == 0,
-                                         "software": __version__}), flush=True)
+        self.out.send(OPENED, dump_json({
+            "root": root, "root_user": os.geteuid() == 0, "software": __version__,
+            "locked": self.replica is not None and self.replica.locked}), flush=True)
+
+    def _lock(self, root: str, timeout: object) -> None:
+        """Take the replica lock for the session (see the module docstring)."""
+        if timeout is not None and (isinstance(timeout, bool) or
+                                    not isinstance(timeout, (int, float)) or
+                                    not 0 <= timeout < float("inf")):
+            raise ProtocolError("malformed OPEN message: bad lock_wait")
+        assert self.replica is not None
+
+        def on_wait() -> None:
+            sys.stderr.write(f"deltasync serve: waiting: another deltasync pass holds the lock of {root}\n")
+            sys.stderr.flush()
+
+        try:
+            got = self.replica.lock(timeout, self._client_gone, on_wait)
+        except LockUnavailable as e:
+            sys.stderr.write(f"deltasync serve: warning: {e}; this pass runs unlocked and leaves leftover "
+                             "temp files in place\n")
+            sys.stderr.flush()
+            return
+        if not got:
+            raise ProtocolError("the client went away while this side waited for the lock")
+
+    def _client_gone(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True as soon as the client has hung up.
+
+        Only hang-ups are watched (POLLHUP for a pipe, POLLRDHUP for a
+        socket), not input: the client's SCAN may be waiting to be read."""
+        import select
+
+        p = select.poll()
+        p.register(self.inp.fd, select.POLLRDHUP)  # POLLHUP/POLLERR are always reported
+        return bool(p.poll(max(1, int(seconds * 1000))))
 
     def _dispatch(self, ftype: int, payload: bytes) -> None:
         if ftype == SCAN:
@@ -193,6 +237,10 @@ class Server:
         handler(self, payload)
 
     def _result(self, op_id: int, value: int = 0, err: BaseException | None = None) -> None:
+        if err is None and self.replica is not None:
+            # Done, but the owner could not be set (a server that is root in a
+            # user namespace): the client counts these for its one warning.
+            err = self.replica.take_owner_unset()
         self.out.send(RESULT, codec.encode_result(op_id, value, err))
 
     def _data_reader(self, what: str) -> DataReader:
@@ -218,7 +266,12 @@ class Server:
         if not isinstance(credit, int) or credit <= 0:
             raise ProtocolError("malformed SCAN message: no credit")
         self._credit = credit
-        excluder = Excluder(excludes)
+        try:
+            excluder = Excluder(excludes)
+        except UsageError as e:  # the client checks them first: this is not our deltasync
+            raise ProtocolError(f"SCAN: {e}") from None
+        if self.replica is not None:
+            self.replica.excluder = excluder  # what stays when a directory must make way
         # zlib per unit when asked, unless the whole stream is compressed (-z) already
         packed = body.get("list_zlib") is True and not self.out.compressing
         clean = self.replica is not None and bool(body.get("clean_temps")) and not self.dry_run

@@ -62,10 +62,10 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
     if dst_spec is not None:
         # The SCAN goes out with the connection, so the far side walks its
         # tree while we walk ours.  Owners count if the far side can set them.
-        conn = Connection(dst_spec, "replica", owner=True,
+        conn = Connection(dst_spec, "replica", owner=True, lock_wait=opts.lock_wait,
                           scan=(list(opts.excludes), not opts.dry_run, opts.checksum, True),
                           **common)
-        r = RemoteReplica(conn, checksum=opts.checksum)
+        r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
         return Engine(LocalSource(source), r, opts, reporter, stop), r
     assert src_spec is not None
     if not opts.dry_run:
