@@ -252,7 +252,11 @@ static int stat_all(int dfd, int owner, scan_t *s)
             continue;
         }
         struct stat st;
-        if (fstatat(dfd, r->name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        int rc;
+        do /* EINTR: only network file systems; os.stat retries too (PEP 475) */
+            rc = fstatat(dfd, r->name, &st, AT_SYMLINK_NOFOLLOW);
+        while (rc < 0 && errno == EINTR);
+        if (rc < 0) {
             r->err = errno == ENOENT ? -1 : errno;
             continue;
         }
@@ -267,7 +271,10 @@ static int stat_all(int dfd, int owner, scan_t *s)
         r->dev = (uint64_t)st.st_dev;
         r->nlink = st.st_nlink > UINT32_MAX ? UINT32_MAX : (uint32_t)st.st_nlink;
         if (r->kind == K_LINK) {
-            ssize_t tl = readlinkat(dfd, r->name, target, sizeof target);
+            ssize_t tl;
+            do
+                tl = readlinkat(dfd, r->name, target, sizeof target);
+            while (tl < 0 && errno == EINTR);
             if (tl < 0) {
                 r->err = errno == ENOENT ? -1 : errno;
                 continue;
