@@ -18,11 +18,14 @@ The interface (``NATIVE`` says which implementation is in use)::
     sort_key(name: str) -> bytes
 
 ``scan_dir`` lists the directory open as descriptor ``dfd`` without closing
-or moving it (it reads a duplicate and rewinds it first, as ``os.scandir``
-does, so the caller may scan the same descriptor again later; the duplicate
-shares the descriptor's file offset, so do not scan one descriptor from two
-threads at once).  An ``O_PATH`` descriptor works too: the directory it names
-is opened for reading, so an unreadable directory raises ``PermissionError``.
+it: it reads from offset 0 and leaves the offset at 0 (where ``os.scandir``
+leaves it), so the caller may scan the same descriptor again later.  The
+offset belongs to the open file (duplicates share it), so do not scan one
+descriptor from two threads at once.  The C version reads ``dfd`` itself with
+``getdents64`` (no duplicate: it needs no free descriptor); the fallback reads
+through the duplicate ``os.scandir`` makes.  An ``O_PATH`` descriptor works
+too: the directory it names is opened for reading, so an unreadable directory
+raises ``PermissionError``.
 If the directory itself cannot be read it raises ``OSError`` (errno and
 strerror set; ``MemoryError`` when memory runs out).  Each entry is
 ``lstat``-ed (``fstatat(dfd, name, AT_SYMLINK_NOFOLLOW)``) and each symlink

@@ -96,10 +96,16 @@ def test_a_directory_removed_under_the_scanner_lists_empty(tmp_path: Path) -> No
         os.close(fd)
 
 
-def test_emfile_raises_oserror_and_leaks_no_descriptor(tmp_path: Path) -> None:
-    fd = os.open(tmp_path, DIR_OPEN)
+def test_emfile_is_an_oserror_for_the_fallback_and_no_error_for_the_c_scanner(tmp_path: Path) -> None:
+    """os.scandir needs a duplicate descriptor; the C scanner reads dfd itself
+    (it needs one only to read an O_PATH descriptor)."""
+    fill(tmp_path / "d", 5)
+    want = scan_both(tmp_path / "d")
+    fd = os.open(tmp_path / "d", DIR_OPEN)
+    opath = os.open(tmp_path / "d", os.O_PATH | os.O_DIRECTORY)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held: list[int] = []
+    emfile = ("error", ("OSError", errno.EMFILE, os.strerror(errno.EMFILE)))
     try:
         highest = max(int(n) for n in os.listdir("/proc/self/fd"))
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, highest + 32), hard))
@@ -109,15 +115,21 @@ def test_emfile_raises_oserror_and_leaks_no_descriptor(tmp_path: Path) -> None:
             except OSError as e:
                 assert e.errno == errno.EMFILE
                 break
-        assert both_outcomes(fd) == ("error", ("OSError", errno.EMFILE, os.strerror(errno.EMFILE)))
+        assert outcome(scan_dir_py, fd, True) == emfile
+        assert outcome(scan_dir_py, opath, True) == emfile
+        if NATIVE_MOD is not None:
+            assert outcome(NATIVE_MOD.scan_dir, fd, True) == ("ok", want)
+            assert outcome(NATIVE_MOD.scan_dir, opath, True) == emfile
         os.close(held.pop())
-        assert both_outcomes(fd)[0] == "ok"  # the one free descriptor is enough, and stays free
-        held.append(os.dup(fd))
+        os.close(held.pop())  # the fallback needs two for an O_PATH descriptor (dup, then open ".")
+        assert both_outcomes(fd) == both_outcomes(opath) == ("ok", want)
+        held += [os.dup(fd), os.dup(fd)]  # and no descriptor was left behind
     finally:
         for f in held:
             os.close(f)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         os.close(fd)
+        os.close(opath)
 
 
 def test_the_descriptor_is_left_open_and_may_be_scanned_again(tmp_path: Path) -> None:
@@ -146,8 +158,10 @@ def test_an_o_path_descriptor_is_scanned_like_a_readable_one(tmp_path: Path) -> 
 # ------------------------------------------------------------ entries that go away
 
 def test_an_entry_gone_between_readdir_and_lstat_is_left_out() -> None:
-    """/proc/self/fd lists the scanner's own duplicate descriptor, which is
-    closed before the entries are stat'ed: it vanishes, deterministically."""
+    """/proc/self/fd lists the duplicate descriptor os.scandir reads through,
+    closed before the entries are stat'ed, so for the fallback it vanishes,
+    deterministically (the C scanner reads dfd itself).  Either way the
+    listing is exactly the descriptors open."""
     fd = os.open("/proc/self/fd", DIR_OPEN)
     try:
         open_now = {str(i) for i in range(4096) if _is_open(i)}
@@ -197,6 +211,75 @@ def test_entries_churned_during_scans_never_show_as_errors(
         stop.set()
         t.join()
         os.close(fd)
+
+
+# An LD_PRELOAD shim makes lstat/readlink fail on chosen names, so both
+# scanners meet a vanished entry (ENOENT) and a failing one (EIO) on demand.
+SHIM_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+static int pick(const char *p, const char *gone, const char *eio) {
+    const char *b = strrchr(p, '/');
+    b = b ? b + 1 : p;
+    if (strncmp(b, gone, strlen(gone)) == 0) return ENOENT;
+    if (strncmp(b, eio, strlen(eio)) == 0) return EIO;
+    return 0;
+}
+#define STATAT(NAME) \
+int NAME(int fd, const char *p, void *st, int fl) { \
+    int (*real)(int, const char *, void *, int) = dlsym(RTLD_NEXT, #NAME); \
+    int e = pick(p, "gone-", "eio-"); \
+    if (e) { errno = e; return -1; } \
+    return real(fd, p, st, fl); \
+}
+STATAT(fstatat)
+STATAT(fstatat64)
+ssize_t readlinkat(int fd, const char *p, char *buf, size_t n) {
+    ssize_t (*real)(int, const char *, char *, size_t) = dlsym(RTLD_NEXT, "readlinkat");
+    int e = pick(p, "lgone-", "leio-");
+    if (e) { errno = e; return -1; }
+    return real(fd, p, buf, n);
+}
+"""
+
+SHIM_SCRIPT = r"""
+import json, os, sys
+from deltasync import scan
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+out = {}
+for impl, fn in [("fallback", scan.scan_dir_py)] + ([("native", scan._native.scan_dir)] if scan._native else []):
+    r = fn(fd, True)
+    out[impl] = [[e.path for e in scan.decode_py(r.raw, r.extras, "")], r.errors, r.subdirs, r.count]
+print(json.dumps(out))
+"""
+
+
+def test_vanished_entries_are_left_out_and_failing_ones_reported(tmp_path: Path) -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler for the LD_PRELOAD shim")
+    (tmp_path / "shim.c").write_text(SHIM_C)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "shim.so"), str(tmp_path / "shim.c"), "-ldl"],
+                   check=True)
+    d = tmp_path / "d"
+    d.mkdir()
+    for name in ("ok-file", "gone-file", "eio-file"):
+        (d / name).touch()
+    for name in ("gone-dir", "eio-dir", "ok-dir"):
+        (d / name).mkdir()
+    for name in ("lgone-link", "leio-link", "ok-link"):
+        os.symlink("ok-file", d / name)
+    out = subprocess.run([sys.executable, "-c", SHIM_SCRIPT, str(d)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO),
+                                          "LD_PRELOAD": str(tmp_path / "shim.so")})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    want = [["ok-dir", "ok-file", "ok-link"], [["eio-dir", errno.EIO], ["eio-file", errno.EIO],
+                                               ["leio-link", errno.EIO]], ["ok-dir"], 3]
+    assert got == {impl: want for impl in (["fallback", "native"] if NATIVE_MOD is not None else ["fallback"])}
 
 
 # ------------------------------------------------------------ as nobody (root reads everything)
