@@ -22,8 +22,10 @@ replica of a no-op pass), then times, over both trees, with a warm page cache:
   take twice as long whatever the scanner does.
 
 Each figure is the median of ``--runs`` runs: wall seconds, CPU seconds
-(``time.process_time``, all threads of this process; rsync: its children's
-``getrusage``), and CPU microseconds per entry listed.  The machine may be
+(``getrusage``: user + system, all threads of this process; rsync: its
+children's), and CPU microseconds per entry listed.  User time is an upper
+bound on the time the scanner holds the GIL (system time is spent in
+getdents64/fstatat with the GIL released).  The machine may be
 shared: CPU seconds are the steadier figure.  No timing is asserted anywhere.
 """
 
@@ -40,10 +42,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from bench import data
 from deltasync import scan
+from deltasync.model import Entry
 from deltasync.scan import DirScan
 
 SEED = 20240917  # bench/cli.py's DEFAULT_SEED
@@ -120,6 +124,11 @@ def two_threads(a: Path, b: Path, scan_dir: Scanner) -> int:
     return sum(counts)
 
 
+def decode_all(decode: Callable[[bytes, bytes | None, str], list[Entry]],
+               listings: list[tuple[bytes, bytes, str]]) -> int:
+    return sum(len(decode(r, x, p)) for r, x, p in listings)
+
+
 def hash_control(threads: int) -> int:
     """sha256 of 64 MiB per thread (hashlib drops the GIL): can this machine run two threads at once?"""
     blob = bytes(64 << 20)
@@ -131,16 +140,18 @@ def hash_control(threads: int) -> int:
     return 1
 
 
-def measure(fn: Callable[[], int], runs: int) -> tuple[float, float, int]:
-    """Median wall and CPU seconds over runs (after one warm-up), and fn's count."""
+def measure(fn: Callable[[], int], runs: int) -> tuple[float, float, float, int]:
+    """Median wall, user and system CPU seconds over runs (after one warm-up), and fn's count."""
     n = fn()
-    walls, cpus = [], []
+    walls, users, syss = [], [], []
     for _ in range(runs):
-        w, c = time.perf_counter(), time.process_time()
+        r0, w = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         fn()
-        cpus.append(time.process_time() - c)
         walls.append(time.perf_counter() - w)
-    return statistics.median(walls), statistics.median(cpus), n
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        users.append(r1.ru_utime - r0.ru_utime)
+        syss.append(r1.ru_stime - r0.ru_stime)
+    return statistics.median(walls), statistics.median(users), statistics.median(syss), n
 
 
 def measure_rsync(a: Path, b: Path, runs: int) -> tuple[float, float]:
@@ -167,7 +178,7 @@ def probe(work: Path, n_files: int, runs: int) -> None:
         data.make_tree(a, n_files, SEED if n_files == 20_000 else SEED + 3)
         subprocess.run(["cp", "-a", "--reflink=never", str(a), str(b)], check=True)
     native: Scanner | None = scan._native.scan_dir if scan._native is not None else None
-    rows: list[tuple[str, tuple[float, float, int]]] = []
+    rows: list[tuple[str, tuple[float, float, float, int]]] = []
     both: Callable[[Scanner], Callable[[], int]] = lambda f: lambda: walk(a, f) + walk(b, f)  # noqa: E731
     if native is not None:
         rows.append(("walk native", measure(both(native), runs)))
@@ -183,18 +194,19 @@ def probe(work: Path, n_files: int, runs: int) -> None:
     decoders = ([("decode native", scan._native.decode)] if scan._native is not None else []) + \
         [("decode fallback", scan.decode_py)]
     for label, dec in decoders:
-        rows.append((label, measure(lambda d=dec: sum(len(d(r, x, p)) for r, x, p in listings), runs)))
-    control = [measure(lambda k=k: hash_control(k), runs)[0] for k in (1, 2)]
+        rows.append((label, measure(partial(decode_all, dec, listings), runs)))
+    control = [measure(partial(hash_control, k), runs)[0] for k in (1, 2)]
     rs_wall, rs_cpu = measure_rsync(a, b, runs)
     print(f"\n{n_files} files per tree, two trees, {runs} runs (median); CPU per entry listed")
-    print(f"{'':20} {'wall s':>8} {'CPU s':>8} {'CPU us/entry':>13} {'entries':>9}")
-    for label, (wall, cpu, n) in rows:
-        print(f"{label:20} {wall:8.3f} {cpu:8.3f} {cpu / n * 1e6:13.2f} {n:9d}")
+    print(f"{'':20} {'wall s':>8} {'CPU s':>8} {'user s':>8} {'sys s':>8} {'CPU us/entry':>13} {'entries':>9}")
+    for label, (wall, user, sys_, n) in rows:
+        cpu = user + sys_
+        print(f"{label:20} {wall:8.3f} {cpu:8.3f} {user:8.3f} {sys_:8.3f} {cpu / n * 1e6:13.2f} {n:9d}")
     print(f"{'rsync -a --delete':20} {rs_wall:8.3f} {rs_cpu:8.3f}")
-    wall = {label: w for label, (w, _, _) in rows}
+    walls = {label: w for label, (w, _, _, _) in rows}
     print("wall of 2 threads / 1 thread: " + ", ".join(
-        f"{impl} {wall[f'2 threads {impl}'] / wall[f'walk {impl}']:.2f}"
-        for impl in ("native", "fallback") if f"walk {impl}" in wall)
+        f"{impl} {walls[f'2 threads {impl}'] / walls[f'walk {impl}']:.2f}"
+        for impl in ("native", "fallback") if f"walk {impl}" in walls)
         + f"; control (sha256, no GIL, no I/O) {control[1] / control[0]:.2f} (1.0: a free core; 2.0: none)")
 
 
