@@ -553,6 +553,8 @@ static PyObject *decode(PyObject *module, PyObject *args)
                      ex.len, count);
         goto fail;
     }
+    if (PyUnicode_READY(prefix) < 0)
+        goto fail;
     Py_ssize_t plen = PyUnicode_GET_LENGTH(prefix);
     int prefix_ascii = st->ascii_fast && PyUnicode_IS_ASCII(prefix);
     const char *pdata = prefix_ascii ? (const char *)PyUnicode_1BYTE_DATA(prefix) : NULL;

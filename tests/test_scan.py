@@ -253,6 +253,14 @@ def test_native_is_chosen_unless_disabled() -> None:
     assert on.stdout.split() == (["True", "False"] if NATIVE_MOD is not None else ["False", "True"])
 
 
+def test_a_c_module_of_another_abi_version_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    if NATIVE_MOD is None:
+        pytest.skip("deltasync._scan is not built")
+    assert scan._load_native() is NATIVE_MOD
+    monkeypatch.setattr(scan, "_ABI_VERSION", scan._ABI_VERSION + 1)  # as a stale in-place build looks
+    assert scan._load_native() is None
+
+
 def test_the_c_scanner_is_built_where_a_compiler_is() -> None:
     """A broken or stale build falls back silently at run time; here it must not."""
     include = sysconfig.get_paths()["include"]
