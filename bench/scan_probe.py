@@ -15,7 +15,8 @@ replica of a no-op pass), then times, over both trees, with a warm page cache:
 * ``decode native`` / ``decode fallback``: ``decode`` of every listing (what
   a changed directory, or a first copy, costs on top of the scan);
 * ``2 threads native`` / ``2 threads fallback``: one thread per tree, against
-  ``walk`` done by one thread;
+  ``walk`` done by one thread; ``2 processes native``: the same split with a
+  forked child (no GIL shared: what the threads could reach);
 * ``rsync -a --delete`` no-op between the two trees, for scale;
 * a control for the thread figures: one vs two threads hashing 64 MiB each
   (hashlib drops the GIL): on a machine whose other core is busy, two threads
@@ -23,7 +24,8 @@ replica of a no-op pass), then times, over both trees, with a warm page cache:
 
 Each figure is the median of ``--runs`` runs: wall seconds, CPU seconds
 (``getrusage``: user + system, all threads of this process; rsync: its
-children's), and CPU microseconds per entry listed.  User time is an upper
+children's), "cores" = CPU / wall (above 1: threads ran at the same time),
+and CPU microseconds per entry listed.  User time is an upper
 bound on the time the scanner holds the GIL (system time is spent in
 getdents64/fstatat with the GIL released).  The machine may be
 shared: CPU seconds are the steadier figure.  No timing is asserted anywhere.
@@ -124,6 +126,23 @@ def two_threads(a: Path, b: Path, scan_dir: Scanner) -> int:
     return sum(counts)
 
 
+def two_processes(a: Path, b: Path, scan_dir: Scanner) -> int:
+    """The same split as two_threads, with a forked child for the second tree: no GIL at all."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            walk(b, scan_dir)
+            code = 0
+        finally:
+            os._exit(code)
+    n = walk(a, scan_dir)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise RuntimeError("the child walk failed")
+    return 2 * n  # about: the trees are copies
+
+
 def decode_all(decode: Callable[[bytes, bytes | None, str], list[Entry]],
                listings: list[tuple[bytes, bytes, str]]) -> int:
     return sum(len(decode(r, x, p)) for r, x, p in listings)
@@ -140,17 +159,23 @@ def hash_control(threads: int) -> int:
     return 1
 
 
+def _rusage() -> tuple[float, float]:
+    """User and system seconds of this process and its reaped children (two_processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime
+
+
 def measure(fn: Callable[[], int], runs: int) -> tuple[float, float, float, int]:
     """Median wall, user and system CPU seconds over runs (after one warm-up), and fn's count."""
     n = fn()
     walls, users, syss = [], [], []
     for _ in range(runs):
-        r0, w = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        r0, w = _rusage(), time.perf_counter()
         fn()
         walls.append(time.perf_counter() - w)
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        users.append(r1.ru_utime - r0.ru_utime)
-        syss.append(r1.ru_stime - r0.ru_stime)
+        r1 = _rusage()
+        users.append(r1[0] - r0[0])
+        syss.append(r1[1] - r0[1])
     return statistics.median(walls), statistics.median(users), statistics.median(syss), n
 
 
@@ -187,6 +212,7 @@ def probe(work: Path, n_files: int, runs: int) -> None:
     if native is not None:
         rows.append(("lockstep native", measure(lambda: lockstep(a, b, native), runs)))
         rows.append(("2 threads native", measure(lambda: two_threads(a, b, native), runs)))
+        rows.append(("2 processes native", measure(lambda: two_processes(a, b, native), runs)))
     rows.append(("2 threads fallback", measure(lambda: two_threads(a, b, scan.scan_dir_py), runs)))
     listings: list[tuple[bytes, bytes, str]] = []
     walk(a, native or scan.scan_dir_py, listings)
@@ -198,15 +224,19 @@ def probe(work: Path, n_files: int, runs: int) -> None:
     control = [measure(partial(hash_control, k), runs)[0] for k in (1, 2)]
     rs_wall, rs_cpu = measure_rsync(a, b, runs)
     print(f"\n{n_files} files per tree, two trees, {runs} runs (median); CPU per entry listed")
-    print(f"{'':20} {'wall s':>8} {'CPU s':>8} {'user s':>8} {'sys s':>8} {'CPU us/entry':>13} {'entries':>9}")
+    print(f"{'':20} {'wall s':>8} {'CPU s':>8} {'user s':>8} {'sys s':>8} {'cores':>6} {'CPU us/entry':>13}"
+          f" {'entries':>9}")
     for label, (wall, user, sys_, n) in rows:
         cpu = user + sys_
-        print(f"{label:20} {wall:8.3f} {cpu:8.3f} {user:8.3f} {sys_:8.3f} {cpu / n * 1e6:13.2f} {n:9d}")
+        print(f"{label:20} {wall:8.3f} {cpu:8.3f} {user:8.3f} {sys_:8.3f} {cpu / wall:6.2f} {cpu / n * 1e6:13.2f}"
+              f" {n:9d}")
     print(f"{'rsync -a --delete':20} {rs_wall:8.3f} {rs_cpu:8.3f}")
     walls = {label: w for label, (w, _, _, _) in rows}
     print("wall of 2 threads / 1 thread: " + ", ".join(
         f"{impl} {walls[f'2 threads {impl}'] / walls[f'walk {impl}']:.2f}"
         for impl in ("native", "fallback") if f"walk {impl}" in walls)
+        + (f"; 2 processes native {walls['2 processes native'] / walls['walk native']:.2f}"
+           if "walk native" in walls else "")
         + f"; control (sha256, no GIL, no I/O) {control[1] / control[0]:.2f} (1.0: a free core; 2.0: none)")
 
 
