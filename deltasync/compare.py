@@ -119,6 +119,7 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
     unchanged = 0
     touched = False
     d: Entry | None
+    old: Entry | None
     for s in src:
         path, k = s.path, s.kind
         d = dst_by.pop(path, None)

@@ -170,7 +170,7 @@ class Engine:
         stats = self._stats = Stats()
         if self.opts.dry_run:
             return self._pass(t0, stats)  # reads only: never waits, never blocks
-        if not self._lock():
+        if not self._take_lock():
             stats.interrupted = True
             stats.duration = time.monotonic() - t0
             return stats, pass_exit_code(0, 0, True)
@@ -183,7 +183,7 @@ class Engine:
         finally:
             self.replica.unlock()
 
-    def _lock(self) -> bool:
+    def _take_lock(self) -> bool:
         timeout = self.opts.lock_wait
         try:
             return self.replica.lock(timeout, self.stop.wait,
