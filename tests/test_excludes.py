@@ -27,8 +27,8 @@ import pytest
 from conftest import do_sync, run_proc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from remoteutil import REMOTE_CMD, pipe_rsh, serve_proc
-from test_remote_fuzz import frame, frames, prefix
+from remoteutil import REMOTE_CMD, pipe_rsh
+from test_remote_fuzz import frames, run_listing, scan_frame
 from treeutil import File, assert_same_tree, build_tree
 from wildmatch_port import rule_matches
 from wildmatch_port import wildmatch as port_wildmatch
@@ -436,11 +436,14 @@ def test_crashing_patterns_sync_like_rsync_remotely(tmp_path: Path, direction: s
 
 
 def _serve_scan(root: Path, excludes: list[str]) -> tuple[int, list[tuple[int, bytes]], str]:
-    proc = serve_proc()
-    data = (prefix(root) + frame(P.SCAN, P.dump_json({"excludes": excludes, "clean_temps": True}))
-            + frame(P.GOODBYE))
-    out, err = proc.communicate(data, timeout=60)
-    return proc.returncode, frames(out), err.decode()
+    """A far side's walk with these excludes: (exit code, its frames, its stderr)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code, out = run_listing(root, scan_frame(excludes=excludes), until_end=False)
+    return code, frames(out), err.getvalue()
 
 
 @pytest.mark.parametrize("pattern", CRASHED)

@@ -253,7 +253,7 @@ def run_listing(root: Path, scan: bytes, until_end: bool = True) -> tuple[int, b
     os.write(in_w, prefix(root) + scan)
     got = b""
     try:
-        while True:
+        while t.is_alive():
             ready = select.select([out_r], [], [], 10 if until_end else 0.5)[0]
             if not ready:
                 assert not until_end, "the listing did not end"
@@ -261,16 +261,21 @@ def run_listing(root: Path, scan: bytes, until_end: bool = True) -> tuple[int, b
             got += os.read(out_r, 1 << 20)
             if until_end and any(t == P.LIST_END for t, _ in frames(got)):
                 break
-        os.write(in_w, frame(P.GOODBYE))
-        while True:
-            b = os.read(out_r, 1 << 20)
-            got += b
-            if any(t == P.GOODBYE for t, _ in frames(got)) or not b:
-                break
-    finally:
+        try:
+            os.write(in_w, frame(P.GOODBYE))
+        except BrokenPipeError:
+            pass  # the server has ended the session already
+        os.close(in_w)
+        in_w = -1
         t.join(10)
+        os.close(out_w)
+        out_w = -1
+        while b := os.read(out_r, 1 << 20):
+            got += b
+    finally:
         for fd in (in_r, in_w, out_r, out_w):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
     assert result, "the server hung"
     return result[0], got
 

@@ -36,7 +36,6 @@ from treeutil import File, Symlink, assert_same_tree, build_tree, snapshot
 
 from deltasync.engine import DeltaMode
 from deltasync.fsutil import is_reserved_name, is_temp_name, temp_name
-from deltasync.model import Action
 
 # -- helpers ---------------------------------------------------------------------
 
@@ -499,15 +498,17 @@ def test_a_malformed_lock_wait_is_a_protocol_error(tmp_path: Path, value: object
 
 
 class Meddler(RecordingReporter):
-    """Changes the replica once the plan is made, as another program might."""
+    """Changes the replica once the root's actions are decided (both listings of
+    the root taken, before any of them runs), as another program might."""
 
     def __init__(self, meddle: Any) -> None:
         super().__init__()
         self.meddle = meddle
 
-    def pass_planned(self, actions: list[Action], files: int, nbytes: int) -> None:
-        super().pass_planned(actions, files, nbytes)
-        self.meddle()
+    def directory(self, path: str) -> None:
+        super().directory(path)
+        if path == "":
+            self.meddle()
 
 
 def test_entries_appearing_or_vanishing_under_a_pass_are_tolerated(src: Path,
@@ -650,7 +651,7 @@ def test_library_pass_takes_the_lock(src: Path, dst: Path) -> None:
         seen: list[bool] = []
 
         class Watch(RecordingReporter):
-            def pass_planned(self, actions: list[Action], files: int, nbytes: int) -> None:
+            def directory(self, path: str) -> None:
                 seen.append(lock_is_free(dst))
 
         stats, code = Engine(str(src), replica, SyncOptions(), Watch()).run_pass()

@@ -31,10 +31,10 @@ from conftest import NOBODY_GID, NOBODY_UID, RecordingReporter, as_nobody, cli_c
 from remoteutil import REPO, pipe_rsh, pull, push
 from treeutil import Dir, File, Symlink, assert_same_tree, build_tree, inodes, snapshot
 
-from deltasync import SyncOptions
+from deltasync import Engine, SyncOptions
 from deltasync.model import Entry, Kind
 from deltasync.remote.client import Connection
-from deltasync.remote.pull import PullEngine
+from deltasync.remote.pull import RemoteSource
 from deltasync.remote.transport import RemoteSpec
 from deltasync.replica import LocalReplica, SourceChanged
 
@@ -350,11 +350,12 @@ def test_pull_into_read_only_directories_as_nobody(open_tmp: Path) -> None:
         before = inodes(dst)
         rep = RecordingReporter()
         conn = Connection(RemoteSpec("h", str(src)), "source", rsh=pipe_rsh(open_tmp),
-                          remote_command=far_side([]), scan=([], False, False))
+                          remote_command=far_side([]), scan=([], False, False, False))
         with as_nobody():
             local = LocalReplica(str(dst), owner=False)
             try:
-                stats, code = PullEngine(conn, local, SyncOptions(owner=False), rep).run_pass()
+                stats, code = Engine(RemoteSource(conn), local, SyncOptions(owner=False),
+                                     rep).run_pass()
             finally:
                 local.close()
                 conn.goodbye()
