@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="smallest changed file sent as a delta in auto mode (default: 1M when "
                              "data crosses a link; a local replica copies whole files)")
         sp.add_argument("--block-size", metavar="N", type=_block_size, default=None,
-                        help="delta block size (default: about sqrt of the file size)")
+                        help="delta block size, 512 to 16M (default: about sqrt of the file size)")
         sp.add_argument("--progress", action="store_true", help="show progress bars for files and bytes")
         sp.add_argument("--stats", action="store_true", help="print a summary table after each pass")
         sp.add_argument("--json", action="store_true", help="print one JSON summary per pass on stdout")

@@ -194,9 +194,9 @@ def atomic_output(path: str, fsync: bool = False) -> Iterator[BinaryIO]:
         raise _named(OSError(errno.EISDIR, os.strerror(errno.EISDIR)), path)
     if st is not None and (own is not None or not stat.S_ISREG(st.st_mode)):
         # A device, FIFO or socket (or another process's descriptor, whatever
-        # it is): written through, never replaced.  No
-        # O_CREAT (it exists) and no O_TRUNC (nothing to truncate); a FIFO's
-        # open waits for a reader, as a shell's ``> fifo`` does.
+        # it is): written through, never replaced.  No O_CREAT (it exists), no
+        # O_TRUNC (a device or FIFO has nothing to truncate); a FIFO's open
+        # waits for a reader, as a shell's ``> fifo`` does (^C ends the wait).
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as e:
