@@ -8,17 +8,19 @@ the exit code, the one error line, and that nothing was touched.
 from __future__ import annotations
 
 import os
+import select
 import stat
 import subprocess
 import sys
-import threading
+import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from blake3 import blake3
-from conftest import cli_cmd, run_proc, temps
+from conftest import cli_cmd, popen, run_proc, temps
 
 from deltasync.delta import delta_file, patch_file, signature_file
 from deltasync.errors import ConfigError, UsageError
@@ -54,14 +56,16 @@ def run_bytes(argv: list[str], cwd: Path, input: bytes | None = None,
 # -- 1. an empty SOURCE, REPLICA or HOST: path -------------------------------------------
 
 @pytest.fixture
-def cwd(tmp_path: Path) -> Path:
+def cwd(tmp_path: Path) -> Iterator[Path]:
     """A current directory with something in it, and a source next to it."""
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_bytes(b"from source")
     d = tmp_path / "cwd"
     d.mkdir()
     (d / "canary").write_bytes(b"must survive")
-    return d
+    yield d
+    if (tmp_path / "d.pid").exists():  # a regression started a daemon: do not leave it running
+        run_proc("stop", "--pid-file", tmp_path / "d.pid")
 
 
 @pytest.fixture
@@ -277,22 +281,39 @@ def test_a_full_device_reports_its_own_name(work: Path) -> None:
     assert stat.S_ISCHR(os.lstat(work / "full").st_mode) and temps(work) == []
 
 
+def read_fifo_until_exit(fifo: Path, proc: subprocess.Popen[str]) -> bytes:
+    """Everything written into ``fifo`` while ``proc`` runs.  The read end is
+    opened without blocking, so a command that never opens the FIFO (the bug)
+    cannot hang the test: reading stops at EOF once ``proc`` has exited."""
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            exited = proc.poll() is not None
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:  # a writer, no data yet
+                select.select([fd], [], [], 0.1)
+                continue
+            if data:
+                chunks.append(data)
+            elif exited:
+                return b"".join(chunks)
+            else:  # no writer yet
+                time.sleep(0.01)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_output_to_a_fifo_streams_into_it(work: Path, name: str) -> None:
     fifo = work / "fifo"
     os.mkfifo(fifo)
-    got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
-    reader.start()
-    try:
-        p = run_proc(*command(name, "fifo"), cwd=work)
-    finally:
-        if not got:  # unblock the reader if the command never opened the FIFO
-            with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb"):
-                pass
-        reader.join(10)
-    assert p.returncode == 0, p.stderr
-    assert got == [(work / REF[name]).read_bytes()]
+    proc = popen(*command(name, "fifo"), cwd=work)
+    got = read_fifo_until_exit(fifo, proc)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert got == (work / REF[name]).read_bytes()
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
@@ -313,19 +334,26 @@ def test_output_through_a_symlink_keeps_the_link(work: Path, name: str) -> None:
 
 
 def test_dev_stdout_is_standard_output(work: Path, tmp_path: Path) -> None:
+    """/dev/stdout is a symlink to /proc/self/fd/1.  The test uses its own link of the
+    same kind, never the real /dev/stdout: as root, a regression (the old code renamed
+    a regular file over the link) would break /dev/stdout for the whole machine."""
+    os.symlink("/proc/self/fd/1", work / "stdout")
+    os.symlink("stdout", work / "stdout2")  # and a chain of links to it
     sig = (work / "ref" / "sig").read_bytes()
-    p = run_bytes(["signature", "basis", "/dev/stdout"], work)  # a pipe
-    assert p.returncode == 0, p.stderr
-    assert p.stdout == sig
+    for link in ("stdout", "stdout2"):
+        p = run_bytes(["signature", "basis", link], work)  # a pipe
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == sig
     # a regular file, already written to: appended at its offset, the file not replaced
     out = tmp_path / "out"
     with open(out, "wb") as f:
         f.write(b"before\n")
         f.flush()
         ino = os.fstat(f.fileno()).st_ino
-        p = run_bytes(["signature", "basis", "/dev/stdout"], work, stdout=f)
+        p = run_bytes(["signature", "basis", "stdout"], work, stdout=f)
     assert p.returncode == 0, p.stderr
     assert out.read_bytes() == b"before\n" + sig and out.stat().st_ino == ino
+    assert os.readlink(work / "stdout") == "/proc/self/fd/1"
 
 
 def test_dash_is_stdio_for_every_file_argument(work: Path) -> None:
