@@ -61,6 +61,12 @@ def _bad(message: str) -> Exception:
 _RDIFF_COMMANDS = {"signature", "delta", "patch"}
 
 
+# Longest --interval / --timeout: about 31 years.  Far beyond any use, and
+# well inside what threading's waits accept (threading.TIMEOUT_MAX, ~9.2e9 s
+# here; 1e30 raised OverflowError from the loop's wait).
+MAX_SECONDS = 1e9
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -68,22 +74,37 @@ def _positive_float(text: str) -> float:
         raise _bad(f"not a number: {text!r}") from None
     if not v > 0 or v != v or v == float("inf"):
         raise _bad(f"must be a positive number of seconds: {text!r}")
+    if v > MAX_SECONDS:
+        raise _bad(f"must be at most {MAX_SECONDS:.0f} seconds: {text!r}")
     return v
 
 
 _SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# Sizes are 64-bit on both sides of a link and in rsync (which refuses larger
+# ones as "too large"); nothing real comes near.
+MAX_SIZE = (1 << 63) - 1
 
 
-def _size(text: str) -> int:
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = t[-1:] if t[-1:] in _SUFFIX and t[-1:] else ""
-    num = t[: len(t) - len(unit)]
-    try:
-        v = int(float(num) * _SUFFIX[unit])
-    except ValueError:
-        raise _bad(f"not a size: {text!r}") from None
-    if v < 0:
+def _size(text: str, bare_unit: int = 1) -> int:
+    """A size: decimal digits with an optional fraction and a K/M/G/T suffix
+    (powers of 1024; ``KB``/``KiB`` alike), ``bare_unit`` bytes each without
+    one.  Like rsync, no sign, exponent, ``inf`` or ``nan`` (``float`` would
+    take them: ``1e400`` became an OverflowError), and nothing above MAX_SIZE."""
+    t = text.strip().lower()
+    s = t.removesuffix("ib").removesuffix("b")
+    unit = s[-1:] if s[-1:] and s[-1:] in _SUFFIX else ""
+    num = s[: len(s) - len(unit)]
+    mult = _SUFFIX[unit] if unit or s != t else bare_unit
+    whole, _, frac = num.removeprefix("-").partition(".")
+    digits = whole + frac
+    if not digits or not digits.isascii() or not digits.isdigit() or len(digits) > 40:
+        raise _bad(f"not a size: {text!r}")
+    if num.startswith("-"):
         raise _bad(f"must not be negative: {text!r}")
+    scale = 10 ** len(frac)
+    v = (int(whole or "0") * scale + int(frac or "0")) * mult // scale
+    if v > MAX_SIZE:
+        raise _bad(f"too large: {text!r}")
     return v
 
 
@@ -95,11 +116,12 @@ def _pos_int(text: str) -> int:
 
 
 def _block_size(text: str) -> int:
-    from .delta.signature import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+    """``sync``/``start --block-size``: at least SYNC_MIN_BLOCK_SIZE (see there)."""
+    from .delta.signature import MAX_BLOCK_SIZE, SYNC_MIN_BLOCK_SIZE
 
     v = _size(text)
-    if not MIN_BLOCK_SIZE <= v <= MAX_BLOCK_SIZE:
-        raise _bad(f"must be between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}: {text!r}")
+    if not SYNC_MIN_BLOCK_SIZE <= v <= MAX_BLOCK_SIZE:
+        raise _bad(f"must be between {SYNC_MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}: {text!r}")
     return v
 
 
@@ -118,9 +140,7 @@ _DELTA_MODES = ("auto", "always", "never")
 
 def _rate(text: str) -> int | None:
     """--bwlimit: a bare number is KiB/s (rsync's unit); 0 means no limit."""
-    t = text.strip()
-    v = _size(t + "k") if t.replace(".", "", 1).isdigit() else _size(t)
-    return v or None
+    return _size(text, bare_unit=1 << 10) or None
 
 
 def _lock_wait(text: str) -> float:
@@ -160,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="smallest changed file sent as a delta in auto mode (default: 1M when "
                              "data crosses a link; a local replica copies whole files)")
         sp.add_argument("--block-size", metavar="N", type=_block_size, default=None,
-                        help="delta block size (default: about sqrt of the file size)")
+                        help="delta block size, 512 to 16M (default: about sqrt of the file size)")
         sp.add_argument("--progress", action="store_true", help="show progress bars for files and bytes")
         sp.add_argument("--stats", action="store_true", help="print a summary table after each pass")
         sp.add_argument("--json", action="store_true", help="print one JSON summary per pass on stdout")
@@ -311,10 +331,30 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
             i += 1
     except Exception:  # noqa: BLE001 - a bad value (argparse will say why): not sure
         return None
-    if len(pos) != 2:
-        return None
+    if len(pos) != 2 or "" in pos:
+        return None  # an empty one: the normal path refuses it (check_sync_args)
     ns.source, ns.replica = pos
     return ns
+
+
+def check_sync_args(source: str, replica: str) -> None:
+    """Refuse an empty SOURCE or REPLICA, or an empty ``HOST:`` path (exit 2).
+
+    Checked right after parsing, before ssh is started or a daemon forks:
+    an empty argument (an unset shell variable is enough) would be the
+    current directory, and ``sync SRC ""`` mirrored SRC into it, deleting
+    everything else there.  rsync refuses it too ("Empty destination arg
+    specified").  Whitespace is not special (``" "`` is a directory named
+    so, for rsync as well), nor is ``-`` (a file named ``-`` for rsync).
+    """
+    for what, arg in (("SOURCE", source), ("REPLICA", replica)):
+        if not arg:
+            raise UsageError(f"empty {what} argument (write . for the current directory)")
+    if ":" in source or ":" in replica:
+        from .remote.transport import parse_remote
+
+        parse_remote(source)  # raises UsageError for an empty HOST: path
+        parse_remote(replica)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -342,6 +382,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help / --version
         _drop(early)
         return int(e.code or 0)
+    if args.command in ("sync", "start"):
+        try:
+            check_sync_args(args.source, args.replica)
+        except UsageError as e:
+            _drop(early)
+            _err(str(e))
+            return e.exit_code
     try:
         if args.command == "sync" and (":" in args.source or ":" in args.replica):
             from .remote.transport import start_early

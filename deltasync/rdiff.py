@@ -31,9 +31,18 @@ def _stats_lines(st: object) -> list[str]:
     return out
 
 
+# The file arguments of each command, as (metavar, attribute).
+_FILES = {"signature": (("BASIS", "basis"), ("SIG", "sig")),
+          "delta": (("SIG", "sig"), ("NEWFILE", "new"), ("DELTA", "delta")),
+          "patch": (("BASIS", "basis"), ("DELTA", "delta"), ("OUTFILE", "out"))}
+
+
 def run_rdiff(args: argparse.Namespace) -> int:
     from . import delta
 
+    for metavar, attr in _FILES[args.command]:
+        if getattr(args, attr) == "":  # an unset shell variable; "" is no file name
+            raise ConfigError(f"empty {metavar} argument (use - for standard input or output)")
     st: object
     if args.command == "signature":
         if not delta.MIN_STRONG_LEN <= args.strong_len <= delta.MAX_STRONG_LEN:

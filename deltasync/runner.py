@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from .engine import DeltaMode, Engine, Reporter, SyncOptions
-from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError
+from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
 from .model import Action, Op, Result, Stats
 from .render import describe, human
@@ -34,7 +34,15 @@ def _abs(p: str) -> str:
 
 
 def check_paths(source: str, replica: str) -> tuple[str, str]:
-    """Validate SOURCE and REPLICA (exit 1 cases); nothing is written here."""
+    """Validate SOURCE and REPLICA (exit 1 cases; an empty one is exit 2); nothing is written here.
+
+    An empty argument (an unset shell variable) must not become the current
+    directory, which ``sync SRC ""`` would mirror into, deleting everything
+    else there; rsync refuses it too ("Empty destination arg specified").
+    """
+    for what, arg in (("SOURCE", source), ("REPLICA", replica)):
+        if not arg:
+            raise UsageError(f"empty {what} argument (write . for the current directory)")
     if not os.path.exists(source):
         raise ConfigError(f"source does not exist: {quote_path(source)}")
     if not os.path.isdir(source):

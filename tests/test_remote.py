@@ -297,7 +297,7 @@ def test_cli_both_remote_is_a_usage_error(run_cli) -> None:  # type: ignore[no-u
 def test_parse_remote() -> None:
     assert parse_remote("host:/p") == RemoteSpec("host", "/p")
     assert parse_remote("me@host:rel") == RemoteSpec("me@host", "rel")
-    assert parse_remote("host:") == RemoteSpec("host", ".")
+    assert parse_remote("host:.") == RemoteSpec("host", ".")  # "host:" is refused (issue 11)
     assert parse_remote("[::1]:/p") == RemoteSpec("::1", "/p")
     for local in ("/abs/a:b", "./a:b", "plain", ":x", "dir/x:y"):
         assert parse_remote(local) is None, local

@@ -78,7 +78,12 @@ def parse_remote(arg: str) -> RemoteSpec | None:
         raise UsageError(f"bad remote host in {arg!r}")
     if path.startswith(":"):
         raise UsageError(f"{arg!r}: rsync daemon syntax (HOST::MODULE) is not supported")
-    return RemoteSpec(host, path or ".")
+    if not path:
+        # rsync takes HOST: for the remote home directory; as a REPLICA that
+        # mirrors over (and deletes) everything in it, so it must be written.
+        raise UsageError(f"empty remote path in {arg!r} (write {arg}. for the remote "
+                         "home directory)")
+    return RemoteSpec(host, path)
 
 
 def is_remote(args: argparse.Namespace) -> bool:
@@ -86,7 +91,15 @@ def is_remote(args: argparse.Namespace) -> bool:
 
 
 def check_remote_paths(args: argparse.Namespace) -> tuple[str, str]:
-    """Validate the local side of a remote sync; remote paths are checked by the far side."""
+    """Validate the local side of a remote sync; remote paths are checked by the far side.
+
+    An empty local argument is a usage error here too (the CLI refuses it
+    first): ``abspath("")`` is the current directory, which a pull would
+    mirror into, deleting everything else there.
+    """
+    for what, arg in (("SOURCE", args.source), ("REPLICA", args.replica)):
+        if not arg:
+            raise UsageError(f"empty {what} argument (write . for the current directory)")
     src, dst = parse_remote(args.source), parse_remote(args.replica)
     if src is not None and dst is not None:
         raise UsageError("SOURCE and REPLICA cannot both be remote")
