@@ -143,6 +143,7 @@ class Engine:
     def __init__(self, source: Source | str | os.PathLike[str], replica: Replica,
                  options: SyncOptions = SyncOptions(), reporter: Reporter | None = None,
                  stop: threading.Event | None = None) -> None:
+        self._owns_source = isinstance(source, (str, os.PathLike))
         if isinstance(source, (str, os.PathLike)):
             source = LocalSource(os.fspath(source))
         self.source: Source = source
@@ -244,6 +245,8 @@ class Engine:
                 src_l.close()
             finally:
                 dst_l.close()
+                if self._owns_source:  # made from a path: its descriptors are ours
+                    self.source.close()
         owner_unset = self._report_owner_unset()
         stats.duration = time.monotonic() - t0
         rep.phase("pass", stats.duration, f"{stats.source_files} source files")

@@ -163,9 +163,11 @@ class LocalSource(Source):
     def lister(self, excluder: Excluder, owner: bool) -> Lister:
         from .listing import LocalLister
 
-        if self.threaded:
-            return ThreadLister(self.root, excluder, owner)
-        return LocalLister(self.root, excluder, owner)
+        lister: Lister = (ThreadLister if self.threaded else LocalLister)(self.root, excluder, owner)
+        if lister.root is None:  # moved away since the pass was set up
+            lister.close()
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.root)
+        return lister
 
     def open(self, path: str) -> _OpenFile:
         """Open a regular file below the root (no symlink followed anywhere)."""

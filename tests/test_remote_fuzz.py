@@ -252,9 +252,11 @@ def run_listing(root: Path, scan: bytes, until_end: bool = True) -> tuple[int, b
     t.start()
     os.write(in_w, prefix(root) + scan)
     got = b""
+    poll = select.poll()
+    poll.register(out_r, select.POLLIN)
     try:
         while t.is_alive():
-            ready = select.select([out_r], [], [], 10 if until_end else 0.5)[0]
+            ready = poll.poll(10_000 if until_end else 500)
             if not ready:
                 assert not until_end, "the listing did not end"
                 break

@@ -449,8 +449,11 @@ def _read_frame(f: Any) -> tuple[int, bytes]:
     return ftype, f.read(n)
 
 
-HELLO = b"DSYNCPRO" + json.dumps({"min": 1, "max": 1, "software": "0.0.9",
-                                  "capabilities": ["zlib"]}).encode()
+# A client of this protocol version that sends no lock_wait (an older build of it).
+from deltasync.remote.protocol import PROTOCOL_VERSION  # noqa: E402
+
+HELLO = b"DSYNCPRO" + json.dumps({"min": PROTOCOL_VERSION, "max": PROTOCOL_VERSION,
+                                  "software": "0.0.9", "capabilities": ["zlib"]}).encode()
 
 
 def test_an_older_client_without_lock_wait_gets_a_lock_held_as_long_as_it_takes(

@@ -283,3 +283,17 @@ def test_ten_million_entries_in_flat_memory() -> None:
     assert peak < 8 << 20, f"a 10M-entry no-op peaked at {peak / 2**20:.1f} MiB"
     peak = _peak(2_000_000, noop=False)
     assert peak < 8 << 20, f"a 2M-file first copy peaked at {peak / 2**20:.1f} MiB"
+
+
+def test_passes_leave_no_descriptor_open(tmp_path: Path) -> None:
+    # A daemon runs passes for months: each must give back every descriptor it
+    # opened (listers, the source's directory cache, the replica lock).
+    from conftest import do_sync
+
+    build_tree(tmp_path / "src", {"a": b"1", "d": {"x": b"2", "e": {}}})
+    do_sync(tmp_path / "src", tmp_path / "dst")
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(10):
+        (tmp_path / "src" / "a").write_bytes(b"%d" % i)
+        assert do_sync(tmp_path / "src", tmp_path / "dst").code == 0
+    assert len(os.listdir("/proc/self/fd")) == before

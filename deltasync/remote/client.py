@@ -119,8 +119,10 @@ class Connection:
         stop = self.stop
         if stop is None:
             return
+        poll = select.poll()  # not select(): descriptors past 1023 are fine
+        poll.register(self.inp.fd, select.POLLIN)
         while not self.inp.has_frame():
-            if select.select([self.inp.fd], [], [], 0.1)[0]:
+            if poll.poll(100):
                 return
             if stop.is_set():
                 from ..errors import LockWaitInterrupted

@@ -252,8 +252,10 @@ class Server:
         if self.inp.has_frame():
             return True
         try:
-            return bool(select.select([self.inp.fd], [], [], 0)[0])
-        except (OSError, ValueError):
+            p = select.poll()  # not select(): descriptors past 1023 are fine
+            p.register(self.inp.fd, select.POLLIN)
+            return bool(p.poll(0))
+        except OSError:
             return True  # let recv find out what is wrong
 
     def _scan(self, body: dict[str, Any]) -> None:
