@@ -40,12 +40,12 @@ from .errors import (
     ProtocolError,
     pass_exit_code,
 )
+from .filters import Excluder
 from .march import March
 from .model import Action, Entry, Kind, Op, Reason, Result, Stats, quote_path
 from .prefetch import Prefetched
 from .replica import Replica
 from .source import LocalSource, Source, SourceFile
-from .walk import Excluder
 
 if TYPE_CHECKING:
     from .delta import Signature

@@ -27,17 +27,28 @@ walk outside the tree, and trees deeper than ``PATH_MAX`` are walkable.
 from __future__ import annotations
 
 import os
+import stat as st_
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from .errors import DeltaSyncError
+from .filters import Excluder
 from .model import Entry, Kind
 from .scan import decode, scan_dir
-from .walk import Excluder, stat_entry
 
 DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def stat_entry(path: str, s: os.stat_result, target: str | None = None) -> Entry:
+    """Turn an lstat result into an Entry (the kind follows the mode)."""
+    m = s.st_mode
+    kind = (Kind.FILE if st_.S_ISREG(m) else Kind.DIR if st_.S_ISDIR(m)
+            else Kind.SYMLINK if st_.S_ISLNK(m) else Kind.SPECIAL)
+    return Entry(path, kind, s.st_size if kind is Kind.FILE else 0, s.st_mtime_ns,
+                 m & 0o7777, s.st_uid, s.st_gid, target if kind is Kind.SYMLINK else None,
+                 s.st_ino, s.st_dev)
 
 
 class DirUnit:

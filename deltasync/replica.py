@@ -60,6 +60,7 @@ from .errors import (
     ReplicaLocked,
     SourceChanged,
 )
+from .filters import Excluder
 from .fsutil import (
     DirFds,
     Writable,
@@ -71,7 +72,6 @@ from .fsutil import (
 )
 from .listing import Lister, ThreadLister
 from .model import Entry, Kind, quote_path
-from .walk import Excluder
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature

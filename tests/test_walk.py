@@ -150,47 +150,30 @@ def test_excluder_is_falsy_without_patterns() -> None:
     assert Excluder(["x/"]).excluded("d/x", "x", True)
 
 
-def test_walk_in_child_gives_the_same_listing_errors_and_temps(tmp_path: Path) -> None:
-    """The forked replica walk must be indistinguishable from the in-process one."""
-    from deltasync.fsutil import temp_name
-    from deltasync.walk import Excluder, walk_in_child
-
-    root = tmp_path / "t"
-    build_tree(root, {"a": {"b": b"1", "c": Symlink("b"), "skip.log": b"x"}, "e": {},
-                      os.fsdecode(b"bad\xff"): b"2", "f\nnl": b"3"})
-    (root / "a" / temp_name()).write_bytes(b"partial")
-    excl = Excluder(["*.log"])
-    errors: list[tuple[str, OSError]] = []
-    temps: list[str] = []
-    want = walk(str(root), excl, on_error=lambda p, e: errors.append((p, e)),
-                on_temp=temps.append)
-    got, got_errors, got_temps = walk_in_child(str(root), excl)()
-    assert got.entries == want.entries
-    assert got.root == want.root
-    assert got.unreadable == want.unreadable
-    assert got_temps == temps and len(temps) == 1
-    assert [(p, e.errno) for p, e in got_errors] == [(p, e.errno) for p, e in errors]
-
-
-def test_walk_in_child_reports_unreadable_directories_like_walk(open_tmp: Path) -> None:
-    """As nobody (root reads everything): an unreadable directory comes back as
-    an error and in ``unreadable`` through the child too."""
+def test_walk_reports_unreadable_directories_and_temps(open_tmp: Path) -> None:
+    """As nobody (root reads everything): an unreadable directory is an error and
+    in ``unreadable``, what is beside it is listed, temp files go to on_temp."""
     import subprocess
     import sys
 
+    from deltasync.fsutil import temp_name
+
     root = open_tmp / "t"
     build_tree(root, {"ok": {"f": b"1"}, "locked": {"g": b"2"}})
+    (root / "ok" / temp_name()).write_bytes(b"partial")
     os.chmod(root / "locked", 0)
-    for p in (root, root / "ok", root / "ok" / "f"):
+    for p in [root, root / "ok", root / "ok" / "f", *(root / "ok").iterdir()]:
         os.chown(p, 65534, 65534)
     code = (
-        "import sys; from deltasync.walk import walk_in_child\n"
-        f"l, errs, _ = walk_in_child({str(root)!r})()\n"
-        "print(sorted(l.unreadable), [(p, e.errno) for p, e in errs])\n"
+        "import sys; from deltasync.walk import walk\n"
+        "errs, temps = [], []\n"
+        f"l = walk({str(root)!r}, on_error=lambda p, e: errs.append((p, e.errno)), "
+        "on_temp=temps.append)\n"
+        "print([e.path for e in l.entries], sorted(l.unreadable), errs, len(temps))\n"
     )
     out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                           sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['locked'] [('locked', 13)]"
+    assert out.stdout.strip() == ("['locked', 'ok', 'ok/f'] ['locked'] [('locked', 13)] 1")

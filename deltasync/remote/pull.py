@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, TypeVar
 from blake3 import blake3
 
 from ..errors import DeltaSyncError, PatchError, ProtocolError, SourceChanged
+from ..filters import Excluder
 from ..listing import Lister
 from ..model import Entry
 from ..source import IncomingDelta, Source, SourceFile
-from ..walk import Excluder
 from . import codec
 from .client import Connection
 from .protocol import DELTA, FILE, GET, GET_DELTA, RESULT, type_name

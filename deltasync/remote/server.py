@@ -49,10 +49,10 @@ from ..errors import (
     SourceChanged,
     UsageError,
 )
+from ..filters import Excluder
 from ..model import Kind
 from ..replica import LocalReplica, LockUnavailable
 from ..source import LocalSource, SourceFile
-from ..walk import Excluder
 from . import codec
 from .protocol import (
     CREDIT,

@@ -30,10 +30,10 @@ import zlib
 from collections.abc import Callable, Generator
 
 from ..errors import DeltaSyncError, ProtocolError
-from ..listing import DIR_OPEN, DirUnit
+from ..filters import Excluder
+from ..listing import DIR_OPEN, DirUnit, stat_entry
 from ..model import Entry, Kind
 from ..scan import decode, encode, scan_dir
-from ..walk import Excluder, stat_entry
 from . import codec
 from .protocol import MAX_FRAME
 
