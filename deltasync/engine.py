@@ -297,7 +297,7 @@ class Engine:
 
         assert a.src is not None and a.dst is not None
         size = a.dst.size
-        bs = self.opts.block_size or default_block_size(size)
+        bs = self._block_size(size) or default_block_size(size)
         blocks = -(-size // bs) if bs > 0 else 0
         return self.replica.signature(a.path, bs, strong_len_for(a.src.size, blocks,
                                                                  PULL_MARGIN_BITS))
@@ -542,7 +542,8 @@ class Engine:
     def _send_delta(self, a: Action, src: SourceFile) -> Result:
         from .delta import DeltaStats, make_delta
 
-        sig = self.replica.signature(a.path, self.opts.block_size)
+        assert a.dst is not None
+        sig = self.replica.signature(a.path, self._block_size(a.dst.size))
         ds = DeltaStats()
         # The delta is computed one thread ahead of its application, so reading
         # and matching the new file overlaps writing the new version.
@@ -555,6 +556,18 @@ class Engine:
         self._sent = ds.literal_bytes + 8 * (ds.copy_ops + ds.literal_ops) + nsig
         return Result(size=n, written=n, delta=True, literal=ds.literal_bytes,
                       matched=ds.matched_bytes)
+
+    def _block_size(self, size: int) -> int | None:
+        """``--block-size`` for a basis of ``size`` bytes, raised where it would make
+        more blocks than a signature may hold (``delta.DEFAULT_MAX_BLOCKS``: a 100
+        GiB image at 512-byte blocks would be 200M blocks, ~20 GB of signature)."""
+        bs = self.opts.block_size
+        if bs is None:
+            return None
+        from .delta import DEFAULT_MAX_BLOCKS
+
+        need = -(-size // DEFAULT_MAX_BLOCKS)
+        return bs if bs >= need else 1 << (need - 1).bit_length()
 
     def _count_delta(self, a: Action, r: Result) -> None:
         stats = self._stats

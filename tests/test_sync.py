@@ -658,3 +658,18 @@ def test_big_files_are_preallocated_and_end_at_their_size(src: Path, dst: Path) 
     finally:
         rep.close()
     assert (dst / "short").read_bytes() == b"only this"
+
+
+def test_a_small_block_size_is_raised_for_a_huge_file(src: Path, dst: Path) -> None:
+    # --block-size 512 on a file of more than 2^24 blocks would make a signature
+    # bigger than delta reads (8 GiB at 512 bytes: ~16M blocks): the engine
+    # raises the block size for that file instead of failing or eating memory.
+    from deltasync import Engine, LocalReplica, SyncOptions
+    from deltasync.delta import DEFAULT_MAX_BLOCKS
+
+    engine = Engine(str(src), LocalReplica(str(dst)), SyncOptions(block_size=512))
+    assert engine._block_size(1 << 20) == 512
+    big = 512 * DEFAULT_MAX_BLOCKS + 1
+    bs = engine._block_size(big)
+    assert bs is not None and -(-big // bs) <= DEFAULT_MAX_BLOCKS and bs == 1024
+    assert Engine(str(src), LocalReplica(str(dst)), SyncOptions())._block_size(big) is None
