@@ -198,13 +198,26 @@ class Engine:
 
     def _pass(self, t0: float, stats: Stats) -> tuple[Stats, int]:
         rep = self.reporter
-        owner = self.replica.owner
+        # Start listing the source before a far replica has said whether it
+        # compares owners (its answer waits for ssh's handshake): guess that it
+        # runs as we do, and list again in the rare case the guess was wrong.
+        guess = self.replica.owner_now()
+        if guess is None:
+            guess = os.geteuid() == 0
+        src_l = self.source.lister(self.excluder, guess)
+        try:
+            owner = self.replica.owner
+        except BaseException:
+            src_l.close()
+            raise
+        if owner != guess:
+            src_l.close()
+            src_l = self.source.lister(self.excluder, owner)
         copts = CompareOptions(self.opts.checksum, owner)
         self._redo, self._deltas = {}, {}
         src_hash = dst_hash = None
         if self.opts.checksum:
             src_hash, dst_hash = self._hashers()
-        src_l = self.source.lister(self.excluder, owner)
         try:
             dst_l = self.replica.lister(self.excluder, owner)
         except BaseException:

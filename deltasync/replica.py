@@ -117,6 +117,10 @@ class Replica(Protocol):
         """Remove temp files of an interrupted pass that the listing found."""
         return None
 
+    def owner_now(self) -> bool | None:
+        """``owner``, if it is known without waiting (None: a far side has not said yet)."""
+        return self.owner
+
     def checksum(self, path: str) -> bytes: ...
     def signature(self, path: str, block_size: int | None = None,
                   strong_len: int | None = None) -> Signature:

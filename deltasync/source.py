@@ -149,9 +149,10 @@ class _OpenFile:
 class LocalSource(Source):
     """A source directory on this machine."""
 
-    def __init__(self, root: str, threaded: bool = False) -> None:
+    def __init__(self, root: str, threaded: bool = False, ahead: int = 256) -> None:
         self.root = os.fspath(root)
-        self.threaded = threaded
+        self.threaded = threaded  # walked by a thread ahead of the march (``ahead`` units)
+        self.ahead = ahead
         self._dirs: DirFds | None = None
 
     @property
@@ -163,7 +164,8 @@ class LocalSource(Source):
     def lister(self, excluder: Excluder, owner: bool) -> Lister:
         from .listing import LocalLister
 
-        lister: Lister = (ThreadLister if self.threaded else LocalLister)(self.root, excluder, owner)
+        lister: Lister = (ThreadLister(self.root, excluder, owner, self.ahead) if self.threaded
+                          else LocalLister(self.root, excluder, owner))
         if lister.root is None:  # moved away since the pass was set up
             lister.close()
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.root)

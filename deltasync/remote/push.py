@@ -81,6 +81,9 @@ class RemoteReplica(Replica):
         """Owners are set (and so compared) when the far side runs as root."""
         return bool(self.conn.info.get("root_user"))
 
+    def owner_now(self) -> bool | None:
+        return bool(self.conn.info.get("root_user")) if self.conn.opened else None
+
     # -- reading ----------------------------------------------------------
     def lister(self, excluder: Excluder, owner: bool) -> Lister:
         """The far tree, unit by unit (its SCAN went out with the connection)."""

@@ -66,7 +66,10 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
                           scan=(list(opts.excludes), not opts.dry_run, opts.checksum, True),
                           **common)
         r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
-        return Engine(LocalSource(source), r, opts, reporter, stop), r
+        # The local tree is walked by a thread, up to 4,096 directories ahead
+        # (a few MiB), while ssh connects and the far side starts.
+        return Engine(LocalSource(source, threaded=True, ahead=4096), r, opts, reporter,
+                      stop), r
     assert src_spec is not None
     if not opts.dry_run:
         os.makedirs(replica, exist_ok=True)

@@ -50,9 +50,44 @@ _DIGEST = struct.Struct(">I32s")
 
 # -- the unit payload -----------------------------------------------------------
 
+class Packer:
+    """One zlib stream for all the units of a listing, flushed after each unit.
+
+    A directory's record is a few hundred bytes: packed alone, zlib has no
+    history to match against; in one stream every unit is compressed with
+    the ones before it (the names and fields repeat), and ``Z_SYNC_FLUSH``
+    still lets each unit be read as soon as it arrives."""
+
+    # Level 3: measured on the 20k-file bench tree (894 KB of records), level 1
+    # gives 413 KB in 23 ms, 3 gives 388 KB in 27 ms, 6 gives 359 KB in 40 ms:
+    # the far side's CPU is on the critical path of a pass, the bytes on a link.
+    def __init__(self, level: int = 3) -> None:
+        self._z = zlib.compressobj(level)
+
+    def pack(self, body: bytes) -> bytes:
+        return self._z.compress(body) + self._z.flush(zlib.Z_SYNC_FLUSH)
+
+
+class Unpacker:
+    """The reading end of ``Packer`` (one per listing, units in order)."""
+
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj()
+
+    def unpack(self, piece: bytes) -> bytes:
+        try:
+            body = self._z.decompress(piece, MAX_UNIT)
+        except zlib.error as e:
+            raise ProtocolError(f"malformed UNIT message: {e}") from None
+        if self._z.unconsumed_tail or self._z.unused_data or self._z.eof:
+            raise ProtocolError("malformed UNIT message: bad piece of the listing stream")
+        return body
+
+
 def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
-                packed: bool = False) -> bytes:
-    """``flags u8 | body`` (flags bit 0: the body is one zlib stream)."""
+                packed: bool | Packer = False) -> bytes:
+    """``flags u8 | body``: flags 0 plain, 1 the body is one zlib stream, 2 the
+    body is the next piece of the listing's one zlib stream (``Packer``)."""
     p = os.fsencode(unit.path)
     parts = [_U32.pack(len(p)), p]
     if unit.error is not None:
@@ -72,9 +107,35 @@ def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
         for idx, d in digests or ():
             parts.append(_DIGEST.pack(idx, d))
     body = b"".join(parts)
+    if isinstance(packed, Packer):
+        return b"\x02" + packed.pack(body)
     if packed:
         return b"\x01" + zlib.compress(body, 1)
     return b"\x00" + body
+
+
+class PeerUnit(DirUnit):
+    """A unit a peer sent: its listing record is checked when it is decoded.
+
+    A unit whose record equals the local one byte for byte is never decoded
+    (the march's fast path), and needs no check: it is the record this side
+    made itself.  ``scan.decode`` refuses any record that does not name plain
+    entries of one directory, each once, in order; that and a count that does
+    not match are a ``ProtocolError``."""
+
+    __slots__ = ()
+
+    def entries(self) -> list[Entry]:
+        if self._entries is None:
+            try:
+                entries = super().entries()
+            except ValueError as exc:
+                raise ProtocolError(f"malformed UNIT message: bad listing record ({exc})"
+                                    ) from None
+            if len(entries) != self.count:
+                self._entries = None
+                raise ProtocolError("malformed UNIT message: wrong entry count")
+        return self._entries  # type: ignore[return-value]
 
 
 class _Cursor:
@@ -94,11 +155,14 @@ class _Cursor:
         return s.unpack(self.take(s.size))
 
 
-def decode_unit(payload: bytes) -> tuple[DirUnit, list[tuple[int, bytes]]]:
+def decode_unit(payload: bytes, unpacker: Unpacker | None = None
+                ) -> tuple[DirUnit, list[tuple[int, bytes]]]:
     """Inverse of ``encode_unit``; anything that does not fit exactly is a ProtocolError."""
     if not payload:
         raise ProtocolError("malformed UNIT message: empty")
-    if payload[0] == 1:
+    if payload[0] == 2 and unpacker is not None:
+        body = unpacker.unpack(payload[1:])
+    elif payload[0] == 1:
         z = zlib.decompressobj()
         try:
             body = z.decompress(payload[1:], MAX_UNIT)
@@ -151,18 +215,9 @@ def decode_unit(payload: bytes) -> tuple[DirUnit, list[tuple[int, bytes]]]:
     digests = [c.unpack(_DIGEST) for _ in range(ndig)]
     if c.pos != len(body):
         raise ProtocolError("malformed UNIT message: trailing bytes")
-    unit = DirUnit(path, raw, None, subdirs, errors, count=count)
-    try:
-        entries = unit.entries()
-    except Exception as exc:  # noqa: BLE001 - any decoding failure of peer data
-        raise ProtocolError(f"malformed UNIT message: bad listing record ({exc})") from None
-    if len(entries) != count:
-        raise ProtocolError("malformed UNIT message: wrong entry count")
-    prefix = unit.prefix
-    for x in entries:
-        name = x.path[len(prefix):]
-        if not name or "/" in name or name in (".", ".."):
-            raise ProtocolError("malformed UNIT message: bad entry name")
+    unit = PeerUnit(path, raw, None, subdirs, errors, count=count)
+    if digests:
+        unit.entries()  # checked now: the digests name entries by position
     for idx, _ in digests:
         if idx >= count:
             raise ProtocolError("malformed UNIT message: digest of no entry")
@@ -197,13 +252,14 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
     blake3 of every regular file; ``on_big`` is called (once) when a directory
     holds ``BIG`` bytes of files or more.
     """
+    pk: bool | Packer = Packer() if packed else False
     from ..fsutil import is_temp_name
     from ..scan import totals
 
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        yield encode_unit(DirUnit(""), None, packed)  # a dry run into a replica not made yet
+        yield encode_unit(DirUnit(""), None, pk)  # a dry run into a replica not made yet
         return
 
     def unit_of(fd: int, path: str) -> tuple[bytes, list[str]]:
@@ -211,7 +267,7 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
         try:
             s = scan_dir(fd, owner)
         except OSError as e:
-            return encode_unit(DirUnit(path, error=e), None, packed), []
+            return encode_unit(DirUnit(path, error=e), None, pk), []
         raw, count = s.raw, s.count
         subdirs = s.subdirs
         nonlocal on_big
@@ -254,7 +310,7 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                 finally:
                     os.close(ffd)
         return encode_unit(DirUnit(path, raw, None, subdirs, s.errors, count=count),
-                           digests, packed), subdirs
+                           digests, pk), subdirs
 
     stack: list[tuple[str, int, list[str]]] = []
     try:
@@ -272,7 +328,7 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
             try:
                 sfd = os.open(name, DIR_OPEN, dir_fd=fd)
             except OSError as e:
-                yield encode_unit(DirUnit(sub, error=e), None, packed)
+                yield encode_unit(DirUnit(sub, error=e), None, pk)
                 continue
             payload, subdirs = unit_of(sfd, sub)
             stack.append((sub, sfd, subdirs[::-1]))
@@ -308,6 +364,7 @@ class RemoteLister:
         self._peeked: DirUnit | None = None
         self._ended = False
         self._on_digests = on_digests
+        self._unpacker = Unpacker()
 
     def _next(self) -> DirUnit:
         from .protocol import LIST_END, UNIT, UNIT_PART, type_name
@@ -332,7 +389,8 @@ class RemoteLister:
                 parts.append(payload)
                 continue
             if ftype == UNIT:
-                unit, digests = decode_unit(b"".join(parts) + payload if parts else payload)
+                unit, digests = decode_unit(b"".join(parts) + payload if parts else payload,
+                                            self._unpacker)
                 if digests and self._on_digests is not None:
                     entries = unit.entries()
                     self._on_digests({entries[i].path: d for i, d in digests})
