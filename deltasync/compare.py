@@ -27,15 +27,14 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
-from .model import Action, Entry, Kind, Op, Reason
+from .model import Action, Entry, Kind, Op, Reason, options
 
 HashFunc = Callable[[Entry], bytes | None]
 
 
-@dataclass(frozen=True)
+@options
 class CompareOptions:
     checksum: bool = False  # compare same-size files by content, not mtime
     owner: bool = False  # compare uid/gid (only meaningful when we can chown)

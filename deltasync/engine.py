@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .compare import CompareOptions
@@ -42,7 +41,7 @@ from .errors import (
 )
 from .filters import Excluder
 from .march import March
-from .model import Action, Entry, Kind, Op, Reason, Result, Stats, quote_path
+from .model import Action, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
 from .prefetch import Prefetched
 from .replica import Replica
 from .source import LocalSource, Source, SourceFile
@@ -68,7 +67,7 @@ class DeltaMode(enum.Enum):
 DEFAULT_DELTA_THRESHOLD = 1024 * 1024
 
 
-@dataclass(frozen=True)
+@options
 class SyncOptions:
     dry_run: bool = False
     checksum: bool = False

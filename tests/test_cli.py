@@ -444,3 +444,39 @@ def test_bad_option_value_starts_no_transport(run_cli, tmp_path: Path) -> None: 
     r = run_cli("sync", tmp_path / "src", "h:dst", "-e", rsh, "--bwlimit", "fast")
     assert r.code == 2 and "--bwlimit" in r.err
     assert not (tmp_path / "started").exists()
+
+
+def test_a_plain_pass_does_not_import_what_it_does_not_use(tmp_path: Path) -> None:
+    """Start-up is a large share of a small pass: the modules a local ``sync``
+    without --json avoids (dataclasses pulls in inspect, argparse's default help
+    width pulls in shutil with bz2 and lzma) must stay out of it."""
+    import sys
+
+    src, dst = tmp_path / "s", tmp_path / "r"
+    src.mkdir()
+    (src / "f").write_text("x")
+    code = ("import sys; from deltasync.cli import run; "
+            f"rc = run(['sync', '-q', {str(src)!r}, {str(dst)!r}]); "
+            "print(' '.join(sorted(sys.modules))); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(r.stdout.split())
+    assert (dst / "f").read_text() == "x"
+    assert "deltasync.engine" in loaded
+    assert not loaded & {"dataclasses", "inspect", "shutil", "json", "bz2", "lzma"}, loaded
+
+
+def test_option_records_are_frozen_values_with_fresh_defaults() -> None:
+    from deltasync.compare import CompareOptions
+    from deltasync.engine import SyncOptions
+
+    a = SyncOptions(dry_run=True, excludes=("*.o",))
+    assert a == SyncOptions(True, excludes=("*.o",)) and hash(a) == hash(SyncOptions(True, excludes=("*.o",)))
+    assert a != SyncOptions() and a.owner == (os.geteuid() == 0)
+    assert a.replace(fsync=True).fsync and not a.fsync
+    with pytest.raises(AttributeError):
+        a.dry_run = False  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        SyncOptions(dry_runn=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        CompareOptions(True, checksum=False)  # type: ignore[misc]
+    assert repr(CompareOptions(checksum=True)) == "CompareOptions(checksum=True, owner=False)"
