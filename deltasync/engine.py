@@ -155,7 +155,7 @@ class Engine:
                  stop: threading.Event | None = None) -> None:
         self._owns_source = isinstance(source, (str, os.PathLike))
         if isinstance(source, (str, os.PathLike)):
-            source = LocalSource(os.fspath(source))
+            source = LocalSource(os.fspath(source), one_file_system=options.one_file_system)
         self.source: Source = source
         self.replica = replica
         self.opts = options

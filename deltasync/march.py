@@ -44,7 +44,7 @@ from .compare import Child, CompareOptions, HashFunc, Walk, dir_meta, plan_dir
 from .filters import Excluder
 from .fsutil import is_reserved_name
 from .guards import Protect
-from .listing import DirUnit, Lister
+from .listing import OTHER_DEVICE, DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
 from .scan import totals
 
@@ -148,6 +148,16 @@ class March:
             return
         su = self.src.take(path)
         du = self.dst.take(path) if how is Walk.BOTH else None
+        if su.error is not None and su.error.errno == OTHER_DEVICE:
+            # -x: a mount point in the source is made (and its metadata set on
+            # the way out) but not entered; what the replica holds there stays.
+            if du is not None:
+                for name in du.subdirs:
+                    self.dst.skip(du.prefix + name)
+            f.unit = su
+            if self.on_dir is not None:
+                self.on_dir(path)
+            return
         if su.error is not None:
             f.listed = False
             self.on_read_error(path or ".", su.error)
