@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from .backup import Backups, backup_prefix
 from .errors import (
     DeltaSyncError,
     LockUnavailable,
@@ -70,7 +71,6 @@ from .fsutil import (
     remove_tree,
     temp_name,
 )
-from .backup import Backups, backup_prefix
 from .listing import Lister, ThreadLister
 from .model import Backup, Entry, Kind, quote_path
 

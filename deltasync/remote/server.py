@@ -90,7 +90,6 @@ from .protocol import (
 from .streams import DataReader, DataWriter, send_fd
 from .units import encode_root, root_entry, split_payload, walk_units
 
-
 # Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
 # lists them, so a client never relies on a far side that would ignore one.
 FEATURES = ("backup", "one_file_system")
