@@ -174,6 +174,59 @@ def _lock_wait(text: str) -> float:
     return v
 
 
+# -- guard rails (issue 13 item 6): --max-delete, --backup, -x, --timeout ------------
+
+def _max_delete(text: str) -> int:
+    """--max-delete: a count, 0 included (no deletion at all, each one reported)."""
+    t = text.strip()
+    if not t.isascii() or not t.isdigit():
+        raise _bad(f"must be a number of deletions, 0 or more: {text!r}")
+    return min(int(t), MAX_SIZE)
+
+
+def _suffix(text: str) -> str:
+    if "/" in text:  # rsync: "--suffix cannot contain slashes"
+        raise _bad(f"must not contain a slash: {text!r}")
+    return text
+
+
+def _timeout(text: str) -> float | None:
+    """--timeout: seconds a remote peer may stay silent; 0 means no timeout (rsync)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise _bad(f"not a number: {text!r}") from None
+    if not 0 <= v <= MAX_SECONDS:  # NaN fails too
+        raise _bad(f"must be a number of seconds, 0 to {MAX_SECONDS:.0f}: {text!r}")
+    return v or None
+
+
+def _guard_opts(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("guard rails")
+    g.add_argument("--max-delete", metavar="N", type=_max_delete, default=None,
+                   help="delete at most N entries per pass (files and directories, as rsync "
+                        "counts); the rest are kept, with a warning and exit 25")
+    g.add_argument("-b", "--backup", action="store_true",
+                   help="move replaced and deleted files aside (NAME~, or into --backup-dir)")
+    g.add_argument("--backup-dir", metavar="DIR", default=None,
+                   help="with --backup (implied): keep them in DIR, under their relative "
+                        "path; a relative DIR is relative to REPLICA")
+    g.add_argument("--suffix", metavar="SUFFIX", type=_suffix, default=None,
+                   help="backup suffix (default ~, or none with --backup-dir)")
+    g.add_argument("-x", "--one-file-system", action="store_true",
+                   help="do not cross file system boundaries in SOURCE (a mount point is "
+                        "made, empty)")
+    g.add_argument("--timeout", metavar="SECONDS", type=_timeout, default=None,
+                   help="give up with exit 30 when the remote side sends nothing for "
+                        "SECONDS (0: never, the default)")
+
+
+_GUARD_VALUED: dict[str, Callable[[str], object]] = {
+    "--max-delete": _max_delete, "--backup-dir": str, "--suffix": _suffix,
+    "--timeout": _timeout}
+_GUARD_FLAGS = {"-b", "--backup", "-x", "--one-file-system"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
@@ -210,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--lock-wait", metavar="SECONDS", type=_lock_wait, default=None,
                         help="wait at most SECONDS for another pass into the same replica to "
                              "end, then fail with exit 1 (default: wait as long as it takes)")
+        _guard_opts(sp)
         rg = sp.add_argument_group("remote sync ([USER@]HOST:PATH as SOURCE or REPLICA)")
         rg.add_argument("-e", "--rsh", metavar="COMMAND", default=None,
                         help="transport command, split like a shell would (default: ssh)")
@@ -325,9 +379,9 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--log-file": str, "--io-log-file": str, "--exclude": _exclude, "-e": str, "--rsh": str,
         "--remote-command": str, "--delta": _DELTA_MODES.index,
         "--delta-threshold": _size, "--block-size": _block_size, "--bwlimit": _rate,
-        "--interval": _positive_float, "--lock-wait": _lock_wait}
+        "--interval": _positive_float, "--lock-wait": _lock_wait, **_GUARD_VALUED}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
-             "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress"}
+             "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", *_GUARD_FLAGS}
     ns = _Quick()
     pos: list[str] = []
     i = 1

@@ -40,8 +40,9 @@ from .errors import (
     pass_exit_code,
 )
 from .filters import Excluder
+from .guards import DeleteGate, Protect, Verdict, protector
 from .march import March
-from .model import Action, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
+from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
 from .prefetch import Prefetched
 from .replica import Replica
 from .source import LocalSource, Source, SourceFile
@@ -80,6 +81,15 @@ class SyncOptions:
     # Seconds to wait for the replica lock held by another pass; None: as long
     # as it takes (a cron job that overlaps the previous one should just wait).
     lock_wait: float | None = None
+    # --max-delete: at most this many deletions (files and directories, as
+    # rsync counts them) per pass; None: no limit; 0: none at all.
+    max_delete: int | None = None
+    # --backup: replaced and deleted files are moved aside (model.Backup).
+    backup: Backup | None = None
+    # -x: do not go down into a source directory on another file system.
+    one_file_system: bool = False
+    # --timeout: seconds a remote peer may stay silent (None: forever).
+    timeout: float | None = None
 
 
 class Reporter:
@@ -144,13 +154,15 @@ class Engine:
                  stop: threading.Event | None = None) -> None:
         self._owns_source = isinstance(source, (str, os.PathLike))
         if isinstance(source, (str, os.PathLike)):
-            source = LocalSource(os.fspath(source))
+            source = LocalSource(os.fspath(source), one_file_system=options.one_file_system)
         self.source: Source = source
         self.replica = replica
         self.opts = options
         self.reporter = reporter or _RaisingReporter()
         self.stop = stop or threading.Event()
         self.excluder = Excluder(options.excludes)
+        self._gate = DeleteGate(options.max_delete)
+        self._protect: Protect | None = None
         self._stats = Stats()
         self._redo: dict[str, Action] = {}
         self._deltas: dict[str, Action] = {}  # delta updates sent to a pipelined replica
@@ -213,6 +225,9 @@ class Engine:
             src_l.close()
             src_l = self.source.lister(self.excluder, owner)
         copts = CompareOptions(self.opts.checksum, owner)
+        self._gate = DeleteGate(self.opts.max_delete)
+        self._protect = protector(self.opts.backup, self.replica.backup_prefix()
+                                  if self.opts.backup is not None else None)
         self._redo, self._deltas = {}, {}
         src_hash = dst_hash = None
         if self.opts.checksum:
@@ -232,7 +247,7 @@ class Engine:
 
             march = March(src_l, dst_l, copts, self.excluder, stats, self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,
-                          src_hash, dst_hash, on_dir)
+                          src_hash, dst_hash, on_dir, self._protect)
             if self.source.pipelined and not self.opts.dry_run:
                 worker = self._worker = _Worker(self)
             with _gc_paused():
@@ -260,10 +275,25 @@ class Engine:
                 if self._owns_source:  # made from a path: its descriptors are ours
                     self.source.close()
         owner_unset = self._report_owner_unset()
+        stats.delete_skipped = self._gate.skipped
+        if stats.delete_skipped:
+            rep.warning("", f"Deletions stopped due to --max-delete limit "
+                            f"({stats.delete_skipped} skipped)")
         stats.duration = time.monotonic() - t0
         rep.phase("pass", stats.duration, f"{stats.source_files} source files")
         return stats, pass_exit_code(stats.failed, stats.vanished, stats.interrupted,
-                                     owner_unset)
+                                     owner_unset, stats.delete_skipped)
+
+    @property
+    def _keeps(self) -> bool:
+        """Can a replica directory hold entries the pass must not delete (its
+        rmdir then fails, and that is no error)?"""
+        return bool(self.excluder) or self._protect is not None
+
+    @property
+    def _kept_why(self) -> str:
+        return ("not removed: holds excluded entries" if self.excluder
+                else "not removed: holds backups (--backup)")
 
     def _report_owner_unset(self) -> bool:
         """One warning for all entries installed without their owner in this pass.
@@ -377,8 +407,8 @@ class Engine:
             self._redo[path] = self._deltas.pop(path)
             return
         if (op == Op.RMDIR.value and isinstance(exc, OSError) and exc.errno == errno.ENOTEMPTY
-                and self.excluder):
-            self.reporter.warning(path, "not removed: holds excluded entries")
+                and self._keeps):
+            self.reporter.warning(path, self._kept_why)
             return
         if op != Op.META.value and self._stats.counts.get(op, 0) > 0:
             self._stats.counts[op] -= 1  # it was counted when sent
@@ -425,16 +455,27 @@ class Engine:
             return Result()
         if op is Op.DELETE or op is Op.RMDIR:
             assert a.dst is not None
+            verdict = self._gate.check(a)
+            if verdict is Verdict.SKIP:
+                return None  # counted; one warning at the end of the pass
+            if verdict is Verdict.HELD:
+                self.reporter.warning(a.path, "cannot delete non-empty directory "
+                                              "(--max-delete)")
+                return None
             if not dry:
                 try:
                     r.delete(a.path, a.dst.kind)
                 except OSError as e:
-                    if e.errno == errno.ENOTEMPTY and self.excluder:
-                        self.reporter.warning(a.path, "not removed: holds excluded entries")
+                    if e.errno == errno.ENOTEMPTY and self._keeps:
+                        self.reporter.warning(a.path, self._kept_why)
                         return None
                     raise
+            self._gate.count(a)
             return Result()
         assert a.src is not None
+        if a.path in self._gate.blocked:
+            raise OSError(errno.ENOTEMPTY, "could not make way: deletions stopped by "
+                                           "--max-delete")
         if op is Op.MKDIR:
             if not dry:
                 r.mkdir(a.path, a.src)

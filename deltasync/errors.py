@@ -15,6 +15,8 @@ Exit codes (documented in the README, modelled on rsync's where they overlap):
 20    interrupted by SIGINT/SIGTERM before the pass finished
 23    some entries failed (permission denied, disk full, ...)
 24    some source files vanished during the pass (and nothing else failed)
+25    ``--max-delete`` stopped deletions (and nothing worse happened)
+30    ``--timeout``: the remote peer sent nothing for that long
 ====  ==========================================================
 """
 
@@ -28,6 +30,8 @@ EXIT_PROTOCOL = 12
 EXIT_INTERRUPTED = 20
 EXIT_PARTIAL = 23
 EXIT_VANISHED = 24
+EXIT_DEL_LIMIT = 25
+EXIT_TIMEOUT = 30
 
 
 class DeltaSyncError(Exception):
@@ -66,6 +70,12 @@ class ProtocolError(DeltaSyncError):
     """The remote peer sent something we cannot accept, or the link dropped."""
 
     exit_code = EXIT_PROTOCOL
+
+
+class PeerTimeout(ProtocolError):
+    """The remote peer sent nothing for ``--timeout`` seconds (rsync's exit 30)."""
+
+    exit_code = EXIT_TIMEOUT
 
 
 class UnsafePathError(DeltaSyncError):
@@ -132,12 +142,14 @@ class LockWaitInterrupted(DeltaSyncError):
 
 
 def pass_exit_code(failed: int, vanished: int, interrupted: bool,
-                   incomplete: bool = False) -> int:
+                   incomplete: bool = False, delete_skipped: int = 0) -> int:
     """The exit code of one pass: the one place it is decided.
 
     Interrupted before the end: 20; some entries failed, or were installed
     without all they should have (``incomplete``: an owner that could not be
-    set): 23; only source files vanished: 24; else 0 (rsync's codes).
+    set): 23; only source files vanished: 24; deletions were skipped at the
+    ``--max-delete`` limit: 25; else 0.  rsync's codes, in rsync's order of
+    importance (``cleanup.c``: partial over vanished over the delete limit).
     """
     if interrupted:
         return EXIT_INTERRUPTED
@@ -145,4 +157,6 @@ def pass_exit_code(failed: int, vanished: int, interrupted: bool,
         return EXIT_PARTIAL
     if vanished:
         return EXIT_VANISHED
+    if delete_skipped:
+        return EXIT_DEL_LIMIT
     return EXIT_OK

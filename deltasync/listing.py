@@ -26,6 +26,7 @@ walk outside the tree, and trees deeper than ``PATH_MAX`` are walkable.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as st_
 import threading
@@ -101,6 +102,20 @@ class Lister(Protocol):
     def close(self) -> None: ...
 
 
+# -x: the unit of a directory on another file system than the root's is this
+# error, which the march takes as "a mount point: make it, do not go in" (an
+# errno travels in a remote unit as it is, so a pull needs nothing new).
+OTHER_DEVICE = errno.EXDEV
+
+
+def other_device(fd: int, path: str, root_dev: int) -> DirUnit | None:
+    """With ``-x``: the unit of directory ``path`` (open as ``fd``) when it lies
+    on another device than the root (None: it does not)."""
+    if os.fstat(fd).st_dev == root_dev:
+        return None
+    return DirUnit(path, error=OSError(OTHER_DEVICE, "on another file system (-x)"))
+
+
 def _subdirs(excluder: Excluder, prefix: str, names: list[str]) -> list[str]:
     if not excluder:
         return names
@@ -128,9 +143,11 @@ def _open_root(root: str) -> tuple[int, Entry | None]:
 class LocalLister:
     """Lists directories of a local tree when the march asks (in the caller's thread)."""
 
-    def __init__(self, root: str, excluder: Excluder, owner: bool) -> None:
+    def __init__(self, root: str, excluder: Excluder, owner: bool,
+                 one_file_system: bool = False) -> None:
         self.excluder, self.owner = excluder, owner
         self.root_fd, self.root = _open_root(root)
+        self.root_dev = self.root.dev if self.root is not None and one_file_system else None
         self._stack: list[tuple[str, int]] = []  # open directories below the root, outermost first
 
     def take(self, path: str) -> DirUnit:
@@ -150,6 +167,10 @@ class LocalLister:
         except OSError as e:
             return DirUnit(path, error=e)
         stack.append((path, fd))
+        if self.root_dev is not None:
+            other = other_device(fd, path, self.root_dev)
+            if other is not None:
+                return other
         return _scan_unit(fd, path, self.excluder, self.owner)
 
     def skip(self, path: str) -> None:
@@ -177,9 +198,11 @@ class ThreadLister:
     them, so what the march writes (new directories) is never walked.
     """
 
-    def __init__(self, root: str, excluder: Excluder, owner: bool, ahead: int = 256) -> None:
+    def __init__(self, root: str, excluder: Excluder, owner: bool, ahead: int = 256,
+                 one_file_system: bool = False) -> None:
         self.excluder, self.owner = excluder, owner
         self.root_fd, self.root = _open_root(root)
+        self.root_dev = self.root.dev if self.root is not None and one_file_system else None
         self._q: deque[DirUnit] = deque()
         self._cv = threading.Condition()
         self._ahead = ahead
@@ -233,6 +256,13 @@ class ThreadLister:
                     sfd = os.open(name, DIR_OPEN, dir_fd=fd)
                 except OSError as e:
                     if not self._put(DirUnit(sub, error=e)):
+                        return
+                    continue
+                other = (other_device(sfd, sub, self.root_dev) if self.root_dev is not None
+                         else None)
+                if other is not None:
+                    os.close(sfd)
+                    if not self._put(other):
                         return
                     continue
                 unit = _scan_unit(sfd, sub, ex, owner)

@@ -43,7 +43,8 @@ from collections.abc import Callable, Iterator
 from .compare import Child, CompareOptions, HashFunc, Walk, dir_meta, plan_dir
 from .filters import Excluder
 from .fsutil import is_reserved_name
-from .listing import DirUnit, Lister
+from .guards import Protect
+from .listing import OTHER_DEVICE, DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
 from .scan import totals
 
@@ -93,7 +94,8 @@ class March:
                  stats: Stats, on_read_error: ReadError,
                  on_temps: Callable[[list[str]], None] | None = None,
                  src_hash: HashFunc | None = None, dst_hash: HashFunc | None = None,
-                 on_dir: Callable[[str], None] | None = None) -> None:
+                 on_dir: Callable[[str], None] | None = None,
+                 protect: Protect | None = None) -> None:
         self.src, self.dst = src, dst
         self.opts = opts
         self.excluder = excluder
@@ -102,6 +104,7 @@ class March:
         self.on_temps = on_temps
         self.src_hash, self.dst_hash = src_hash, dst_hash
         self.on_dir = on_dir
+        self.protect = protect  # replica entries the source lacks that stay (--backup)
         # The bytes comparison of two units stands for the plan of a directory
         # only when the plan would look at nothing the bytes do not hold.
         self.fast = not opts.checksum and not excluder
@@ -145,6 +148,16 @@ class March:
             return
         su = self.src.take(path)
         du = self.dst.take(path) if how is Walk.BOTH else None
+        if su.error is not None and su.error.errno == OTHER_DEVICE:
+            # -x: a mount point in the source is made (and its metadata set on
+            # the way out) but not entered; what the replica holds there stays.
+            if du is not None:
+                for name in du.subdirs:
+                    self.dst.skip(du.prefix + name)
+            f.unit = su
+            if self.on_dir is not None:
+                self.on_dir(path)
+            return
         if su.error is not None:
             f.listed = False
             self.on_read_error(path or ".", su.error)
@@ -192,13 +205,17 @@ class March:
         plan = plan_dir(s_ents, d_ents, self.opts, unknown, self.src_hash, self.dst_hash)
         stats.unchanged += plan.unchanged
         f.touched = plan.touched
-        f.items = iter(plan.items)
+        removals, items = plan.removals, plan.items
+        if self.protect is not None:
+            removals = [a for a in removals if not self._protected(a.path, a.reason)]
+            items = [self._kept(c) for c in items]
+        f.items = iter(items)
         f.unit = su
         if self.on_dir is not None:
             self.on_dir(path)
         for e in reserved:  # never synced, never silently dropped
             yield Action(Op.SKIP, e.path, e, None, Reason.RESERVED)
-        yield from plan.removals
+        yield from removals
 
     def _enter_removal(self, f: _Frame) -> None:
         du = self.dst.take(f.path)
@@ -208,9 +225,25 @@ class March:
         d_ents, temps = _filter(du, self.excluder)
         if temps and self.on_temps is not None:
             self.on_temps([e.path for e in temps])
-        f.items = iter([Child(Walk.GONE, d.path, None, d) if d.kind is Kind.DIR
-                        else Action(Op.DELETE, d.path, None, d, Reason.EXTRANEOUS)
-                        for d in d_ents])
+        items: list[Action | Child] = [
+            Child(Walk.GONE, d.path, None, d) if d.kind is Kind.DIR
+            else Action(Op.DELETE, d.path, None, d, Reason.EXTRANEOUS) for d in d_ents]
+        if self.protect is not None:
+            items = [self._kept(c) for c in items
+                     if type(c) is Child or not self._protected(c.path, Reason.EXTRANEOUS)]
+        f.items = iter(items)
+
+    def _protected(self, path: str, reason: Reason) -> bool:
+        """A replica entry the source lacks that ``protect`` keeps from deletion."""
+        assert self.protect is not None
+        return reason is Reason.EXTRANEOUS and self.protect(path, path.rpartition("/")[2])
+
+    def _kept(self, item: Action | Child) -> Action | Child:
+        """A replica-only directory that is protected is left alone, not removed."""
+        if (type(item) is Child and item.how is Walk.GONE  # type: ignore[union-attr]
+                and self._protected(item.path, Reason.EXTRANEOUS)):
+            return Child(Walk.KEEP, item.path, None, item.dst)  # type: ignore[union-attr]
+        return item
 
     # -- leaving a directory --------------------------------------------
     def _leave(self, f: _Frame) -> Iterator[Action]:

@@ -88,12 +88,25 @@ class Result(NamedTuple):
     matched: int = 0  # delta: bytes taken from the old version
 
 
+class Backup(NamedTuple):
+    """``--backup``: where a replaced or deleted file is moved instead of being lost.
+
+    ``dir`` None: renamed in place to its name + ``suffix``; else moved to
+    ``dir`` (relative to the replica root unless absolute) under its relative
+    path, + ``suffix`` (rsync's defaults: ``~`` without a directory, empty with
+    one).
+    """
+
+    dir: str | None = None
+    suffix: str = "~"
+
+
 class Stats:
     """Counters of one pass; the CLI renders them."""
 
     __slots__ = ("counts", "unchanged", "failed", "vanished", "source_files", "source_bytes",
                  "bytes_written", "bytes_sent", "literal_bytes", "matched_bytes", "delta_files",
-                 "duration", "interrupted")
+                 "duration", "interrupted", "delete_skipped")
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {op.value: 0 for op in Op}
@@ -109,6 +122,7 @@ class Stats:
         self.delta_files = 0
         self.duration = 0.0
         self.interrupted = False
+        self.delete_skipped = 0  # deletions not done at the --max-delete limit
 
     def __repr__(self) -> str:
         return f"Stats({self.as_dict()!r})"
@@ -137,6 +151,7 @@ class Stats:
             "speedup": round(self.speedup, 2),
             "duration": round(self.duration, 6),
             "interrupted": self.interrupted,
+            "delete_skipped": self.delete_skipped,
         }
 
 

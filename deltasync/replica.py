@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from .backup import Backups, backup_prefix
 from .errors import (
     DeltaSyncError,
     LockUnavailable,
@@ -71,7 +72,7 @@ from .fsutil import (
     temp_name,
 )
 from .listing import Lister, ThreadLister
-from .model import Entry, Kind, quote_path
+from .model import Backup, Entry, Kind, quote_path
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature
@@ -140,6 +141,11 @@ class Replica(Protocol):
 
     def take_owner_unset(self) -> OwnerNotSet | None:
         """The entries whose owner could not be set since the last call (None: none)."""
+        return None
+
+    def backup_prefix(self) -> str | None:
+        """``--backup-dir``'s path relative to the replica root, when it lies inside
+        it (a pass must not delete it); None: it does not, or no backup dir."""
         return None
 
     def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
@@ -265,8 +271,11 @@ class LocalReplica(Replica):
     """A replica directory on this machine."""
 
     def __init__(self, root: str, *, fsync: bool = False, owner: bool | None = None,
-                 on_temp_removed: Callable[[str], None] | None = None) -> None:
+                 on_temp_removed: Callable[[str], None] | None = None,
+                 backup: Backup | None = None) -> None:
         self.root = root
+        self.backup = backup
+        self._backups: Backups | None = None
         self.fsync = fsync
         self.owner = os.geteuid() == 0 if owner is None else owner
         self._dirs: DirFds | None = None
@@ -288,7 +297,22 @@ class LocalReplica(Replica):
         if self._dirs is not None:
             self._dirs.close()
             self._dirs = None
+        if self._backups is not None:
+            self._backups.close()
+            self._backups = None
         self.unlock()
+
+    # -- backups (--backup) -----------------------------------------------
+    def backup_prefix(self) -> str | None:
+        return backup_prefix(self.root, self.backup)
+
+    def _back_up(self, d: int, name: str, path: str, keep: bool) -> None:
+        """Move the entry at ``path`` (``name`` in ``d``) aside, if there is one
+        and it is not a directory (see ``backup.Backups``)."""
+        assert self.backup is not None
+        if self._backups is None:
+            self._backups = Backups(self.dirs, self.root, self.backup, self.owner)
+        self._backups.move_aside(d, name, path, keep)
 
     # -- the replica lock -------------------------------------------------
     @property
@@ -423,6 +447,10 @@ class LocalReplica(Replica):
         (EISDIR).  rsync removes the tree to make way, except entries the
         excludes protect (then it fails: "could not make way"); so do we.
         """
+        if self.backup is not None:
+            # The old version stays under its name until the new one replaces
+            # it: the backup is a hard link where the file system allows.
+            w(self._back_up, d, name, path, True)
         try:
             w(os.replace, tmp, name, src_dir_fd=d, dst_dir_fd=d)
             return
@@ -504,6 +532,8 @@ class LocalReplica(Replica):
                 if kind is Kind.DIR:
                     self.dirs.forget(path)
                     w(os.rmdir, name, dir_fd=d)
+                elif self.backup is not None:
+                    w(self._back_up, d, name, path, False)
                 else:
                     w(os.unlink, name, dir_fd=d)
         except FileNotFoundError:

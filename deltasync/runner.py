@@ -17,11 +17,12 @@ import threading
 from datetime import datetime
 from typing import Any
 
+from . import __version__
 from .engine import DeltaMode, Engine, Reporter, SyncOptions
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
 from .filters import Excluder
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
-from .model import Action, Op, Result, Stats
+from .model import Action, Backup, Op, Result, Stats
 from .render import describe, human
 from .replica import LocalReplica
 
@@ -206,7 +207,28 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         delta_threshold=args.delta_threshold,
         block_size=args.block_size,
         lock_wait=args.lock_wait,
+        max_delete=args.max_delete,
+        backup=_backup(args),
+        one_file_system=args.one_file_system,
+        timeout=args.timeout,
     )
+
+
+def _backup(args: argparse.Namespace) -> Backup | None:
+    """--backup/--backup-dir/--suffix as rsync reads them (``options.c``)."""
+    bdir = args.backup_dir
+    if bdir is not None:
+        while bdir.startswith("./"):
+            bdir = bdir[2:]
+        bdir = None if bdir in ("", ".") else bdir  # the replica itself: names get a suffix
+    if not args.backup and args.backup_dir is None:
+        return None  # --suffix alone does nothing, as in rsync
+    suffix = args.suffix if args.suffix is not None else ("" if bdir else "~")
+    if not suffix and bdir is None:
+        raise UsageError("--suffix cannot be empty " + (
+            "when --backup-dir is the same as the replica" if args.backup_dir is not None
+            else "without a --backup-dir"))
+    return Backup(bdir, suffix)
 
 
 class _Pass:
@@ -244,7 +266,8 @@ class _Pass:
         else:
             if not self.opts.dry_run:
                 os.makedirs(self.replica, exist_ok=True)
-            replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner)
+            replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner,
+                                   backup=self.opts.backup)
             engine = Engine(self.source, replica, self.opts, reporter, self.stop)
             reporter.count_source(self.source, engine.excluder)
         try:
@@ -265,7 +288,7 @@ class _Pass:
         if args.interval:
             self.log.info(f"pass    #{self.n} ended (exit {code}, {stats.duration:.3f} s)")
         if args.json:
-            rec = {"event": "pass", "pass": self.n, "started": started.isoformat(),
+            rec = {"event": "pass", "version": __version__, "pass": self.n, "started": started.isoformat(),
                    "exit_code": code, "dry_run": self.opts.dry_run, **stats.as_dict()}
             import json  # only for --json: ~2 ms of every start otherwise
 

@@ -149,8 +149,10 @@ class _OpenFile:
 class LocalSource(Source):
     """A source directory on this machine."""
 
-    def __init__(self, root: str, threaded: bool = False, ahead: int = 256) -> None:
+    def __init__(self, root: str, threaded: bool = False, ahead: int = 256,
+                 one_file_system: bool = False) -> None:
         self.root = os.fspath(root)
+        self.one_file_system = one_file_system  # -x: mount points are listed empty
         self.threaded = threaded  # walked by a thread ahead of the march (``ahead`` units)
         self.ahead = ahead
         self._dirs: DirFds | None = None
@@ -164,8 +166,9 @@ class LocalSource(Source):
     def lister(self, excluder: Excluder, owner: bool) -> Lister:
         from .listing import LocalLister
 
-        lister: Lister = (ThreadLister(self.root, excluder, owner, self.ahead) if self.threaded
-                          else LocalLister(self.root, excluder, owner))
+        x = self.one_file_system
+        lister: Lister = (ThreadLister(self.root, excluder, owner, self.ahead, x) if self.threaded
+                          else LocalLister(self.root, excluder, owner, x))
         if lister.root is None:  # moved away since the pass was set up
             lister.close()
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.root)

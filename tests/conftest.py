@@ -70,7 +70,8 @@ def do_sync(src: Any, dst: Any, reporter: Reporter | None = None, **opts: Any) -
     options = SyncOptions(**opts)
     if not options.dry_run:
         os.makedirs(dst, exist_ok=True)
-    replica = LocalReplica(os.fspath(dst), fsync=options.fsync, owner=options.owner)
+    replica = LocalReplica(os.fspath(dst), fsync=options.fsync, owner=options.owner,
+                           backup=options.backup)
     try:
         stats, code = Engine(os.fspath(src), replica, options, rep).run_pass()
     finally:

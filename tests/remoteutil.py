@@ -21,6 +21,7 @@ from deltasync.remote.client import Connection
 from deltasync.remote.pull import RemoteSource
 from deltasync.remote.push import RemoteReplica
 from deltasync.remote.transport import RemoteSpec
+from deltasync.source import LocalSource
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,11 +52,14 @@ def push(rsh: str, src: Path, dst: Path, *, compress: bool = False,
     conn = Connection(RemoteSpec("h", os.fspath(dst)), "replica", rsh=rsh,
                       remote_command=remote_command, compress=compress,
                       dry_run=options.dry_run, owner=True,
-                      scan=(list(options.excludes), not options.dry_run, options.checksum, True))
+                      scan=(list(options.excludes), not options.dry_run, options.checksum, True),
+                      timeout=options.timeout, backup=options.backup)
     r = RemoteReplica(conn, checksum=options.checksum)
+    source = LocalSource(os.fspath(src), one_file_system=options.one_file_system)
     try:
-        stats, code = Engine(os.fspath(src), r, options, rep).run_pass()
+        stats, code = Engine(source, r, options, rep).run_pass()
     finally:
+        source.close()
         r.close()
     return PassResult(stats, code, rep)
 
@@ -69,8 +73,9 @@ def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
         os.makedirs(dst, exist_ok=True)
     conn = Connection(RemoteSpec("h", os.fspath(src)), "source", rsh=rsh,
                       remote_command=remote_command, compress=compress,
-                      scan=(list(options.excludes), False, options.checksum, options.owner))
-    local = LocalReplica(os.fspath(dst), owner=options.owner)
+                      scan=(list(options.excludes), False, options.checksum, options.owner),
+                      timeout=options.timeout, one_file_system=options.one_file_system)
+    local = LocalReplica(os.fspath(dst), owner=options.owner, backup=options.backup)
     try:
         stats, code = Engine(RemoteSource(conn), local, options, rep).run_pass()
     finally:

@@ -19,7 +19,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DeltaSyncError, ProtocolError, RemoteFailure
+from ..errors import DeltaSyncError, PeerTimeout, ProtocolError, RemoteFailure
+from ..model import Backup
 from .protocol import (
     CREDIT,
     ERROR,
@@ -64,7 +65,8 @@ class Connection:
                  fsync: bool = False, owner: bool = False, lock_wait: float | None = None,
                  scan: tuple[list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, timeout: float | None = None,
+                 backup: Backup | None = None, one_file_system: bool = False) -> None:
         self.spec = spec
         if transport is None:
             transport = Transport(transport_argv(spec, rsh, remote_command))
@@ -73,6 +75,16 @@ class Connection:
         self.out = FrameWriter(self.transport.write_fd, bwlimit)
         self.inp = FrameReader(self.transport.read_fd)
         self.out.explain = self._lost
+        # --timeout: the handshake's reads and every write watch the peer here;
+        # once the reader thread runs, whoever waits for a frame does
+        # (``response``, ``listing_frame``), so an idle link between requests
+        # (the far side has nothing to say) is no timeout.
+        self.timeout = timeout
+        self.out.set_timeout(timeout)
+        self.out.on_timeout = self.transport.kill
+        self.inp.timeout = timeout
+        self.one_file_system = one_file_system
+        self.backup = backup
         self.closed = False
         self.compress = compress
         self._info: dict[str, Any] | None = None
@@ -87,9 +99,11 @@ class Connection:
                                                 "bwlimit": bwlimit or 0}))
             if compress:
                 self.out.start_compression(compress_level)
-            self.out.send(OPEN, dump_json({"role": role, "path": spec.path, "dry_run": dry_run,
-                                           "fsync": fsync, "owner": owner,
-                                           "lock_wait": lock_wait}))
+            opening: dict[str, Any] = {"role": role, "path": spec.path, "dry_run": dry_run,
+                                       "fsync": fsync, "owner": owner, "lock_wait": lock_wait}
+            if backup is not None:  # optional keys: an older server ignores them (see open)
+                opening["backup"] = {"dir": backup.dir, "suffix": backup.suffix}
+            self.out.send(OPEN, dump_json(opening))
             if scan is not None:
                 self._send_scan(*scan)
             self.out.flush()
@@ -137,6 +151,8 @@ class Connection:
         try:
             try:
                 ftype, payload = self.inp.recv()
+            except PeerTimeout:
+                raise
             except ProtocolError as e:
                 first = self.inp.first_bytes
                 if first and not (first[:1] == bytes([HELLO]) and
@@ -154,18 +170,42 @@ class Connection:
             if ftype != OPENED:
                 raise ProtocolError(f"expected OPENED, got {type_name(ftype)}")
             self._info = parse_json(payload, "OPENED")
+            self._check_features(self._info)
+        except PeerTimeout:
+            self._info = None
+            raise self._timed_out() from None  # (aborts the session)
         except BaseException:
             self._info = None
             self.abort()
             raise
 
+    def _check_features(self, info: dict[str, Any]) -> None:
+        """Options carried by optional keys need a far side that knows them
+        (its OPENED lists them in ``features``): an older one would ignore them."""
+        have = info.get("features")
+        have = set(have) if isinstance(have, list) else set()
+        for name, wanted in (("backup", self.backup is not None),
+                             ("one_file_system", self.one_file_system)):
+            if wanted and name not in have:
+                raise ProtocolError(f"the remote deltasync {info.get('software', '?')} does not "
+                                    f"support --{name.replace('_', '-')}")
+
     def _send_scan(self, excludes: list[str], clean_temps: bool, checksum: bool,
                    owner: bool) -> None:
         # list_zlib: units are zlib-packed unless the whole stream is (-z).
-        self.out.send(SCAN, dump_json({"excludes": list(excludes), "clean_temps": clean_temps,
-                                       "checksum": checksum, "owner": owner,
-                                       "credit": DEFAULT_CREDIT,
-                                       "list_zlib": not self.compress}))
+        body = {"excludes": list(excludes), "clean_temps": clean_temps, "checksum": checksum,
+                "owner": owner, "credit": DEFAULT_CREDIT, "list_zlib": not self.compress}
+        if self.one_file_system:
+            body["one_file_system"] = True
+        self.out.send(SCAN, dump_json(body))
+
+    def _timed_out(self) -> PeerTimeout:
+        """No frame came within --timeout: end the transport now (a stopped far
+        side would not exit on end of input) and say so."""
+        self.transport.kill()
+        self.abort()  # reaps it; the session is over (no GOODBYE)
+        return PeerTimeout(f"timeout: the remote side ({self.spec.host}) sent nothing for "
+                           f"{self.timeout:g} s (--timeout)")
 
     def _lost(self, e: ProtocolError) -> ProtocolError:
         why = self.transport.describe_exit()
@@ -180,6 +220,8 @@ class Connection:
             self.open()
         try:
             ftype, payload = self.inp.recv()
+        except PeerTimeout:
+            raise self._timed_out() from None
         except ProtocolError as e:
             raise self._lost(e) from None
         if ftype == ERROR:
@@ -198,6 +240,7 @@ class Connection:
         if self._reader is not None:
             return
         self.open()
+        self.inp.timeout = None  # the consumers of the frames watch the peer from now on
         self.listing = ListingQueue()
         self._responses = queue.Queue(maxsize=max_responses)
         self._reader = threading.Thread(target=self._read_loop, name="deltasync-reader",
@@ -222,14 +265,17 @@ class Connection:
                     return
 
     def listing_frame(self) -> tuple[int, bytes]:
-        return self.listing.get()
+        return self.listing.get(self.timeout, self._timed_out)
 
     def response(self) -> tuple[int, bytes]:
         """The next frame that is not part of the listing (waits for it)."""
         if self._reader is None:
             return self.recv()
         self.out.flush()
-        item = self._responses.get()
+        try:
+            item = self._responses.get(timeout=self.timeout)
+        except queue.Empty:
+            item = self._timed_out()
         if isinstance(item, BaseException):
             self._responses.put(item)
             raise item

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import struct
 import threading
 import time
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
-from ..errors import ProtocolError
+from ..errors import PeerTimeout, ProtocolError
 
 PROTOCOL_VERSION = 2  # the newest version this deltasync speaks
 # Version 2 streams the listing as directory units with credit (remote/units.py);
@@ -102,6 +103,10 @@ class FrameWriter:
         self._limit = RateLimit(bwlimit) if bwlimit else None
         self.bytes_out = 0  # bytes handed to the transport (after compression)
         self.closed = False
+        # --timeout: a write that cannot go on for this long (the far side stopped
+        # reading) raises ``PeerTimeout``; the descriptor is then non-blocking.
+        self.timeout: float | None = None
+        self.on_timeout: Callable[[], None] | None = None  # the connection ends the transport
         # turns "the link broke" into a message saying why (transport status, stderr)
         self.explain: Callable[[ProtocolError], ProtocolError] | None = None
 
@@ -109,6 +114,26 @@ class FrameWriter:
     def compressing(self) -> bool:
         """Does everything this writer sends go through zlib already (``-z``)?"""
         return self._z is not None
+
+    def set_timeout(self, seconds: float | None) -> None:
+        self.timeout = seconds
+        if seconds is not None:
+            os.set_blocking(self.fd, False)
+
+    def _write(self, piece: memoryview) -> int:
+        if self.timeout is None:
+            return os.write(self.fd, piece)
+        while True:
+            try:
+                return os.write(self.fd, piece)
+            except BlockingIOError:
+                pass
+            if not _ready(self.fd, select.POLLOUT, self.timeout):
+                self.closed = True
+                if self.on_timeout is not None:
+                    self.on_timeout()
+                raise PeerTimeout(f"the remote side took no data for {self.timeout:g} s "
+                                  "(--timeout)")
 
     def set_bwlimit(self, rate: int | None) -> None:
         self._limit = RateLimit(rate) if rate else None
@@ -151,7 +176,7 @@ class FrameWriter:
             while view:
                 piece = view[:step]
                 while piece:
-                    n = os.write(self.fd, piece)
+                    n = self._write(piece)
                     piece = piece[n:]
                     self.bytes_out += n
                     if self._limit:
@@ -166,6 +191,14 @@ class FrameWriter:
             raise (self.explain(err) if self.explain else err) from e
 
 
+def _ready(fd: int, event: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event`` (or a hang-up/error, which the
+    read or write then reports) on ``fd``."""
+    p = select.poll()  # not select(): descriptors past 1023 are fine
+    p.register(fd, event)
+    return bool(p.poll(max(1, int(seconds * 1000))))
+
+
 class FrameReader:
     """Frame input from a file descriptor, with the size cap and optional zlib."""
 
@@ -178,6 +211,9 @@ class FrameReader:
         self._eof = False
         self.bytes_in = 0
         self.first_bytes = b""  # kept for the "not deltasync" message
+        # --timeout, while nothing else watches the peer (the handshake): a read
+        # that waits this long raises ``PeerTimeout``.
+        self.timeout: float | None = None
 
     def start_compression(self) -> None:
         self._z = zlib.decompressobj()
@@ -209,6 +245,9 @@ class FrameReader:
                 continue
             if self._eof:
                 return False
+            if self.timeout is not None and not _ready(self.fd, select.POLLIN, self.timeout):
+                raise PeerTimeout(f"the remote side sent nothing for {self.timeout:g} s "
+                                  "(--timeout)")
             try:
                 raw = os.read(self.fd, READ_CHUNK)
             except OSError as e:

@@ -81,6 +81,11 @@ class RemoteReplica(Replica):
         """Owners are set (and so compared) when the far side runs as root."""
         return bool(self.conn.info.get("root_user"))
 
+    def backup_prefix(self) -> str | None:
+        """The far side's answer (its OPENED): it knows where its root is."""
+        rel = self.conn.info.get("backup_prefix")
+        return rel if isinstance(rel, str) and rel else None
+
     def owner_now(self) -> bool | None:
         return bool(self.conn.info.get("root_user")) if self.conn.opened else None
 

@@ -50,7 +50,7 @@ from ..errors import (
     UsageError,
 )
 from ..filters import Excluder
-from ..model import Kind
+from ..model import Backup, Kind
 from ..replica import LocalReplica, LockUnavailable
 from ..source import LocalSource, SourceFile
 from . import codec
@@ -89,6 +89,23 @@ from .protocol import (
 )
 from .streams import DataReader, DataWriter, send_fd
 from .units import encode_root, root_entry, split_payload, walk_units
+
+# Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
+# lists them, so a client never relies on a far side that would ignore one.
+FEATURES = ("backup", "one_file_system")
+
+
+def _backup(body: object) -> Backup | None:
+    """OPEN's ``backup``: {"dir": str | null, "suffix": str}, or absent."""
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise ProtocolError("malformed OPEN message: bad backup")
+    bdir, suffix = body.get("dir"), body.get("suffix")
+    if (bdir is not None and (not isinstance(bdir, str) or not bdir)) or \
+            not isinstance(suffix, str) or "/" in suffix or (bdir is None and not suffix):
+        raise ProtocolError("malformed OPEN message: bad backup")
+    return Backup(bdir, suffix)
 
 
 class Server:
@@ -176,7 +193,8 @@ class Server:
             if not self.dry_run:
                 os.makedirs(root, exist_ok=True)
             owner = bool(body.get("owner")) and os.geteuid() == 0
-            self.replica = LocalReplica(root, fsync=bool(body.get("fsync")), owner=owner)
+            self.replica = LocalReplica(root, fsync=bool(body.get("fsync")), owner=owner,
+                                        backup=_backup(body.get("backup")))
             if not self.dry_run:
                 self._lock(root, body.get("lock_wait"))
         else:
@@ -187,7 +205,10 @@ class Server:
         self.root = root
         self.out.send(OPENED, dump_json({
             "root": root, "root_user": os.geteuid() == 0, "software": __version__,
-            "locked": self.replica is not None and self.replica.locked}), flush=True)
+            "locked": self.replica is not None and self.replica.locked,
+            "features": list(FEATURES),
+            "backup_prefix": self.replica.backup_prefix() if self.replica else None}),
+            flush=True)
 
     def _lock(self, root: str, timeout: object) -> None:
         """Take the replica lock for the session (see the module docstring)."""
@@ -286,7 +307,7 @@ class Server:
         gc.disable()
         self._walk = walk_units(self.root, excluder, owner, bool(body.get("checksum")),
                                 self.replica.remove_temps if clean and self.replica else None,
-                                packed, self._saw_big)
+                                packed, self._saw_big, body.get("one_file_system") is True)
 
     def _send_unit(self) -> None:
         assert self._walk is not None

@@ -31,7 +31,7 @@ from collections.abc import Callable, Generator
 
 from ..errors import DeltaSyncError, ProtocolError
 from ..filters import Excluder
-from ..listing import DIR_OPEN, DirUnit, stat_entry
+from ..listing import DIR_OPEN, DirUnit, other_device, stat_entry
 from ..model import Entry, Kind
 from ..scan import decode, encode, scan_dir
 from . import codec
@@ -244,13 +244,15 @@ BIG = 1 << 20  # a directory holding this much file data may see a delta
 
 def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                on_temps: Callable[[list[str]], None] | None, packed: bool,
-               on_big: Callable[[], None] | None = None) -> Generator[bytes, None, None]:
+               on_big: Callable[[], None] | None = None,
+               one_file_system: bool = False) -> Generator[bytes, None, None]:
     """The encoded units of the tree at ``root``, in walk order, one per ``next``.
 
     Temp files (``on_temps`` given: a replica whose leftovers are removed) are
     taken out of the units and handed to ``on_temps``; ``checksum`` adds the
     blake3 of every regular file; ``on_big`` is called (once) when a directory
-    holds ``BIG`` bytes of files or more.
+    holds ``BIG`` bytes of files or more; ``one_file_system`` (``-x``): a
+    directory on another device than the root is sent as ``listing.other_device``.
     """
     pk: bool | Packer = Packer() if packed else False
     from ..fsutil import is_temp_name
@@ -261,6 +263,8 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
     except FileNotFoundError:
         yield encode_unit(DirUnit(""), None, pk)  # a dry run into a replica not made yet
         return
+
+    root_dev = os.fstat(root_fd).st_dev if one_file_system else None
 
     def unit_of(fd: int, path: str) -> tuple[bytes, list[str]]:
         prefix = path + "/" if path else ""
@@ -330,6 +334,12 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
             except OSError as e:
                 yield encode_unit(DirUnit(sub, error=e), None, pk)
                 continue
+            if root_dev is not None:
+                other = other_device(sfd, sub, root_dev)
+                if other is not None:
+                    os.close(sfd)
+                    yield encode_unit(other, None, pk)
+                    continue
             payload, subdirs = unit_of(sfd, sub)
             stack.append((sub, sfd, subdirs[::-1]))
             yield payload
@@ -367,13 +377,20 @@ class RemoteLister:
         self._unpacker = Unpacker()
 
     def _next(self) -> DirUnit:
+        u = self._next_or_end()
+        if u is None:
+            raise ProtocolError("the far listing ended before the walk did")
+        return u
+
+    def _next_or_end(self) -> DirUnit | None:
+        """The next unit, or None at the end of the listing."""
         from .protocol import LIST_END, UNIT, UNIT_PART, type_name
 
         if self._peeked is not None:
             u, self._peeked = self._peeked, None
             return u
         if self._ended:
-            raise ProtocolError("the far listing ended before the walk did")
+            return None
         parts: list[bytes] = []
         size = 0
         while True:
@@ -400,7 +417,7 @@ class RemoteLister:
                 return unit
             if ftype == LIST_END:
                 self._ended = True
-                raise ProtocolError("the far listing ended before the walk did")
+                return None
             raise ProtocolError(f"unexpected {type_name(ftype)} frame in the far listing")
 
     def take(self, path: str) -> DirUnit:
@@ -413,7 +430,9 @@ class RemoteLister:
     def skip(self, path: str) -> None:
         below = path + "/"
         while True:
-            u = self._next()
+            u = self._next_or_end()
+            if u is None:
+                return  # the skipped subtree was the last of the listing
             if u.path != path and not u.path.startswith(below):
                 self._peeked = u
                 return
@@ -450,8 +469,14 @@ class ListingQueue:
     def put(self, item: tuple[int, bytes] | BaseException) -> None:
         self.q.put(item)
 
-    def get(self) -> tuple[int, bytes]:
-        item = self.q.get()
+    def get(self, timeout: float | None = None,
+            on_timeout: Callable[[], BaseException] | None = None) -> tuple[int, bytes]:
+        """The next frame; ``on_timeout()`` is raised when none came in ``timeout`` s."""
+        try:
+            item = self.q.get(timeout=timeout)
+        except queue.Empty:
+            assert on_timeout is not None
+            item = on_timeout()
         if isinstance(item, BaseException):
             self.q.put(item)  # every later reader sees it too
             raise item
