@@ -90,7 +90,7 @@ class Stats:
 
     __slots__ = ("counts", "unchanged", "failed", "vanished", "source_files", "source_bytes",
                  "bytes_written", "bytes_sent", "literal_bytes", "matched_bytes", "delta_files",
-                 "duration", "interrupted")
+                 "duration", "interrupted", "wire_bytes")
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {op.value: 0 for op in Op}
@@ -106,6 +106,9 @@ class Stats:
         self.delta_files = 0
         self.duration = 0.0
         self.interrupted = False
+        # Bytes written to and read from the transport of a remote pass, both
+        # ways, after compression (rsync's "sent" + "received"); 0 locally.
+        self.wire_bytes = 0
 
     def __repr__(self) -> str:
         return f"Stats({self.as_dict()!r})"
@@ -134,6 +137,7 @@ class Stats:
             "speedup": round(self.speedup, 2),
             "duration": round(self.duration, 6),
             "interrupted": self.interrupted,
+            "wire_bytes": self.wire_bytes,
         }
 
 

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import DeltaSyncError, ProtocolError, RemoteFailure
+from .compress import Compression, pick
 from .protocol import (
+    COMPRESS,
     CREDIT,
     ERROR,
     GOODBYE,
@@ -59,8 +61,8 @@ class Connection:
     """
 
     def __init__(self, spec: RemoteSpec, role: str, *, rsh: str | None = None,
-                 remote_command: str | None = None, compress: bool = False,
-                 compress_level: int = 6, bwlimit: int | None = None, dry_run: bool = False,
+                 remote_command: str | None = None, compress: bool | Compression | None = False,
+                 bwlimit: int | None = None, dry_run: bool = False,
                  fsync: bool = False, owner: bool = False, lock_wait: float | None = None,
                  scan: tuple[list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
@@ -74,19 +76,20 @@ class Connection:
         self.inp = FrameReader(self.transport.read_fd)
         self.out.explain = self._lost
         self.closed = False
-        self.compress = compress
+        # -z: what was asked for (True: the best codec both sides have)
+        self.want = Compression() if compress is True else compress or None
+        self.codec: str | None = None  # what the session compresses with, once picked
         self._info: dict[str, Any] | None = None
         self._reader: threading.Thread | None = None
         self._responses: queue.Queue[tuple[int, bytes] | BaseException] = queue.Queue()
         # Set (by the pass): stop waiting for a far side that still waits for its lock.
         self.stop: threading.Event | None = None
         try:
-            # Compression is on exactly when the client asks for it (every
-            # version has zlib), so it can start before the server's HELLO.
-            self.out.send(HELLO, hello_payload({"compress": compress, "level": compress_level,
+            # "compress": a COMPRESS frame follows once the server's HELLO (its
+            # codecs) is read; the server holds its listing until then.  HELLO,
+            # OPEN and SCAN go out raw now, without waiting for the far side.
+            self.out.send(HELLO, hello_payload({"compress": self.want is not None,
                                                 "bwlimit": bwlimit or 0}))
-            if compress:
-                self.out.start_compression(compress_level)
             self.out.send(OPEN, dump_json({"role": role, "path": spec.path, "dry_run": dry_run,
                                            "fsync": fsync, "owner": owner,
                                            "lock_wait": lock_wait}))
@@ -146,8 +149,8 @@ class Connection:
             theirs = parse_hello(ftype, payload, self.inp.first_bytes)
             self.version = negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), theirs, "remote")
             self.remote_software = str(theirs.get("software", "?"))
-            if self.compress:
-                self.inp.start_compression()
+            if self.want is not None:
+                self._start_compression(theirs.get("codecs"))
             self._info = {}
             self._wait_opened()
             ftype, payload = self.recv()
@@ -159,13 +162,30 @@ class Connection:
             self.abort()
             raise
 
+    def _start_compression(self, theirs: object) -> None:
+        """Pick the codec (``compress.pick``: UnsupportedError, exit 4, if a named
+        one is missing over there) and send COMPRESS; ``none`` releases the
+        server's hold when the level turned compression off."""
+        assert self.want is not None
+        chosen = pick(self.want, theirs)
+        if chosen is None:
+            self.out.send(COMPRESS, dump_json({"codec": "none"}), flush=True)
+            return
+        self.codec = chosen[0]
+        self.out.start_compression(*chosen)
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes written to and read from the transport so far, after compression."""
+        return self.out.bytes_out + self.inp.bytes_in
+
     def _send_scan(self, excludes: list[str], clean_temps: bool, checksum: bool,
                    owner: bool) -> None:
-        # list_zlib: units are zlib-packed unless the whole stream is (-z).
+        # list_zlib: units are zlib-packed unless the whole stream will be (-z).
         self.out.send(SCAN, dump_json({"excludes": list(excludes), "clean_temps": clean_temps,
                                        "checksum": checksum, "owner": owner,
                                        "credit": DEFAULT_CREDIT,
-                                       "list_zlib": not self.compress}))
+                                       "list_zlib": self.want is None}))
 
     def _lost(self, e: ProtocolError) -> ProtocolError:
         why = self.transport.describe_exit()
@@ -180,6 +200,8 @@ class Connection:
             self.open()
         try:
             ftype, payload = self.inp.recv()
+            while ftype == COMPRESS:  # the server's: the reader has switched codecs
+                ftype, payload = self.inp.recv()
         except ProtocolError as e:
             raise self._lost(e) from None
         if ftype == ERROR:
