@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DeltaSyncError, ProtocolError, RemoteFailure
+from ..errors import DeltaSyncError, ProtocolError, RemoteFailure, UnsupportedError
 from .compress import Compression, pick
 from .protocol import (
     COMPRESS,
@@ -167,7 +167,13 @@ class Connection:
         one is missing over there) and send COMPRESS; ``none`` releases the
         server's hold when the level turned compression off."""
         assert self.want is not None
-        chosen = pick(self.want, theirs)
+        try:
+            chosen = pick(self.want, theirs)
+        except UnsupportedError:
+            # Our own error line says it all: the far side's complaint about the
+            # hang-up that follows would only add noise.
+            self.transport.set_on_stderr(None)
+            raise
         if chosen is None:
             self.out.send(COMPRESS, dump_json({"codec": "none"}), flush=True)
             return
