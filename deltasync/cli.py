@@ -20,6 +20,7 @@ from .errors import (
     ConfigError,
     DeltaSyncError,
     NotRunningError,
+    UnsupportedError,
     UsageError,
 )
 
@@ -163,6 +164,14 @@ def _rate(text: str) -> int | None:
     return _size(text, bare_unit=1 << 10) or None
 
 
+def _compress_level(text: str) -> int:
+    """--compress-level: an integer; out of a codec's range it is clamped (as rsync)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise _bad(f"not an integer: {text!r}") from None
+
+
 def _lock_wait(text: str) -> float:
     """--lock-wait: seconds, 0 included (do not wait at all)."""
     try:
@@ -270,7 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
         rg.add_argument("--remote-command", metavar="COMMAND", default=None,
                         help="deltasync on the far side, run by its shell (default: deltasync)")
         rg.add_argument("-z", "--compress", action="store_true",
-                        help="compress everything on the wire with zlib")
+                        help="compress everything on the wire: zstd when both ends have it, "
+                             "zlib otherwise")
+        rg.add_argument("--compress-choice", "--zc", metavar="NAME", default=None,
+                        help="zstd, zlib, none or auto (the default); implies -z unless none, "
+                             "like rsync's")
+        rg.add_argument("--compress-level", "--zl", metavar="N", type=_compress_level,
+                        default=None, help="codec level (zlib 1-9, zstd -131072..22, clamped "
+                        "like rsync's); implies -z unless it is zlib's 0 (off)")
         rg.add_argument("--bwlimit", metavar="RATE", type=_rate, default=None,
                         help="cap bytes sent per second; KiB/s unless suffixed (K, M, G), like rsync")
 
@@ -379,7 +395,9 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--log-file": str, "--io-log-file": str, "--exclude": _exclude, "-e": str, "--rsh": str,
         "--remote-command": str, "--delta": _DELTA_MODES.index,
         "--delta-threshold": _size, "--block-size": _block_size, "--bwlimit": _rate,
-        "--interval": _positive_float, "--lock-wait": _lock_wait, **_GUARD_VALUED}
+        "--interval": _positive_float, "--lock-wait": _lock_wait,
+        "--compress-choice": str, "--zc": str, "--compress-level": _compress_level,
+        "--zl": _compress_level, **_GUARD_VALUED}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
              "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", *_GUARD_FLAGS}
     ns = _Quick()
@@ -459,7 +477,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command in ("sync", "start"):
         try:
             check_sync_args(args.source, args.replica)
-        except UsageError as e:
+            if args.compress or args.compress_choice is not None or args.compress_level is not None:
+                from .remote.compress import request
+
+                request(args.compress, args.compress_choice, args.compress_level)  # exit 4
+        except (UsageError, UnsupportedError) as e:
             _drop(early)
             _err(str(e))
             return e.exit_code

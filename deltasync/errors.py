@@ -11,6 +11,8 @@ Exit codes (documented in the README, modelled on rsync's where they overlap):
       already running, ``stop`` with no daemon
 2     usage error (unknown option, missing argument, bad value)
 3     ``status``: no daemon is running (LSB convention)
+4     requested action not supported (an unknown ``--compress-choice``,
+      or a codec one side lacks), rsync's code for it
 12    protocol stream error (remote side went away or spoke nonsense)
 20    interrupted by SIGINT/SIGTERM before the pass finished
 23    some entries failed (permission denied, disk full, ...)
@@ -26,6 +28,7 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
+EXIT_UNSUPPORTED = 4
 EXIT_PROTOCOL = 12
 EXIT_INTERRUPTED = 20
 EXIT_PARTIAL = 23
@@ -44,6 +47,12 @@ class UsageError(DeltaSyncError):
     """The command line or an argument value is wrong."""
 
     exit_code = EXIT_USAGE
+
+
+class UnsupportedError(DeltaSyncError):
+    """A requested feature this side or the far side lacks (rsync's RERR_UNSUPPORTED)."""
+
+    exit_code = EXIT_UNSUPPORTED
 
 
 class ConfigError(DeltaSyncError):

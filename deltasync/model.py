@@ -106,7 +106,7 @@ class Stats:
 
     __slots__ = ("counts", "unchanged", "failed", "vanished", "source_files", "source_bytes",
                  "bytes_written", "bytes_sent", "literal_bytes", "matched_bytes", "delta_files",
-                 "duration", "interrupted", "delete_skipped")
+                 "duration", "interrupted", "delete_skipped", "wire_bytes")
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {op.value: 0 for op in Op}
@@ -123,6 +123,9 @@ class Stats:
         self.duration = 0.0
         self.interrupted = False
         self.delete_skipped = 0  # deletions not done at the --max-delete limit
+        # Bytes written to and read from the transport of a remote pass, both
+        # ways, after compression (rsync's "sent" + "received"); 0 locally.
+        self.wire_bytes = 0
 
     def __repr__(self) -> str:
         return f"Stats({self.as_dict()!r})"
@@ -152,6 +155,7 @@ class Stats:
             "duration": round(self.duration, 6),
             "interrupted": self.interrupted,
             "delete_skipped": self.delete_skipped,
+            "wire_bytes": self.wire_bytes,
         }
 
 

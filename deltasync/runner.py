@@ -189,6 +189,7 @@ def stats_table(stats: Stats, code: int) -> str:
         ("Literal data", f"{stats.literal_bytes:,} bytes"),
         ("Matched data", f"{stats.matched_bytes:,} bytes"),
         ("Bytes sent", f"{stats.bytes_sent:,}"),
+        ("Wire bytes", f"{stats.wire_bytes:,} (both ways, after compression)"),
         ("Speedup", f"{stats.speedup:.2f}"),
         ("Duration", f"{stats.duration:.3f} s"),
         ("Exit code", f"{code}"),
@@ -278,6 +279,8 @@ class _Pass:
                 reporter.close_bars()
         finally:
             replica.close()
+        if getattr(args, "remote", False):  # counted at the transport: after the GOODBYE
+            stats.wire_bytes = replica.wire_bytes
         if _LogFailures.failures > self._log_failures and code == EXIT_OK:
             code = EXIT_PARTIAL  # the log is part of the job: lost lines are a failure
         self._log_failures = _LogFailures.failures

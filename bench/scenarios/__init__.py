@@ -21,6 +21,7 @@ SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
     "big-delta": (bigdelta.big_delta, frozenset({"big"})),
     "limits": (bigdelta.limits, frozenset({"big"})),
     "remote-big-delta": (remote.remote_big_delta, frozenset({"big"})),
+    "remote-compress": (remote.remote_compress, frozenset()),
     "big-delta-pyrsync2": (bigdelta.big_delta_pyrsync2, frozenset({"slice"})),
     "real-tree": (realtree.real_tree, frozenset()),
 }

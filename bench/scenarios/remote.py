@@ -17,12 +17,17 @@ the relay: what each tool handed to ssh, before ssh's encryption and framing.
 * remote-tree-churn: the same tree after tree-churn's changes, into the old tree.
 * remote-big-delta: the big-delta basis (1 GiB) and version a (200 scattered
   4 KiB overwrites), ``--delta always`` vs ``--no-whole-file``.
+* remote-compress: the stdlib's text files (~3 MB quick, ~20 MB full) pushed
+  into an empty replica with ``-z --zc zstd`` and ``--zc zlib`` by both
+  tools; the bytes are each tool's own count (``remote_compress``).
 
 Without sshd (or not as root) every row says "missing" and nothing runs.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,3 +162,92 @@ def remote_big_delta(ctx: Context) -> list[Row]:
         rows = interleave("remote-big-delta", f"{basis.stat().st_size >> 20} MiB, a: sync",
                           peers, ctx.runs, bytes_label=WIRE, log=ctx.log)
     return _finish(rows, data.EDIT_CASES["a"])
+
+
+# -- remote-compress ---------------------------------------------------------------
+
+COMPRESS_WIRE = "wire bytes (tool's own count)"
+# Text parts of the stdlib (no __pycache__): about 3 MB quick, 20 MB full.
+_TEXT_PARTS_FULL = ("json", "email", "http", "logging", "xml", "asyncio", "concurrent",
+                    "importlib", "multiprocessing", "unittest", "urllib", "tkinter",
+                    "idlelib", "pydoc_data", "encodings", "ctypes", "sqlite3")
+_TEXT_SUFFIXES = {".py", ".txt", ".rst", ".html", ".xml", ".json", ".cfg", ".toml"}
+# (row name, base tool, extra arguments)
+_COMPRESS_VARIANTS = (("deltasync -z --zc zstd", "deltasync", ("-z", "--zc", "zstd")),
+                      ("deltasync -z --zc zlib", "deltasync", ("-z", "--zc", "zlib")),
+                      ("rsync -z --zc=zstd", "rsync", ("-z", "--zc=zstd")),
+                      ("rsync -z --zc=zlib", "rsync", ("-z", "--zc=zlib")))
+
+
+def _text_tree(ctx: Context, root: Path) -> tuple[int, int]:
+    """Copy the stdlib's text files (sources, docs) of a few packages; (files, bytes)."""
+    import shutil
+
+    stdlib = ctx.stdlib()
+    parts = ctx.sizes.real_tree_parts if ctx.quick and ctx.sizes.real_tree_parts else _TEXT_PARTS_FULL
+    n = size = 0
+    for part in parts:
+        if not (stdlib / part).is_dir():
+            continue
+        for p in sorted((stdlib / part).rglob("*")):
+            if p.suffix in _TEXT_SUFFIXES and p.is_file() and "__pycache__" not in p.parts:
+                dest = root / p.relative_to(stdlib)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, dest)
+                n, size = n + 1, size + dest.stat().st_size
+    return n, size
+
+
+def _tool_wire(tool: str, p: proc.Proc) -> int | None:
+    """What the tool itself says crossed: deltasync's wire_bytes, rsync's sent + received."""
+    if tool == "deltasync":
+        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        return json.loads(lines[-1]).get("wire_bytes") if lines else None
+    sent = re.search(r"^Total bytes sent: ([\d,]+)", p.stdout, re.M)
+    got = re.search(r"^Total bytes received: ([\d,]+)", p.stdout, re.M)
+    if not sent or not got:
+        return None
+    return int(sent.group(1).replace(",", "")) + int(got.group(1).replace(",", ""))
+
+
+def remote_compress(ctx: Context) -> list[Row]:
+    """A text-like tree pushed with each codec by both tools, compared by wire bytes.
+
+    Row bytes = the tool's own count (deltasync ``wire_bytes``, rsync "Total
+    bytes sent" + "received"); the relay's up/down counts ride along as
+    ``wire_up``/``wire_down``.  Target (issue 13): deltasync's zstd bytes <=
+    its zlib bytes and <= rsync's zstd bytes.
+    """
+    root = ctx.work / "data" / "text"
+    nfiles, nbytes = _text_tree(ctx, root)
+    if not nfiles:
+        raise proc.BenchFailure(f"remote-compress: no text files found in {ctx.stdlib()}")
+    try:
+        with _Session(ctx, "compress") as s:
+            peers: list[Peer] = []
+            for name, tool, extra in _COMPRESS_VARIANTS:
+                if s.why or s.sshd is None:
+                    peers.append((name, s.why or "missing: no sshd"))
+                    continue
+                if tool == "rsync" and ctx.tools.rsync is None:
+                    peers.append((name, "missing: rsync not installed (apt-get install rsync)"))
+                    continue
+                link = s.sshd.link(ctx.work / f"link-compress-{len(peers)}.count")
+
+                def fn(tag: str, tool: str = tool, extra: tuple[str, ...] = extra,
+                       link: Link = link, name: str = name) -> Sample:
+                    dst = ctx.fresh(f"compress-{tool}-{tag}")
+                    link.reset()
+                    p = proc.run(remote_cmd(ctx, tool, link, root, dst, extra))
+                    up, down = link.taken()
+                    verify.compare_trees(root, dst, f"remote-compress: {name} ({tag})",
+                                         dir_mtimes=tool != "rsync")
+                    ctx.remove(dst)
+                    return Sample.of(p, _tool_wire(tool, p), wire_up=up, wire_down=down)
+
+                peers.append((name, fn))
+            rows = interleave("remote-compress", f"{nfiles} text files, {nbytes >> 10} KiB",
+                              peers, ctx.runs, bytes_label=COMPRESS_WIRE, log=ctx.log)
+    finally:
+        ctx.remove(root)
+    return _finish(rows, "push of stdlib text into an empty replica")

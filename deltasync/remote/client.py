@@ -19,9 +19,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DeltaSyncError, PeerTimeout, ProtocolError, RemoteFailure
+from ..errors import DeltaSyncError, PeerTimeout, ProtocolError, RemoteFailure, UnsupportedError
 from ..model import Backup
+from .compress import Compression, pick
 from .protocol import (
+    COMPRESS,
     CREDIT,
     ERROR,
     GOODBYE,
@@ -60,8 +62,8 @@ class Connection:
     """
 
     def __init__(self, spec: RemoteSpec, role: str, *, rsh: str | None = None,
-                 remote_command: str | None = None, compress: bool = False,
-                 compress_level: int = 6, bwlimit: int | None = None, dry_run: bool = False,
+                 remote_command: str | None = None, compress: bool | Compression | None = False,
+                 bwlimit: int | None = None, dry_run: bool = False,
                  fsync: bool = False, owner: bool = False, lock_wait: float | None = None,
                  scan: tuple[list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
@@ -86,19 +88,20 @@ class Connection:
         self.one_file_system = one_file_system
         self.backup = backup
         self.closed = False
-        self.compress = compress
+        # -z: what was asked for (True: the best codec both sides have)
+        self.want = Compression() if compress is True else compress or None
+        self.codec: str | None = None  # what the session compresses with, once picked
         self._info: dict[str, Any] | None = None
         self._reader: threading.Thread | None = None
         self._responses: queue.Queue[tuple[int, bytes] | BaseException] = queue.Queue()
         # Set (by the pass): stop waiting for a far side that still waits for its lock.
         self.stop: threading.Event | None = None
         try:
-            # Compression is on exactly when the client asks for it (every
-            # version has zlib), so it can start before the server's HELLO.
-            self.out.send(HELLO, hello_payload({"compress": compress, "level": compress_level,
+            # "compress": a COMPRESS frame follows once the server's HELLO (its
+            # codecs) is read; the server holds its listing until then.  HELLO,
+            # OPEN and SCAN go out raw now, without waiting for the far side.
+            self.out.send(HELLO, hello_payload({"compress": self.want is not None,
                                                 "bwlimit": bwlimit or 0}))
-            if compress:
-                self.out.start_compression(compress_level)
             opening: dict[str, Any] = {"role": role, "path": spec.path, "dry_run": dry_run,
                                        "fsync": fsync, "owner": owner, "lock_wait": lock_wait}
             if backup is not None:  # optional keys: an older server ignores them (see open)
@@ -162,8 +165,8 @@ class Connection:
             theirs = parse_hello(ftype, payload, self.inp.first_bytes)
             self.version = negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), theirs, "remote")
             self.remote_software = str(theirs.get("software", "?"))
-            if self.compress:
-                self.inp.start_compression()
+            if self.want is not None:
+                self._start_compression(theirs.get("codecs"))
             self._info = {}
             self._wait_opened()
             ftype, payload = self.recv()
@@ -190,15 +193,6 @@ class Connection:
                 raise ProtocolError(f"the remote deltasync {info.get('software', '?')} does not "
                                     f"support --{name.replace('_', '-')}")
 
-    def _send_scan(self, excludes: list[str], clean_temps: bool, checksum: bool,
-                   owner: bool) -> None:
-        # list_zlib: units are zlib-packed unless the whole stream is (-z).
-        body = {"excludes": list(excludes), "clean_temps": clean_temps, "checksum": checksum,
-                "owner": owner, "credit": DEFAULT_CREDIT, "list_zlib": not self.compress}
-        if self.one_file_system:
-            body["one_file_system"] = True
-        self.out.send(SCAN, dump_json(body))
-
     def _timed_out(self) -> PeerTimeout:
         """No frame came within --timeout: end the transport now (a stopped far
         side would not exit on end of input) and say so."""
@@ -206,6 +200,38 @@ class Connection:
         self.abort()  # reaps it; the session is over (no GOODBYE)
         return PeerTimeout(f"timeout: the remote side ({self.spec.host}) sent nothing for "
                            f"{self.timeout:g} s (--timeout)")
+
+    def _start_compression(self, theirs: object) -> None:
+        """Pick the codec (``compress.pick``: UnsupportedError, exit 4, if a named
+        one is missing over there) and send COMPRESS; ``none`` releases the
+        server's hold when the level turned compression off."""
+        assert self.want is not None
+        try:
+            chosen = pick(self.want, theirs)
+        except UnsupportedError:
+            # Our own error line says it all: the far side's complaint about the
+            # hang-up that follows would only add noise.
+            self.transport.set_on_stderr(None)
+            raise
+        if chosen is None:
+            self.out.send(COMPRESS, dump_json({"codec": "none"}), flush=True)
+            return
+        self.codec = chosen[0]
+        self.out.start_compression(*chosen)
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes written to and read from the transport so far, after compression."""
+        return self.out.bytes_out + self.inp.bytes_in
+
+    def _send_scan(self, excludes: list[str], clean_temps: bool, checksum: bool,
+                   owner: bool) -> None:
+        # list_zlib: units are zlib-packed unless the whole stream will be (-z).
+        body = {"excludes": list(excludes), "clean_temps": clean_temps, "checksum": checksum,
+                "owner": owner, "credit": DEFAULT_CREDIT, "list_zlib": self.want is None}
+        if self.one_file_system:
+            body["one_file_system"] = True
+        self.out.send(SCAN, dump_json(body))
 
     def _lost(self, e: ProtocolError) -> ProtocolError:
         why = self.transport.describe_exit()
@@ -220,6 +246,8 @@ class Connection:
             self.open()
         try:
             ftype, payload = self.inp.recv()
+            while ftype == COMPRESS:  # the server's: the reader has switched codecs
+                ftype, payload = self.inp.recv()
         except PeerTimeout:
             raise self._timed_out() from None
         except ProtocolError as e:

@@ -9,10 +9,16 @@ larger length before allocating anything, so a hostile or confused peer can
 cost at most one frame of memory.  Both sides start by sending a ``HELLO``
 frame (magic, protocol version range, software version, capabilities) and
 read the peer's; the highest version both speak is used, or the connection
-ends with a message naming both versions.  When both sides offered ``zlib``
-and the client asked for compression, every byte after the two hellos goes
-through one zlib stream per direction (``Z_SYNC_FLUSH`` at each flush, so a
-frame is never held back); decompression is bounded by the same frame cap.
+ends with a message naming both versions.  Compression (``-z``) is negotiated
+in band: each HELLO lists the codecs its side has (``compress.available``),
+the client picks one once it has read the server's (``compress.pick``) and
+sends a ``COMPRESS`` frame naming it; every byte after that frame, in that
+direction, is one stream of that codec.  The server answers with its own
+``COMPRESS`` frame, after which its bytes are compressed the same way.  A
+writer flushes its codec at every write (each flush point of the buffer
+below), so the peer can always decode everything sent; a reader
+decompresses in bounded steps, never more than the frame it is reading
+(``MAX_FRAME``) ahead.
 
 Writing is buffered: small frames (results, mkdir, ...) collect in memory and
 go out in one ``write`` when the buffer passes ``FLUSH_AT`` or when the
@@ -30,17 +36,18 @@ import select
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
 from ..errors import PeerTimeout, ProtocolError
+from . import compress
 
-PROTOCOL_VERSION = 2  # the newest version this deltasync speaks
+PROTOCOL_VERSION = 3  # the newest version this deltasync speaks
 # Version 2 streams the listing as directory units with credit (remote/units.py);
-# version 1's whole-listing batches are gone, so a version 1 peer is refused.
-MIN_PROTOCOL_VERSION = 2  # the oldest one it still accepts
+# version 3 negotiates the codec of -z (COMPRESS frames; version 2 always used
+# zlib from the first byte after HELLO), so a version 2 peer is refused.
+MIN_PROTOCOL_VERSION = 3  # the oldest one it still accepts
 MAGIC = b"DSYNCPRO"
 
 MAX_FRAME = 4 << 20  # largest payload accepted; data frames are much smaller
@@ -50,7 +57,7 @@ READ_CHUNK = 256 << 10
 
 # Frame types.  Requests go client -> server, the rest server -> client,
 # except DATA/END/GOODBYE/ERROR, which travel both ways.
-HELLO, ERROR, GOODBYE = 0x01, 0x02, 0x03
+HELLO, ERROR, GOODBYE, COMPRESS = 0x01, 0x02, 0x03, 0x04
 OPEN, OPENED, SCAN, LIST_END = 0x10, 0x11, 0x12, 0x14
 ROOT, UNIT, UNIT_PART, CREDIT = 0x16, 0x17, 0x18, 0x19
 SIGNATURE, FILE, DELTA, MKDIR, SYMLINK, DELETE, META = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
@@ -66,7 +73,7 @@ LISTING_FRAMES = frozenset((ROOT, UNIT, UNIT_PART, LIST_END))  # the far listing
 
 _HEAD = struct.Struct(">BI")
 
-CAPABILITIES = ("zlib",)
+CAPABILITIES: tuple[str, ...] = ()  # none yet beyond the version; codecs travel in "codecs"
 
 
 def type_name(t: int) -> str:
@@ -99,7 +106,8 @@ class FrameWriter:
         self.fd = fd
         self._buf = bytearray()
         self._lock = threading.Lock()
-        self._z: Any = None
+        self._z: compress.Encoder | None = None
+        self.codec: str | None = None  # what this direction is compressed with
         self._limit = RateLimit(bwlimit) if bwlimit else None
         self.bytes_out = 0  # bytes handed to the transport (after compression)
         self.closed = False
@@ -112,7 +120,7 @@ class FrameWriter:
 
     @property
     def compressing(self) -> bool:
-        """Does everything this writer sends go through zlib already (``-z``)?"""
+        """Does everything this writer sends go through a codec already (``-z``)?"""
         return self._z is not None
 
     def set_timeout(self, seconds: float | None) -> None:
@@ -138,10 +146,17 @@ class FrameWriter:
     def set_bwlimit(self, rate: int | None) -> None:
         self._limit = RateLimit(rate) if rate else None
 
-    def start_compression(self, level: int = 6) -> None:
+    def start_compression(self, codec: str, level: int) -> None:
+        """Send ``COMPRESS`` (and all that is buffered), then compress the rest with
+        ``codec``: one stream for the rest of the session."""
+        if self._z is not None:
+            raise ProtocolError("compression started twice")
+        z = compress.encoder(codec, level)
         with self._lock:
+            body = dump_json({"codec": codec, "level": level})
+            self._buf += _HEAD.pack(COMPRESS, len(body)) + body
             self._flush_locked()
-            self._z = zlib.compressobj(level)
+            self._z, self.codec = z, codec
 
     def send(self, ftype: int, payload: bytes | bytearray | memoryview = b"",
              flush: bool = False) -> None:
@@ -164,7 +179,7 @@ class FrameWriter:
         data: bytes | bytearray = self._buf
         self._buf = bytearray()
         if self._z is not None:
-            data = self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+            data = self._z.compress(data)
         self._write_all(data)
 
     def _write_all(self, data: bytes | bytearray) -> None:
@@ -200,14 +215,19 @@ def _ready(fd: int, event: int, seconds: float) -> bool:
 
 
 class FrameReader:
-    """Frame input from a file descriptor, with the size cap and optional zlib."""
+    """Frame input from a file descriptor, with the size cap and optional decompression.
+
+    A ``COMPRESS`` frame switches the rest of the input to its codec; it is
+    returned to the caller like any frame (the server answers it)."""
 
     def __init__(self, fd: int, max_frame: int = MAX_FRAME) -> None:
         self.fd = fd
         self.max_frame = max_frame
         self._buf = bytearray()
         self._pos = 0
-        self._z: Any = None
+        self._z: compress.Decoder | None = None
+        self.codec: str | None = None  # what the peer compresses with
+        self._switched = False  # a COMPRESS frame was read
         self._eof = False
         self.bytes_in = 0
         self.first_bytes = b""  # kept for the "not deltasync" message
@@ -215,21 +235,34 @@ class FrameReader:
         # that waits this long raises ``PeerTimeout``.
         self.timeout: float | None = None
 
-    def start_compression(self) -> None:
-        self._z = zlib.decompressobj()
+    def _start(self, payload: bytes) -> None:
+        body = parse_json(payload, "COMPRESS")
+        codec = body.get("codec")
+        if not isinstance(codec, str):
+            raise ProtocolError("malformed COMPRESS message")
+        if self._switched:
+            raise ProtocolError("a second COMPRESS in one session")
+        self._switched = True
+        if codec == "none":  # the level turned -z off: nothing changes
+            return
+        self._z = compress.decoder(codec)
+        self.codec = codec
+        # What is buffered past this frame was read raw: it is the start of the stream.
         rest = bytes(self._buf[self._pos:])
         self._buf = bytearray()
         self._pos = 0
         if rest:
-            self._feed(rest)
+            self._feed(rest, 0)
 
-    def _feed(self, raw: bytes) -> None:
+    def _feed(self, raw: bytes, need: int) -> None:
         if self._z is None:
             self._buf += raw
             return
-        # Bounded steps: the rest stays compressed in ``unconsumed_tail`` until
-        # it is needed, so a zip bomb costs at most about one frame of memory.
-        self._buf += self._z.decompress(raw, READ_CHUNK)
+        # Bounded steps: at most what is still missing of the frame being read
+        # (or one READ_CHUNK); the rest stays compressed in the codec until it
+        # is needed, so a decompression bomb costs at most about one frame.
+        want = max(READ_CHUNK, need - (len(self._buf) - self._pos))
+        self._buf += self._z.decompress(raw, want)
 
     def _fill(self, need: int) -> bool:
         """Make ``need`` bytes available; False at EOF before that."""
@@ -237,11 +270,8 @@ class FrameReader:
             if self._pos > (1 << 20):
                 del self._buf[: self._pos]
                 self._pos = 0
-            if self._z is not None and self._z.unconsumed_tail:
-                try:
-                    self._buf += self._z.decompress(self._z.unconsumed_tail, READ_CHUNK)
-                except zlib.error as e:
-                    raise ProtocolError(f"corrupt compressed stream: {e}") from e
+            if self._z is not None and self._z.pending:
+                self._feed(b"", need)
                 continue
             if self._eof:
                 return False
@@ -258,10 +288,7 @@ class FrameReader:
             if not self.first_bytes:
                 self.first_bytes = raw[:64]
             self.bytes_in += len(raw)
-            try:
-                self._feed(raw)
-            except zlib.error as e:
-                raise ProtocolError(f"corrupt compressed stream: {e}") from e
+            self._feed(raw, need)
         return True
 
     def has_frame(self) -> bool:
@@ -286,6 +313,8 @@ class FrameReader:
         start = self._pos + _HEAD.size
         payload = bytes(self._buf[start : start + n])
         self._pos = start + n
+        if ftype == COMPRESS:
+            self._start(payload)
         return ftype, payload
 
 
@@ -295,7 +324,8 @@ class FrameReader:
 def hello_payload(extra: dict[str, Any] | None = None,
                   version: tuple[int, int] | None = None) -> bytes:
     lo, hi = version or (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
-    body = {"min": lo, "max": hi, "software": __version__, "capabilities": list(CAPABILITIES)}
+    body = {"min": lo, "max": hi, "software": __version__, "capabilities": list(CAPABILITIES),
+            "codecs": list(compress.available())}
     body.update(extra or {})
     return MAGIC + json.dumps(body).encode()
 

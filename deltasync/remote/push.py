@@ -235,6 +235,11 @@ class RemoteReplica(Replica):
                 raise ProtocolError(f"unexpected {type_name(ftype)} frame")
             self._on_result(payload)
 
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes that crossed the transport both ways (after compression)."""
+        return self.conn.wire_bytes
+
     def close(self) -> None:
         if self._fatal is not None or self.conn.closed:
             self.conn.abort()

@@ -53,8 +53,9 @@ from ..filters import Excluder
 from ..model import Backup, Kind
 from ..replica import LocalReplica, LockUnavailable
 from ..source import LocalSource, SourceFile
-from . import codec
+from . import codec, compress
 from .protocol import (
+    COMPRESS,
     CREDIT,
     DELETE,
     DELTA,
@@ -123,6 +124,7 @@ class Server:
         self._credit = 0  # unit bytes the client will still take
         self._gc_was = False
         self._big = False  # the replica holds big files: a delta may come
+        self._await_codec = False  # the client asked for -z: its COMPRESS is coming
 
     # -- session --------------------------------------------------------
     def run(self) -> int:
@@ -130,7 +132,10 @@ class Server:
             try:
                 self._handshake()
                 while True:
-                    if self._walk is not None and self._credit > 0 and not self._waiting():
+                    # With -z the listing waits for the client's COMPRESS (it comes
+                    # one round trip after our HELLO) so that it travels compressed.
+                    if (self._walk is not None and self._credit > 0 and not self._await_codec
+                            and not self._waiting()):
                         self._send_unit()
                         continue
                     if not self.inp.has_frame():
@@ -170,11 +175,7 @@ class Server:
             rate = theirs["bwlimit"]
             if isinstance(rate, int) and rate > 0:
                 self.out.set_bwlimit(rate)
-        if theirs.get("compress") is True:  # on exactly when the client asks (PROTOCOL.md)
-            level = theirs.get("level", 6)
-            self.out.start_compression(level if isinstance(level, int) and 1 <= level <= 9
-                                       else 6)
-            self.inp.start_compression()
+        self._await_codec = theirs.get("compress") is True
         ftype, payload = self.inp.recv()
         if ftype != OPEN:
             raise ProtocolError(f"expected OPEN, got {type_name(ftype)}")
@@ -244,6 +245,9 @@ class Server:
         return bool(p.poll(max(1, int(seconds * 1000))))
 
     def _dispatch(self, ftype: int, payload: bytes) -> None:
+        if ftype == COMPRESS:
+            self._compress(payload)
+            return
         if ftype == SCAN:
             self._scan(parse_json(payload, "SCAN"))
             return
@@ -256,6 +260,18 @@ class Server:
         if handler is None:
             raise ProtocolError(f"unexpected {type_name(ftype)} frame for a {self.role} session")
         handler(self, payload)
+
+    def _compress(self, payload: bytes) -> None:
+        """The client's COMPRESS (the reader has switched already): answer in kind,
+        so our output uses the same codec and level from here on."""
+        self._await_codec = False
+        codec = self.inp.codec
+        if codec is None:  # "none"
+            return
+        level = parse_json(payload, "COMPRESS").get("level")
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise ProtocolError("malformed COMPRESS message: bad level")
+        self.out.start_compression(codec, compress.effective_level(codec, level) or 1)
 
     def _result(self, op_id: int, value: int = 0, err: BaseException | None = None) -> None:
         if err is None and self.replica is not None:

@@ -19,6 +19,7 @@ from ..engine import Engine, Reporter, SyncOptions
 from ..replica import LocalReplica
 from ..source import LocalSource
 from .client import Connection
+from .compress import request
 from .pull import RemoteSource
 from .push import RemoteReplica
 from .transport import (
@@ -35,6 +36,10 @@ class _PullClose:
     def __init__(self, conn: Connection, local: LocalReplica) -> None:
         self.conn, self.local = conn, local
 
+    @property
+    def wire_bytes(self) -> int:
+        return self.conn.wire_bytes
+
     def close(self) -> None:
         try:
             self.local.close()
@@ -46,7 +51,10 @@ class _PullClose:
 def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: SyncOptions,
                      reporter: Reporter, stop: threading.Event, logger: logging.Logger
                      ) -> tuple[Engine, object]:
-    """Connect and build the engine of one pass; returns (engine, thing to ``close()``)."""
+    """Connect and build the engine of one pass; returns (engine, thing to ``close()``).
+
+    The latter's ``wire_bytes``, read after ``close()``, is what crossed the
+    transport in the whole session."""
     src_spec, dst_spec = parse_remote(source), parse_remote(replica)
 
     def on_stderr(line: str) -> None:
@@ -56,7 +64,8 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
     assert spec is not None
     early = take_early(args, transport_argv(spec, args.rsh, args.remote_command))
     common: dict[str, Any] = dict(
-        rsh=args.rsh, remote_command=args.remote_command, compress=args.compress,
+        rsh=args.rsh, remote_command=args.remote_command,
+        compress=request(args.compress, args.compress_choice, args.compress_level),
         bwlimit=args.bwlimit, dry_run=opts.dry_run, fsync=opts.fsync, on_stderr=on_stderr,
         transport=early, timeout=opts.timeout)
     if dst_spec is not None:
