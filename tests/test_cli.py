@@ -463,6 +463,11 @@ def test_a_plain_pass_does_not_import_what_it_does_not_use(tmp_path: Path) -> No
     assert (dst / "f").read_text() == "x"
     assert "deltasync.engine" in loaded
     assert not loaded & {"dataclasses", "inspect", "shutil", "json", "bz2", "lzma"}, loaded
+    # The far side of every remote pass starts the same way.
+    code = ("import sys; import deltasync.remote.server; "
+            "print(' '.join(sorted(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert not set(r.stdout.split()) & {"dataclasses", "inspect", "shutil", "bz2", "lzma"}
 
 
 def test_option_records_are_frozen_values_with_fresh_defaults() -> None:

@@ -26,8 +26,7 @@ the codec once it has the far side's list (``pick``).
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import ProtocolError, UnsupportedError
 
@@ -53,8 +52,9 @@ def available() -> tuple[str, ...]:
     return ("zstd", "zlib") if _ZSTD is not None else ("zlib",)
 
 
-@dataclass(frozen=True)
-class Compression:
+# A NamedTuple, not a dataclass: this module is on the start-up path of
+# ``deltasync serve``, and ``dataclasses`` imports ``inspect`` (~10 ms).
+class Compression(NamedTuple):
     """What the user asked for: a codec (``auto``: the best both sides have) and a level
     (None: the codec's default)."""
 
