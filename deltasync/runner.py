@@ -224,7 +224,9 @@ def _backup(args: argparse.Namespace) -> Backup | None:
         bdir = None if bdir in ("", ".") else bdir  # the replica itself: names get a suffix
     if not args.backup and args.backup_dir is None:
         return None  # --suffix alone does nothing, as in rsync
-    suffix = args.suffix if args.suffix is not None else ("" if bdir else "~")
+    # rsync: any --backup-dir, even "" or ".", makes the default suffix empty
+    suffix = args.suffix if args.suffix is not None else ("" if args.backup_dir is not None
+                                                          else "~")
     if not suffix and bdir is None:
         raise UsageError("--suffix cannot be empty " + (
             "when --backup-dir is the same as the replica" if args.backup_dir is not None

@@ -231,11 +231,18 @@ def test_backup_dir_through_a_symlink_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [["-b", "--suffix="], ["--suffix=a/b", "-b"],
-                                  ["--backup-dir=.", "--suffix="]])
+                                  ["--backup-dir=.", "--suffix="],
+                                  # as rsync: any --backup-dir makes the default suffix
+                                  # empty, so the replica itself as one is refused
+                                  ["--backup-dir="], ["--backup-dir=."], ["-b", "--backup-dir=./"]])
 def test_backup_bad_suffix_is_usage_error(tmp_path: Path, run_cli: Any, args: list[str]
                                           ) -> None:
-    r = run_cli("sync", tmp_path, tmp_path / "r", *args)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "old").write_text("keep")
+    r = run_cli("sync", tmp_path / "s", tmp_path / "r", *args)
     assert r.code == EXIT_USAGE and "suffix" in r.err
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["old"]  # nothing touched
 
 
 # -- -x / --one-file-system -----------------------------------------------------------
