@@ -110,7 +110,7 @@ def rows_from_json(doc: dict[str, Any]) -> list[Row]:
     for rec in doc["rows"]:
         def sample(d: dict[str, Any]) -> Sample:
             return Sample(d["wall_s"], d["user_s"], d["sys_s"], d["maxrss_kib"], d["nbytes"],
-                          d.get("extra", {}))
+                          d.get("extra", {}), d.get("pss_peak_kib"), d.get("pss"))
         rows.append(Row(rec["scenario"], rec["step"], rec["tool"],
                         [sample(d) for d in rec["runs"]],
                         sample(rec["warmup"]) if rec.get("warmup") else None,
