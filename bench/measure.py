@@ -35,7 +35,7 @@ class Sample:
     def of(cls, p: Proc, nbytes: int | None = None, **extra: Any) -> Sample:
         pk = p.pss
         info = None if pk is None else {
-            "rounds": pk.rounds, "processes": pk.members, "statm_fallbacks": pk.fallbacks,
+            "rounds": pk.rounds, "smaps_reads": pk.pss_reads, "processes": pk.members, "statm_fallbacks": pk.fallbacks,
             "sampler_cpu_s": round(pk.cpu_s, 6),
             **({"far_peak_kib": pk.peak_by_root_kib[1]} if len(pk.peak_by_root_kib) > 1 else {})}
         return cls(p.wall, p.user, p.sys, p.maxrss_kib, nbytes, dict(extra),

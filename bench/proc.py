@@ -72,7 +72,8 @@ class _NoLoad:
 
 # The CPU hogs of ``--load`` (a ``bench.load.Load``), resumed around every timed
 # child; the CLI sets it for the whole run.
-LOAD: Pausable = _NoLoad()
+NO_LOAD: Pausable = _NoLoad()
+LOAD: Pausable = NO_LOAD
 
 
 _PY_REAPER = r"""
