@@ -8,7 +8,7 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import data
@@ -29,6 +29,13 @@ class Sizes:
     pyrsync2_block: int = 4096  # pyrsync2's default, used for both tools there
     real_tree_parts: tuple[str, ...] | None = None  # None: the whole stdlib
     million_files: int = 1_000_000  # tree-noop-1m (on its own tmpfs)
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> Sizes:
+        """The sizes a results file recorded (fields it lacks keep their defaults)."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        return cls(**kw)  # type: ignore[arg-type]
 
     @classmethod
     def pick(cls, quick: bool, scale: float) -> Sizes:

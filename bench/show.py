@@ -20,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = report.rows_from_json(doc)
     m = doc.get("machine", {})
     print(report.markdown(rows) if args.markdown else report.table(rows))
-    sz = {k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("sizes", {}).items()}
     opts = doc.get("options", {})
-    print("\n" + targets.format_outcomes(targets.check(rows, Sizes(**sz), opts.get("seed", 0))))
+    sizes = Sizes.from_json(doc.get("sizes", {}))
+    print("\n" + targets.format_outcomes(targets.check(rows, sizes, opts.get("seed", 0))))
     if opts.get("load"):
         print(f"load: {opts['load']} CPU hogs during the timed runs")
     print(f"\nmachine: {m.get('cpu')}, {m.get('cores')} cores, "

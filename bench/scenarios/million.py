@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,11 +61,26 @@ def _generate(ctx: Context, roots: list[Path], n: int) -> None:
     ctx.log(f"generated 2 x {n} files in {time.perf_counter() - t0:.1f} s")
 
 
-def _listing_digest(root: Path) -> tuple[str, int]:
-    """(digest of the sorted metadata listing of ``root``, entry count), at C speed."""
-    r = subprocess.run(["find", ".", "-printf", r"%P\0%y %m %s %T@ %l\0"], cwd=root,
-                       capture_output=True, check=True)
-    fields = r.stdout.split(b"\0")
+def _listing_digests(roots: list[Path]) -> list[tuple[str, int]]:
+    """(digest of the sorted metadata listing, entry count) of each root; the ``find``s run at once."""
+    files = [tempfile.TemporaryFile() for _ in roots]  # not pipes: both finds run to the end at once
+    try:
+        ps = [subprocess.Popen(["find", ".", "-printf", r"%P\0%y %m %s %T@ %l\0"], cwd=r, stdout=f)
+              for r, f in zip(roots, files)]
+        if any(p.wait() for p in ps):
+            raise proc.BenchFailure(f"tree-noop-1m: find failed on {roots}")
+        out = []
+        for f in files:
+            f.seek(0)
+            out.append(_digest(f.read()))
+        return out
+    finally:
+        for f in files:
+            f.close()
+
+
+def _digest(listing: bytes) -> tuple[str, int]:
+    fields = listing.split(b"\0")
     pairs = sorted(zip(fields[0:-1:2], fields[1::2]))
     h = hashlib.blake2b()
     for name, meta in pairs:
@@ -95,7 +111,7 @@ def tree_noop_1m(ctx: Context) -> list[Row]:
         src, dst, marker = mnt / "src", mnt / "replica", mnt / "marker"
         ctx.log(f"generating {n} files of 0-{MAX_SIZE} B twice (source and replica) in {mnt}")
         _generate(ctx, [src, dst], n)
-        (da, na), (db, nb) = _listing_digest(src), _listing_digest(dst)
+        (da, na), (db, nb) = _listing_digests([src, dst])
         if da != db or na != nb:
             verify.compare_trees(src, dst, "tree-noop-1m: generated replica")  # names the difference
             raise proc.BenchFailure(f"tree-noop-1m: generated trees differ ({na} vs {nb} entries)")
