@@ -79,7 +79,6 @@ def test_a_grandchild_allocating_50_mib_is_seen() -> None:
 
 
 def test_pages_shared_after_a_fork_count_once() -> None:
-    s = pss.TreeSampler()
     p = _start("parent")
     try:
         _ready(p)
