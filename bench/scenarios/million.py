@@ -3,7 +3,7 @@
 Issue 12's scale target.  The bench mounts a tmpfs of its own (``bench.tmpfs``)
 on a fresh directory of the work dir and writes the source and the replica on
 it, both at once (two ``python -m bench._child tree`` processes, the same seed:
-identical trees, about 30 s for two million files here) rather than copying
+identical trees; 67–108 s for two million files on this loaded 2-core VM) rather than copying
 one.  Anything that stops it — not root, too little memory, a failed
 generation — is a ``BenchFailure``; it never runs on fewer files than asked
 (``--quick``: 5,000, still on its own tmpfs; ``--scale`` multiplies the count).
