@@ -3,7 +3,9 @@
 ``read FILE`` and ``blake3 FILE`` are the floors of the ``limits`` scenario;
 ``pyrsync2`` and ``deltasync`` run signature, delta and patch of one file pair
 in one Python process (``big-delta-pyrsync2``) and print one JSON line with the
-time of each step and the literal bytes of the delta.
+time of each step and the literal bytes of the delta.  ``tree ROOT N SEED
+MAX_SIZE`` writes ``bench.data.make_tree(ROOT, N, SEED, MAX_SIZE)`` (two of them
+at once make the source and the replica of ``tree-noop-1m`` on both cores).
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ def main(argv: list[str]) -> int:
         _pyrsync2(rest[0], rest[1], rest[2], int(rest[3]))
     elif cmd == "deltasync":
         _deltasync(rest[0], rest[1], rest[2], int(rest[3]))
+    elif cmd == "tree":
+        from pathlib import Path
+
+        from .data import make_tree
+
+        t = make_tree(Path(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]))
+        print(json.dumps({"files": len(t.files), "dirs": len(t.dirs), "bytes": t.nbytes}))
     else:
         print(f"unknown helper {cmd!r}", file=sys.stderr)
         return 2

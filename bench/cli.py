@@ -2,7 +2,8 @@
 
 Exit status: 0 when every run produced a correct result, 1 when a tool failed
 or a result differed from what it should be (the message says which), 2 on a
-bad option.  Missing peers are not failures; they show as "missing".
+bad option.  Missing peers are not failures; they show as "missing".  The
+issue-12 targets check printed after the table never changes it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from . import machine, report
+from . import machine, proc, pss, report, targets
 from .context import REPO, Context, Sizes, Tools
+from .load import Load
 from .measure import Row
 from .proc import RSS_METHOD, BenchFailure
 from .scenarios import SCENARIOS
+
+# What ``--targets`` runs: the scenarios issue 12's targets are measured in.
+TARGET_SCENARIOS = ("tree-initial", "tree-noop", "tree-noop-1m", "tree-churn", "remote-tree-noop",
+                    "remote-tree-churn")
 
 DEFAULT_SEED = 20240917
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,6 +39,13 @@ def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+def _count(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return v
 
 
@@ -60,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=str(RESULTS),
                    help="where to write the JSON and PNG (default bench/results)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (for debugging)")
+    p.add_argument("--load", type=_count, default=0, metavar="N",
+                   help="run N busy-loop CPU hogs (nice 0) during every timed run (default 0)")
+    p.add_argument("--targets", action="store_true",
+                   help="run only the scenarios issue 12's targets need (" + ", ".join(TARGET_SCENARIOS)
+                        + "); the targets check is printed after the table in every run")
     return p
 
 
@@ -69,7 +87,8 @@ def _log(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    names = [n for n in SCENARIOS if not args.scenario or n in args.scenario]
+    wanted = set(args.scenario or ()) | (set(TARGET_SCENARIOS) if args.targets else set())
+    names = [n for n in SCENARIOS if not wanted or n in wanted]
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="deltasync-bench-", dir=args.workdir or "/tmp"))
@@ -82,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     info = machine.describe(str(work))
     info["deltasync_source"] = machine.deltasync_source(str(REPO), ctx.tools.deltasync)
     info["rss_method"] = RSS_METHOD
-    _log(f"work dir {work} ({info['filesystem']}); scenarios: {', '.join(names)}")
+    info["pss_method"] = (f"peak over rounds of the sum of /proc/PID/smaps_rollup Pss over the tool's "
+                          f"process tree (remote: plus the far side under the bench's sshd), "
+                          f"rounds every {pss.DEFAULT_INTERVAL * 1000:.0f} ms or sparser "
+                          f"(sampler at most {pss.DUTY:.0%} of one core)")
+    _log(f"work dir {work} ({info['filesystem']}); scenarios: {', '.join(names)}"
+         + (f"; load: {args.load} CPU hogs during timed runs" if args.load else ""))
     rows: list[Row] = []
     failed: str | None = None
     t0 = time.perf_counter()
+    load: Load | None = None
     try:
+        if args.load:
+            load = proc.LOAD = Load(args.load)
         for i, name in enumerate(names):
             fn, _ = SCENARIOS[name]
             _log(f"scenario {name}")
@@ -97,13 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         failed = "interrupted"
     finally:
+        if load is not None:
+            load.close()
+            proc.LOAD = proc.NO_LOAD
         if args.keep:
             _log(f"work dir kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - t0
+    outcomes = targets.check(rows, sizes, args.seed)
     if rows:
         print(report.table(rows), flush=True)
+        print("\n" + targets.format_outcomes(outcomes), flush=True)
     if failed:
         print(f"\nbench: FAILED: {failed}", file=sys.stderr)
         return 1
@@ -113,9 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"schema": 1, "started": started.isoformat(timespec="seconds"),
             "elapsed_s": round(elapsed, 1), "machine": info,
             "options": {"runs": args.runs, "quick": args.quick, "scale": args.scale,
-                        "seed": args.seed, "scenarios": names},
+                        "seed": args.seed, "scenarios": names, "load": args.load},
+            "load": {"hogs": args.load, "what": "python -S busy loops at nice 0, resumed (SIGCONT) "
+                     "only while a tool is timed"} if args.load else None,
             "sizes": dataclasses.asdict(sizes),
-            "ratio": "tool median time / deltasync median time in the same group"}
+            "ratio": "tool median time / deltasync median time in the same group",
+            "cpu_ratio": "tool median CPU s / deltasync median CPU s in the same group",
+            "targets": {"note": "issue 12, as deltasync / rsync (the inverse of ratio); reported only",
+                        "outcomes": targets.as_json(outcomes)}}
     report.write_json(out / f"{stem}.json", rows, meta)
     title = (f"deltasync bench {started:%Y-%m-%d}: {info['cpu']}, {info['cores']} cores, "
              f"Python {info['python']}, {info['filesystem'].split()[0]}")

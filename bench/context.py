@@ -8,7 +8,7 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import data
@@ -28,16 +28,25 @@ class Sizes:
     slice_bytes: int = 32 << 20  # big-delta-pyrsync2
     pyrsync2_block: int = 4096  # pyrsync2's default, used for both tools there
     real_tree_parts: tuple[str, ...] | None = None  # None: the whole stdlib
+    million_files: int = 1_000_000  # tree-noop-1m (on its own tmpfs)
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> Sizes:
+        """The sizes a results file recorded (fields it lacks keep their defaults)."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        return cls(**kw)  # type: ignore[arg-type]
 
     @classmethod
     def pick(cls, quick: bool, scale: float) -> Sizes:
-        base = (cls(500, 2_000, 16 << 20, 1 << 20, 4096, QUICK_STDLIB_PARTS) if quick
+        base = (cls(500, 2_000, 16 << 20, 1 << 20, 4096, QUICK_STDLIB_PARTS, 5_000) if quick
                 else cls())
         mib = 1 << 20
         return cls(max(10, round(base.tree_files * scale)), max(10, round(base.noop_files * scale)),
                    max(mib, round(base.big_bytes * scale / mib) * mib),
                    max(mib // 4, round(base.slice_bytes * scale / 4096) * 4096),
-                   base.pyrsync2_block, base.real_tree_parts)
+                   base.pyrsync2_block, base.real_tree_parts,
+                   max(10, round(base.million_files * scale)))
 
 
 def _deltasync_cmd() -> list[str]:
@@ -150,5 +159,7 @@ class Context:
 
 
 def size_label(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M files"
     return f"{n // 1000}k files" if n >= 1000 and n % 1000 == 0 else f"{n} files"
 

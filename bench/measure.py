@@ -28,15 +28,25 @@ class Sample:
     maxrss_kib: int = 0
     nbytes: int | None = None  # bytes sent / delta size; meaning given by the Row
     extra: dict[str, Any] = field(default_factory=dict)
+    pss_peak_kib: int | None = None  # peak of the PSS summed over the process tree
+    pss: dict[str, Any] | None = None  # how that peak was sampled (see bench.pss)
 
     @classmethod
     def of(cls, p: Proc, nbytes: int | None = None, **extra: Any) -> Sample:
-        return cls(p.wall, p.user, p.sys, p.maxrss_kib, nbytes, dict(extra))
+        pk = p.pss
+        info = None if pk is None else {
+            "rounds": pk.rounds, "smaps_reads": pk.pss_reads, "processes": pk.members, "statm_fallbacks": pk.fallbacks,
+            "sampler_cpu_s": round(pk.cpu_s, 6),
+            **({"far_peak_kib": pk.peak_by_root_kib[1]} if len(pk.peak_by_root_kib) > 1 else {})}
+        return cls(p.wall, p.user, p.sys, p.maxrss_kib, nbytes, dict(extra),
+                   None if pk is None else pk.peak_kib, info)
 
     def as_dict(self) -> dict[str, Any]:
         return {"wall_s": round(self.wall, 6), "user_s": round(self.user, 6),
                 "sys_s": round(self.sys, 6), "maxrss_kib": self.maxrss_kib,
-                "nbytes": self.nbytes, **({"extra": self.extra} if self.extra else {})}
+                "pss_peak_kib": self.pss_peak_kib, "nbytes": self.nbytes,
+                **({"pss": self.pss} if self.pss else {}),
+                **({"extra": self.extra} if self.extra else {})}
 
 
 @dataclass
@@ -72,6 +82,12 @@ class Row:
     @property
     def maxrss_kib(self) -> int | None:
         return max(s.maxrss_kib for s in self.samples) if self.samples else None
+
+    @property
+    def pss_peak_kib(self) -> int | None:
+        """Highest summed-PSS peak of the timed runs (None: not sampled, e.g. an old file)."""
+        vals = [s.pss_peak_kib for s in self.samples if s.pss_peak_kib is not None]
+        return max(vals) if vals else None
 
     @property
     def nbytes(self) -> int | None:

@@ -1,4 +1,4 @@
-"""Run one tool as a child process and measure it: wall time, CPU time, peak RSS.
+"""Run one tool as a child process and measure it: wall time, CPU time, peak memory.
 
 Peak RSS needs care.  Linux carries a process's peak RSS across ``exec``: a
 child forked (or vforked) from the bench's own Python process starts with the
@@ -13,6 +13,13 @@ its largest process, not the sum.  The bench itself reaps the reaper with
 from fork to reaped exit.  ``os.sync()`` runs before the clock starts so dirty
 pages left by the previous run or by data generation are not written back
 during this one.
+
+Peak memory is also taken the way the targets of issue 12 define it: the peak
+over time of the PSS summed over the tool's whole process tree (and, for a
+remote run, over the far side started by the bench's sshd), sampled by a
+thread of the bench (``bench.pss``).  Both figures are recorded.  When a CPU
+load is set (``--load N``, ``bench.load``), its hogs run only while the clock
+runs.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+from . import pss
 
 
 class BenchFailure(Exception):
@@ -43,6 +53,27 @@ class Proc:
     maxrss_kib: int
     stdout: str
     stderr: str
+    pss: pss.PssPeak | None = None
+
+
+class Pausable(Protocol):
+    def resume(self) -> None: ...
+
+    def pause(self) -> None: ...
+
+
+class _NoLoad:
+    def resume(self) -> None:
+        pass
+
+    def pause(self) -> None:
+        pass
+
+
+# The CPU hogs of ``--load`` (a ``bench.load.Load``), resumed around every timed
+# child; the CLI sets it for the whole run.
+NO_LOAD: Pausable = _NoLoad()
+LOAD: Pausable = NO_LOAD
 
 
 _PY_REAPER = r"""
@@ -83,21 +114,33 @@ def _wrap(cmd: Sequence[str], rss_file: str) -> list[str]:
 
 
 def run(cmd: Sequence[str], *, cwd: str | None = None, sync: bool = True,
-        check: bool = True, env: dict[str, str] | None = None) -> Proc:
+        check: bool = True, env: dict[str, str] | None = None,
+        far_roots: Sequence[int] = ()) -> Proc:
     """Run ``cmd`` to completion; ``os.sync()`` first (untimed) unless ``sync`` is false.
 
     With ``check``, a nonzero exit raises ``BenchFailure`` with the tool's stderr.
     Output goes to temp files, not pipes, so a chatty child never blocks.
+    ``far_roots``: pids (the bench's sshd) whose new descendants belong to this
+    run too; their PSS is summed with the tool's.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         if sync:
             os.sync()
-        t0 = time.perf_counter()
-        p = subprocess.Popen(_wrap(cmd, rss.name), stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=err, cwd=cwd, env=env)
-        _, status, ru = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
+        sampler = pss.TreeSampler()  # lists the pids that exist before the child
+        LOAD.resume()
+        try:
+            t0 = time.perf_counter()
+            p = subprocess.Popen(_wrap(cmd, rss.name), stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=err, cwd=cwd, env=env)
+            sampler.start(p.pid, *far_roots)
+            try:
+                _, status, ru = os.wait4(p.pid, 0)
+                wall = time.perf_counter() - t0
+            finally:
+                peak = sampler.stop()
+        finally:
+            LOAD.pause()
         rc = os.waitstatus_to_exitcode(status)
         p.returncode = rc  # already reaped: keep Popen from waiting again
         out.seek(0)
@@ -106,7 +149,7 @@ def run(cmd: Sequence[str], *, cwd: str | None = None, sync: bool = True,
         lines = [ln for ln in rss.read().split() if ln.isdigit()]
         maxrss = int(lines[-1]) if lines else 0
         res = Proc(tuple(cmd), rc, wall, ru.ru_utime, ru.ru_stime, maxrss,
-                   out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+                   out.read().decode(errors="replace"), err.read().decode(errors="replace"), peak)
     if check and rc != 0:
         raise BenchFailure(f"{' '.join(cmd)} exited with {rc}:\n{res.stderr.strip()[-2000:]}")
     return res

@@ -1,9 +1,11 @@
 """The three outputs of a run: a table on stdout, a JSON file with every raw figure, a PNG chart.
 
-Ratio = tool's median time / deltasync's median time in the same group, so a
-ratio above 1 means deltasync was faster than that peer.  "cpu s" is the median
-of user + system CPU time of the tool's processes: on a shared machine it moves
-less than wall time.
+Ratios are peer / deltasync, of the medians in the same group: "wall ×" of
+wall time, "cpu ×" of CPU seconds, so a ratio above 1 means deltasync was
+faster (or used less CPU) than that peer.  "cpu s" is the median of user +
+system CPU time of the tool's processes: on a shared machine it moves less
+than wall time.  "PSS peak" is the peak of the PSS summed over the tool's
+process tree (``bench.pss``), "max RSS" the largest single process's peak RSS.
 """
 
 from __future__ import annotations
@@ -33,31 +35,56 @@ def reference(rows: list[Row], row: Row) -> Row | None:
 
 
 def ratio(rows: list[Row], row: Row) -> float | None:
+    """Peer / deltasync median wall time in ``row``'s group (> 1: deltasync faster)."""
     ref = reference(rows, row)
     if ref is None or row.median is None or ref.median is None:
         return None
     return row.median / ref.median
 
 
+def cpu_ratio(rows: list[Row], row: Row) -> float | None:
+    """Peer / deltasync median CPU seconds (> 1: deltasync used less CPU)."""
+    ref = reference(rows, row)
+    if ref is None or not row.cpu_median or not ref.cpu_median:
+        return None
+    return row.cpu_median / ref.cpu_median
+
+
+HEADER = ("wall × and cpu × are peer / deltasync (medians of the same group): "
+          "above 1, deltasync was faster / used less CPU")
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.0f} MiB"
+
+
+def _ratio_text(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _cells(rows: list[Row], r: Row) -> tuple[str, ...]:
+    assert r.median is not None
+    return (f"{r.median:.3f}", f"{min(r.walls):.3f}–{max(r.walls):.3f}", _ratio_text(ratio(rows, r)),
+            f"{r.cpu_median or 0:.3f}", _ratio_text(cpu_ratio(rows, r)), human_bytes(r.nbytes),
+            _mib(r.pss_peak_kib), _mib(r.maxrss_kib))
+
+
 def table(rows: list[Row]) -> str:
-    head = ("scenario", "tool", "median s", "min–max s", "ratio", "cpu s", "sent/delta", "peak RSS")
+    head = ("scenario", "tool", "median s", "min–max s", "wall ×", "cpu s", "cpu ×", "sent/delta",
+            "PSS peak", "max RSS")
     lines: list[tuple[str, ...]] = []
     last = None
     for r in rows:
         group = r.group if r.group != last else ""
         last = r.group
         if r.missing or r.median is None:
-            lines.append((group, r.tool, r.missing or "no runs", "", "", "", "", ""))
+            lines.append((group, r.tool, r.missing or "no runs", *[""] * (len(head) - 3)))
             continue
-        rt = ratio(rows, r)
-        lines.append((
-            group, r.tool, f"{r.median:.3f}", f"{min(r.walls):.3f}–{max(r.walls):.3f}",
-            "-" if rt is None else f"{rt:.2f}", f"{r.cpu_median or 0:.3f}",
-            human_bytes(r.nbytes), f"{(r.maxrss_kib or 0) / 1024:.0f} MiB"))
+        lines.append((group, r.tool, *_cells(rows, r)))
     full = [x for x in lines if not (x[2].startswith("missing") or x[2] == "no runs")]
     widths = [max(len(x[i]) for x in [head, *(full if i >= 2 else lines)])
               for i in range(len(head))]
-    right = {2, 3, 4, 5, 6, 7}
+    right = set(range(2, len(head)))
 
     def fmt(cells: tuple[str, ...]) -> str:
         if cells[2].startswith("missing") or cells[2] == "no runs":
@@ -66,24 +93,21 @@ def table(rows: list[Row]) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(head), sep, *(fmt(x) for x in lines)])
+    return "\n".join([HEADER, "", fmt(head), sep, *(fmt(x) for x in lines)])
 
 
 def markdown(rows: list[Row]) -> str:
-    out = ["| scenario | tool | median s | min–max s | ratio | cpu s | sent / delta | peak RSS |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out = ["| scenario | tool | median s | min–max s | wall × | cpu s | cpu × | sent / delta "
+           "| PSS peak | max RSS |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     last = None
     for r in rows:
         g = r.group if r.group != last else ""
         last = r.group
         if r.missing or r.median is None:
-            out.append(f"| {g} | {r.tool} | {r.missing or 'no runs'} | | | | | |")
+            out.append(f"| {g} | {r.tool} | {r.missing or 'no runs'} | | | | | | | |")
             continue
-        rt = ratio(rows, r)
-        out.append(f"| {g} | {r.tool} | {r.median:.3f} | {min(r.walls):.3f}–{max(r.walls):.3f} | "
-                   f"{'-' if rt is None else f'{rt:.2f}'} | {r.cpu_median or 0:.3f} | "
-                   f"{human_bytes(r.nbytes)} | "
-                   f"{(r.maxrss_kib or 0) / 1024:.0f} MiB |")
+        out.append(f"| {g} | {r.tool} | " + " | ".join(_cells(rows, r)) + " |")
     return "\n".join(out)
 
 
@@ -97,7 +121,9 @@ def as_json(rows: list[Row], meta: dict[str, Any]) -> dict[str, Any]:
             "bytes_label": r.bytes_label, "note": r.note,
             "median_s": r.median, "min_s": min(r.walls) if r.samples else None,
             "max_s": max(r.walls) if r.samples else None,
-            "ratio_to_deltasync": rt, "nbytes": r.nbytes, "peak_rss_kib": r.maxrss_kib,
+            "ratio_to_deltasync": rt, "cpu_median_s": r.cpu_median,
+            "cpu_ratio_to_deltasync": cpu_ratio(rows, r), "nbytes": r.nbytes,
+            "peak_rss_kib": r.maxrss_kib, "pss_peak_kib": r.pss_peak_kib,
             "warmup": r.warmup.as_dict() if r.warmup else None,
             "runs": [s.as_dict() for s in r.samples],
         })
@@ -110,7 +136,7 @@ def rows_from_json(doc: dict[str, Any]) -> list[Row]:
     for rec in doc["rows"]:
         def sample(d: dict[str, Any]) -> Sample:
             return Sample(d["wall_s"], d["user_s"], d["sys_s"], d["maxrss_kib"], d["nbytes"],
-                          d.get("extra", {}))
+                          d.get("extra", {}), d.get("pss_peak_kib"), d.get("pss"))
         rows.append(Row(rec["scenario"], rec["step"], rec["tool"],
                         [sample(d) for d in rec["runs"]],
                         sample(rec["warmup"]) if rec.get("warmup") else None,

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from . import report
+from . import report, targets
+from .context import Sizes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = report.rows_from_json(doc)
     m = doc.get("machine", {})
     print(report.markdown(rows) if args.markdown else report.table(rows))
+    opts = doc.get("options", {})
+    sizes = Sizes.from_json(doc.get("sizes", {}))
+    print("\n" + targets.format_outcomes(targets.check(rows, sizes, opts.get("seed", 0))))
+    if opts.get("load"):
+        print(f"load: {opts['load']} CPU hogs during the timed runs")
     print(f"\nmachine: {m.get('cpu')}, {m.get('cores')} cores, "
           f"{(m.get('memory_bytes') or 0) / 2**30:.0f} GiB RAM, Linux {m.get('kernel')}, "
           f"Python {m.get('python')}, {m.get('filesystem')}")

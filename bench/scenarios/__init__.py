@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..measure import Row
-from . import bigdelta, realtree, remote, trees
+from . import bigdelta, million, realtree, remote, trees
 
 Scenario = Callable[[Context], list[Row]]
 
@@ -15,6 +15,7 @@ Scenario = Callable[[Context], list[Row]]
 SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
     "tree-initial": (trees.tree_initial, frozenset({"tree"})),
     "tree-noop": (trees.tree_noop, frozenset({"tree"})),
+    "tree-noop-1m": (million.tree_noop_1m, frozenset()),
     "tree-churn": (trees.tree_churn, frozenset({"tree"})),
     "remote-tree-noop": (remote.remote_tree_noop, frozenset({"tree"})),
     "remote-tree-churn": (remote.remote_tree_churn, frozenset({"tree"})),

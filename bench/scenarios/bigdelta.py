@@ -146,7 +146,9 @@ def _end_to_end(case: str, sig: list[Row], delta: list[Row], patch: list[Row]) -
         for a, b, c in zip(s.samples, d.samples, p.samples):
             row.samples.append(Sample(a.wall + b.wall + c.wall, a.user + b.user + c.user,
                                       a.sys + b.sys + c.sys,
-                                      max(a.maxrss_kib, b.maxrss_kib, c.maxrss_kib), b.nbytes))
+                                      max(a.maxrss_kib, b.maxrss_kib, c.maxrss_kib), b.nbytes,
+                                      pss_peak_kib=max((x.pss_peak_kib or 0 for x in (a, b, c)),
+                                                       default=0)))
         out.append(row)
     return out
 

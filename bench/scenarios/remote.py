@@ -83,7 +83,11 @@ def _peers(ctx: Context, sshd: LoopbackSshd | None, why: str | None, what: str, 
                     prepare(dst)
                 kept["dst"] = dst
             link.reset()
-            p = proc.run(remote_cmd(ctx, tool, link, src, dst, (extra or {}).get(tool, ())))
+            # The far side (sshd's per-connection processes, the login shell,
+            # the far tool) descends from the bench's sshd: summed with the tool.
+            assert sshd is not None and sshd.proc is not None
+            p = proc.run(remote_cmd(ctx, tool, link, src, dst, (extra or {}).get(tool, ())),
+                         far_roots=(sshd.proc.pid,))
             up, down = link.taken()
             verify.compare_trees(src, dst, f"{what}: {tool} ({tag})", dir_mtimes=tool != "rsync")
             _, fig = parse_output(tool, p)

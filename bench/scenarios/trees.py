@@ -49,10 +49,10 @@ def parse_output(tool: str, p: proc.Proc) -> tuple[int | None, dict[str, object]
                 "counts", "unchanged", "exit_code", "duration")
         return rec.get("bytes_sent"), {k: rec.get(k) for k in keep}
     if tool == "rsync":
-        fig = {k: _rsync_stat(p.stdout, label) for k, label in (
+        fig: dict[str, int | None] = {k: _rsync_stat(p.stdout, label) for k, label in (
             ("bytes_sent", "Total bytes sent"), ("literal_bytes", "Literal data"),
             ("matched_bytes", "Matched data"), ("files_transferred", "Number of regular files transferred"))}
-        return fig["bytes_sent"], fig
+        return fig["bytes_sent"], dict(fig)
     return None, {}
 
 

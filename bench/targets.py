@@ -1,0 +1,119 @@
+"""Issue 12's targets, checked against one run's rows: a report, never an exit code.
+
+The issue writes every target as **deltasync's figure over the peer's** (≤ 1.0 ×:
+at most rsync's), the inverse of the table's peer / deltasync ratios; this
+check prints the issue's way round and says so.  Timings on a shared 2-core
+machine are noisy, so a FAIL here is information for the reader, not a
+failure of the bench (its exit status still only says whether every result
+was correct).  A target whose rows did not run (a scenario not selected, a
+peer missing) says "not run".
+
+Group names are built from the run's ``Sizes``, so ``--quick`` checks its own
+smaller trees against the same bounds (meaningless as timings, but it proves
+the check runs).  The bytes-on-the-wire bound ("no more than today") uses the
+figures of ``bench/results/2026-11-30-vm-4.json`` (commit d32ebad, the state
+when the issue was filed) and applies only at the default sizes and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .context import Sizes, size_label
+from .measure import Row
+
+MIB = 1024  # KiB
+# bytes on the wire of deltasync at d32ebad, default sizes and seed (20k files)
+WIRE_BASELINE = {"remote-tree-noop": 405_898, "remote-tree-churn": 3_062_488}
+DEFAULT_SEED = 20240917
+
+
+@dataclass(frozen=True)
+class Outcome:
+    target: str  # what the issue asks
+    measured: str  # the figure, or why there is none
+    status: str  # PASS, FAIL or "not run"
+
+
+def _row(rows: list[Row], group: str, tool: str) -> Row | None:
+    for r in rows:
+        if r.group == group and r.tool == tool and not r.missing and r.samples:
+            return r
+    return None
+
+
+def _ratio(rows: list[Row], group: str, what: str, bound: float) -> Outcome:
+    label = f"{group}: {what} deltasync/rsync ≤ {bound:.2f}"
+    d, p = _row(rows, group, "deltasync"), _row(rows, group, "rsync")
+    if d is None or p is None:
+        return Outcome(label, "-", "not run")
+    a, b = (d.median, p.median) if what == "wall" else (d.cpu_median, p.cpu_median)
+    if not a or not b:
+        return Outcome(label, "-", "not run")
+    x = a / b
+    return Outcome(label, f"{x:.2f} ({a:.3f} s / {b:.3f} s)", "PASS" if x <= bound else "FAIL")
+
+
+def _pss(rows: list[Row], group: str, bound_kib: int | None, base_group: str | None) -> Outcome:
+    d = _row(rows, group, "deltasync")
+    if base_group is None:
+        label = f"{group}: deltasync summed PSS peak ≤ {(bound_kib or 0) // MIB} MiB"
+    else:
+        label = f"{group}: deltasync summed PSS peak ≤ its {base_group} figure + 10 MiB"
+    if d is None or d.pss_peak_kib is None:
+        return Outcome(label, "-", "not run")
+    got = d.pss_peak_kib
+    if base_group is not None:
+        b = _row(rows, base_group, "deltasync")
+        if b is None or b.pss_peak_kib is None:
+            return Outcome(label, f"{got / MIB:.1f} MiB (no {base_group} figure)", "not run")
+        bound_kib = b.pss_peak_kib + 10 * MIB
+        text = f"{got / MIB:.1f} MiB vs {b.pss_peak_kib / MIB:.1f} + 10 MiB"
+    else:
+        text = f"{got / MIB:.1f} MiB"
+    assert bound_kib is not None
+    return Outcome(label, text, "PASS" if got <= bound_kib else "FAIL")
+
+
+def _wire(rows: list[Row], group: str, scenario: str, applies: bool) -> Outcome:
+    base = WIRE_BASELINE[scenario]
+    label = f"{group}: deltasync bytes on the wire ≤ {base:,} (d32ebad)"
+    d = _row(rows, group, "deltasync")
+    if d is None or d.nbytes is None:
+        return Outcome(label, "-", "not run")
+    if not applies:
+        return Outcome(label, f"{d.nbytes:,} B (baseline is for the default sizes)", "not run")
+    return Outcome(label, f"{d.nbytes:,} B", "PASS" if d.nbytes <= base else "FAIL")
+
+
+def check(rows: list[Row], sizes: Sizes, seed: int = DEFAULT_SEED) -> list[Outcome]:
+    small, large, huge = (size_label(n) for n in (sizes.tree_files, sizes.noop_files,
+                                                  sizes.million_files))
+    n20, n100, n1m = f"tree-noop {small}", f"tree-noop {large}", f"tree-noop-1m {huge}"
+    default = sizes == Sizes() and seed == DEFAULT_SEED
+    out = [
+        _ratio(rows, n20, "wall", 1.0), _ratio(rows, n20, "cpu", 1.5),
+        _ratio(rows, n100, "wall", 1.0), _ratio(rows, n100, "cpu", 1.25),
+        _ratio(rows, n1m, "wall", 1.0), _ratio(rows, n1m, "cpu", 1.25),
+        _pss(rows, n1m, 100 * MIB, None), _pss(rows, n1m, None, n100),
+        _ratio(rows, f"tree-churn {small}", "wall", 1.0),
+        _ratio(rows, f"tree-initial {small}", "wall", 1.0),
+    ]
+    for scen in ("remote-tree-noop", "remote-tree-churn"):
+        g = f"{scen} {small}"
+        out += [_ratio(rows, g, "wall", 1.0), _wire(rows, g, scen, default)]
+    return out
+
+
+def format_outcomes(outcomes: list[Outcome]) -> str:
+    head = ("Issue 12 targets, as the issue writes them: deltasync / rsync (the table's "
+            "ratios are rsync / deltasync).\nReported only: the exit status does not depend on them.")
+    w = max(len(o.target) for o in outcomes)
+    lines = [f"  {o.status:<7}  {o.target:<{w}}  {o.measured}" for o in outcomes]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("PASS", "FAIL", "not run")}
+    tail = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    return "\n".join([head, *lines, f"  ({tail})"])
+
+
+def as_json(outcomes: list[Outcome]) -> list[dict[str, str]]:
+    return [{"target": o.target, "measured": o.measured, "status": o.status} for o in outcomes]
