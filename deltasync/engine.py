@@ -40,7 +40,7 @@ from .errors import (
     ProtocolError,
     pass_exit_code,
 )
-from .filters import Excluder
+from .rules import from_options
 from .march import March
 from .model import Action, Entry, Kind, Op, Reason, Result, Stats, quote_path
 from .prefetch import Prefetched
@@ -72,7 +72,11 @@ DEFAULT_DELTA_THRESHOLD = 1024 * 1024
 class SyncOptions:
     dry_run: bool = False
     checksum: bool = False
-    excludes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()  # --exclude arguments (before ``filters``)
+    # filter rules as rule strings, in command-line order, merge files read
+    # (``rules.parse_filter``); --delete-excluded: see rules.py
+    filters: tuple[str, ...] = ()
+    delete_excluded: bool = False
     fsync: bool = False
     delta: DeltaMode = DeltaMode.AUTO
     delta_threshold: int | None = None  # None: see DEFAULT_DELTA_THRESHOLD
@@ -151,7 +155,8 @@ class Engine:
         self.opts = options
         self.reporter = reporter or _RaisingReporter()
         self.stop = stop or threading.Event()
-        self.excluder = Excluder(options.excludes)
+        self.filters = from_options(options.excludes, options.filters, options.delete_excluded)
+        self.excluder = self.filters.sender  # what the source's walk leaves out
         self._stats = Stats()
         self._redo: dict[str, Action] = {}
         self._deltas: dict[str, Action] = {}  # delta updates sent to a pipelined replica
@@ -219,7 +224,7 @@ class Engine:
         if self.opts.checksum:
             src_hash, dst_hash = self._hashers()
         try:
-            dst_l = self.replica.lister(self.excluder, owner)
+            dst_l = self.replica.lister(self.filters.receiver, owner)
         except BaseException:
             src_l.close()
             raise
@@ -231,7 +236,7 @@ class Engine:
                 rep.directory(path)
                 rep.walked(stats.source_files, stats.source_bytes)
 
-            march = March(src_l, dst_l, copts, self.excluder, stats, self._read_error,
+            march = March(src_l, dst_l, copts, (self.excluder, self.filters.receiver), stats, self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,
                           src_hash, dst_hash, on_dir)
             if self.source.pipelined and not self.opts.dry_run:
@@ -378,7 +383,7 @@ class Engine:
             self._redo[path] = self._deltas.pop(path)
             return
         if (op == Op.RMDIR.value and isinstance(exc, OSError) and exc.errno == errno.ENOTEMPTY
-                and self.excluder):
+                and self.filters.receiver):
             self.reporter.warning(path, "not removed: holds excluded entries")
             return
         if op != Op.META.value and self._stats.counts.get(op, 0) > 0:
@@ -430,7 +435,7 @@ class Engine:
                 try:
                     r.delete(a.path, a.dst.kind)
                 except OSError as e:
-                    if e.errno == errno.ENOTEMPTY and self.excluder:
+                    if e.errno == errno.ENOTEMPTY and self.filters.receiver:
                         self.reporter.warning(a.path, "not removed: holds excluded entries")
                         return None
                     raise

@@ -64,6 +64,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import re
     from collections.abc import Iterable
+    from typing import Any
 
     _Pair = tuple[re.Pattern[str], re.Pattern[bytes]]
     _Kind = tuple[frozenset[str], tuple[str, ...], _Pair | None, frozenset[str],
@@ -164,6 +165,22 @@ def parse_rule(text: str) -> Rule | None:
         raise UsageError(f"exclude pattern too long ({len(b)} bytes; at most "
                          f"{MAX_PATTERN - 1})")
     return make_rule(text, b)
+
+
+def check_pattern(pattern: str, text: str) -> Rule:
+    """The pattern of a rule (``text``, for messages) as a Rule; UsageError for
+    what deltasync refuses: a NUL, a pattern rsync would discard as too long,
+    a string no file name decodes to (a peer's JSON)."""
+    try:
+        b = os.fsencode(pattern)
+    except UnicodeEncodeError:
+        raise UsageError(f"filter rule {_show(text)}: not a file name string") from None
+    if b"\0" in b:
+        raise UsageError(f"filter rule {_show(text)}: contains a NUL byte")
+    if len(b) >= MAX_PATTERN:
+        raise UsageError(f"filter pattern too long ({len(b)} bytes; at most "
+                         f"{MAX_PATTERN - 1})")
+    return make_rule(pattern, b)
 
 
 def check_exclude(text: str) -> str:
@@ -470,28 +487,29 @@ def _fits(pair: _Pair, s: str) -> bool:
     return pair[1].fullmatch(os.fsencode(s)) is not None
 
 
-class Excluder:
-    """rsync's ``--exclude`` rules: ``excluded(path, name, is_dir)`` for each entry.
+class Matcher:
+    """A run of pattern rules: ``matches(path, name, is_dir)`` -- does any of them match?
 
     ``path`` is relative to the root of the tree (no leading ``/``), ``name``
-    its last component.  An excluded directory is not descended into, so
-    nothing below it is copied or deleted.  Raises UsageError for a pattern
-    deltasync refuses (see ``parse_rule``); any other string is accepted.
+    its last component.  What a rule does when it matches (exclude, include)
+    is the caller's business (``SideFilter``): a matcher only groups rules
+    of one action, so they cost one look-up together.
     """
 
-    def __init__(self, patterns: Iterable[str] = ()) -> None:
-        self.patterns = list(patterns)  # as given: sent as is to the far side
-        self.rules = parse_rules(self.patterns)
-        self._file = _kind(self.rules, False)
-        self._dir = _kind(self.rules, True)
+    __slots__ = ("rules", "_file", "_dir")
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self._file = _kind(rules, False)
+        self._dir = _kind(rules, True)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
     def __repr__(self) -> str:
-        return f"Excluder({self.patterns!r})"
+        return f"Matcher({[r.text for r in self.rules]!r})"
 
-    def excluded(self, path: str, name: str, is_dir: bool) -> bool:
+    def matches(self, path: str, name: str, is_dir: bool) -> bool:
         # Called for every entry of both walks: the cheap tests first, then at
         # most one regex call on the name and two on the path.
         names, suffixes, name_re, whole, tails, head_re, any_re = (
@@ -513,3 +531,158 @@ class Excluder:
         b = os.fsencode(s)
         return ((head_re is not None and head_re[1].fullmatch(b) is not None)
                 or (any_re is not None and any_re[1].search(b) is not None))
+
+
+# -- rules with actions, for one side of a transfer ------------------------------
+
+class Block:
+    """Consecutive rules of one action: ``include`` or not, ``negate`` (a one-rule
+    block of a ``!`` rule: it applies where the pattern does not match)."""
+
+    __slots__ = ("include", "negate", "matcher")
+
+    def __init__(self, include: bool, negate: bool, rules: list[Rule]) -> None:
+        self.include, self.negate, self.matcher = include, negate, Matcher(rules)
+
+    def __repr__(self) -> str:
+        return f"Block({'+' if self.include else '-'}{'!' if self.negate else ''}, {self.matcher})"
+
+
+def blocks(rules: Iterable[tuple[bool, bool, Rule]]) -> list[Block]:
+    """(include, negate, rule) triples, in order, as blocks (first match wins
+    across them exactly as rule by rule: a block holds rules of one action)."""
+    out: list[Block] = []
+    run: list[Rule] = []
+    cur: tuple[bool, bool] | None = None
+    for include, negate, rule in rules:
+        key = (include, negate)
+        if cur != key or negate:
+            if run and cur is not None:
+                out.append(Block(cur[0], cur[1], run))
+            run, cur = [], key
+        run.append(rule)
+    if run and cur is not None:
+        out.append(Block(cur[0], cur[1], run))
+    return out
+
+
+def first_match(chain: list[Block], path: str, name: str, is_dir: bool) -> bool:
+    """Is the entry excluded by ``chain``: the action of the first rule that matches
+    (no rule matches: not excluded)."""
+    for b in chain:
+        if b.matcher.matches(path, name, is_dir) != b.negate:
+            return not b.include
+    return False
+
+
+class SideFilter:
+    """The filter rules of one side of a transfer (the sender's or the receiver's).
+
+    ``items`` are ``Block`` and, for a ``dir-merge`` rule, a slot
+    (``rules.DirMerge``) that the rules read from each directory's file fill
+    while a tree is walked (``tree()``).  ``excluded(path, name, is_dir)``
+    is the answer of the rules given on the command line only (no per-directory
+    file): for callers with no walk (progress counts, a directory in the way).
+    ``prunes``: a lister may leave out the subdirectories the rules exclude
+    (always on the sender's side; on the receiver's only where an entry it
+    excludes is certain to be excluded on the sender's side too, so the march
+    never needs the unit of a directory that was not walked).
+    """
+
+    def __init__(self, items: list[Any] | None = None, prunes: bool = True,
+                 wire: list[str] | None = None) -> None:
+        self.items: list[Any] = items or []
+        self.static = [b for b in self.items if isinstance(b, Block)]
+        self.slots = [x for x in self.items if not isinstance(x, Block)]
+        self.prunes = prunes
+        self.wire = wire or []  # the rules as rule strings (what a far side is sent)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.items!r})"
+
+    def excluded(self, path: str, name: str, is_dir: bool) -> bool:
+        return first_match(self.static, path, name, is_dir)
+
+    def tree(self) -> TreeFilter:
+        """The state of one walk of one tree (per-directory files read as it goes)."""
+        return TreeFilter(self)
+
+
+class Excluder(SideFilter):
+    """rsync's ``--exclude`` arguments as the rules of both sides (library use and
+    tests): ``excluded(path, name, is_dir)`` for each entry.  ``+ P`` is an
+    include, ``- P`` an exclude, ``!`` clears the rules before it, as rsync
+    reads them.  Raises UsageError for a pattern deltasync refuses."""
+
+    def __init__(self, patterns: Iterable[str] = ()) -> None:
+        from .rules import exclude_arg_rules, side_filter
+
+        self.patterns = list(patterns)
+        built = side_filter(exclude_arg_rules(self.patterns), "sender", False)
+        super().__init__(built.items, True, built.wire)
+
+    def __repr__(self) -> str:
+        return f"Excluder({self.patterns!r})"
+
+
+class TreeFilter:
+    """One walk's view of a side's rules: ``enter(path, fd)`` for each directory
+    (in walk order) gives the rules its entries are matched against, with the
+    rules of the per-directory files (``dir-merge``) of it and its parents.
+
+    Only the directories on the way from the root to the current one are
+    remembered: entering a directory forgets those the walk has left."""
+
+    def __init__(self, side: SideFilter) -> None:
+        self.side = side
+        # (path, inherited per-slot blocks for the subdirectories)
+        self._stack: list[tuple[str, list[list[Block]]]] = []
+
+    def enter(self, path: str, fd: int) -> tuple[list[Block], list[tuple[str, int]]]:
+        """(the rules of directory ``path``, open as ``fd``; per-directory files
+        that could not be read or parsed, as (name, errno))."""
+        side = self.side
+        if not side.slots:
+            return side.static, []
+        stack = self._stack
+        while stack and not (stack[-1][0] == "" or path.startswith(stack[-1][0] + "/")):
+            stack.pop()
+        if path == "":
+            stack.clear()
+        parents = stack[-1][1] if stack else [[] for _ in side.slots]
+        here: list[list[Block]] = []
+        down: list[list[Block]] = []
+        errors: list[tuple[str, int]] = []
+        for slot, inherited in zip(side.slots, parents):
+            mine, keeps, err = slot.read(fd)
+            if err:
+                errors.append((slot.name, err))
+            local = mine + (inherited if keeps else [])
+            here.append(slot.self_rule + local)
+            down.append(local if slot.inherit else inherited)
+        stack.append((path, down))
+        chain: list[Block] = []
+        k = 0
+        for item in side.items:
+            if isinstance(item, Block):
+                chain.append(item)
+            else:
+                chain.extend(here[k])
+                k += 1
+        return chain, errors
+
+
+def unit_hidden(tree: TreeFilter | None, fd: int, path: str, names: list[tuple[str, bool]],
+                ) -> tuple[frozenset[str], list[tuple[str, int]]]:
+    """The names of one directory's entries (name, is_dir) that the rules exclude,
+    and the per-directory files that could not be read."""
+    if tree is None:
+        return frozenset(), []
+    chain, errors = tree.enter(path, fd)
+    if not chain:
+        return frozenset(), errors
+    prefix = path + "/" if path else ""
+    return frozenset(n for n, d in names if first_match(chain, prefix + n, n, d)), errors

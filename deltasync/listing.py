@@ -34,7 +34,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .errors import DeltaSyncError
-from .filters import Excluder
+from .filters import SideFilter as Excluder
+from .filters import TreeFilter, unit_hidden
 from .model import Entry, Kind
 from .scan import decode, scan_dir
 
@@ -55,7 +56,7 @@ class DirUnit:
     """The listing of one directory (see the module docstring)."""
 
     __slots__ = ("path", "raw", "extras", "subdirs", "errors", "error", "digests", "count",
-                 "_entries")
+                 "hidden", "_entries")
 
     def __init__(self, path: str, raw: bytes = b"", extras: bytes | None = None,
                  subdirs: list[str] | None = None, errors: list[tuple[str, int]] | None = None,
@@ -69,6 +70,10 @@ class DirUnit:
         self.error = error  # the directory itself could not be read
         self.digests = digests  # name -> blake3 of regular files, when the lister hashes
         self.count = count
+        # The names this side's filter rules exclude (None: the lister did not
+        # filter; the march asks the rules itself).  On the source's side they
+        # are not transferred; on the replica's they are not deleted.
+        self.hidden: frozenset[str] | None = None
         self._entries: list[Entry] | None = None
 
     @property
@@ -101,20 +106,30 @@ class Lister(Protocol):
     def close(self) -> None: ...
 
 
-def _subdirs(excluder: Excluder, prefix: str, names: list[str]) -> list[str]:
-    if not excluder:
-        return names
-    return [n for n in names if not excluder.excluded(prefix + n, n, True)]
+def apply_filter(unit: DirUnit, tree: TreeFilter, fd: int, prunes: bool) -> None:
+    """Mark what the rules exclude in a unit just listed (``hidden``), read the
+    directory's per-directory rule files (``fd``), and, ``prunes``, leave the
+    excluded subdirectories out of the walk."""
+    n = len(unit.prefix)
+    names = [(e.path[n:], e.kind is Kind.DIR) for e in unit.entries()]
+    hidden, errors = unit_hidden(tree, fd, unit.path, names)
+    unit.hidden = hidden
+    if errors:
+        unit.errors = unit.errors + errors
+    if prunes and hidden:
+        unit.subdirs = [d for d in unit.subdirs if d not in hidden]
 
 
-def _scan_unit(fd: int, path: str, excluder: Excluder, owner: bool) -> DirUnit:
+def _scan_unit(fd: int, path: str, excluder: Excluder, owner: bool,
+               tree: TreeFilter | None = None) -> DirUnit:
     try:
         s = scan_dir(fd, owner)
     except OSError as e:
         return DirUnit(path, error=e)
-    prefix = path + "/" if path else ""
-    return DirUnit(path, s.raw, s.extras, _subdirs(excluder, prefix, s.subdirs), s.errors,
-                   count=s.count)
+    unit = DirUnit(path, s.raw, s.extras, s.subdirs, s.errors, count=s.count)
+    if tree is not None:
+        apply_filter(unit, tree, fd, excluder.prunes)
+    return unit
 
 
 def _open_root(root: str) -> tuple[int, Entry | None]:
@@ -130,6 +145,7 @@ class LocalLister:
 
     def __init__(self, root: str, excluder: Excluder, owner: bool) -> None:
         self.excluder, self.owner = excluder, owner
+        self.tree = excluder.tree() if excluder else None
         self.root_fd, self.root = _open_root(root)
         self._stack: list[tuple[str, int]] = []  # open directories below the root, outermost first
 
@@ -137,7 +153,7 @@ class LocalLister:
         if path == "":
             if self.root_fd < 0:
                 return DirUnit("")
-            return _scan_unit(self.root_fd, "", self.excluder, self.owner)
+            return _scan_unit(self.root_fd, "", self.excluder, self.owner, self.tree)
         parent, _, name = path.rpartition("/")
         stack = self._stack
         while stack and stack[-1][0] != parent:
@@ -150,7 +166,7 @@ class LocalLister:
         except OSError as e:
             return DirUnit(path, error=e)
         stack.append((path, fd))
-        return _scan_unit(fd, path, self.excluder, self.owner)
+        return _scan_unit(fd, path, self.excluder, self.owner, self.tree)
 
     def skip(self, path: str) -> None:
         pass
@@ -214,7 +230,8 @@ class ThreadLister:
 
     def _walk(self) -> None:
         ex, owner = self.excluder, self.owner
-        unit = _scan_unit(self.root_fd, "", ex, owner)
+        tree = ex.tree() if ex else None
+        unit = _scan_unit(self.root_fd, "", ex, owner, tree)
         if not self._put(unit):
             return
         # (path, fd, remaining subdirectory names reversed); the root's fd is ours to keep
@@ -235,7 +252,7 @@ class ThreadLister:
                     if not self._put(DirUnit(sub, error=e)):
                         return
                     continue
-                unit = _scan_unit(sfd, sub, ex, owner)
+                unit = _scan_unit(sfd, sub, ex, owner, tree)
                 if not self._put(unit):
                     os.close(sfd)
                     return

@@ -201,7 +201,8 @@ def _options(args: argparse.Namespace) -> SyncOptions:
     return SyncOptions(
         dry_run=args.dry_run,
         checksum=args.checksum,
-        excludes=tuple(args.exclude),
+        filters=tuple(getattr(args, "filters", ())),
+        delete_excluded=bool(getattr(args, "delete_excluded", False)),
         fsync=args.fsync,
         delta=DeltaMode(args.delta),
         delta_threshold=args.delta_threshold,

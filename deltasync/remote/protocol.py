@@ -36,10 +36,12 @@ from typing import Any
 from .. import __version__
 from ..errors import ProtocolError
 
-PROTOCOL_VERSION = 2  # the newest version this deltasync speaks
+PROTOCOL_VERSION = 3  # the newest version this deltasync speaks
 # Version 2 streams the listing as directory units with credit (remote/units.py);
 # version 1's whole-listing batches are gone, so a version 1 peer is refused.
-MIN_PROTOCOL_VERSION = 2  # the oldest one it still accepts
+# Version 3: filter rules in SCAN and a unit's excluded names; a version 2 peer
+# would ignore the rules (and delete what they protect), so it is refused.
+MIN_PROTOCOL_VERSION = 3  # the oldest one it still accepts
 MAGIC = b"DSYNCPRO"
 
 MAX_FRAME = 4 << 20  # largest payload accepted; data frames are much smaller
