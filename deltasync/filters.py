@@ -641,12 +641,12 @@ class TreeFilter:
         # (path, inherited per-slot blocks for the subdirectories)
         self._stack: list[tuple[str, list[list[Block]]]] = []
 
-    def enter(self, path: str, fd: int) -> tuple[list[Block], list[tuple[str, int]]]:
-        """(the rules of directory ``path``, open as ``fd``; per-directory files
-        that could not be read or parsed, as (name, errno))."""
+    def enter(self, path: str, fd: int) -> tuple[list[Block], OSError | None]:
+        """(the rules of directory ``path``, open as ``fd``; why a per-directory
+        file could not be read or parsed: the directory's rules are unknown)."""
         side = self.side
         if not side.slots:
-            return side.static, []
+            return side.static, None
         stack = self._stack
         while stack and not (stack[-1][0] == "" or path.startswith(stack[-1][0] + "/")):
             stack.pop()
@@ -655,11 +655,10 @@ class TreeFilter:
         parents = stack[-1][1] if stack else [[] for _ in side.slots]
         here: list[list[Block]] = []
         down: list[list[Block]] = []
-        errors: list[tuple[str, int]] = []
+        error: OSError | None = None
         for slot, inherited in zip(side.slots, parents):
-            mine, keeps, err = slot.read(fd)
-            if err:
-                errors.append((slot.name, err))
+            mine, keeps, err = slot.read(fd, path)
+            error = error or err
             local = mine + (inherited if keeps else [])
             here.append(slot.self_rule + local)
             down.append(local if slot.inherit else inherited)
@@ -672,17 +671,19 @@ class TreeFilter:
             else:
                 chain.extend(here[k])
                 k += 1
-        return chain, errors
+        return chain, error
 
 
 def unit_hidden(tree: TreeFilter | None, fd: int, path: str, names: list[tuple[str, bool]],
-                ) -> tuple[frozenset[str], list[tuple[str, int]]]:
-    """The names of one directory's entries (name, is_dir) that the rules exclude,
-    and the per-directory files that could not be read."""
+                ) -> tuple[frozenset[str], OSError | None]:
+    """The names of one directory's entries (name, is_dir) that the rules exclude;
+    or why its rules are unknown (a per-directory file that cannot be used:
+    the directory is then treated as unreadable, so nothing below it is
+    deleted)."""
     if tree is None:
-        return frozenset(), []
-    chain, errors = tree.enter(path, fd)
-    if not chain:
-        return frozenset(), errors
+        return frozenset(), None
+    chain, error = tree.enter(path, fd)
+    if error is not None or not chain:
+        return frozenset(), error
     prefix = path + "/" if path else ""
-    return frozenset(n for n, d in names if first_match(chain, prefix + n, n, d)), errors
+    return frozenset(n for n, d in names if first_match(chain, prefix + n, n, d)), None

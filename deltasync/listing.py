@@ -106,18 +106,20 @@ class Lister(Protocol):
     def close(self) -> None: ...
 
 
-def apply_filter(unit: DirUnit, tree: TreeFilter, fd: int, prunes: bool) -> None:
+def apply_filter(unit: DirUnit, tree: TreeFilter, fd: int, prunes: bool) -> DirUnit:
     """Mark what the rules exclude in a unit just listed (``hidden``), read the
     directory's per-directory rule files (``fd``), and, ``prunes``, leave the
-    excluded subdirectories out of the walk."""
+    excluded subdirectories out of the walk.  A rule file that cannot be used
+    makes the directory unreadable (its rules are unknown)."""
     n = len(unit.prefix)
     names = [(e.path[n:], e.kind is Kind.DIR) for e in unit.entries()]
-    hidden, errors = unit_hidden(tree, fd, unit.path, names)
+    hidden, error = unit_hidden(tree, fd, unit.path, names)
+    if error is not None:
+        return DirUnit(unit.path, error=error)
     unit.hidden = hidden
-    if errors:
-        unit.errors = unit.errors + errors
     if prunes and hidden:
         unit.subdirs = [d for d in unit.subdirs if d not in hidden]
+    return unit
 
 
 def _scan_unit(fd: int, path: str, excluder: Excluder, owner: bool,
@@ -128,7 +130,7 @@ def _scan_unit(fd: int, path: str, excluder: Excluder, owner: bool,
         return DirUnit(path, error=e)
     unit = DirUnit(path, s.raw, s.extras, s.subdirs, s.errors, count=s.count)
     if tree is not None:
-        apply_filter(unit, tree, fd, excluder.prunes)
+        return apply_filter(unit, tree, fd, excluder.prunes)
     return unit
 
 

@@ -304,24 +304,29 @@ class DirMerge:
     def __repr__(self) -> str:
         return f"DirMerge({self.rule.text()!r})"
 
-    def read(self, fd: int) -> tuple[list[Block], bool, int]:
-        """(blocks of this directory's file, keep the inherited rules, errno or 0)."""
+    def read(self, fd: int, path: str) -> tuple[list[Block], bool, OSError | None]:
+        """(blocks of the file in directory ``path`` (open as ``fd``), keep the
+        inherited rules, why the file could not be used).  A pattern with a
+        leading "/" is anchored at that directory, as in rsync."""
         import errno as errno_
+
+        def fail(err: int, why: str | None = None) -> tuple[list[Block], bool, OSError]:
+            return [], True, OSError(err, f"{self.name}: {why or os.strerror(err)}")
 
         try:
             ffd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                           dir_fd=fd)
         except FileNotFoundError:
-            return [], True, 0
+            return [], True, None
         except OSError as e:
             if e.errno == errno_.EISDIR:
-                return [], True, 0
-            return [], True, e.errno or errno_.EIO
+                return [], True, None
+            return fail(e.errno or errno_.EIO)
         try:
             import stat
 
             if not stat.S_ISREG(os.fstat(ffd).st_mode):
-                return [], True, 0
+                return [], True, None
             chunks, size = [], 0
             while size <= MAX_RULE_FILE:
                 b = os.read(ffd, 1 << 16)
@@ -330,19 +335,24 @@ class DirMerge:
                 chunks.append(b)
                 size += len(b)
             if size > MAX_RULE_FILE:
-                return [], True, errno_.EFBIG
+                return fail(errno_.EFBIG)
         except OSError as e:
-            return [], True, e.errno or errno_.EIO
+            return fail(e.errno or errno_.EIO)
         finally:
             os.close(ffd)
         try:
             rules, cleared = with_clears(file_rules(b"".join(chunks), self.rule))
             if any(r.action in ".:" for r in rules):
-                raise UsageError("merge rules inside a per-directory file")
+                raise UsageError("merge rules inside a per-directory file are not supported "
+                                 "by deltasync")
             rules = [r for r in _resolve(rules, self.delete_excluded) if r.applies(self.side)]
-        except UsageError:
-            return [], True, errno_.EINVAL
-        return _blocks(rules), not cleared, 0
+            if path:
+                rules = [FilterRule(r.action, "/" + path + r.pattern, r.side, r.negate, r.mods)
+                         if r.pattern.startswith("/") else r for r in rules]
+            got = _blocks(rules)
+        except UsageError as e:
+            return fail(errno_.EINVAL, str(e))
+        return got, not cleared, None
 
 
 def _resolve(rules: Iterable[FilterRule], delete_excluded: bool) -> list[FilterRule]:

@@ -62,7 +62,7 @@ class Connection:
                  remote_command: str | None = None, compress: bool = False,
                  compress_level: int = 6, bwlimit: int | None = None, dry_run: bool = False,
                  fsync: bool = False, owner: bool = False, lock_wait: float | None = None,
-                 scan: tuple[dict[str, Any], bool, bool, bool] | None = None,
+                 scan: tuple[dict[str, Any] | list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None) -> None:
         self.spec = spec
@@ -159,9 +159,13 @@ class Connection:
             self.abort()
             raise
 
-    def _send_scan(self, rules: dict[str, Any], clean_temps: bool, checksum: bool,
+    def _send_scan(self, rules: dict[str, Any] | list[str], clean_temps: bool, checksum: bool,
                    owner: bool) -> None:
+        # rules: {"filters": rule strings, "delete_excluded": bool}, or a list
+        # of --exclude arguments (library callers).
         # list_zlib: units are zlib-packed unless the whole stream is (-z).
+        if isinstance(rules, list):
+            rules = {"excludes": list(rules)}
         self.out.send(SCAN, dump_json({**rules, "clean_temps": clean_temps,
                                        "checksum": checksum, "owner": owner,
                                        "credit": DEFAULT_CREDIT,

@@ -296,12 +296,12 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
             on_big()
             on_big = None
         hidden: frozenset[str] | None = None
-        errors = s.errors
         if tree is not None:
             names = [(x.path[len(prefix):], x.kind is Kind.DIR)
                      for x in decode(raw, None, prefix)]
-            hidden, more = unit_hidden(tree, fd, path, names)
-            errors = errors + more
+            hidden, bad = unit_hidden(tree, fd, path, names)
+            if bad is not None:
+                return encode_unit(DirUnit(path, error=bad), None, pk), []
             if excluder.prunes and hidden:
                 subdirs = [n for n in subdirs if n not in hidden]
         entries: list[Entry] | None = None
@@ -337,7 +337,7 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                     pass
                 finally:
                     os.close(ffd)
-        unit = DirUnit(path, raw, None, subdirs, errors, count=count)
+        unit = DirUnit(path, raw, None, subdirs, s.errors, count=count)
         unit.hidden = hidden
         return encode_unit(unit, digests, pk), subdirs
 
