@@ -40,11 +40,11 @@ from .errors import (
     ProtocolError,
     pass_exit_code,
 )
-from .rules import from_options
 from .march import March
 from .model import Action, Entry, Kind, Op, Reason, Result, Stats, quote_path
 from .prefetch import Prefetched
 from .replica import Replica
+from .rules import from_options
 from .source import LocalSource, Source, SourceFile
 
 if TYPE_CHECKING:

@@ -60,7 +60,7 @@ from .errors import (
     ReplicaLocked,
     SourceChanged,
 )
-from .filters import Excluder
+from .filters import SideFilter as Excluder
 from .fsutil import (
     DirFds,
     Writable,

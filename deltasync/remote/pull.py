@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 from blake3 import blake3
 
 from ..errors import DeltaSyncError, PatchError, ProtocolError, SourceChanged
-from ..filters import Excluder
+from ..filters import SideFilter as Excluder
 from ..listing import Lister
 from ..model import Entry
 from ..source import IncomingDelta, Source, SourceFile

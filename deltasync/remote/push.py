@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import DeltaSyncError, OwnerNotSet, ProtocolError, SourceChanged
-from ..filters import Excluder
+from ..filters import SideFilter as Excluder
 from ..listing import Lister
 from ..model import Entry, Kind
 from ..replica import LateFailure, Replica, SourceCheck

@@ -49,9 +49,9 @@ from ..errors import (
     SourceChanged,
     UsageError,
 )
-from ..rules import from_wire
 from ..model import Kind
 from ..replica import LocalReplica, LockUnavailable
+from ..rules import from_wire
 from ..source import LocalSource, SourceFile
 from . import codec
 from .protocol import (
