@@ -382,11 +382,13 @@ def side_filter(rules: Iterable[FilterRule], side: str, delete_excluded: bool) -
     run: list[FilterRule] = []
     for r in resolved:
         if r.action == ":":
+            if "e" in r.mods:  # (both sides, as rsync adds it)
+                run.append(FilterRule("-", r.pattern.rsplit("/", 1)[-1]))
+            if not r.applies(s):
+                continue  # a one-sided dir-merge: the other side never reads its files
             if run:
                 items.extend(_blocks(run))
                 run = []
-            if "e" in r.mods:
-                items.extend(_blocks([FilterRule("-", r.pattern.rsplit("/", 1)[-1])]))
             items.append(DirMerge(r, s, delete_excluded))
         elif r.action == ".":
             raise ValueError("merge rules must be expanded first")

@@ -127,6 +127,8 @@ CASES: list[tuple[str, list[str], bytes | None]] = [
     ("triple star", ["--exclude=new/lose/***", "--exclude=foo/down/***"], None),
     ("include *** only", ["--include=bar/***", "--exclude=*"], None),
     ("receiver file read", ["-f", ": .rsync-filter"], None),
+    ("one-sided dir-merges", ["-f", ":se .filt2", "-f", ":r .rsync-filter"], None),
+    ("merge e, sided", ["--filter=merge,se {D}/excl", "-f", "+r *.old"], None),
 ]
 
 
@@ -221,7 +223,7 @@ REFUSED = [
     ["--filter=exclude,e foo"], ["--filter=+,n foo"], ["--filter=merge {D}/no-such-file"],
     ["--filter=H,s foo"], ["--filter=P,r foo"], ["--filter=merge,! x"], ["--include=+ "],
     ["--exclude-from={D}/no-such-file"], ["--filter=merge,s {D}/sided"],
-    ["--filter=merge,-+ {D}/excl"],
+    ["--filter=merge,-+ {D}/excl"], ["--filter=merge {D}/bare"], ["--filter=. {D}/bare"],
 ]
 
 
@@ -231,6 +233,7 @@ def test_what_rsync_refuses_is_refused(tmp_path: Path, rules: list[str]) -> None
     build_tree(tmp_path / "src", {"f": b"1"})
     (tmp_path / "sided").write_bytes(b"- a\nP b\n")
     (tmp_path / "excl").write_bytes(EXCL)
+    (tmp_path / "bare").write_bytes(b"*.o\n")  # a bare pattern is no filter rule
     args = _args(rules, tmp_path)
     p = subprocess.run([RSYNC or "rsync", "-a", *args, f"{tmp_path}/src/", f"{tmp_path}/r/"],
                        capture_output=True, env=RSYNC_ENV, timeout=60)
@@ -334,3 +337,34 @@ def test_delete_excluded_makes_plain_rules_the_senders() -> None:
     assert both is not None and both.side == ""
     with pytest.raises(UsageError):
         parse_filter("H,r e")  # a side given by the name and by a modifier
+
+
+def test_per_directory_rules_of_directories_left_are_forgotten(tmp_path: Path) -> None:
+    # 50 sibling directories, each with its own rules file and a subdirectory:
+    # the walk's state holds only the directories from the root to the
+    # current one, never the rules of siblings already walked.
+    spec: dict[str, Any] = {f"d{i:02}": {".rules": f"- x{i}\n".encode(), "s": {f"x{i}": b""}}
+                            for i in range(50)}
+    build_tree(tmp_path / "t", spec)
+    fs = FilterSet([FilterRule(":", ".rules")])
+    tree = fs.sender.tree()
+    root = os.open(tmp_path / "t", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        tree.enter("", root)
+        deepest = 0
+        for i in range(50):
+            d = os.open(f"d{i:02}", os.O_RDONLY | os.O_DIRECTORY, dir_fd=root)
+            s = os.open("s", os.O_RDONLY | os.O_DIRECTORY, dir_fd=d)
+            try:
+                tree.enter(f"d{i:02}", d)
+                chain, err = tree.enter(f"d{i:02}/s", s)
+                assert err is None
+                assert first_match(chain, f"d{i:02}/s/x{i}", f"x{i}", False)
+                assert not first_match(chain, f"d{i:02}/s/x{i - 1}", f"x{i - 1}", False)
+                deepest = max(deepest, len(tree._stack))
+            finally:
+                os.close(s)
+                os.close(d)
+        assert deepest == 3  # the root, d<i>, d<i>/s
+    finally:
+        os.close(root)
