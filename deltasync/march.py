@@ -199,7 +199,12 @@ class March:
                 unknown.add(prefix + name)
                 self.on_read_error(prefix + name, OSError(err, _strerror(err)))
         if du is not None:
-            d_ents, temps = _filter(du, self.dst_ex, unknown)
+            # A replica lister that leaves excluded directories out has the
+            # sender's rules (``SideFilter.prunes``): what it excludes is not
+            # looked at (a source entry of another type there makes way for
+            # itself, ``LocalReplica``); otherwise excluded entries are only
+            # kept from deletion, and a directory of them is walked.
+            d_ents, temps = _filter(du, self.dst_ex, None if self.dst_ex.prunes else unknown)
             if temps and self.on_temps is not None:
                 self.on_temps([e.path for e in temps])
             if du.errors:
