@@ -63,7 +63,7 @@ from .errors import UsageError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import re
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
     _Pair = tuple[re.Pattern[str], re.Pattern[bytes]]
@@ -674,16 +674,18 @@ class TreeFilter:
         return chain, error
 
 
-def unit_hidden(tree: TreeFilter | None, fd: int, path: str, names: list[tuple[str, bool]],
+def unit_hidden(tree: TreeFilter | None, fd: int, path: str,
+                names: Callable[[], list[tuple[str, bool]]],
                 ) -> tuple[frozenset[str], OSError | None]:
     """The names of one directory's entries (name, is_dir) that the rules exclude;
     or why its rules are unknown (a per-directory file that cannot be used:
     the directory is then treated as unreadable, so nothing below it is
-    deleted)."""
+    deleted).  ``names`` is called only when there are rules to match (a
+    walk with per-directory files that are absent decodes no entry)."""
     if tree is None:
         return frozenset(), None
     chain, error = tree.enter(path, fd)
     if error is not None or not chain:
         return frozenset(), error
     prefix = path + "/" if path else ""
-    return frozenset(n for n, d in names if first_match(chain, prefix + n, n, d)), None
+    return frozenset(n for n, d in names() if first_match(chain, prefix + n, n, d)), None

@@ -112,8 +112,8 @@ def apply_filter(unit: DirUnit, tree: TreeFilter, fd: int, prunes: bool) -> DirU
     excluded subdirectories out of the walk.  A rule file that cannot be used
     makes the directory unreadable (its rules are unknown)."""
     n = len(unit.prefix)
-    names = [(e.path[n:], e.kind is Kind.DIR) for e in unit.entries()]
-    hidden, error = unit_hidden(tree, fd, unit.path, names)
+    hidden, error = unit_hidden(tree, fd, unit.path,
+                                lambda: [(e.path[n:], e.kind is Kind.DIR) for e in unit.entries()])
     if error is not None:
         return DirUnit(unit.path, error=error)
     unit.hidden = hidden

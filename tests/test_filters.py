@@ -99,6 +99,7 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 # (id, rules, stdin).  "{D}" is the directory holding the rule files.
 CASES: list[tuple[str, list[str], bytes | None]] = [
     ("exclude-from", ["--exclude-from={D}/excl"], None),
+    ("exclude-from stdin", ["--exclude-from", "-"], EXCL),
     ("merge+delete-excluded", ["--filter=merge {D}/excl", "--delete-excluded"], None),
     ("dir-merge+merge-stdin", ["-f", "dir-merge_.filt", "-f", "merge_-"], EXCL_NO_BANG),
     ("sender-side dir-merge, protect", ["-f", ":s_.filt", "-f", ".s_-", "-f", "P_nodel.deep"],
@@ -126,6 +127,10 @@ CASES: list[tuple[str, list[str], bytes | None]] = [
     ("delete-excluded", ["--exclude=file*", "--exclude=/gone", "--delete-excluded"], None),
     ("triple star", ["--exclude=new/lose/***", "--exclude=foo/down/***"], None),
     ("include *** only", ["--include=bar/***", "--exclude=*"], None),
+    ("odd patterns", ["--exclude=//foo", "--exclude=ab[", "--exclude=foo[/]sub",
+                      "--exclude=bar**foo", "--exclude=mid/for/", "--exclude=\\*.old",
+                      "--exclude=[[:digit:]]*"], None),
+    ("include odd", ["--include=*[[:digit:]]", "--include=*/", "--exclude=*"], None),
     ("receiver file read", ["-f", ": .rsync-filter"], None),
     ("one-sided dir-merges", ["-f", ":se .filt2", "-f", ":r .rsync-filter"], None),
     ("merge e, sided", ["--filter=merge,se {D}/excl", "-f", "+r *.old"], None),

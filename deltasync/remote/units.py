@@ -297,9 +297,8 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
             on_big = None
         hidden: frozenset[str] | None = None
         if tree is not None:
-            names = [(x.path[len(prefix):], x.kind is Kind.DIR)
-                     for x in decode(raw, None, prefix)]
-            hidden, bad = unit_hidden(tree, fd, path, names)
+            hidden, bad = unit_hidden(tree, fd, path, lambda: [
+                (x.path[len(prefix):], x.kind is Kind.DIR) for x in decode(raw, None, prefix)])
             if bad is not None:
                 return encode_unit(DirUnit(path, error=bad), None, pk), []
             if excluder.prunes and hidden:
