@@ -1,14 +1,13 @@
-"""Exclude patterns, matched exactly as rsync matches its ``--exclude`` rules.
+"""Filter patterns, matched exactly as rsync matches its rules' patterns.
 
 The reference is rsync itself (3.x): ``lib/wildmatch.c`` for the glob and
 ``exclude.c`` for which part of a path a rule is matched against
 (``add_rule`` sets the rule's flags, ``rule_matches`` uses them).
 
-What a rule is (``parse_rules``), as rsync reads ``--exclude`` arguments:
+What a pattern is (``make_rule``; the rule syntax around it, ``+ ``/``- ``
+prefixes, ``--filter`` rules, is ``rules.py``'s, and what a side does with
+matches ``sides.py``'s):
 
-* a leading ``- `` is dropped (rsync's old-style prefix); ``+ `` would make
-  an include rule, which deltasync does not have yet: refused; ``!`` alone
-  clears the rules given before it; an empty pattern is no rule;
 * one trailing ``/`` is removed and limits the rule to directories;
 * a pattern with none of ``*``, ``?``, ``[`` is literal: compared byte for
   byte, backslashes included.
@@ -63,8 +62,6 @@ from .errors import UsageError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import re
-    from collections.abc import Callable, Iterable
-    from typing import Any
 
     _Pair = tuple[re.Pattern[str], re.Pattern[bytes]]
     _Kind = tuple[frozenset[str], tuple[str, ...], _Pair | None, frozenset[str],
@@ -140,33 +137,6 @@ def make_rule(text: str, pattern: bytes) -> Rule:
     return Rule(text, pattern)
 
 
-def parse_rule(text: str) -> Rule | None:
-    """One ``--exclude`` argument as a rule; None for no rule (empty) and for ``!``.
-
-    Raises UsageError for what deltasync refuses: an include (``+ ``), an
-    empty ``- ``, a NUL, a pattern rsync would discard as too long.
-    """
-    try:
-        b = os.fsencode(text)
-    except UnicodeEncodeError:  # a lone surrogate no file name decodes to (a peer's JSON)
-        raise UsageError(f"exclude pattern {_show(text)}: not a file name string") from None
-    if b"\0" in b:
-        raise UsageError(f"exclude pattern {_show(text)}: contains a NUL byte")
-    if b.startswith(b"- "):
-        b = b[2:]
-        if not b:
-            raise UsageError(f"exclude pattern {_show(text)}: nothing after the '- ' prefix")
-    elif b.startswith(b"+ "):
-        raise UsageError(f"exclude pattern {_show(text)}: include rules ('+ ') are not "
-                         "supported")
-    elif not b or b == b"!":
-        return None
-    if len(b) >= MAX_PATTERN:
-        raise UsageError(f"exclude pattern too long ({len(b)} bytes; at most "
-                         f"{MAX_PATTERN - 1})")
-    return make_rule(text, b)
-
-
 def check_pattern(pattern: str, text: str) -> Rule:
     """The pattern of a rule (``text``, for messages) as a Rule; UsageError for
     what deltasync refuses: a NUL, a pattern rsync would discard as too long,
@@ -181,26 +151,6 @@ def check_pattern(pattern: str, text: str) -> Rule:
         raise UsageError(f"filter pattern too long ({len(b)} bytes; at most "
                          f"{MAX_PATTERN - 1})")
     return make_rule(pattern, b)
-
-
-def check_exclude(text: str) -> str:
-    """Validate one ``--exclude`` argument (argparse ``type``); returns it unchanged."""
-    parse_rule(text)
-    return text
-
-
-def parse_rules(patterns: Iterable[str]) -> list[Rule]:
-    """The rules of ``--exclude`` arguments, in order (``!`` drops those before it)."""
-    rules: list[Rule] = []
-    for text in patterns:
-        if not isinstance(text, str):
-            raise UsageError(f"exclude pattern is not a string: {text!r}")
-        rule = parse_rule(text)
-        if rule is not None:
-            rules.append(rule)
-        elif text == "!":
-            rules.clear()
-    return rules
 
 
 # -- the glob as a regular expression -------------------------------------------
@@ -533,159 +483,12 @@ class Matcher:
                 or (any_re is not None and any_re[1].search(b) is not None))
 
 
-# -- rules with actions, for one side of a transfer ------------------------------
+def __getattr__(name: str) -> object:
+    # The rules of one side (``Excluder`` and friends) moved to ``sides``;
+    # importing them from here still works (tests, library callers).
+    if name in ("Block", "Excluder", "SideFilter", "TreeFilter", "blocks", "first_match",
+                "unit_hidden"):
+        from . import sides
 
-class Block:
-    """Consecutive rules of one action: ``include`` or not, ``negate`` (a one-rule
-    block of a ``!`` rule: it applies where the pattern does not match)."""
-
-    __slots__ = ("include", "negate", "matcher")
-
-    def __init__(self, include: bool, negate: bool, rules: list[Rule]) -> None:
-        self.include, self.negate, self.matcher = include, negate, Matcher(rules)
-
-    def __repr__(self) -> str:
-        return f"Block({'+' if self.include else '-'}{'!' if self.negate else ''}, {self.matcher})"
-
-
-def blocks(rules: Iterable[tuple[bool, bool, Rule]]) -> list[Block]:
-    """(include, negate, rule) triples, in order, as blocks (first match wins
-    across them exactly as rule by rule: a block holds rules of one action)."""
-    out: list[Block] = []
-    run: list[Rule] = []
-    cur: tuple[bool, bool] | None = None
-    for include, negate, rule in rules:
-        key = (include, negate)
-        if cur != key or negate:
-            if run and cur is not None:
-                out.append(Block(cur[0], cur[1], run))
-            run, cur = [], key
-        run.append(rule)
-    if run and cur is not None:
-        out.append(Block(cur[0], cur[1], run))
-    return out
-
-
-def first_match(chain: list[Block], path: str, name: str, is_dir: bool) -> bool:
-    """Is the entry excluded by ``chain``: the action of the first rule that matches
-    (no rule matches: not excluded)."""
-    for b in chain:
-        if b.matcher.matches(path, name, is_dir) != b.negate:
-            return not b.include
-    return False
-
-
-class SideFilter:
-    """The filter rules of one side of a transfer (the sender's or the receiver's).
-
-    ``items`` are ``Block`` and, for a ``dir-merge`` rule, a slot
-    (``rules.DirMerge``) that the rules read from each directory's file fill
-    while a tree is walked (``tree()``).  ``excluded(path, name, is_dir)``
-    is the answer of the rules given on the command line only (no per-directory
-    file): for callers with no walk (progress counts, a directory in the way).
-    ``prunes``: a lister may leave out the subdirectories the rules exclude
-    (always on the sender's side; on the receiver's only where an entry it
-    excludes is certain to be excluded on the sender's side too, so the march
-    never needs the unit of a directory that was not walked).
-    """
-
-    def __init__(self, items: list[Any] | None = None, prunes: bool = True,
-                 wire: list[str] | None = None) -> None:
-        self.items: list[Any] = items or []
-        self.static = [b for b in self.items if isinstance(b, Block)]
-        self.slots = [x for x in self.items if not isinstance(x, Block)]
-        self.prunes = prunes
-        self.wire = wire or []  # the rules as rule strings (what a far side is sent)
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.items!r})"
-
-    def excluded(self, path: str, name: str, is_dir: bool) -> bool:
-        return first_match(self.static, path, name, is_dir)
-
-    def tree(self) -> TreeFilter:
-        """The state of one walk of one tree (per-directory files read as it goes)."""
-        return TreeFilter(self)
-
-
-class Excluder(SideFilter):
-    """rsync's ``--exclude`` arguments as the rules of both sides (library use and
-    tests): ``excluded(path, name, is_dir)`` for each entry.  ``+ P`` is an
-    include, ``- P`` an exclude, ``!`` clears the rules before it, as rsync
-    reads them.  Raises UsageError for a pattern deltasync refuses."""
-
-    def __init__(self, patterns: Iterable[str] = ()) -> None:
-        from .rules import exclude_arg_rules, side_filter
-
-        self.patterns = list(patterns)
-        built = side_filter(exclude_arg_rules(self.patterns), "sender", False)
-        super().__init__(built.items, True, built.wire)
-
-    def __repr__(self) -> str:
-        return f"Excluder({self.patterns!r})"
-
-
-class TreeFilter:
-    """One walk's view of a side's rules: ``enter(path, fd)`` for each directory
-    (in walk order) gives the rules its entries are matched against, with the
-    rules of the per-directory files (``dir-merge``) of it and its parents.
-
-    Only the directories on the way from the root to the current one are
-    remembered: entering a directory forgets those the walk has left."""
-
-    def __init__(self, side: SideFilter) -> None:
-        self.side = side
-        # (path, inherited per-slot blocks for the subdirectories)
-        self._stack: list[tuple[str, list[list[Block]]]] = []
-
-    def enter(self, path: str, fd: int) -> tuple[list[Block], OSError | None]:
-        """(the rules of directory ``path``, open as ``fd``; why a per-directory
-        file could not be read or parsed: the directory's rules are unknown)."""
-        side = self.side
-        if not side.slots:
-            return side.static, None
-        stack = self._stack
-        while stack and not (stack[-1][0] == "" or path.startswith(stack[-1][0] + "/")):
-            stack.pop()
-        if path == "":
-            stack.clear()
-        parents = stack[-1][1] if stack else [[] for _ in side.slots]
-        here: list[list[Block]] = []
-        down: list[list[Block]] = []
-        error: OSError | None = None
-        for slot, inherited in zip(side.slots, parents):
-            mine, keeps, err = slot.read(fd, path)
-            error = error or err
-            local = mine + (inherited if keeps else [])
-            here.append(slot.self_rule + local)
-            down.append(local if slot.inherit else inherited)
-        stack.append((path, down))
-        chain: list[Block] = []
-        k = 0
-        for item in side.items:
-            if isinstance(item, Block):
-                chain.append(item)
-            else:
-                chain.extend(here[k])
-                k += 1
-        return chain, error
-
-
-def unit_hidden(tree: TreeFilter | None, fd: int, path: str,
-                names: Callable[[], list[tuple[str, bool]]],
-                ) -> tuple[frozenset[str], OSError | None]:
-    """The names of one directory's entries (name, is_dir) that the rules exclude;
-    or why its rules are unknown (a per-directory file that cannot be used:
-    the directory is then treated as unreadable, so nothing below it is
-    deleted).  ``names`` is called only when there are rules to match (a
-    walk with per-directory files that are absent decodes no entry)."""
-    if tree is None:
-        return frozenset(), None
-    chain, error = tree.enter(path, fd)
-    if error is not None or not chain:
-        return frozenset(), error
-    prefix = path + "/" if path else ""
-    return frozenset(n for n, d in names() if first_match(chain, prefix + n, n, d)), None
+        return getattr(sides, name)
+    raise AttributeError(name)

@@ -34,10 +34,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .errors import DeltaSyncError
-from .filters import SideFilter as Excluder
-from .filters import TreeFilter, unit_hidden
 from .model import Entry, Kind
 from .scan import decode, scan_dir
+from .sides import SideFilter as Excluder
+from .sides import TreeFilter, unit_hidden
 
 DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

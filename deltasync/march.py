@@ -41,11 +41,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from .compare import Child, CompareOptions, HashFunc, Walk, dir_meta, plan_dir
-from .filters import SideFilter as Excluder
 from .fsutil import is_reserved_name
 from .listing import DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
 from .scan import totals
+from .sides import SideFilter as Excluder
 
 ReadError = Callable[[str, OSError], None]
 

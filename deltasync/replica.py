@@ -60,7 +60,6 @@ from .errors import (
     ReplicaLocked,
     SourceChanged,
 )
-from .filters import SideFilter as Excluder
 from .fsutil import (
     DirFds,
     Writable,
@@ -72,6 +71,7 @@ from .fsutil import (
 )
 from .listing import Lister, ThreadLister
 from .model import Entry, Kind, quote_path
+from .sides import SideFilter as Excluder
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature

@@ -36,7 +36,8 @@ from __future__ import annotations
 import os
 
 from .errors import UsageError
-from .filters import Block, SideFilter, blocks, check_pattern
+from .filters import check_pattern
+from .sides import Block, SideFilter, blocks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

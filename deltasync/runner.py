@@ -20,11 +20,11 @@ from typing import Any
 
 from .engine import DeltaMode, Engine, Reporter, SyncOptions
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
-from .filters import SideFilter as Excluder
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
 from .model import Action, Op, Result, Stats
 from .render import describe, human
 from .replica import LocalReplica
+from .sides import SideFilter as Excluder
 
 _WARN_OPS = {Op.SKIP}
 

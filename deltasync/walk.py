@@ -24,10 +24,10 @@ import errno
 import os
 from collections.abc import Callable
 
-from .filters import Excluder
 from .fsutil import is_reserved_name
 from .listing import LocalLister, stat_entry
 from .model import Entry, Kind
+from .sides import Excluder
 
 ErrorFunc = Callable[[str, OSError], None]
 

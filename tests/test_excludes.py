@@ -34,7 +34,7 @@ from wildmatch_port import rule_matches
 from wildmatch_port import wildmatch as port_wildmatch
 
 from deltasync.errors import UsageError
-from deltasync.filters import Excluder, glob_regex, parse_rules, wildmatch
+from deltasync.filters import Excluder, glob_regex, wildmatch
 from deltasync.remote import protocol as P
 
 RSYNC = shutil.which("rsync")
@@ -516,7 +516,12 @@ def test_refused_pattern_starts_no_ssh(tmp_path: Path, where: str) -> None:
 def test_old_style_prefixes() -> None:
     # "- P" is an exclude of P, "!" clears the rules before it, "" is none:
     # rsync's reading of --exclude arguments
-    assert [r.pattern for r in parse_rules(["- a", "b", "", "-c", "- - d"])] == [
-        b"a", b"b", b"-c", b"- d"]
-    assert [r.pattern for r in parse_rules(["a", "!", "b", "!x"])] == [b"b", b"!x"]
+    from deltasync.rules import exclude_arg_rules, with_clears
+
+    def patterns(args: list[str]) -> list[str]:
+        return [r.pattern for r in with_clears(exclude_arg_rules(args))[0]]
+
+    assert patterns(["- a", "b", "", "-c", "- - d"]) == ["a", "b", "-c", "- d"]
+    assert patterns(["a", "!", "b", "!x"]) == ["b", "!x"]
+    assert [r.action for r in exclude_arg_rules(["+ a", "- b", "c"])] == ["+", "-", "-"]
     assert not Excluder(["a", "!"])

@@ -31,8 +31,8 @@ from treeutil import File, assert_same_tree, build_tree
 from wildmatch_port import rule_matches
 
 from deltasync.errors import UsageError
-from deltasync.filters import first_match
 from deltasync.rules import FilterRule, FilterSet, parse_filter
+from deltasync.sides import first_match
 
 RSYNC = shutil.which("rsync")
 needs_rsync = pytest.mark.skipif(RSYNC is None, reason="rsync is not installed")

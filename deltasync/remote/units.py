@@ -30,11 +30,11 @@ import zlib
 from collections.abc import Callable, Generator
 
 from ..errors import DeltaSyncError, ProtocolError
-from ..filters import SideFilter as Excluder
-from ..filters import unit_hidden
 from ..listing import DIR_OPEN, DirUnit, stat_entry
 from ..model import Entry, Kind
 from ..scan import decode, encode, scan_dir
+from ..sides import SideFilter as Excluder
+from ..sides import unit_hidden
 from . import codec
 from .protocol import MAX_FRAME
 
