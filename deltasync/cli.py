@@ -31,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse  # imported when a parser is built
     from collections.abc import Callable, Sequence
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
     from .remote.transport import Transport
 
@@ -147,13 +147,106 @@ def _block_size(text: str) -> int:
 
 
 def _exclude(text: str) -> str:
-    """--exclude: refused here (exit 2), before REPLICA is made or ssh started."""
-    from .filters import check_exclude
+    """--exclude/--include: refused here (exit 2), before REPLICA is made or ssh started."""
+    from .rules import parse_arg
 
     try:
-        return check_exclude(text)
+        parse_arg(text, False)
     except UsageError as e:
         raise _bad(str(e)) from None
+    return text
+
+
+def _filter(text: str) -> str:
+    """--filter RULE: refused here (exit 2) as rsync refuses it."""
+    from .rules import parse_filter
+
+    try:
+        parse_filter(text)
+    except UsageError as e:
+        raise _bad(str(e)) from None
+    return text
+
+
+# Options whose value may start with "-" (a pattern "-foo", a rule "- foo"):
+# given as a separate argument, it is joined to its option before argparse
+# sees it, which would take it for an option (rsync takes it as the value).
+_RULE_OPTIONS = {"--exclude": "--exclude", "--include": "--include", "--filter": "--filter",
+                 "-f": "--filter", "--exclude-from": "--exclude-from",
+                 "--include-from": "--include-from"}
+
+
+def join_rule_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out.extend(argv[i:])
+            break
+        if a in _RULE_OPTIONS and i + 1 < len(argv):
+            out.append(f"{_RULE_OPTIONS[a]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _rule_action() -> type:
+    import argparse
+
+    class RuleAction(argparse.Action):
+        """Every rule option appends (option, value) to one list: rsync applies
+        --include, --exclude, --filter and their -from files in command-line order."""
+
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                     values: Any, option_string: str | None = None) -> None:
+            rules = list(getattr(namespace, "rules", None) or [])
+            rules.append((self.const, values))
+            namespace.rules = rules
+
+    return RuleAction
+
+
+def build_rules(pairs: list[tuple[str, str]]) -> tuple[str, ...]:
+    """The rule strings of the rule options, in order, files read (``-``: stdin,
+    once), merge files expanded.  UsageError (exit 2) for a file that cannot be
+    read or a rule in one that rsync would refuse."""
+    from .rules import FilterRule, expand, parse_arg, parse_filter, read_rule_file, split_lines
+
+    stdin_used = [False]
+
+    def read(name: str) -> bytes:
+        if name == "-":
+            if stdin_used[0]:
+                raise UsageError("rules from standard input ('-') given twice")
+            stdin_used[0] = True
+            return sys.stdin.buffer.read()
+        return read_rule_file(name)
+
+    rules: list[FilterRule] = []
+    f_count = 0
+    for opt, value in pairs:
+        r: FilterRule | None
+        if opt in ("exclude", "include"):
+            r = parse_arg(value, opt == "include")
+            if r is not None:
+                rules.append(r)
+        elif opt in ("exclude-from", "include-from"):
+            for line in split_lines(read(value)):
+                r = parse_arg(line, opt == "include-from")
+                if r is not None:
+                    rules.append(r)
+        elif opt == "F":
+            f_count += 1  # -F: the dir-merge rule; a second -F: exclude the files too
+            rules.append(FilterRule(":", "/.rsync-filter") if f_count == 1
+                         else FilterRule("-", ".rsync-filter"))
+        else:
+            r = parse_filter(value)
+            if r is not None:
+                rules.append(r)
+    return tuple(r.text() for r in expand(rules, read))
 
 
 _DELTA_MODES = ("auto", "always", "never")
@@ -254,8 +347,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-n", "--dry-run", action="store_true", help="log what would be done, change nothing")
         sp.add_argument("-c", "--checksum", action="store_true",
                         help="compare same-size files by blake3 content, not size+mtime")
-        sp.add_argument("--exclude", metavar="PATTERN", action="append", default=[], type=_exclude,
-                        help="rsync exclude pattern (repeatable); excluded paths are neither copied nor deleted")
+        rule = _rule_action()
+        fg = sp.add_argument_group("filter rules (rsync's; in command-line order, first match wins)")
+        fg.add_argument("--exclude", metavar="PATTERN", action=rule, const="exclude", type=_exclude,
+                        help="exclude PATTERN: neither copied nor deleted (repeatable)")
+        fg.add_argument("--include", metavar="PATTERN", action=rule, const="include", type=_exclude,
+                        help="include PATTERN: not excluded by a later rule")
+        fg.add_argument("--exclude-from", metavar="FILE", action=rule, const="exclude-from",
+                        help="exclude patterns, one a line, from FILE (- is stdin)")
+        fg.add_argument("--include-from", metavar="FILE", action=rule, const="include-from",
+                        help="include patterns, one a line, from FILE (- is stdin)")
+        fg.add_argument("-f", "--filter", metavar="RULE", action=rule, const="filter", type=_filter,
+                        help="an rsync filter rule: '- P', '+ P', 'P P', 'H P', 'S P', 'R P', "
+                             "'merge FILE', 'dir-merge NAME', 'clear'")
+        fg.add_argument("-F", action=rule, const="F", nargs=0,
+                        help="same as --filter='dir-merge /.rsync-filter'; twice: also "
+                             "--exclude=.rsync-filter")
+        fg.add_argument("--delete-excluded", action="store_true",
+                        help="also delete what is excluded from the replica (not what 'P' "
+                             "protects)")
+        sp.set_defaults(rules=[])
         sp.add_argument("--delta", choices=_DELTA_MODES, default="auto",
                         help="send changed files as deltas: by --delta-threshold (auto), always, or never")
         sp.add_argument("--delta-threshold", metavar="SIZE", type=_size, default=None,
@@ -452,6 +563,8 @@ def check_sync_args(source: str, replica: str) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     """Run a command and return its exit code (in-process; used by tests)."""
     argv = sys.argv[1:] if argv is None else [os.fspath(a) for a in argv]
+    if argv[:1] in (["sync"], ["start"]):
+        argv = join_rule_values(argv)
     early = None
     if argv[:1] == ["sync"] and any(":" in a for a in argv[1:]):
         # A remote pass: start ssh now, before the parser and the imports
@@ -477,6 +590,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command in ("sync", "start"):
         try:
             check_sync_args(args.source, args.replica)
+            args.filters = build_rules(args.rules)
             if args.compress or args.compress_choice is not None or args.compress_level is not None:
                 from .remote.compress import request
 

@@ -39,12 +39,12 @@ from .errors import (
     ProtocolError,
     pass_exit_code,
 )
-from .filters import Excluder
 from .guards import DeleteGate, Protect, Verdict, protector
 from .march import March
 from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
 from .prefetch import Prefetched
 from .replica import Replica
+from .rules import from_options
 from .source import LocalSource, Source, SourceFile
 
 if TYPE_CHECKING:
@@ -72,7 +72,11 @@ DEFAULT_DELTA_THRESHOLD = 1024 * 1024
 class SyncOptions:
     dry_run: bool = False
     checksum: bool = False
-    excludes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()  # --exclude arguments (before ``filters``)
+    # filter rules as rule strings, in command-line order, merge files read
+    # (``rules.parse_filter``); --delete-excluded: see rules.py
+    filters: tuple[str, ...] = ()
+    delete_excluded: bool = False
     fsync: bool = False
     delta: DeltaMode = DeltaMode.AUTO
     delta_threshold: int | None = None  # None: see DEFAULT_DELTA_THRESHOLD
@@ -160,7 +164,8 @@ class Engine:
         self.opts = options
         self.reporter = reporter or _RaisingReporter()
         self.stop = stop or threading.Event()
-        self.excluder = Excluder(options.excludes)
+        self.filters = from_options(options.excludes, options.filters, options.delete_excluded)
+        self.excluder = self.filters.sender  # what the source's walk leaves out
         self._gate = DeleteGate(options.max_delete)
         self._protect: Protect | None = None
         self._stats = Stats()
@@ -233,7 +238,7 @@ class Engine:
         if self.opts.checksum:
             src_hash, dst_hash = self._hashers()
         try:
-            dst_l = self.replica.lister(self.excluder, owner)
+            dst_l = self.replica.lister(self.filters.receiver, owner)
         except BaseException:
             src_l.close()
             raise
@@ -245,7 +250,7 @@ class Engine:
                 rep.directory(path)
                 rep.walked(stats.source_files, stats.source_bytes)
 
-            march = March(src_l, dst_l, copts, self.excluder, stats, self._read_error,
+            march = March(src_l, dst_l, copts, (self.excluder, self.filters.receiver), stats, self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,
                           src_hash, dst_hash, on_dir, self._protect)
             if self.source.pipelined and not self.opts.dry_run:
@@ -288,11 +293,11 @@ class Engine:
     def _keeps(self) -> bool:
         """Can a replica directory hold entries the pass must not delete (its
         rmdir then fails, and that is no error)?"""
-        return bool(self.excluder) or self._protect is not None
+        return bool(self.filters.receiver) or self._protect is not None
 
     @property
     def _kept_why(self) -> str:
-        return ("not removed: holds excluded entries" if self.excluder
+        return ("not removed: holds excluded entries" if self.filters.receiver
                 else "not removed: holds backups (--backup)")
 
     def _report_owner_unset(self) -> bool:

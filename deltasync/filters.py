@@ -1,14 +1,13 @@
-"""Exclude patterns, matched exactly as rsync matches its ``--exclude`` rules.
+"""Filter patterns, matched exactly as rsync matches its rules' patterns.
 
 The reference is rsync itself (3.x): ``lib/wildmatch.c`` for the glob and
 ``exclude.c`` for which part of a path a rule is matched against
 (``add_rule`` sets the rule's flags, ``rule_matches`` uses them).
 
-What a rule is (``parse_rules``), as rsync reads ``--exclude`` arguments:
+What a pattern is (``make_rule``; the rule syntax around it, ``+ ``/``- ``
+prefixes, ``--filter`` rules, is ``rules.py``'s, and what a side does with
+matches ``sides.py``'s):
 
-* a leading ``- `` is dropped (rsync's old-style prefix); ``+ `` would make
-  an include rule, which deltasync does not have yet: refused; ``!`` alone
-  clears the rules given before it; an empty pattern is no rule;
 * one trailing ``/`` is removed and limits the rule to directories;
 * a pattern with none of ``*``, ``?``, ``[`` is literal: compared byte for
   byte, backslashes included.
@@ -63,7 +62,6 @@ from .errors import UsageError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import re
-    from collections.abc import Iterable
 
     _Pair = tuple[re.Pattern[str], re.Pattern[bytes]]
     _Kind = tuple[frozenset[str], tuple[str, ...], _Pair | None, frozenset[str],
@@ -139,51 +137,20 @@ def make_rule(text: str, pattern: bytes) -> Rule:
     return Rule(text, pattern)
 
 
-def parse_rule(text: str) -> Rule | None:
-    """One ``--exclude`` argument as a rule; None for no rule (empty) and for ``!``.
-
-    Raises UsageError for what deltasync refuses: an include (``+ ``), an
-    empty ``- ``, a NUL, a pattern rsync would discard as too long.
-    """
+def check_pattern(pattern: str, text: str) -> Rule:
+    """The pattern of a rule (``text``, for messages) as a Rule; UsageError for
+    what deltasync refuses: a NUL, a pattern rsync would discard as too long,
+    a string no file name decodes to (a peer's JSON)."""
     try:
-        b = os.fsencode(text)
-    except UnicodeEncodeError:  # a lone surrogate no file name decodes to (a peer's JSON)
-        raise UsageError(f"exclude pattern {_show(text)}: not a file name string") from None
+        b = os.fsencode(pattern)
+    except UnicodeEncodeError:
+        raise UsageError(f"filter rule {_show(text)}: not a file name string") from None
     if b"\0" in b:
-        raise UsageError(f"exclude pattern {_show(text)}: contains a NUL byte")
-    if b.startswith(b"- "):
-        b = b[2:]
-        if not b:
-            raise UsageError(f"exclude pattern {_show(text)}: nothing after the '- ' prefix")
-    elif b.startswith(b"+ "):
-        raise UsageError(f"exclude pattern {_show(text)}: include rules ('+ ') are not "
-                         "supported")
-    elif not b or b == b"!":
-        return None
+        raise UsageError(f"filter rule {_show(text)}: contains a NUL byte")
     if len(b) >= MAX_PATTERN:
-        raise UsageError(f"exclude pattern too long ({len(b)} bytes; at most "
+        raise UsageError(f"filter pattern too long ({len(b)} bytes; at most "
                          f"{MAX_PATTERN - 1})")
-    return make_rule(text, b)
-
-
-def check_exclude(text: str) -> str:
-    """Validate one ``--exclude`` argument (argparse ``type``); returns it unchanged."""
-    parse_rule(text)
-    return text
-
-
-def parse_rules(patterns: Iterable[str]) -> list[Rule]:
-    """The rules of ``--exclude`` arguments, in order (``!`` drops those before it)."""
-    rules: list[Rule] = []
-    for text in patterns:
-        if not isinstance(text, str):
-            raise UsageError(f"exclude pattern is not a string: {text!r}")
-        rule = parse_rule(text)
-        if rule is not None:
-            rules.append(rule)
-        elif text == "!":
-            rules.clear()
-    return rules
+    return make_rule(pattern, b)
 
 
 # -- the glob as a regular expression -------------------------------------------
@@ -470,28 +437,29 @@ def _fits(pair: _Pair, s: str) -> bool:
     return pair[1].fullmatch(os.fsencode(s)) is not None
 
 
-class Excluder:
-    """rsync's ``--exclude`` rules: ``excluded(path, name, is_dir)`` for each entry.
+class Matcher:
+    """A run of pattern rules: ``matches(path, name, is_dir)`` -- does any of them match?
 
     ``path`` is relative to the root of the tree (no leading ``/``), ``name``
-    its last component.  An excluded directory is not descended into, so
-    nothing below it is copied or deleted.  Raises UsageError for a pattern
-    deltasync refuses (see ``parse_rule``); any other string is accepted.
+    its last component.  What a rule does when it matches (exclude, include)
+    is the caller's business (``SideFilter``): a matcher only groups rules
+    of one action, so they cost one look-up together.
     """
 
-    def __init__(self, patterns: Iterable[str] = ()) -> None:
-        self.patterns = list(patterns)  # as given: sent as is to the far side
-        self.rules = parse_rules(self.patterns)
-        self._file = _kind(self.rules, False)
-        self._dir = _kind(self.rules, True)
+    __slots__ = ("rules", "_file", "_dir")
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self._file = _kind(rules, False)
+        self._dir = _kind(rules, True)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
     def __repr__(self) -> str:
-        return f"Excluder({self.patterns!r})"
+        return f"Matcher({[r.text for r in self.rules]!r})"
 
-    def excluded(self, path: str, name: str, is_dir: bool) -> bool:
+    def matches(self, path: str, name: str, is_dir: bool) -> bool:
         # Called for every entry of both walks: the cheap tests first, then at
         # most one regex call on the name and two on the path.
         names, suffixes, name_re, whole, tails, head_re, any_re = (
@@ -513,3 +481,14 @@ class Excluder:
         b = os.fsencode(s)
         return ((head_re is not None and head_re[1].fullmatch(b) is not None)
                 or (any_re is not None and any_re[1].search(b) is not None))
+
+
+def __getattr__(name: str) -> object:
+    # The rules of one side (``Excluder`` and friends) moved to ``sides``;
+    # importing them from here still works (tests, library callers).
+    if name in ("Block", "Excluder", "SideFilter", "TreeFilter", "blocks", "first_match",
+                "unit_hidden"):
+        from . import sides
+
+        return getattr(sides, name)
+    raise AttributeError(name)

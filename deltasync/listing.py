@@ -35,9 +35,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .errors import DeltaSyncError
-from .filters import Excluder
 from .model import Entry, Kind
 from .scan import decode, scan_dir
+from .sides import SideFilter as Excluder
+from .sides import TreeFilter, unit_hidden
 
 DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -56,7 +57,7 @@ class DirUnit:
     """The listing of one directory (see the module docstring)."""
 
     __slots__ = ("path", "raw", "extras", "subdirs", "errors", "error", "digests", "count",
-                 "_entries")
+                 "hidden", "_entries")
 
     def __init__(self, path: str, raw: bytes = b"", extras: bytes | None = None,
                  subdirs: list[str] | None = None, errors: list[tuple[str, int]] | None = None,
@@ -70,6 +71,10 @@ class DirUnit:
         self.error = error  # the directory itself could not be read
         self.digests = digests  # name -> blake3 of regular files, when the lister hashes
         self.count = count
+        # The names this side's filter rules exclude (None: the lister did not
+        # filter; the march asks the rules itself).  On the source's side they
+        # are not transferred; on the replica's they are not deleted.
+        self.hidden: frozenset[str] | None = None
         self._entries: list[Entry] | None = None
 
     @property
@@ -116,20 +121,32 @@ def other_device(fd: int, path: str, root_dev: int) -> DirUnit | None:
     return DirUnit(path, error=OSError(OTHER_DEVICE, "on another file system (-x)"))
 
 
-def _subdirs(excluder: Excluder, prefix: str, names: list[str]) -> list[str]:
-    if not excluder:
-        return names
-    return [n for n in names if not excluder.excluded(prefix + n, n, True)]
+def apply_filter(unit: DirUnit, tree: TreeFilter, fd: int, prunes: bool) -> DirUnit:
+    """Mark what the rules exclude in a unit just listed (``hidden``), read the
+    directory's per-directory rule files (``fd``), and, ``prunes``, leave the
+    excluded subdirectories out of the walk.  A rule file that cannot be used
+    makes the directory unreadable (its rules are unknown)."""
+    n = len(unit.prefix)
+    hidden, error = unit_hidden(tree, fd, unit.path,
+                                lambda: [(e.path[n:], e.kind is Kind.DIR) for e in unit.entries()])
+    if error is not None:
+        return DirUnit(unit.path, error=error)
+    unit.hidden = hidden
+    if prunes and hidden:
+        unit.subdirs = [d for d in unit.subdirs if d not in hidden]
+    return unit
 
 
-def _scan_unit(fd: int, path: str, excluder: Excluder, owner: bool) -> DirUnit:
+def _scan_unit(fd: int, path: str, excluder: Excluder, owner: bool,
+               tree: TreeFilter | None = None) -> DirUnit:
     try:
         s = scan_dir(fd, owner)
     except OSError as e:
         return DirUnit(path, error=e)
-    prefix = path + "/" if path else ""
-    return DirUnit(path, s.raw, s.extras, _subdirs(excluder, prefix, s.subdirs), s.errors,
-                   count=s.count)
+    unit = DirUnit(path, s.raw, s.extras, s.subdirs, s.errors, count=s.count)
+    if tree is not None:
+        return apply_filter(unit, tree, fd, excluder.prunes)
+    return unit
 
 
 def _open_root(root: str) -> tuple[int, Entry | None]:
@@ -146,6 +163,7 @@ class LocalLister:
     def __init__(self, root: str, excluder: Excluder, owner: bool,
                  one_file_system: bool = False) -> None:
         self.excluder, self.owner = excluder, owner
+        self.tree = excluder.tree() if excluder else None
         self.root_fd, self.root = _open_root(root)
         self.root_dev = self.root.dev if self.root is not None and one_file_system else None
         self._stack: list[tuple[str, int]] = []  # open directories below the root, outermost first
@@ -154,7 +172,7 @@ class LocalLister:
         if path == "":
             if self.root_fd < 0:
                 return DirUnit("")
-            return _scan_unit(self.root_fd, "", self.excluder, self.owner)
+            return _scan_unit(self.root_fd, "", self.excluder, self.owner, self.tree)
         parent, _, name = path.rpartition("/")
         stack = self._stack
         while stack and stack[-1][0] != parent:
@@ -171,7 +189,7 @@ class LocalLister:
             other = other_device(fd, path, self.root_dev)
             if other is not None:
                 return other
-        return _scan_unit(fd, path, self.excluder, self.owner)
+        return _scan_unit(fd, path, self.excluder, self.owner, self.tree)
 
     def skip(self, path: str) -> None:
         pass
@@ -237,7 +255,8 @@ class ThreadLister:
 
     def _walk(self) -> None:
         ex, owner = self.excluder, self.owner
-        unit = _scan_unit(self.root_fd, "", ex, owner)
+        tree = ex.tree() if ex else None
+        unit = _scan_unit(self.root_fd, "", ex, owner, tree)
         if not self._put(unit):
             return
         # (path, fd, remaining subdirectory names reversed); the root's fd is ours to keep
@@ -265,7 +284,7 @@ class ThreadLister:
                     if not self._put(other):
                         return
                     continue
-                unit = _scan_unit(sfd, sub, ex, owner)
+                unit = _scan_unit(sfd, sub, ex, owner, tree)
                 if not self._put(unit):
                     os.close(sfd)
                     return

@@ -41,12 +41,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from .compare import Child, CompareOptions, HashFunc, Walk, dir_meta, plan_dir
-from .filters import Excluder
 from .fsutil import is_reserved_name
 from .guards import Protect
 from .listing import OTHER_DEVICE, DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
 from .scan import totals
+from .sides import SideFilter as Excluder
 
 ReadError = Callable[[str, OSError], None]
 
@@ -69,19 +69,37 @@ class _Frame:
         self.listed = True  # False when the source directory could not be read
 
 
-def _filter(unit: DirUnit, excluder: Excluder) -> tuple[list[Entry], list[Entry]]:
-    """The unit's entries without excluded ones and reserved names; and those."""
+def _hidden(unit: DirUnit, excluder: Excluder) -> frozenset[str]:
+    """The names of a unit the side's rules exclude: as its lister marked them,
+    or (a lister that does not filter) by the rules given on the command line."""
+    if unit.hidden is not None:
+        return unit.hidden
+    if not excluder:
+        return frozenset()
+    n = len(unit.prefix)
+    return frozenset(e.path[n:] for e in unit.entries()
+                     if excluder.excluded(e.path, e.path[n:], e.kind is Kind.DIR))
+
+
+def _filter(unit: DirUnit, excluder: Excluder, protect: set[str] | None = None
+            ) -> tuple[list[Entry], list[Entry]]:
+    """The unit's entries without reserved names, and those.  Excluded ones are
+    left out too, or, ``protect`` given (the replica's side of a directory both
+    sides have), kept and their paths added to ``protect``: the plan leaves a
+    replica entry alone that is protected and not in the source."""
     entries = unit.entries()
     n = len(unit.prefix)
     kept: list[Entry] = []
     temps: list[Entry] = []
-    check = bool(excluder)
+    hidden = _hidden(unit, excluder)
     for e in entries:
         name = e.path[n:]
         if name.startswith(".deltasync.") and e.kind is not Kind.DIR and is_reserved_name(name):
             temps.append(e)
-        elif check and excluder.excluded(e.path, name, e.kind is Kind.DIR):
-            continue
+        elif hidden and name in hidden:
+            if protect is not None:
+                protect.add(e.path)
+                kept.append(e)
         else:
             kept.append(e)
     return kept, temps
@@ -90,7 +108,8 @@ def _filter(unit: DirUnit, excluder: Excluder) -> tuple[list[Entry], list[Entry]
 class March:
     """One pass's walk of both trees; iterate ``actions()`` once."""
 
-    def __init__(self, src: Lister, dst: Lister, opts: CompareOptions, excluder: Excluder,
+    def __init__(self, src: Lister, dst: Lister, opts: CompareOptions,
+                 excluder: Excluder | tuple[Excluder, Excluder],
                  stats: Stats, on_read_error: ReadError,
                  on_temps: Callable[[list[str]], None] | None = None,
                  src_hash: HashFunc | None = None, dst_hash: HashFunc | None = None,
@@ -98,7 +117,9 @@ class March:
                  protect: Protect | None = None) -> None:
         self.src, self.dst = src, dst
         self.opts = opts
-        self.excluder = excluder
+        # the rules of the source's side and of the replica's
+        self.src_ex, self.dst_ex = excluder if isinstance(excluder, tuple) else (excluder,
+                                                                                  excluder)
         self.stats = stats
         self.on_read_error = on_read_error
         self.on_temps = on_temps
@@ -107,7 +128,8 @@ class March:
         self.protect = protect  # replica entries the source lacks that stay (--backup)
         # The bytes comparison of two units stands for the plan of a directory
         # only when the plan would look at nothing the bytes do not hold.
-        self.fast = not opts.checksum and not excluder
+        # (With filter rules, only where neither unit has an excluded entry.)
+        self.fast = not opts.checksum
 
     def actions(self) -> Iterator[Action]:
         src_root = self.src.root
@@ -170,7 +192,8 @@ class March:
             du = DirUnit(path)  # its contents are unknown: nothing will be removed
         stats = self.stats
         if (self.fast and du is not None and su.raw == du.raw and not su.errors
-                and not du.errors):
+                and not du.errors and not _hidden(su, self.src_ex)
+                and not _hidden(du, self.dst_ex)):
             files, nbytes = totals(su.raw)
             stats.source_files += files
             stats.source_bytes += nbytes
@@ -181,16 +204,20 @@ class March:
             if self.on_dir is not None:
                 self.on_dir(path)
             return
-        s_ents, reserved = _filter(su, self.excluder)
-        unknown: set[str] | None = None
+        s_ents, reserved = _filter(su, self.src_ex)
+        unknown: set[str] = set()
         if su.errors:
-            unknown = set()
             prefix = su.prefix
             for name, err in su.errors:
                 unknown.add(prefix + name)
                 self.on_read_error(prefix + name, OSError(err, _strerror(err)))
         if du is not None:
-            d_ents, temps = _filter(du, self.excluder)
+            # A replica lister that leaves excluded directories out has the
+            # sender's rules (``SideFilter.prunes``): what it excludes is not
+            # looked at (a source entry of another type there makes way for
+            # itself, ``LocalReplica``); otherwise excluded entries are only
+            # kept from deletion, and a directory of them is walked.
+            d_ents, temps = _filter(du, self.dst_ex, None if self.dst_ex.prunes else unknown)
             if temps and self.on_temps is not None:
                 self.on_temps([e.path for e in temps])
             if du.errors:
@@ -202,7 +229,8 @@ class March:
             if e.kind is Kind.FILE:
                 stats.source_files += 1
                 stats.source_bytes += e.size
-        plan = plan_dir(s_ents, d_ents, self.opts, unknown, self.src_hash, self.dst_hash)
+        plan = plan_dir(s_ents, d_ents, self.opts, unknown or None, self.src_hash,
+                        self.dst_hash)
         stats.unchanged += plan.unchanged
         f.touched = plan.touched
         removals, items = plan.removals, plan.items
@@ -222,7 +250,7 @@ class March:
         if du.error is not None:
             self.on_read_error(f.path, du.error)
             return  # the rmdir below will say what is left
-        d_ents, temps = _filter(du, self.excluder)
+        d_ents, temps = _filter(du, self.dst_ex)
         if temps and self.on_temps is not None:
             self.on_temps([e.path for e in temps])
         items: list[Action | Child] = [

@@ -61,7 +61,6 @@ from .errors import (
     ReplicaLocked,
     SourceChanged,
 )
-from .filters import Excluder
 from .fsutil import (
     DirFds,
     Writable,
@@ -73,6 +72,7 @@ from .fsutil import (
 )
 from .listing import Lister, ThreadLister
 from .model import Backup, Entry, Kind, quote_path
+from .sides import SideFilter as Excluder
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature

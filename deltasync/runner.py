@@ -20,11 +20,11 @@ from typing import Any
 from . import __version__
 from .engine import DeltaMode, Engine, Reporter, SyncOptions
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
-from .filters import Excluder
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
 from .model import Action, Backup, Op, Result, Stats
 from .render import describe, human
 from .replica import LocalReplica
+from .sides import SideFilter as Excluder
 
 _WARN_OPS = {Op.SKIP}
 
@@ -202,7 +202,8 @@ def _options(args: argparse.Namespace) -> SyncOptions:
     return SyncOptions(
         dry_run=args.dry_run,
         checksum=args.checksum,
-        excludes=tuple(args.exclude),
+        filters=tuple(getattr(args, "filters", ())),
+        delete_excluded=bool(getattr(args, "delete_excluded", False)),
         fsync=args.fsync,
         delta=DeltaMode(args.delta),
         delta_threshold=args.delta_threshold,

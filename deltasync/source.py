@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .errors import DeltaSyncError, SourceChanged
-from .filters import Excluder
 from .fsutil import DirFds, open_nofollow
 from .listing import Lister, ThreadLister, stat_entry
 from .model import Entry, Kind
+from .sides import SideFilter as Excluder
 
 if TYPE_CHECKING:
     from .delta import Signature

@@ -24,10 +24,10 @@ import errno
 import os
 from collections.abc import Callable
 
-from .filters import Excluder
 from .fsutil import is_reserved_name
 from .listing import LocalLister, stat_entry
 from .model import Entry, Kind
+from .sides import Excluder
 
 ErrorFunc = Callable[[str, OSError], None]
 
@@ -79,7 +79,7 @@ def walk(root: str, excluder: Excluder | None = None, on_error: ErrorFunc | None
                 if e.kind is not Kind.DIR and is_reserved_name(name):
                     if on_temp is not None:
                         on_temp(e.path)
-                elif not (excl and excl.excluded(e.path, name, e.kind is Kind.DIR)):
+                elif not (unit.hidden and name in unit.hidden):
                     kept.append(e)
             kept.reverse()  # popped from the end: in order
             return kept

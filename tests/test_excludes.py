@@ -34,7 +34,7 @@ from wildmatch_port import rule_matches
 from wildmatch_port import wildmatch as port_wildmatch
 
 from deltasync.errors import UsageError
-from deltasync.filters import Excluder, glob_regex, parse_rules, wildmatch
+from deltasync.filters import Excluder, glob_regex, wildmatch
 from deltasync.remote import protocol as P
 
 RSYNC = shutil.which("rsync")
@@ -455,7 +455,7 @@ def test_serve_takes_the_crashing_patterns(tmp_path: Path, pattern: str) -> None
     assert P.LIST_END in [t for t, _ in got]
 
 
-@pytest.mark.parametrize("bad", ["+ keep", "- ", "x" * 5000, "a\0b", "\ud800x"])
+@pytest.mark.parametrize("bad", ["+ ", "- ", "x" * 5000, "a\0b", "\ud800x"])
 def test_serve_answers_an_unusable_pattern_with_a_protocol_error(tmp_path: Path, bad: str) -> None:
     # The client never sends these (it refuses them first); a peer that does
     # gets ERROR and exit 12, not a crash.
@@ -465,7 +465,7 @@ def test_serve_answers_an_unusable_pattern_with_a_protocol_error(tmp_path: Path,
     assert [t for t, _ in got][-1] == P.ERROR
     assert "Traceback" not in err
     lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("deltasync serve: error: SCAN: exclude pattern")
+    assert len(lines) == 1 and lines[0].startswith("deltasync serve: error: SCAN: filter")
 
 
 # -- (e) patterns deltasync refuses, and warnings ---------------------------------------------
@@ -481,9 +481,9 @@ def test_no_warning_from_any_pattern() -> None:
 
 
 @pytest.mark.parametrize("bad, why", [
-    ("+ keep", "include rules ('+ ') are not supported"),
+    ("+ ", "nothing after the '+ ' prefix"),
     ("- ", "nothing after the '- ' prefix"),
-    ("y" * 4096, "exclude pattern too long (4096 bytes; at most 4095)"),
+    ("y" * 4096, "pattern too long (4096 bytes; at most 4095)"),
 ])
 def test_refused_pattern_is_one_line_exit_2_and_nothing_is_made(tmp_path: Path, bad: str,
                                                                 why: str) -> None:
@@ -495,7 +495,7 @@ def test_refused_pattern_is_one_line_exit_2_and_nothing_is_made(tmp_path: Path, 
     assert why in lines[0]
     assert not (tmp_path / "dst").exists()
     with pytest.raises(UsageError):
-        parse_rules([bad])
+        Excluder([bad])
 
 
 @pytest.mark.parametrize("where", ["push", "pull"])
@@ -506,7 +506,7 @@ def test_refused_pattern_starts_no_ssh(tmp_path: Path, where: str) -> None:
     rsh.chmod(0o755)
     a, b = ((str(tmp_path / "src"), "h:dst") if where == "push"
             else ("h:src", str(tmp_path / "dst")))
-    p = run_proc("sync", a, b, "-e", str(rsh), "--exclude", "+ f")
+    p = run_proc("sync", a, b, "-e", str(rsh), "--exclude", "+ ")
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.splitlines()) == 1
     assert not (tmp_path / "started").exists()
@@ -516,7 +516,12 @@ def test_refused_pattern_starts_no_ssh(tmp_path: Path, where: str) -> None:
 def test_old_style_prefixes() -> None:
     # "- P" is an exclude of P, "!" clears the rules before it, "" is none:
     # rsync's reading of --exclude arguments
-    assert [r.pattern for r in parse_rules(["- a", "b", "", "-c", "- - d"])] == [
-        b"a", b"b", b"-c", b"- d"]
-    assert [r.pattern for r in parse_rules(["a", "!", "b", "!x"])] == [b"b", b"!x"]
+    from deltasync.rules import exclude_arg_rules, with_clears
+
+    def patterns(args: list[str]) -> list[str]:
+        return [r.pattern for r in with_clears(exclude_arg_rules(args))[0]]
+
+    assert patterns(["- a", "b", "", "-c", "- - d"]) == ["a", "b", "-c", "- d"]
+    assert patterns(["a", "!", "b", "!x"]) == ["b", "!x"]
+    assert [r.action for r in exclude_arg_rules(["+ a", "- b", "c"])] == ["+", "-", "-"]
     assert not Excluder(["a", "!"])

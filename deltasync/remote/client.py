@@ -65,7 +65,7 @@ class Connection:
                  remote_command: str | None = None, compress: bool | Compression | None = False,
                  bwlimit: int | None = None, dry_run: bool = False,
                  fsync: bool = False, owner: bool = False, lock_wait: float | None = None,
-                 scan: tuple[list[str], bool, bool, bool] | None = None,
+                 scan: tuple[dict[str, Any] | list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None, timeout: float | None = None,
                  backup: Backup | None = None, one_file_system: bool = False) -> None:
@@ -224,11 +224,15 @@ class Connection:
         """Bytes written to and read from the transport so far, after compression."""
         return self.out.bytes_out + self.inp.bytes_in
 
-    def _send_scan(self, excludes: list[str], clean_temps: bool, checksum: bool,
+    def _send_scan(self, rules: dict[str, Any] | list[str], clean_temps: bool, checksum: bool,
                    owner: bool) -> None:
+        # rules: {"filters": rule strings, "delete_excluded": bool}, or a list
+        # of --exclude arguments (library callers).
         # list_zlib: units are zlib-packed unless the whole stream will be (-z).
-        body = {"excludes": list(excludes), "clean_temps": clean_temps, "checksum": checksum,
-                "owner": owner, "credit": DEFAULT_CREDIT, "list_zlib": self.want is None}
+        if isinstance(rules, list):
+            rules = {"excludes": list(rules)}
+        body = {**rules, "clean_temps": clean_temps, "checksum": checksum, "owner": owner,
+                "credit": DEFAULT_CREDIT, "list_zlib": self.want is None}
         if self.one_file_system:
             body["one_file_system"] = True
         self.out.send(SCAN, dump_json(body))

@@ -46,7 +46,9 @@ from . import compress
 PROTOCOL_VERSION = 3  # the newest version this deltasync speaks
 # Version 2 streams the listing as directory units with credit (remote/units.py);
 # version 3 negotiates the codec of -z (COMPRESS frames; version 2 always used
-# zlib from the first byte after HELLO), so a version 2 peer is refused.
+# zlib from the first byte after HELLO) and carries filter rules in SCAN and a
+# unit's excluded names (a version 2 peer would ignore the rules and delete
+# what they protect), so a version 2 peer is refused.
 MIN_PROTOCOL_VERSION = 3  # the oldest one it still accepts
 MAGIC = b"DSYNCPRO"
 

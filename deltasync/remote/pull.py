@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, TypeVar
 from blake3 import blake3
 
 from ..errors import DeltaSyncError, PatchError, ProtocolError, SourceChanged
-from ..filters import Excluder
 from ..listing import Lister
 from ..model import Entry
+from ..sides import SideFilter as Excluder
 from ..source import IncomingDelta, Source, SourceFile
 from . import codec
 from .client import Connection

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import DeltaSyncError, OwnerNotSet, ProtocolError, SourceChanged
-from ..filters import Excluder
 from ..listing import Lister
 from ..model import Entry, Kind
 from ..replica import LateFailure, Replica, SourceCheck
+from ..sides import SideFilter as Excluder
 from . import codec
 from .client import Connection
 from .protocol import (

@@ -49,9 +49,9 @@ from ..errors import (
     SourceChanged,
     UsageError,
 )
-from ..filters import Excluder
 from ..model import Backup, Kind
 from ..replica import LocalReplica, LockUnavailable
+from ..rules import from_wire
 from ..source import LocalSource, SourceFile
 from . import codec, compress
 from .protocol import (
@@ -299,16 +299,21 @@ class Server:
         if self._walk is not None:
             raise ProtocolError("a second SCAN in one session")
         excludes = body.get("excludes", [])
-        if not isinstance(excludes, list) or not all(isinstance(x, str) for x in excludes):
+        filters = body.get("filters", [])
+        if (not isinstance(excludes, list) or not all(isinstance(x, str) for x in excludes)
+                or not isinstance(filters, list) or not all(isinstance(x, str) for x in filters)
+                or not isinstance(body.get("delete_excluded", False), bool)):
             raise ProtocolError("malformed SCAN message")
         credit = body.get("credit")
         if not isinstance(credit, int) or credit <= 0:
             raise ProtocolError("malformed SCAN message: no credit")
         self._credit = credit
         try:
-            excluder = Excluder(excludes)
+            fs = from_wire(excludes, filters, bool(body.get("delete_excluded")))
         except UsageError as e:  # the client checks them first: this is not our deltasync
             raise ProtocolError(f"SCAN: {e}") from None
+        # This side's rules: a replica's say what it keeps, a source's what it leaves out.
+        excluder = fs.receiver if self.replica is not None else fs.sender
         if self.replica is not None:
             self.replica.excluder = excluder  # what stays when a directory must make way
         # zlib per unit when asked, unless the whole stream is compressed (-z) already

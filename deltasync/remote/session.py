@@ -72,7 +72,7 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         # The SCAN goes out with the connection, so the far side walks its
         # tree while we walk ours.  Owners count if the far side can set them.
         conn = Connection(dst_spec, "replica", owner=True, lock_wait=opts.lock_wait,
-                          scan=(list(opts.excludes), not opts.dry_run, opts.checksum, True),
+                          scan=(_rules(opts), not opts.dry_run, opts.checksum, True),
                           backup=opts.backup, **common)
         r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
         # The local tree is walked by a thread, up to 4,096 directories ahead
@@ -84,10 +84,19 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
     if not opts.dry_run:
         os.makedirs(replica, exist_ok=True)
     conn = Connection(src_spec, "source",
-                      scan=(list(opts.excludes), False, opts.checksum, opts.owner),
+                      scan=(_rules(opts), False, opts.checksum, opts.owner),
                       one_file_system=opts.one_file_system, **common)
     local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner, backup=opts.backup)
     return Engine(RemoteSource(conn), local, opts, reporter, stop), _PullClose(conn, local)
+
+
+def _rules(opts: SyncOptions) -> dict[str, Any]:
+    """What the far side needs of the filter rules (``SCAN``): all of them, each
+    side picks its own; merge files were read here."""
+    from ..rules import from_options
+
+    fs = from_options(opts.excludes, opts.filters, opts.delete_excluded)
+    return {"filters": fs.wire(), "delete_excluded": opts.delete_excluded}
 
 
 __all__ = ["RemoteSpec", "check_remote_paths", "is_remote", "open_remote_pass"]

@@ -30,10 +30,11 @@ import zlib
 from collections.abc import Callable, Generator
 
 from ..errors import DeltaSyncError, ProtocolError
-from ..filters import Excluder
 from ..listing import DIR_OPEN, DirUnit, other_device, stat_entry
 from ..model import Entry, Kind
 from ..scan import decode, encode, scan_dir
+from ..sides import SideFilter as Excluder
+from ..sides import unit_hidden
 from . import codec
 from .protocol import MAX_FRAME
 
@@ -106,6 +107,11 @@ def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
         parts.append(_U32.pack(len(digests or ())))
         for idx, d in digests or ():
             parts.append(_DIGEST.pack(idx, d))
+        if unit.hidden is not None:  # protocol 3: the names this side's rules exclude
+            parts.append(_U32.pack(len(unit.hidden)))
+            for n in sorted(unit.hidden):
+                nb = os.fsencode(n)
+                parts += [struct.pack(">H", len(nb)), nb]
     body = b"".join(parts)
     if isinstance(packed, Packer):
         return b"\x02" + packed.pack(body)
@@ -213,9 +219,23 @@ def decode_unit(payload: bytes, unpacker: Unpacker | None = None
     if ndig > count:
         raise ProtocolError("malformed UNIT message: more digests than entries")
     digests = [c.unpack(_DIGEST) for _ in range(ndig)]
+    hidden: frozenset[str] | None = None
+    if c.pos != len(body):
+        (nhid,) = c.unpack(_U32)
+        if nhid > count:
+            raise ProtocolError("malformed UNIT message: more hidden names than entries")
+        names = []
+        for _ in range(nhid):
+            (nl,) = struct.unpack(">H", c.take(2))
+            name = os.fsdecode(c.take(nl))
+            if not name or "/" in name or name in (".", "..") or "\0" in name:
+                raise ProtocolError("malformed UNIT message: bad hidden name")
+            names.append(name)
+        hidden = frozenset(names)
     if c.pos != len(body):
         raise ProtocolError("malformed UNIT message: trailing bytes")
     unit = PeerUnit(path, raw, None, subdirs, errors, count=count)
+    unit.hidden = hidden
     if digests:
         unit.entries()  # checked now: the digests name entries by position
     for idx, _ in digests:
@@ -255,6 +275,7 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
     directory on another device than the root is sent as ``listing.other_device``.
     """
     pk: bool | Packer = Packer() if packed else False
+    tree = excluder.tree() if excluder else None
     from ..fsutil import is_temp_name
     from ..scan import totals
 
@@ -278,8 +299,14 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
         if on_big is not None and totals(raw)[1] >= BIG:
             on_big()
             on_big = None
-        if excluder:
-            subdirs = [n for n in subdirs if not excluder.excluded(prefix + n, n, True)]
+        hidden: frozenset[str] | None = None
+        if tree is not None:
+            hidden, bad = unit_hidden(tree, fd, path, lambda: [
+                (x.path[len(prefix):], x.kind is Kind.DIR) for x in decode(raw, None, prefix)])
+            if bad is not None:
+                return encode_unit(DirUnit(path, error=bad), None, pk), []
+            if excluder.prunes and hidden:
+                subdirs = [n for n in subdirs if n not in hidden]
         entries: list[Entry] | None = None
         if on_temps is not None and b".deltasync." in raw:
             entries = decode(raw, None, prefix)
@@ -300,7 +327,7 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                 if x.kind is not Kind.FILE:
                     continue
                 name = x.path[len(prefix):]
-                if excluder and excluder.excluded(x.path, name, False):
+                if hidden and name in hidden:
                     continue
                 try:
                     ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -313,8 +340,9 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                     pass
                 finally:
                     os.close(ffd)
-        return encode_unit(DirUnit(path, raw, None, subdirs, s.errors, count=count),
-                           digests, pk), subdirs
+        unit = DirUnit(path, raw, None, subdirs, s.errors, count=count)
+        unit.hidden = hidden
+        return encode_unit(unit, digests, pk), subdirs
 
     stack: list[tuple[str, int, list[str]]] = []
     try:
@@ -432,7 +460,9 @@ class RemoteLister:
         while True:
             u = self._next_or_end()
             if u is None:
-                return  # the skipped subtree was the last of the listing
+                # the skipped subtree was the last of the listing, or a
+                # directory the far walk left out (its rules) at the end
+                return
             if u.path != path and not u.path.startswith(below):
                 self._peeked = u
                 return
