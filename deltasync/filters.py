@@ -160,70 +160,65 @@ _Token = tuple[int, frozenset[int]]
 
 
 def _bracket(p: bytes, i: int) -> tuple[frozenset[int], int] | None:
-    """The class starting after the ``[`` at ``i - 1``: (bytes it matches, index after
-    its ``]``), or None where wildmatch.c returns ABORT_ALL (a malformed class).
+    """The bracket expression whose ``[`` is at ``i - 1``: (the bytes it matches,
+    the index after its closing ``]``), or None when it is malformed (then the
+    whole pattern matches nothing, as in rsync).
 
-    A transcription of the ``case '['`` loop of ``dowild``, to keep its quirks:
-    ``]`` first is literal; ``-`` is a range only between two characters (not
-    after a range or a ``[:class:]``, not before ``]``); ``[:`` without a
-    closing ``:]`` is a literal ``[``.
+    The rules, as rsync's matcher applies them (checked against rsync on its own
+    test table and on generated cases): ``!`` or ``^`` first negates; a ``]``
+    first (after the negation) is a member, any later one closes; ``\\x`` is
+    the member ``x``; ``a-z`` is a range when the ``-`` follows a single member
+    (not a range or a class) and is not last; ``[:name:]`` is a POSIX class
+    (an unknown name is malformed); a ``[:`` with no ``:]`` before the next
+    ``]`` is a plain ``[``.  No class ever matches ``/``.
     """
-    n = len(p)
-
-    def at(k: int) -> int:
-        return p[k] if k < n else 0
-
-    ch = at(i)
-    if ch == _CARET:
-        ch = _BANG
-    negate = ch == _BANG
+    end = len(p)
+    negate = i < end and p[i] in (_BANG, _CARET)
     if negate:
         i += 1
-        ch = at(i)
-    prev = 0
     members: set[int] = set()
+    last: int | None = None  # a single member a "-" can start a range from
+    first = True
     while True:
-        if not ch:
-            return None
-        if ch == _BACKSLASH:
-            i += 1
-            ch = at(i)
-            if not ch:
+        if i >= end:
+            return None  # never closed
+        c = p[i]
+        if c == _RBRACKET and not first:
+            break
+        first = False
+        if c == _BACKSLASH:
+            if i + 1 >= end:
                 return None
-            members.add(ch)
-        elif ch == _DASH and prev and at(i + 1) and at(i + 1) != _RBRACKET:
-            i += 1
-            ch = at(i)
-            if ch == _BACKSLASH:
-                i += 1
-                ch = at(i)
-                if not ch:
+            last = p[i + 1]
+            members.add(last)
+            i += 2
+            continue
+        if c == _DASH and last is not None and i + 1 < end and p[i + 1] != _RBRACKET:
+            j = i + 1
+            if p[j] == _BACKSLASH:
+                j += 1
+                if j >= end:
                     return None
-            members.update(range(prev, ch + 1))
-            ch = 0  # no range may start at a range's end
-        elif ch == _LBRACKET and at(i + 1) == _COLON:
-            s = i = i + 2
-            while at(i) and at(i) != _RBRACKET:
-                i += 1
-            if not at(i):
+            members.update(range(last, p[j] + 1))  # empty when reversed
+            last = None
+            i = j + 1
+            continue
+        if c == _LBRACKET and i + 1 < end and p[i + 1] == _COLON:
+            close = p.find(b"]", i + 2)
+            if close < 0:
                 return None
-            if i - s - 1 < 0 or p[i - 1] != _COLON:  # no ":]": a literal "["
-                i = s - 2
-                ch = _LBRACKET
-                members.add(ch)
-            else:
-                cls = _CLASSES.get(p[s:i - 1])
+            if close > i + 2 and p[close - 1] == _COLON:
+                cls = _CLASSES.get(p[i + 2:close - 1])
                 if cls is None:
                     return None
                 members |= cls
-                ch = 0
-        else:
-            members.add(ch)
-        prev = ch
+                last = None
+                i = close + 1
+                continue
+            # no ":]" before the next "]": this "[" is a plain member
+        members.add(c)
+        last = c
         i += 1
-        ch = at(i)
-        if ch == _RBRACKET:
-            break
     chosen = _ALL_BUT_SLASH - members if negate else frozenset(members) - {_SLASH}
     return chosen, i + 1
 

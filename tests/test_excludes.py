@@ -11,6 +11,11 @@
 (d) the patterns that used to crash (``a[]]b`` ...), through the real CLI,
     locally, in a push, in a pull, and given to ``serve`` directly;
 (e) what deltasync refuses: one error line, exit 2, nothing created, no ssh.
+
+Licence: its case table (a) is copied from rsync, which is GPL-3.0-or-later; this file is
+therefore distributed under GPL-3.0-or-later, unlike the rest of deltasync
+(MIT).  It is a test: not part of the installed package, and nothing in
+``deltasync/`` is derived from it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@ test are left out (deltasync does not implement them).
 Then: rules rsync refuses are refused (one line, exit 2, nothing made, no
 ssh); ``--exclude -foo``; a round trip of rule parsing and printing (what a
 far side is sent); random rule lists against the port of rsync's matcher.
+
+Licence: its first cases' tree and rules are copied from rsync, which is GPL-3.0-or-later; this file is
+therefore distributed under GPL-3.0-or-later, unlike the rest of deltasync
+(MIT).  It is a test: not part of the installed package, and nothing in
+``deltasync/`` is derived from it.
 """
 
 from __future__ import annotations

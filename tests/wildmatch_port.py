@@ -7,6 +7,11 @@ Names and structure follow rsync (3.x, lib/wildmatch.c ``dowild``,
 ``wildmatch_array``, ``trailing_N_elements``; exclude.c ``add_rule`` flags,
 ``rule_matches``).  Strings are ``bytes``; the virtual concatenation of
 rsync's string arrays is a plain concatenation here (it is only ever that).
+
+Licence: a port of code from rsync, which is GPL-3.0-or-later; this file is
+therefore distributed under GPL-3.0-or-later, unlike the rest of deltasync
+(MIT).  It is a test: not part of the installed package, and nothing in
+``deltasync/`` is derived from it.
 """
 
 from __future__ import annotations
