@@ -27,9 +27,12 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .model import Action, Entry, Kind, Op, Reason, options
+
+if TYPE_CHECKING:
+    from .hardlinks import HardLinks
 
 HashFunc = Callable[[Entry], bytes | None]
 
@@ -104,13 +107,15 @@ def _name_key(item: Action | Child) -> bytes:
 
 def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
              unknown: set[str] | None = None, src_hash: HashFunc | None = None,
-             dst_hash: HashFunc | None = None) -> DirPlan:
+             dst_hash: HashFunc | None = None, links: HardLinks | None = None) -> DirPlan:
     """Decide one directory: its source entries against its replica entries.
 
     Both lists hold the entries of one directory (full relative paths, any
     order; exclude rules and reserved names already taken out).  ``unknown``:
     paths of source entries that could not be read; their replica
-    counterparts are left alone, whatever they are.
+    counterparts are left alone, whatever they are.  ``links`` (``-H``): the
+    pass's hard-link groups, which turn later members of a group into
+    ``link`` actions (``hardlinks.HardLinks``).
     """
     dst_by = {e.path: e for e in dst}
     removals: list[Action] = []
@@ -136,6 +141,8 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
             if d.kind is Kind.DIR:
                 after = Action(Op.CREATE if k is Kind.FILE else Op.SYMLINK, path, s, d,
                                Reason.TYPE)
+                if links is not None and k is Kind.FILE:
+                    after = links.new_file(s, after)
                 items.append(Child(Walk.REPLACE, path, s, d, after))
                 continue
             removals.append(Action(Op.DELETE, path, s, d, Reason.TYPE))
@@ -148,19 +155,24 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
             if k is Kind.DIR:
                 items.append(Child(Walk.NEW, path, s, old))
             elif k is Kind.FILE:
-                items.append(Action(Op.CREATE, path, s, old, reason))
+                a = Action(Op.CREATE, path, s, old, reason)
+                items.append(a if links is None else links.new_file(s, a))
             else:
                 items.append(Action(Op.SYMLINK, path, s, old, reason))
             continue
         if k is Kind.FILE:
             why = need_transfer(s, d, opts, src_hash, dst_hash)
-            if why is not None:
-                items.append(Action(Op.UPDATE, path, s, d, why))
-                touched = True
-            elif meta_differs(s, d, opts):
-                items.append(Action(Op.META, path, s, d, Reason.META))
-            else:
+            planned = (Action(Op.UPDATE, path, s, d, why) if why is not None
+                       else Action(Op.META, path, s, d, Reason.META) if meta_differs(s, d, opts)
+                       else None)
+            if links is not None:
+                planned = links.both(s, d, planned)
+            if planned is None:
                 unchanged += 1
+            else:
+                items.append(planned)
+                if planned.op is not Op.META:
+                    touched = True
         elif k is Kind.SYMLINK:
             if s.target != d.target:
                 items.append(Action(Op.SYMLINK, path, s, d, Reason.TARGET))

@@ -41,6 +41,7 @@ from .errors import (
 )
 from .filters import Excluder
 from .guards import DeleteGate, Protect, Verdict, protector
+from .hardlinks import HardLinks
 from .march import March
 from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
 from .prefetch import Prefetched
@@ -90,6 +91,8 @@ class SyncOptions:
     one_file_system: bool = False
     # --timeout: seconds a remote peer may stay silent (None: forever).
     timeout: float | None = None
+    # -H: source files sharing an inode share one in the replica (hardlinks.py).
+    hard_links: bool = False
 
 
 class Reporter:
@@ -245,9 +248,10 @@ class Engine:
                 rep.directory(path)
                 rep.walked(stats.source_files, stats.source_bytes)
 
+            links = HardLinks() if self.opts.hard_links else None
             march = March(src_l, dst_l, copts, self.excluder, stats, self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,
-                          src_hash, dst_hash, on_dir, self._protect)
+                          src_hash, dst_hash, on_dir, self._protect, links)
             if self.source.pipelined and not self.opts.dry_run:
                 worker = self._worker = _Worker(self)
             with _gc_paused():
@@ -488,6 +492,11 @@ class Engine:
             if not dry:
                 r.set_meta(a.path, a.src)
             return Result()
+        if op is Op.LINK:
+            assert a.src.target is not None
+            if not dry:
+                r.link(a.path, a.src.target)
+            return Result(size=a.src.size)
         return self._transfer(a)
 
     def _use_delta(self, a: Action) -> bool:

@@ -13,7 +13,8 @@ Two units with equal bytes (``DirUnit.raw``) are equal in every compared
 field, so a directory with nothing to do costs one bytes comparison: no
 entry is decoded, nothing is planned (the fast path; not with
 ``--checksum``, which compares contents, nor with exclude rules, whose
-entries must be counted out).
+entries must be counted out; with ``-H``, not for a directory holding a file
+with several links on either side: its group decides it, ``hardlinks.py``).
 
 The order of what comes out, the guarantees of a pass:
 
@@ -44,9 +45,10 @@ from .compare import Child, CompareOptions, HashFunc, Walk, dir_meta, plan_dir
 from .filters import Excluder
 from .fsutil import is_reserved_name
 from .guards import Protect
+from .hardlinks import HardLinks
 from .listing import OTHER_DEVICE, DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
-from .scan import totals
+from .scan import linked, totals
 
 ReadError = Callable[[str, OSError], None]
 
@@ -95,7 +97,7 @@ class March:
                  on_temps: Callable[[list[str]], None] | None = None,
                  src_hash: HashFunc | None = None, dst_hash: HashFunc | None = None,
                  on_dir: Callable[[str], None] | None = None,
-                 protect: Protect | None = None) -> None:
+                 protect: Protect | None = None, links: HardLinks | None = None) -> None:
         self.src, self.dst = src, dst
         self.opts = opts
         self.excluder = excluder
@@ -105,11 +107,19 @@ class March:
         self.src_hash, self.dst_hash = src_hash, dst_hash
         self.on_dir = on_dir
         self.protect = protect  # replica entries the source lacks that stay (--backup)
+        self.links = links  # -H: the pass's hard-link groups
         # The bytes comparison of two units stands for the plan of a directory
         # only when the plan would look at nothing the bytes do not hold.
         self.fast = not opts.checksum and not excluder
 
     def actions(self) -> Iterator[Action]:
+        try:
+            yield from self._actions()
+        finally:
+            if self.links is not None:
+                self.links.close()  # its spilled table, if any, is a temporary file
+
+    def _actions(self) -> Iterator[Action]:
         src_root = self.src.root
         if src_root is None:
             raise FileNotFoundError("source root does not exist")
@@ -170,7 +180,10 @@ class March:
             du = DirUnit(path)  # its contents are unknown: nothing will be removed
         stats = self.stats
         if (self.fast and du is not None and su.raw == du.raw and not su.errors
-                and not du.errors):
+                and not du.errors
+                # -H: a file with several links is decided against its group
+                and (self.links is None or not (linked(su.raw, su.extras)
+                                                or linked(du.raw, du.extras)))):
             files, nbytes = totals(su.raw)
             stats.source_files += files
             stats.source_bytes += nbytes
@@ -202,7 +215,8 @@ class March:
             if e.kind is Kind.FILE:
                 stats.source_files += 1
                 stats.source_bytes += e.size
-        plan = plan_dir(s_ents, d_ents, self.opts, unknown, self.src_hash, self.dst_hash)
+        plan = plan_dir(s_ents, d_ents, self.opts, unknown, self.src_hash, self.dst_hash,
+                        self.links)
         stats.unchanged += plan.unchanged
         f.touched = plan.touched
         removals, items = plan.removals, plan.items
