@@ -48,7 +48,7 @@ from .guards import Protect
 from .hardlinks import HardLinks
 from .listing import OTHER_DEVICE, DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
-from .scan import linked, totals
+from .scan import totals
 
 ReadError = Callable[[str, OSError], None]
 
@@ -182,8 +182,7 @@ class March:
         if (self.fast and du is not None and su.raw == du.raw and not su.errors
                 and not du.errors
                 # -H: a file with several links is decided against its group
-                and (self.links is None or not (linked(su.raw, su.extras)
-                                                or linked(du.raw, du.extras)))):
+                and (self.links is None or not (su.has_links() or du.has_links()))):
             files, nbytes = totals(su.raw)
             stats.source_files += files
             stats.source_bytes += nbytes

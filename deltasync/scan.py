@@ -79,7 +79,7 @@ from typing import Any, NamedTuple
 
 from .model import Entry, Kind
 
-__all__ = ["DirScan", "NATIVE", "decode", "decode_py", "encode", "scan_dir", "scan_dir_py", "sort_key",
+__all__ = ["DirScan", "NATIVE", "decode", "decode_py", "encode", "encode_extras", "scan_dir", "scan_dir_py", "sort_key",
            "linked", "linked_py", "totals", "totals_py"]
 
 
@@ -288,6 +288,12 @@ def encode(entries: Iterable[Entry], owner: bool) -> bytes:
             parts.append(_H.pack(len(t)))
             parts.append(t)
     return b"".join(parts)
+
+
+def encode_extras(entries: Iterable[Entry]) -> bytes:
+    """The ``extras`` of a listing of ``entries`` (in listing order)."""
+    pack = _EXTRA.pack
+    return b"".join(pack(e.ino, e.dev & _U64, min(e.nlink, _U32)) for e in entries)
 
 
 def totals_py(raw: bytes) -> tuple[int, int]:
