@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from .compare import Child, CompareOptions, HashFunc, Walk, dir_meta, plan_dir
+from .compare import Child, CompareOptions, HashFunc, Linked, Walk, dir_meta, plan_dir
 from .filters import Excluder
 from .fsutil import is_reserved_name
 from .guards import Protect
@@ -66,7 +66,7 @@ class _Frame:
         self.parent = parent  # the parent's source unit, where ``src`` can be looked up
         self.after = after
         self.touched = False
-        self.items: Iterator[Action | Child] = iter(())
+        self.items: Iterator[Action | Child | Linked] = iter(())
         self.unit: DirUnit | None = None  # this directory's source unit, once entered
         self.listed = True  # False when the source directory could not be read
 
@@ -135,6 +135,11 @@ class March:
             if child is None:
                 stack.pop()
                 yield from self._leave(f)
+                continue
+            if type(child) is Linked:
+                a = self._settle(child, f)  # type: ignore[arg-type]
+                if a is not None:
+                    yield a
                 continue
             if type(child) is not Child:
                 yield child  # type: ignore[misc]
@@ -215,7 +220,7 @@ class March:
                 stats.source_files += 1
                 stats.source_bytes += e.size
         plan = plan_dir(s_ents, d_ents, self.opts, unknown, self.src_hash, self.dst_hash,
-                        self.links)
+                        self.links is not None)
         stats.unchanged += plan.unchanged
         f.touched = plan.touched
         removals, items = plan.removals, plan.items
@@ -229,6 +234,19 @@ class March:
         for e in reserved:  # never synced, never silently dropped
             yield Action(Op.SKIP, e.path, e, None, Reason.RESERVED)
         yield from removals
+
+    def _settle(self, item: Linked, f: _Frame) -> Action | None:
+        """-H: a regular file's action, now that its turn in walk order has come."""
+        assert self.links is not None
+        if item.dst is None:
+            assert item.planned is not None
+            return self.links.new_file(item.src, item.planned)
+        a = self.links.both(item.src, item.dst, item.planned)
+        if a is None:
+            self.stats.unchanged += 1
+        elif a.op is not Op.META:
+            f.touched = True  # a link or a new copy is renamed into the directory
+        return a
 
     def _enter_removal(self, f: _Frame) -> None:
         du = self.dst.take(f.path)
@@ -251,7 +269,7 @@ class March:
         assert self.protect is not None
         return reason is Reason.EXTRANEOUS and self.protect(path, path.rpartition("/")[2])
 
-    def _kept(self, item: Action | Child) -> Action | Child:
+    def _kept(self, item: Action | Child | Linked) -> Action | Child | Linked:
         """A replica-only directory that is protected is left alone, not removed."""
         if (type(item) is Child and item.how is Walk.GONE  # type: ignore[union-attr]
                 and self._protected(item.path, Reason.EXTRANEOUS)):
@@ -266,7 +284,10 @@ class March:
             yield Action(Op.RMDIR, f.path, f.src, f.dst,
                          Reason.TYPE if how is Walk.REPLACE else Reason.EXTRANEOUS)
             if f.after is not None:
-                yield f.after
+                after = f.after
+                if self.links is not None and after.op is Op.CREATE and after.src is not None:
+                    after = self.links.new_file(after.src, after)
+                yield after
             return
         if not f.listed and how is Walk.BOTH:
             return  # an unreadable source directory: its replica copy is left as it is
