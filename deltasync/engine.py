@@ -41,7 +41,6 @@ from .errors import (
 )
 from .filters import Excluder
 from .guards import DeleteGate, Protect, Verdict, protector
-from .hardlinks import HardLinks
 from .march import March
 from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
 from .prefetch import Prefetched
@@ -248,7 +247,11 @@ class Engine:
                 rep.directory(path)
                 rep.walked(stats.source_files, stats.source_bytes)
 
-            links = HardLinks() if self.opts.hard_links else None
+            links = None
+            if self.opts.hard_links:
+                from .hardlinks import HardLinks
+
+                links = HardLinks()
             march = March(src_l, dst_l, copts, self.excluder, stats, self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,
                           src_hash, dst_hash, on_dir, self._protect, links)

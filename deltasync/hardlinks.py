@@ -30,10 +30,13 @@ within the streamed pass's bounded memory.
 from __future__ import annotations
 
 import os
-import sqlite3
-import tempfile
+from typing import TYPE_CHECKING
 
 from .model import Action, Entry, Op, Reason
+
+if TYPE_CHECKING:
+    import sqlite3
+    import tempfile
 
 #: Keys held in memory before a map spills to its on-disk table.  100,000
 #: groups cost ~25 MB as dict entries; a table costs a few µs per lookup.
@@ -87,6 +90,10 @@ class SpillMap:
                          (*_ints(key), *(_col(v) for v in value)))
 
     def _spill(self, sample: Value) -> None:
+        # Imported here: tempfile pulls in shutil, and most passes never spill.
+        import sqlite3
+        import tempfile
+
         self._strs = tuple(isinstance(v, str) for v in sample)
         self._dir = tempfile.TemporaryDirectory(prefix="deltasync-links-")
         db = sqlite3.connect(os.path.join(self._dir.name, "links.db"), isolation_level=None)
@@ -151,7 +158,8 @@ class HardLinks:
         if leader is None:
             self.groups.put(key, (s.path, 0, 0))
             return planned
-        return Action(Op.LINK, s.path, s._replace(target=leader[0]), planned.dst, planned.reason)
+        return Action(Op.LINK, s.path, s._replace(target=str(leader[0])), planned.dst,
+                      planned.reason)
 
     def both(self, s: Entry, d: Entry, planned: Action | None) -> Action | None:
         """A regular file on both sides, ``planned`` as decided without ``-H``
@@ -167,7 +175,7 @@ class HardLinks:
             path, rdev, rino = leader
             if rino and (d.dev, d.ino) == (rdev, rino):
                 return None  # already the leader's inode, which holds the source's data
-            return Action(Op.LINK, s.path, s._replace(target=path), d, Reason.LINKS)
+            return Action(Op.LINK, s.path, s._replace(target=str(path)), d, Reason.LINKS)
         rkey = (d.dev, d.ino)
         if planned is None or planned.op is not Op.UPDATE:
             claim = self.claims.get(rkey) if d.nlink > 1 else None

@@ -40,15 +40,18 @@ go to ``on_read_error``; the march never raises for them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from .compare import Child, CompareOptions, HashFunc, Linked, Walk, dir_meta, plan_dir
 from .filters import Excluder
 from .fsutil import is_reserved_name
 from .guards import Protect
-from .hardlinks import HardLinks
 from .listing import OTHER_DEVICE, DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
 from .scan import totals
+
+if TYPE_CHECKING:
+    from .hardlinks import HardLinks
 
 ReadError = Callable[[str, OSError], None]
 
@@ -256,7 +259,7 @@ class March:
         d_ents, temps = _filter(du, self.excluder)
         if temps and self.on_temps is not None:
             self.on_temps([e.path for e in temps])
-        items: list[Action | Child] = [
+        items: list[Action | Child | Linked] = [
             Child(Walk.GONE, d.path, None, d) if d.kind is Kind.DIR
             else Action(Op.DELETE, d.path, None, d, Reason.EXTRANEOUS) for d in d_ents]
         if self.protect is not None:
