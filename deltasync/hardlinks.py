@@ -104,10 +104,11 @@ class SpillMap:
         cols = ", ".join(f"v{i}" for i in range(self.arity))
         db.execute(f"CREATE TABLE m (a INTEGER, b INTEGER, {cols}, PRIMARY KEY (a, b))"
                    " WITHOUT ROWID")
+        # One transaction for the rest of the pass, never committed: the table
+        # is scratch, and a commit per insert would cost a write each.
         db.execute("BEGIN")
         db.executemany(f"INSERT INTO m VALUES (?, ?{', ?' * self.arity})",
                        ((*_ints(k), *(_col(v) for v in val)) for k, val in self._mem.items()))
-        db.execute("COMMIT")
         self._mem = {}
         self._db = db
 
@@ -140,7 +141,8 @@ def _col(v: str | int) -> bytes | int:
 class HardLinks:
     """The ``-H`` state of one pass (see the module docstring); ``close`` it after."""
 
-    def __init__(self, limit: int = SPILL_AT) -> None:
+    def __init__(self, limit: int | None = None) -> None:
+        limit = SPILL_AT if limit is None else limit
         self.groups = SpillMap(3, limit)  # (sdev, sino) -> (leader path, rdev, rino)
         self.claims = SpillMap(2, limit)  # (rdev, rino) -> (sdev, sino)
 

@@ -269,6 +269,36 @@ def test_memory_stays_flat_when_every_file_is_linked() -> None:
     assert run(60_000, limit=10**9) > 3 * bounded  # what the bound saves
 
 
+def test_memory_of_a_pass_over_a_cp_al_tree_does_not_grow(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Every file has two links (half the files are groups' first members):
+    past the bound the groups live in sqlite, and four times the tree costs
+    Python's heap no more."""
+    from doubles import CountingReplica, SyntheticSource
+
+    from deltasync import hardlinks
+    from deltasync.engine import Engine, SyncOptions
+
+    monkeypatch.setattr(hardlinks, "SPILL_AT", 2_000)
+
+    def peak(n: int) -> int:
+        source = SyntheticSource(n, linked=True)
+        replica = CountingReplica()
+        tracemalloc.start()
+        try:
+            stats, code = Engine(source, replica, SyncOptions(owner=False, hard_links=True)
+                                 ).run_pass()
+            top = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert code == 0
+        assert replica.counts["write_file"] == n // 2 and replica.counts["link"] == n // 2
+        return top
+
+    small, big = peak(20_000), peak(80_000)
+    assert big < small + (512 << 10), (small, big)
+
+
 def _create(e: Entry) -> Any:
     from deltasync.model import Action, Reason
 
