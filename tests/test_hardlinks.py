@@ -348,3 +348,49 @@ def test_unit_extras_round_trip(recs: list[tuple[int, int, int]]) -> None:
     # without extras asked for, the unit is what it always was
     plain, _ = decode_unit(encode_unit(unit))
     assert plain.extras is None
+
+
+# -- a hostile client's LINK requests -----------------------------------------------
+
+@pytest.mark.parametrize("path,target", [
+    ("esc/new", "old"),  # made through a symlink in the replica
+    ("new", "esc/precious"),  # a target reached through a symlink
+    ("new", "up/root/old"),
+    ("../evil", "old"),
+    ("new", "../outside/precious"),
+    ("new", "esc"),  # a symlink is no regular file
+])
+def test_hostile_link_requests_are_refused(tmp_path: Path, path: str, target: str) -> None:
+    from test_remote_fuzz import check_invariants, frame, prefix, results, run_server
+    from treeutil import Symlink, snapshot
+
+    from deltasync.remote import codec
+    from deltasync.remote import protocol as P
+
+    build_tree(tmp_path / "outside", {"precious": b"keep me", "d": {"x": b"y"}})
+    build_tree(tmp_path / "root", {"old": b"old content", "gone": b"g",
+                                   "esc": Symlink(str(tmp_path / "outside")),
+                                   "up": Symlink("..")})
+    before = snapshot(tmp_path / "outside")
+    body = frame(P.LINK, codec.encode_op(1, Entry(path, Kind.FILE, target=target)))
+    code, out = run_server(prefix(tmp_path / "root") + body + frame(P.GOODBYE))
+    assert code in (0, 1)  # 1: an unsafe path ends the session, as for every request
+    if code == 0:
+        (res,) = results(out)
+        assert res[2] is not None  # refused, with a reason
+    check_invariants(tmp_path, before)
+    assert not (tmp_path / "root/new").exists()
+    assert os.stat(tmp_path / "outside/precious").st_nlink == 1
+
+
+def test_a_well_formed_link_request_links(tmp_path: Path) -> None:
+    from test_remote_fuzz import frame, prefix, results, run_server
+
+    from deltasync.remote import codec
+    from deltasync.remote import protocol as P
+
+    build_tree(tmp_path / "root", {"old": b"old content", "d": {}})
+    body = frame(P.LINK, codec.encode_op(1, Entry("d/new", Kind.FILE, target="old")))
+    code, out = run_server(prefix(tmp_path / "root") + body + frame(P.GOODBYE))
+    assert code == 0 and results(out)[0][2] is None
+    assert os.stat(tmp_path / "root/d/new").st_ino == os.stat(tmp_path / "root/old").st_ino
