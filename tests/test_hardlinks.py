@@ -394,3 +394,20 @@ def test_a_well_formed_link_request_links(tmp_path: Path) -> None:
     code, out = run_server(prefix(tmp_path / "root") + body + frame(P.GOODBYE))
     assert code == 0 and results(out)[0][2] is None
     assert os.stat(tmp_path / "root/d/new").st_ino == os.stat(tmp_path / "root/old").st_ino
+
+
+def test_a_spilled_index_gives_the_same_replica(src: Path, dst: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from deltasync import hardlinks
+
+    monkeypatch.setattr(hardlinks, "SPILL_AT", 1)  # every group past the first on disk
+    linked_tree(src)
+    subprocess.run(["cp", "-al", f"{src}/a", f"{src}/a2"], check=True)
+    r = do_sync(src, dst, hard_links=True)
+    assert r.code == 0, r.rep.failed_
+    assert_mirrored(src, dst)
+    (src / "b/g").write_bytes(b"changed, in all four names")
+    r = do_sync(src, dst, hard_links=True)
+    assert r.stats.counts["update"] == 1 and r.stats.counts["link"] == 3
+    assert_mirrored(src, dst)
+    assert do_sync(src, dst, hard_links=True).writes == 0
