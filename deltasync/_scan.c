@@ -31,13 +31,13 @@
 
 /* scan.py refuses a built module whose version differs (a stale in-place
  * build): bump it whenever the interface between the two changes. */
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 enum { K_FILE = 0, K_DIR = 1, K_LINK = 2, K_SPECIAL = 3, N_KINDS = 4 };
 
 #define FIXED_LEN 27 /* kind u8 | mode u16 | size u64 | mtime i64 | uid u32 | gid u32 */
 #define EXTRA_LEN 20 /* ino u64 | dev u64 | nlink u32 */
-#define N_ENTRY_FIELDS 10
+#define N_ENTRY_FIELDS 11
 #define N_SCAN_FIELDS 5
 
 /* ------------------------------------------------------------------ */
@@ -613,9 +613,11 @@ static PyObject *decode(PyObject *module, PyObject *args)
             const unsigned char *xe = x + i * EXTRA_LEN;
             SET(8, PyLong_FromUnsignedLongLong(get64(xe)));
             SET(9, cached_u64(get64(xe + 8), &v_dev, &last_dev));
+            SET(10, PyLong_FromUnsignedLong(get32(xe + 16)));
         } else {
             SET(8, PyLong_FromLong(0));
             SET(9, PyLong_FromLong(0));
+            SET(10, PyLong_FromLong(0));
         }
 #undef SET
     }
@@ -698,6 +700,63 @@ bad:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ */
+/* linked: does a listing hold a regular file with more than one link (-H)? */
+
+static PyObject *linked(PyObject *module, PyObject *args)
+{
+    PyObject *rawobj, *exobj;
+    if (!PyArg_ParseTuple(args, "OO:linked", &rawobj, &exobj))
+        return NULL;
+    if (exobj == Py_None)
+        Py_RETURN_FALSE;
+    Py_buffer raw, ex;
+    if (PyObject_GetBuffer(rawobj, &raw, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(exobj, &ex, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&raw);
+        return NULL;
+    }
+    const unsigned char *p = raw.buf, *x = ex.buf;
+    Py_ssize_t n = raw.len, pos = 0, i = 0;
+    int found = 0;
+    while (pos < n) {
+        if (n - pos < 2)
+            goto bad;
+        Py_ssize_t nl = get16(p + pos);
+        pos += 2;
+        if (n - pos < nl + FIXED_LEN)
+            goto bad;
+        pos += nl;
+        unsigned kind = p[pos];
+        if ((i + 1) * EXTRA_LEN > ex.len)
+            goto bad;
+        if (kind == K_FILE && get32(x + i * EXTRA_LEN + 16) > 1) {
+            found = 1;
+            break;
+        }
+        pos += FIXED_LEN;
+        if (kind == K_LINK) {
+            if (n - pos < 2)
+                goto bad;
+            Py_ssize_t tl = get16(p + pos);
+            pos += 2;
+            if (n - pos < tl)
+                goto bad;
+            pos += tl;
+        }
+        i++;
+    }
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&ex);
+    return PyBool_FromLong(found);
+bad:
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&ex);
+    PyErr_SetString(PyExc_ValueError, "malformed directory listing: truncated entry or extras");
+    return NULL;
+}
+
 static int check_tuple_type(PyObject *t, const char *what)
 {
     if (!PyType_Check(t) || !PyType_IsSubtype((PyTypeObject *)t, &PyTuple_Type) ||
@@ -756,6 +815,7 @@ static PyMethodDef methods[] = {
     {"scan_dir", scan_dir, METH_VARARGS, "scan_dir(dfd, owner) -> DirScan (see deltasync.scan)"},
     {"decode", decode, METH_VARARGS, "decode(raw, extras, prefix) -> list[Entry] (see deltasync.scan)"},
     {"totals", totals, METH_O, "totals(raw) -> (regular files, their bytes) (see deltasync.scan)"},
+    {"linked", linked, METH_VARARGS, "linked(raw, extras) -> bool: a regular file with nlink > 1 (see deltasync.scan)"},
     {"init", init, METH_VARARGS, "init(Entry, DirScan, kinds, ascii_fast): called once by deltasync.scan"},
     {NULL, NULL, 0, NULL},
 };

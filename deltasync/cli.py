@@ -384,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait at most SECONDS for another pass into the same replica to "
                              "end, then fail with exit 1 (default: wait as long as it takes)")
         _guard_opts(sp)
+        # -H (issue 13 item 1): hard-link groups, as rsync -H (deltasync/hardlinks.py).
+        sp.add_argument("-H", "--hard-links", action="store_true",
+                        help="files hard-linked together in SOURCE are hard-linked in REPLICA")
         rg = sp.add_argument_group("remote sync ([USER@]HOST:PATH as SOURCE or REPLICA)")
         rg.add_argument("-e", "--rsh", metavar="COMMAND", default=None,
                         help="transport command, split like a shell would (default: ssh)")
@@ -510,7 +513,7 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--compress-choice": str, "--zc": str, "--compress-level": _compress_level,
         "--zl": _compress_level, **_GUARD_VALUED}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
-             "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", *_GUARD_FLAGS}
+             "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", "-H", "--hard-links", *_GUARD_FLAGS}
     ns = _Quick()
     pos: list[str] = []
     i = 1

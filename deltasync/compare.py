@@ -91,30 +91,47 @@ class Child(NamedTuple):
     after: Action | None = None  # REPLACE: what is created once the directory is gone
 
 
+class Linked(NamedTuple):
+    """``-H``: a regular file whose decision waits for its turn in walk order.
+
+    Which member of a hard-link group comes first is a matter of the order
+    actions are carried out, not of the order directories are planned (a
+    directory's files are planned before its subdirectories are entered, but
+    a subdirectory that sorts first is filled first), so the march settles it
+    with ``hardlinks.HardLinks`` when the item's turn comes."""
+
+    path: str
+    src: Entry
+    dst: Entry | None  # the replica's regular file (None: the file is created)
+    planned: Action | None  # the decision without -H (None: unchanged)
+
+
 class DirPlan(NamedTuple):
     removals: list[Action]
-    items: list[Action | Child]  # in walk order
+    items: list[Action | Child | Linked]  # in walk order
     unchanged: int
     touched: bool  # entries are added or removed: the directory's mtime moves
 
 
-def _name_key(item: Action | Child) -> bytes:
+def _name_key(item: Action | Child | Linked) -> bytes:
     return os.fsencode(item.path.rpartition("/")[2])
 
 
 def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
              unknown: set[str] | None = None, src_hash: HashFunc | None = None,
-             dst_hash: HashFunc | None = None) -> DirPlan:
+             dst_hash: HashFunc | None = None, links: bool = False) -> DirPlan:
     """Decide one directory: its source entries against its replica entries.
 
     Both lists hold the entries of one directory (full relative paths, any
     order; exclude rules and reserved names already taken out).  ``unknown``:
     paths of source entries that could not be read; their replica
-    counterparts are left alone, whatever they are.
+    counterparts are left alone, whatever they are.  ``links`` (``-H``): a
+    regular file with more than one link on either side is a ``Linked`` item,
+    for the march to settle against its group.
     """
     dst_by = {e.path: e for e in dst}
     removals: list[Action] = []
-    items: list[Action | Child] = []  # subdirectories in their place among the entries
+    items: list[Action | Child | Linked] = []  # subdirectories in their place among the entries
     unchanged = 0
     touched = False
     d: Entry | None
@@ -135,7 +152,7 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
             touched = True
             if d.kind is Kind.DIR:
                 after = Action(Op.CREATE if k is Kind.FILE else Op.SYMLINK, path, s, d,
-                               Reason.TYPE)
+                               Reason.TYPE)  # -H: the march settles it, when it comes
                 items.append(Child(Walk.REPLACE, path, s, d, after))
                 continue
             removals.append(Action(Op.DELETE, path, s, d, Reason.TYPE))
@@ -148,19 +165,24 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
             if k is Kind.DIR:
                 items.append(Child(Walk.NEW, path, s, old))
             elif k is Kind.FILE:
-                items.append(Action(Op.CREATE, path, s, old, reason))
+                a = Action(Op.CREATE, path, s, old, reason)
+                items.append(Linked(path, s, None, a) if links and s.nlink > 1 else a)
             else:
                 items.append(Action(Op.SYMLINK, path, s, old, reason))
             continue
         if k is Kind.FILE:
             why = need_transfer(s, d, opts, src_hash, dst_hash)
-            if why is not None:
-                items.append(Action(Op.UPDATE, path, s, d, why))
-                touched = True
-            elif meta_differs(s, d, opts):
-                items.append(Action(Op.META, path, s, d, Reason.META))
-            else:
+            planned = (Action(Op.UPDATE, path, s, d, why) if why is not None
+                       else Action(Op.META, path, s, d, Reason.META) if meta_differs(s, d, opts)
+                       else None)
+            if links and (s.nlink > 1 or d.nlink > 1):
+                items.append(Linked(path, s, d, planned))
+            elif planned is None:
                 unchanged += 1
+            else:
+                items.append(planned)
+                if planned.op is not Op.META:
+                    touched = True
         elif k is Kind.SYMLINK:
             if s.target != d.target:
                 items.append(Action(Op.SYMLINK, path, s, d, Reason.TARGET))

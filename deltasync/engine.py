@@ -94,6 +94,8 @@ class SyncOptions:
     one_file_system: bool = False
     # --timeout: seconds a remote peer may stay silent (None: forever).
     timeout: float | None = None
+    # -H: source files sharing an inode share one in the replica (hardlinks.py).
+    hard_links: bool = False
 
 
 class Reporter:
@@ -250,9 +252,15 @@ class Engine:
                 rep.directory(path)
                 rep.walked(stats.source_files, stats.source_bytes)
 
-            march = March(src_l, dst_l, copts, (self.excluder, self.filters.receiver), stats, self._read_error,
+            links = None
+            if self.opts.hard_links:
+                from .hardlinks import HardLinks
+
+                links = HardLinks()
+            march = March(src_l, dst_l, copts, (self.excluder, self.filters.receiver), stats,
+                          self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,
-                          src_hash, dst_hash, on_dir, self._protect)
+                          src_hash, dst_hash, on_dir, self._protect, links)
             if self.source.pipelined and not self.opts.dry_run:
                 worker = self._worker = _Worker(self)
             with _gc_paused():
@@ -493,6 +501,11 @@ class Engine:
             if not dry:
                 r.set_meta(a.path, a.src)
             return Result()
+        if op is Op.LINK:
+            assert a.src.target is not None
+            if not dry:
+                r.link(a.path, a.src.target)
+            return Result(size=a.src.size)
         return self._transfer(a)
 
     def _use_delta(self, a: Action) -> bool:

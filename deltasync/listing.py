@@ -36,7 +36,7 @@ from typing import Protocol
 
 from .errors import DeltaSyncError
 from .model import Entry, Kind
-from .scan import decode, scan_dir
+from .scan import decode, linked, scan_dir
 from .sides import SideFilter as Excluder
 from .sides import TreeFilter, unit_hidden
 
@@ -86,6 +86,11 @@ class DirUnit:
         if self._entries is None:
             self._entries = decode(self.raw, self.extras, self.prefix)
         return self._entries
+
+    def has_links(self) -> bool:
+        """Does it hold a regular file with more than one link (``-H``)?  False
+        when the unit carries no ``extras``."""
+        return linked(self.raw, self.extras)
 
     def __repr__(self) -> str:
         return f"DirUnit({self.path!r}, {self.count} entries{', error' if self.error else ''})"

@@ -13,7 +13,8 @@ Two units with equal bytes (``DirUnit.raw``) are equal in every compared
 field, so a directory with nothing to do costs one bytes comparison: no
 entry is decoded, nothing is planned (the fast path; not with
 ``--checksum``, which compares contents, nor with exclude rules, whose
-entries must be counted out).
+entries must be counted out; with ``-H``, not for a directory holding a file
+with several links on either side: its group decides it, ``hardlinks.py``).
 
 The order of what comes out, the guarantees of a pass:
 
@@ -39,14 +40,18 @@ go to ``on_read_error``; the march never raises for them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from .compare import Child, CompareOptions, HashFunc, Walk, dir_meta, plan_dir
+from .compare import Child, CompareOptions, HashFunc, Linked, Walk, dir_meta, plan_dir
 from .fsutil import is_reserved_name
 from .guards import Protect
 from .listing import OTHER_DEVICE, DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
 from .scan import totals
 from .sides import SideFilter as Excluder
+
+if TYPE_CHECKING:
+    from .hardlinks import HardLinks
 
 ReadError = Callable[[str, OSError], None]
 
@@ -64,7 +69,7 @@ class _Frame:
         self.parent = parent  # the parent's source unit, where ``src`` can be looked up
         self.after = after
         self.touched = False
-        self.items: Iterator[Action | Child] = iter(())
+        self.items: Iterator[Action | Child | Linked] = iter(())
         self.unit: DirUnit | None = None  # this directory's source unit, once entered
         self.listed = True  # False when the source directory could not be read
 
@@ -114,7 +119,7 @@ class March:
                  on_temps: Callable[[list[str]], None] | None = None,
                  src_hash: HashFunc | None = None, dst_hash: HashFunc | None = None,
                  on_dir: Callable[[str], None] | None = None,
-                 protect: Protect | None = None) -> None:
+                 protect: Protect | None = None, links: HardLinks | None = None) -> None:
         self.src, self.dst = src, dst
         self.opts = opts
         # the rules of the source's side and of the replica's
@@ -126,12 +131,20 @@ class March:
         self.src_hash, self.dst_hash = src_hash, dst_hash
         self.on_dir = on_dir
         self.protect = protect  # replica entries the source lacks that stay (--backup)
+        self.links = links  # -H: the pass's hard-link groups
         # The bytes comparison of two units stands for the plan of a directory
         # only when the plan would look at nothing the bytes do not hold.
         # (With filter rules, only where neither unit has an excluded entry.)
         self.fast = not opts.checksum
 
     def actions(self) -> Iterator[Action]:
+        try:
+            yield from self._actions()
+        finally:
+            if self.links is not None:
+                self.links.close()  # its spilled table, if any, is a temporary file
+
+    def _actions(self) -> Iterator[Action]:
         src_root = self.src.root
         if src_root is None:
             raise FileNotFoundError("source root does not exist")
@@ -147,6 +160,11 @@ class March:
             if child is None:
                 stack.pop()
                 yield from self._leave(f)
+                continue
+            if type(child) is Linked:
+                a = self._settle(child, f)  # type: ignore[arg-type]
+                if a is not None:
+                    yield a
                 continue
             if type(child) is not Child:
                 yield child  # type: ignore[misc]
@@ -193,7 +211,9 @@ class March:
         stats = self.stats
         if (self.fast and du is not None and su.raw == du.raw and not su.errors
                 and not du.errors and not _hidden(su, self.src_ex)
-                and not _hidden(du, self.dst_ex)):
+                and not _hidden(du, self.dst_ex)
+                # -H: a file with several links is decided against its group
+                and (self.links is None or not (su.has_links() or du.has_links()))):
             files, nbytes = totals(su.raw)
             stats.source_files += files
             stats.source_bytes += nbytes
@@ -230,7 +250,7 @@ class March:
                 stats.source_files += 1
                 stats.source_bytes += e.size
         plan = plan_dir(s_ents, d_ents, self.opts, unknown or None, self.src_hash,
-                        self.dst_hash)
+                        self.dst_hash, self.links is not None)
         stats.unchanged += plan.unchanged
         f.touched = plan.touched
         removals, items = plan.removals, plan.items
@@ -245,6 +265,19 @@ class March:
             yield Action(Op.SKIP, e.path, e, None, Reason.RESERVED)
         yield from removals
 
+    def _settle(self, item: Linked, f: _Frame) -> Action | None:
+        """-H: a regular file's action, now that its turn in walk order has come."""
+        assert self.links is not None
+        if item.dst is None:
+            assert item.planned is not None
+            return self.links.new_file(item.src, item.planned)
+        a = self.links.both(item.src, item.dst, item.planned)
+        if a is None:
+            self.stats.unchanged += 1
+        elif a.op is not Op.META:
+            f.touched = True  # a link or a new copy is renamed into the directory
+        return a
+
     def _enter_removal(self, f: _Frame) -> None:
         du = self.dst.take(f.path)
         if du.error is not None:
@@ -253,7 +286,7 @@ class March:
         d_ents, temps = _filter(du, self.dst_ex)
         if temps and self.on_temps is not None:
             self.on_temps([e.path for e in temps])
-        items: list[Action | Child] = [
+        items: list[Action | Child | Linked] = [
             Child(Walk.GONE, d.path, None, d) if d.kind is Kind.DIR
             else Action(Op.DELETE, d.path, None, d, Reason.EXTRANEOUS) for d in d_ents]
         if self.protect is not None:
@@ -266,7 +299,7 @@ class March:
         assert self.protect is not None
         return reason is Reason.EXTRANEOUS and self.protect(path, path.rpartition("/")[2])
 
-    def _kept(self, item: Action | Child) -> Action | Child:
+    def _kept(self, item: Action | Child | Linked) -> Action | Child | Linked:
         """A replica-only directory that is protected is left alone, not removed."""
         if (type(item) is Child and item.how is Walk.GONE  # type: ignore[union-attr]
                 and self._protected(item.path, Reason.EXTRANEOUS)):
@@ -281,7 +314,10 @@ class March:
             yield Action(Op.RMDIR, f.path, f.src, f.dst,
                          Reason.TYPE if how is Walk.REPLACE else Reason.EXTRANEOUS)
             if f.after is not None:
-                yield f.after
+                after = f.after
+                if self.links is not None and after.op is Op.CREATE and after.src is not None:
+                    after = self.links.new_file(after.src, after)
+                yield after
             return
         if not f.listed and how is Walk.BOTH:
             return  # an unreadable source directory: its replica copy is left as it is

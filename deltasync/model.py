@@ -33,9 +33,10 @@ class Entry(NamedTuple):
     mode: int = 0  # permission bits only (S_IMODE)
     uid: int = -1
     gid: int = -1
-    target: str | None = None  # symlink target, verbatim
+    target: str | None = None  # symlink target, verbatim; Op.LINK: the path linked to
     ino: int = 0
     dev: int = 0
+    nlink: int = 0  # link count (0: not known, e.g. a listing without extras)
 
 
 class Op(enum.Enum):
@@ -45,6 +46,7 @@ class Op(enum.Enum):
     CREATE = "create"
     UPDATE = "update"
     SYMLINK = "symlink"
+    LINK = "link"  # -H: a hard link to an earlier member of the file's group
     META = "meta"
     DELETE = "delete"
     RMDIR = "rmdir"
@@ -61,6 +63,7 @@ class Reason(enum.Enum):
     TYPE = "type changed"
     TARGET = "link target differs"
     META = "metadata differs"
+    LINKS = "hard links differ"  # -H: the replica's inode sharing is not the source's
     EXTRANEOUS = "not in source"
     SPECIAL = "special file"
     RESERVED = "reserved name"  # fsutil.is_reserved_name: deltasync's own temp names

@@ -28,6 +28,9 @@ def describe(action: Action, result: Result) -> str:
             text += (f", delta: {human(result.literal)} literal, "
                      f"{human(result.matched)} matched")
         return text
+    if op is Op.LINK:
+        target = action.src.target if action.src is not None else None
+        return f"=> {quote_path(target or '')}, {action.reason.value}"
     if op is Op.SYMLINK:
         target = action.src.target if action.src is not None else None
         return f"-> {quote_path(target or '')}"

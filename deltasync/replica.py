@@ -139,6 +139,11 @@ class Replica(Protocol):
     def delete(self, path: str, kind: Kind) -> None: ...
     def set_meta(self, path: str, entry: Entry) -> None: ...
 
+    def link(self, path: str, target: str) -> None:
+        """``-H``: make ``path`` a hard link to the replica's regular file
+        ``target`` (installed earlier in the pass), atomically."""
+        raise OSError(errno.ENOTSUP, "this replica cannot make hard links")
+
     def take_owner_unset(self) -> OwnerNotSet | None:
         """The entries whose owner could not be set since the last call (None: none)."""
         return None
@@ -523,6 +528,33 @@ class LocalReplica(Replica):
                 _discard(d, tmp)
                 raise
         self._owner_failed(path, unset)
+        self._fsync_dir(d)
+
+    def link(self, path: str, target: str) -> None:
+        # A link to a temp name, then renamed over ``path``: never a moment
+        # without a complete file there.  Both ends through directory fds.
+        td, tname = self.dirs.parent_of(target)
+        td = os.dup(td)  # parent_of(path) may evict td from the cache
+        try:
+            ts = os.stat(tname, dir_fd=td, follow_symlinks=False)
+            if not stat.S_ISREG(ts.st_mode):
+                raise OSError(errno.EINVAL, f"hard link target is not a regular file: {target!r}")
+            d, name = self.dirs.parent_of(path)
+            try:
+                now = os.stat(name, dir_fd=d, follow_symlinks=False)
+                if (now.st_dev, now.st_ino) == (ts.st_dev, ts.st_ino):
+                    return  # already that inode (rename would leave the temp name behind)
+            except FileNotFoundError:
+                pass
+            tmp = temp_name()
+            with Writable(d) as w:
+                w(os.link, tname, tmp, src_dir_fd=td, dst_dir_fd=d, follow_symlinks=False)
+                try:
+                    self._put_in_place(w, d, tmp, name, path)
+                finally:
+                    _discard(d, tmp)  # gone after the rename, unless it was a no-op
+        finally:
+            os.close(td)
         self._fsync_dir(d)
 
     def delete(self, path: str, kind: Kind) -> None:

@@ -159,7 +159,7 @@ class CliReporter(Reporter):
 def summary_line(stats: Stats, code: int) -> str:
     c = stats.counts
     parts = [f"{k}={c[k]}" for k in ("create", "update", "delete", "mkdir", "rmdir",
-                                      "symlink", "meta", "skip")]
+                                      "symlink", "link", "meta", "skip")]
     line = (" ".join(parts) + f" failed={stats.failed} unchanged={stats.unchanged}"
             f" written={stats.bytes_written} ({human(stats.bytes_written)})"
             f" duration={stats.duration:.3f}s exit={code}")
@@ -181,6 +181,7 @@ def stats_table(stats: Stats, code: int) -> str:
         ("Deleted", f"{c['delete']:,} files, {c['rmdir']:,} directories"),
         ("Directories made", f"{c['mkdir']:,}"),
         ("Symlinks", f"{c['symlink']:,}"),
+        ("Hard links", f"{c['link']:,}"),
         ("Metadata only", f"{c['meta']:,}"),
         ("Skipped", f"{c['skip']:,}"),
         ("Unchanged", f"{stats.unchanged:,}"),
@@ -213,6 +214,7 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         backup=_backup(args),
         one_file_system=args.one_file_system,
         timeout=args.timeout,
+        hard_links=args.hard_links,
     )
 
 

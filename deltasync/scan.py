@@ -16,6 +16,7 @@ The interface (``NATIVE`` says which implementation is in use)::
     decode(raw: bytes, extras: bytes | None, prefix: str) -> list[Entry]
     encode(entries: Iterable[Entry], owner: bool) -> bytes
     sort_key(name: str) -> bytes
+    linked(raw: bytes, extras: bytes | None) -> bool
 
 ``scan_dir`` lists the directory open as descriptor ``dfd`` without closing
 it: it reads from offset 0 and leaves the offset at 0 (where ``os.scandir``
@@ -56,7 +57,8 @@ so they round-trip to the same bytes on disk.
 remote protocol): a truncated record, a kind above 3, a name that is empty,
 ``.``, ``..`` or holds ``/`` or NUL, names not strictly increasing, a link
 target holding NUL, or extras of the wrong length raise ``ValueError``.
-Decoded ``uid``/``gid`` are 0 for a listing made without ``owner``.
+Decoded ``uid``/``gid`` are 0 for a listing made without ``owner``; decoded
+``ino``/``dev``/``nlink`` come from ``extras`` (0 when it is None).
 
 ``DELTASYNC_NO_NATIVE=1`` in the environment forces the fallback; the C
 module is also ignored when it reports another ``ABI_VERSION`` (a stale
@@ -77,8 +79,8 @@ from typing import Any, NamedTuple
 
 from .model import Entry, Kind
 
-__all__ = ["DirScan", "NATIVE", "decode", "decode_py", "encode", "scan_dir", "scan_dir_py", "sort_key",
-           "totals", "totals_py"]
+__all__ = ["DirScan", "NATIVE", "decode", "decode_py", "encode", "encode_extras", "scan_dir", "scan_dir_py", "sort_key",
+           "linked", "linked_py", "totals", "totals_py"]
 
 
 class DirScan(NamedTuple):
@@ -102,7 +104,7 @@ FIXED_LEN = _FIXED.size  # 27
 EXTRA_LEN = _EXTRA.size  # 20
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _U32, _U64 = (1 << 32) - 1, (1 << 64) - 1
-_ABI_VERSION = 2  # must match ABI_VERSION in _scan.c
+_ABI_VERSION = 3  # must match ABI_VERSION in _scan.c
 
 _new = tuple.__new__
 _first = itemgetter(0)
@@ -250,9 +252,10 @@ def decode_py(raw: bytes, extras: bytes | None, prefix: str) -> list[Entry]:
     fsdecode = os.fsdecode
     out = []
     for i, (name, kind, size, mtime, mode, uid, gid, target) in enumerate(rows):
-        ino, dev, _ = _EXTRA.unpack_from(extras, i * EXTRA_LEN) if extras is not None else (0, 0, 0)
+        ino, dev, nlink = (_EXTRA.unpack_from(extras, i * EXTRA_LEN) if extras is not None
+                           else (0, 0, 0))
         out.append(_new(Entry, (prefix + fsdecode(name), KINDS[kind], size, mtime, mode, uid, gid,
-                                None if target is None else fsdecode(target), ino, dev)))
+                                None if target is None else fsdecode(target), ino, dev, nlink)))
     return out
 
 
@@ -287,6 +290,12 @@ def encode(entries: Iterable[Entry], owner: bool) -> bytes:
     return b"".join(parts)
 
 
+def encode_extras(entries: Iterable[Entry]) -> bytes:
+    """The ``extras`` of a listing of ``entries`` (in listing order)."""
+    pack = _EXTRA.pack
+    return b"".join(pack(e.ino, e.dev & _U64, min(e.nlink, _U32)) for e in entries)
+
+
 def totals_py(raw: bytes) -> tuple[int, int]:
     """(regular files, their total size) in a listing record, without decoding it:
     what a pass counts of a directory whose listing it only compared."""
@@ -312,6 +321,35 @@ def totals_py(raw: bytes) -> tuple[int, int]:
     return files, size
 
 
+def linked_py(raw: bytes, extras: bytes | None) -> bool:
+    """Does the listing hold a regular file with more than one link?  (False
+    without extras.)  What ``-H`` asks of a directory before it may pass it by
+    the bytes comparison of its listings."""
+    if extras is None:
+        return False
+    pos, n, i = 0, len(raw), 0
+    unpack_from = struct.unpack_from
+    try:
+        while pos < n:
+            (nl,) = unpack_from("<H", raw, pos)
+            pos += 2 + nl
+            kind = raw[pos]
+            if (i + 1) * EXTRA_LEN > len(extras):
+                raise IndexError
+            if kind == 0 and unpack_from("<I", extras, i * EXTRA_LEN + 16)[0] > 1:
+                return True
+            pos += 27
+            if kind == 2:
+                (tl,) = unpack_from("<H", raw, pos)
+                pos += 2 + tl
+            if pos > n:
+                raise IndexError
+            i += 1
+    except (IndexError, struct.error):
+        raise ValueError("malformed directory listing: truncated entry or extras") from None
+    return False
+
+
 # ----------------------------------------------------------------- selection
 
 def _load_native() -> Any:
@@ -334,3 +372,4 @@ NATIVE: bool = _native is not None and os.environ.get("DELTASYNC_NO_NATIVE", "")
 scan_dir: Callable[[int, bool], DirScan] = _native.scan_dir if NATIVE else scan_dir_py
 decode: Callable[[bytes, bytes | None, str], list[Entry]] = _native.decode if NATIVE else decode_py
 totals: Callable[[bytes], tuple[int, int]] = _native.totals if NATIVE else totals_py
+linked: Callable[[bytes, bytes | None], bool] = _native.linked if NATIVE else linked_py

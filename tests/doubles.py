@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -308,8 +309,12 @@ class SyntheticLister:
     every leaf directory has the same names (``f000000``...), so its listing
     record is made once."""
 
-    def __init__(self, files: int, per_dir: int = 100, fanout: int = 100) -> None:
+    def __init__(self, files: int, per_dir: int = 100, fanout: int = 100,
+                 linked: bool = False) -> None:
         self.files, self.per_dir, self.fanout = files, per_dir, fanout
+        # linked (-H): leaf directories 2k and 2k+1 hold the two names of the
+        # same files (a cp -al tree): files / 2 groups of two links each.
+        self.linked = linked
         self.root: Entry | None = Entry("", Kind.DIR, 0, MTIME, 0o755, 0, 0)
         self.ndirs = max(1, -(-files // per_dir))
         self._raw: dict[int, bytes] = {}  # leaf size -> its listing record
@@ -333,7 +338,12 @@ class SyntheticLister:
         if raw is None:
             raw = self._raw[n] = encode([Entry(f"f{i:06d}", Kind.FILE, 0, MTIME, 0o644, 0, 0)
                                          for i in range(n)], False)
-        return DirUnit(path, raw, None, [], count=n)
+        extras = None
+        if self.linked:
+            leaf = int(parts[1][1:])
+            base = (leaf // 2) * self.per_dir + 1
+            extras = b"".join(struct.pack("<QQI", base + i, 1, 2) for i in range(n))
+        return DirUnit(path, raw, extras, [], count=n)
 
     def skip(self, path: str) -> None:
         pass
@@ -343,8 +353,8 @@ class SyntheticLister:
 
 
 class SyntheticSource(MemorySource):
-    def __init__(self, files: int, per_dir: int = 100) -> None:
-        self._lister = SyntheticLister(files, per_dir)
+    def __init__(self, files: int, per_dir: int = 100, linked: bool = False) -> None:
+        self._lister = SyntheticLister(files, per_dir, linked=linked)
 
     def lister(self, excluder: Excluder, owner: bool) -> Lister:
         return self._lister
@@ -401,6 +411,9 @@ class CountingReplica(Replica):
 
     def set_meta(self, path: str, entry: Entry) -> None:
         self._n("set_meta")
+
+    def link(self, path: str, target: str) -> None:
+        self._n("link")
 
     def checksum(self, path: str) -> bytes:
         raise DeltaSyncError("nothing is kept")

@@ -53,7 +53,8 @@ def push(rsh: str, src: Path, dst: Path, *, compress: bool = False,
                       remote_command=remote_command, compress=compress,
                       dry_run=options.dry_run, owner=True,
                       scan=(list(options.excludes), not options.dry_run, options.checksum, True),
-                      timeout=options.timeout, backup=options.backup)
+                      timeout=options.timeout, backup=options.backup,
+                      hard_links=options.hard_links)
     r = RemoteReplica(conn, checksum=options.checksum)
     source = LocalSource(os.fspath(src), one_file_system=options.one_file_system)
     try:
@@ -74,7 +75,8 @@ def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
     conn = Connection(RemoteSpec("h", os.fspath(src)), "source", rsh=rsh,
                       remote_command=remote_command, compress=compress,
                       scan=(list(options.excludes), False, options.checksum, options.owner),
-                      timeout=options.timeout, one_file_system=options.one_file_system)
+                      timeout=options.timeout, one_file_system=options.one_file_system,
+                      hard_links=options.hard_links)
     local = LocalReplica(os.fspath(dst), owner=options.owner, backup=options.backup)
     try:
         stats, code = Engine(RemoteSource(conn), local, options, rep).run_pass()

@@ -68,7 +68,7 @@ def expected_entry(dirpath: bytes, name: bytes, prefix: str, owner: bool) -> Ent
         mtime_ns=min(max(s.st_mtime_ns, I64_MIN), I64_MAX), mode=stat.S_IMODE(m),
         uid=s.st_uid if owner else 0, gid=s.st_gid if owner else 0,
         target=os.fsdecode(os.readlink(p)) if kind is Kind.SYMLINK else None,
-        ino=s.st_ino, dev=s.st_dev)
+        ino=s.st_ino, dev=s.st_dev, nlink=min(s.st_nlink, (1 << 32) - 1))
 
 
 def make_socket(path: bytes) -> None:

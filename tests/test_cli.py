@@ -82,7 +82,7 @@ def test_log_file_has_operation_lines_and_a_summary_per_pass(run_cli, tree: Path
     assert ("INFO", "delete", "d/f (not in source)") in lines
     assert ("INFO", "update", "g (7 B, size differs)") in lines
     summary = [rest for _, w, rest in lines if w == "summary"][-1]
-    assert re.fullmatch(r"create=0 update=1 delete=1 mkdir=0 rmdir=0 symlink=0 meta=\d+ skip=0 "
+    assert re.fullmatch(r"create=0 update=1 delete=1 mkdir=0 rmdir=0 symlink=0 link=0 meta=\d+ skip=0 "
                         r"failed=0 unchanged=\d+ written=7 \(7 B\) duration=[\d.]+s exit=0",
                         summary), summary
     # the timestamp is ISO 8601 with its zone offset

@@ -48,7 +48,7 @@ def entries(draw: st.DrawFn) -> tuple[Entry, bytes | None]:
 
 def wire(e: Entry) -> Entry:
     """The fields that cross the wire (inode and device stay home)."""
-    return e._replace(ino=0, dev=0)
+    return e._replace(ino=0, dev=0, nlink=0)
 
 
 @st.composite

@@ -68,7 +68,8 @@ class Connection:
                  scan: tuple[dict[str, Any] | list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None, timeout: float | None = None,
-                 backup: Backup | None = None, one_file_system: bool = False) -> None:
+                 backup: Backup | None = None, one_file_system: bool = False,
+                 hard_links: bool = False) -> None:
         self.spec = spec
         if transport is None:
             transport = Transport(transport_argv(spec, rsh, remote_command))
@@ -86,6 +87,7 @@ class Connection:
         self.out.on_timeout = self.transport.kill
         self.inp.timeout = timeout
         self.one_file_system = one_file_system
+        self.hard_links = hard_links  # -H: units carry (ino, dev, nlink) per entry
         self.backup = backup
         self.closed = False
         # -z: what was asked for (True: the best codec both sides have)
@@ -188,7 +190,8 @@ class Connection:
         have = info.get("features")
         have = set(have) if isinstance(have, list) else set()
         for name, wanted in (("backup", self.backup is not None),
-                             ("one_file_system", self.one_file_system)):
+                             ("one_file_system", self.one_file_system),
+                             ("hard_links", self.hard_links)):
             if wanted and name not in have:
                 raise ProtocolError(f"the remote deltasync {info.get('software', '?')} does not "
                                     f"support --{name.replace('_', '-')}")
@@ -235,6 +238,8 @@ class Connection:
                 "credit": DEFAULT_CREDIT, "list_zlib": self.want is None}
         if self.one_file_system:
             body["one_file_system"] = True
+        if self.hard_links:
+            body["hard_links"] = True
         self.out.send(SCAN, dump_json(body))
 
     def _lost(self, e: ProtocolError) -> ProtocolError:

@@ -31,6 +31,7 @@ from .protocol import (
     DELTA,
     END,
     FILE,
+    LINK,
     META,
     MKDIR,
     RESULT,
@@ -197,6 +198,10 @@ class RemoteReplica(Replica):
     def symlink(self, path: str, entry: Entry) -> None:
         self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path)),
                    "symlink", path)
+
+    def link(self, path: str, target: str) -> None:
+        self._send(LINK, lambda i: codec.encode_op(i, Entry(path, Kind.FILE, target=target)),
+                   "link", path)
 
     def delete(self, path: str, kind: Kind) -> None:
         self._send(DELETE, lambda i: codec.encode_path_op(i, codec.KIND_CODE[kind], path),

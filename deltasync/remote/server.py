@@ -65,6 +65,7 @@ from .protocol import (
     GET_DELTA,
     GOODBYE,
     HELLO,
+    LINK,
     LIST_END,
     META,
     MIN_PROTOCOL_VERSION,
@@ -93,7 +94,7 @@ from .units import encode_root, root_entry, split_payload, walk_units
 
 # Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
 # lists them, so a client never relies on a far side that would ignore one.
-FEATURES = ("backup", "one_file_system")
+FEATURES = ("backup", "one_file_system", "hard_links")
 
 
 def _backup(body: object) -> Backup | None:
@@ -328,7 +329,8 @@ class Server:
         gc.disable()
         self._walk = walk_units(self.root, excluder, owner, bool(body.get("checksum")),
                                 self.replica.remove_temps if clean and self.replica else None,
-                                packed, self._saw_big, body.get("one_file_system") is True)
+                                packed, self._saw_big, body.get("one_file_system") is True,
+                                body.get("hard_links") is True)
 
     def _send_unit(self) -> None:
         assert self._walk is not None
@@ -421,10 +423,18 @@ class Server:
                 raise ProtocolError("SYMLINK message for a non-symlink entry")
             if what == "MKDIR" and entry.kind is not Kind.DIR:
                 raise ProtocolError("MKDIR message for a non-directory entry")
-            fn = {"MKDIR": r.mkdir, "SYMLINK": r.symlink, "META": r.set_meta}[what]
-            if what != "META" or entry.path != "":
+            if what == "LINK":
+                target = entry.target
+                if entry.kind is not Kind.FILE or target is None:
+                    raise ProtocolError("LINK message without a regular file's target")
                 codec_path_check(entry.path)
-            call = lambda: fn(entry.path, entry)  # noqa: E731
+                codec_path_check(target)
+                call = lambda: r.link(entry.path, target)  # noqa: E731
+            else:
+                fn = {"MKDIR": r.mkdir, "SYMLINK": r.symlink, "META": r.set_meta}[what]
+                if what != "META" or entry.path != "":
+                    codec_path_check(entry.path)
+                call = lambda: fn(entry.path, entry)  # noqa: E731
         try:
             call()
         except (OSError, DeltaSyncError) as e:
@@ -498,6 +508,7 @@ class Server:
         SYMLINK: lambda self, p: self._simple(p, "SYMLINK"),
         DELETE: lambda self, p: self._simple(p, "DELETE"),
         META: lambda self, p: self._simple(p, "META"),
+        LINK: lambda self, p: self._simple(p, "LINK"),
     }
     _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
 

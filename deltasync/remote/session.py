@@ -67,7 +67,7 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         rsh=args.rsh, remote_command=args.remote_command,
         compress=request(args.compress, args.compress_choice, args.compress_level),
         bwlimit=args.bwlimit, dry_run=opts.dry_run, fsync=opts.fsync, on_stderr=on_stderr,
-        transport=early, timeout=opts.timeout)
+        transport=early, timeout=opts.timeout, hard_links=opts.hard_links)
     if dst_spec is not None:
         # The SCAN goes out with the connection, so the far side walks its
         # tree while we walk ours.  Owners count if the far side can set them.

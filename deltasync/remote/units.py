@@ -32,7 +32,7 @@ from collections.abc import Callable, Generator
 from ..errors import DeltaSyncError, ProtocolError
 from ..listing import DIR_OPEN, DirUnit, other_device, stat_entry
 from ..model import Entry, Kind
-from ..scan import decode, encode, scan_dir
+from ..scan import EXTRA_LEN, decode, encode, encode_extras, scan_dir
 from ..sides import SideFilter as Excluder
 from ..sides import unit_hidden
 from . import codec
@@ -86,17 +86,20 @@ class Unpacker:
 
 
 def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
-                packed: bool | Packer = False) -> bytes:
+                packed: bool | Packer = False, extras: bool = False) -> bytes:
     """``flags u8 | body``: flags 0 plain, 1 the body is one zlib stream, 2 the
-    body is the next piece of the listing's one zlib stream (``Packer``)."""
+    body is the next piece of the listing's one zlib stream (``Packer``).
+    ``extras`` (``-H``): the unit carries its ``(ino, dev, nlink)`` records
+    (status 2 instead of 0)."""
     p = os.fsencode(unit.path)
     parts = [_U32.pack(len(p)), p]
     if unit.error is not None:
         msg = (unit.error.strerror or str(unit.error)).encode("utf-8", "replace")[:1000]
         parts += [b"\x01", _ERR.pack(unit.error.errno or 0, len(msg)), msg]
     else:
-        parts += [b"\x00", _COUNTS.pack(unit.count, len(unit.raw)), unit.raw,
-                  _U32.pack(len(unit.subdirs))]
+        ex = unit.extras if extras else None
+        parts += [b"\x00" if ex is None else b"\x02", _COUNTS.pack(unit.count, len(unit.raw)),
+                  unit.raw, _U32.pack(len(unit.subdirs))]
         for n in unit.subdirs:
             nb = os.fsencode(n)
             parts += [struct.pack(">H", len(nb)), nb]
@@ -107,6 +110,8 @@ def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
         parts.append(_U32.pack(len(digests or ())))
         for idx, d in digests or ():
             parts.append(_DIGEST.pack(idx, d))
+        if ex is not None:
+            parts += [_U32.pack(len(ex)), ex]
         if unit.hidden is not None:  # protocol 3: the names this side's rules exclude
             parts.append(_U32.pack(len(unit.hidden)))
             for n in sorted(unit.hidden):
@@ -142,6 +147,12 @@ class PeerUnit(DirUnit):
                 self._entries = None
                 raise ProtocolError("malformed UNIT message: wrong entry count")
         return self._entries  # type: ignore[return-value]
+
+    def has_links(self) -> bool:
+        try:
+            return super().has_links()
+        except ValueError as exc:
+            raise ProtocolError(f"malformed UNIT message: bad listing record ({exc})") from None
 
 
 class _Cursor:
@@ -193,7 +204,7 @@ def decode_unit(payload: bytes, unpacker: Unpacker | None = None
         if c.pos != len(body):
             raise ProtocolError("malformed UNIT message: trailing bytes")
         return DirUnit(path, error=OSError(err, msg)), []
-    if status != 0:
+    if status not in (0, 2):
         raise ProtocolError("malformed UNIT message: bad status")
     count, rlen = c.unpack(_COUNTS)
     raw = c.take(rlen)
@@ -219,6 +230,12 @@ def decode_unit(payload: bytes, unpacker: Unpacker | None = None
     if ndig > count:
         raise ProtocolError("malformed UNIT message: more digests than entries")
     digests = [c.unpack(_DIGEST) for _ in range(ndig)]
+    extras = None
+    if status == 2:  # -H: (ino, dev, nlink) of every entry
+        (xlen,) = c.unpack(_U32)
+        if xlen != count * EXTRA_LEN:
+            raise ProtocolError("malformed UNIT message: extras do not match the entries")
+        extras = c.take(xlen)
     hidden: frozenset[str] | None = None
     if c.pos != len(body):
         (nhid,) = c.unpack(_U32)
@@ -234,7 +251,7 @@ def decode_unit(payload: bytes, unpacker: Unpacker | None = None
         hidden = frozenset(names)
     if c.pos != len(body):
         raise ProtocolError("malformed UNIT message: trailing bytes")
-    unit = PeerUnit(path, raw, None, subdirs, errors, count=count)
+    unit = PeerUnit(path, raw, extras, subdirs, errors, count=count)
     unit.hidden = hidden
     if digests:
         unit.entries()  # checked now: the digests name entries by position
@@ -265,14 +282,16 @@ BIG = 1 << 20  # a directory holding this much file data may see a delta
 def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                on_temps: Callable[[list[str]], None] | None, packed: bool,
                on_big: Callable[[], None] | None = None,
-               one_file_system: bool = False) -> Generator[bytes, None, None]:
+               one_file_system: bool = False, extras: bool = False
+               ) -> Generator[bytes, None, None]:
     """The encoded units of the tree at ``root``, in walk order, one per ``next``.
 
     Temp files (``on_temps`` given: a replica whose leftovers are removed) are
     taken out of the units and handed to ``on_temps``; ``checksum`` adds the
     blake3 of every regular file; ``on_big`` is called (once) when a directory
     holds ``BIG`` bytes of files or more; ``one_file_system`` (``-x``): a
-    directory on another device than the root is sent as ``listing.other_device``.
+    directory on another device than the root is sent as ``listing.other_device``;
+    ``extras`` (``-H``): each unit carries its entries' ``(ino, dev, nlink)``.
     """
     pk: bool | Packer = Packer() if packed else False
     tree = excluder.tree() if excluder else None
@@ -293,7 +312,7 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
             s = scan_dir(fd, owner)
         except OSError as e:
             return encode_unit(DirUnit(path, error=e), None, pk), []
-        raw, count = s.raw, s.count
+        raw, count, ex = s.raw, s.count, s.extras
         subdirs = s.subdirs
         nonlocal on_big
         if on_big is not None and totals(raw)[1] >= BIG:
@@ -309,7 +328,7 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                 subdirs = [n for n in subdirs if n not in hidden]
         entries: list[Entry] | None = None
         if on_temps is not None and b".deltasync." in raw:
-            entries = decode(raw, None, prefix)
+            entries = decode(raw, ex, prefix)
             temps = [x.path for x in entries if x.kind is not Kind.DIR
                      and is_temp_name(x.path[len(prefix):])]
             if temps:
@@ -317,6 +336,7 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                 gone = set(temps)
                 entries = [x for x in entries if x.path not in gone]
                 raw, count = encode(entries, owner), len(entries)
+                ex = encode_extras(entries)
         digests: list[tuple[int, bytes]] = []
         if checksum:
             from ..hashing import hash_fd
@@ -340,9 +360,9 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                     pass
                 finally:
                     os.close(ffd)
-        unit = DirUnit(path, raw, None, subdirs, s.errors, count=count)
+        unit = DirUnit(path, raw, ex, subdirs, s.errors, count=count)
         unit.hidden = hidden
-        return encode_unit(unit, digests, pk), subdirs
+        return encode_unit(unit, digests, pk, extras), subdirs
 
     stack: list[tuple[str, int, list[str]]] = []
     try:
