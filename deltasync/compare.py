@@ -38,6 +38,39 @@ HashFunc = Callable[[Entry], bytes | None]
 class CompareOptions:
     checksum: bool = False  # compare same-size files by content, not mtime
     owner: bool = False  # compare uid/gid (only meaningful when we can chown)
+    # --modify-window, as rsync reads it: negative compares nanoseconds (the
+    # default: rsync's -1), 0 whole seconds, N > 0 seconds at most N apart.
+    modify_window: int = -1
+    # The replica's mtime granularity in nanoseconds (1: exact), from
+    # ``Replica.mtime_granularity``: two mtimes less than one step apart are
+    # equal whatever the window, or a replica that keeps whole seconds (ext4
+    # with 128-byte inodes, FAT's two) would be re-copied every pass.
+    mtime_step: int = 1
+    # -D: --devices (character and block devices), --specials (FIFOs, sockets).
+    devices: bool = False
+    specials: bool = False
+
+
+_NS = 1_000_000_000
+
+
+def same_mtime(a: int, b: int, opts: CompareOptions) -> bool:
+    """Are mtimes ``a`` and ``b`` (nanoseconds) equal at the precision compared?
+
+    Less than one ``mtime_step`` apart: equal (the replica cannot hold them
+    finer; it truncates, FAT may round, so either direction).  Then rsync's
+    ``same_time``: a negative window compares nanoseconds, 0 whole seconds,
+    N > 0 whole seconds at most N apart (nanoseconds ignored).
+    """
+    if a == b:
+        return True
+    step = opts.mtime_step
+    if step > 1 and -step < a - b < step:
+        return True
+    w = opts.modify_window
+    if w < 0:
+        return False
+    return abs(a // _NS - b // _NS) <= w
 
 
 def need_transfer(src: Entry, dst: Entry, opts: CompareOptions,
@@ -46,7 +79,8 @@ def need_transfer(src: Entry, dst: Entry, opts: CompareOptions,
     """Does regular file ``src`` have to be sent over ``dst``?  (None: no.)
 
     Quick check: a different size always means yes; otherwise, by default a
-    different mtime means yes (rsync's size+mtime rule), and with
+    different mtime means yes (rsync's size+mtime rule; ``same_mtime``
+    says what different is), and with
     ``checksum`` the blake3 of both contents decides instead.  A hash that
     cannot be read counts as different, so the transfer reports the error.
     """
@@ -58,13 +92,13 @@ def need_transfer(src: Entry, dst: Entry, opts: CompareOptions,
         if a is None or b is None or a != b:
             return Reason.CHECKSUM
         return None
-    if src.mtime_ns != dst.mtime_ns:
+    if src.mtime_ns != dst.mtime_ns and not same_mtime(src.mtime_ns, dst.mtime_ns, opts):
         return Reason.MTIME
     return None
 
 
 def meta_differs(src: Entry, dst: Entry, opts: CompareOptions) -> bool:
-    if src.mtime_ns != dst.mtime_ns:
+    if src.mtime_ns != dst.mtime_ns and not same_mtime(src.mtime_ns, dst.mtime_ns, opts):
         return True
     if src.kind is not Kind.SYMLINK and src.mode != dst.mode:
         return True

@@ -90,6 +90,12 @@ class SyncOptions:
     one_file_system: bool = False
     # --timeout: seconds a remote peer may stay silent (None: forever).
     timeout: float | None = None
+    # --modify-window (compare.CompareOptions): -1 compares nanoseconds, as
+    # far as the replica's file system keeps them (it is probed every pass).
+    modify_window: int = -1
+    # -D: --devices / --specials (compare.CompareOptions).
+    devices: bool = False
+    specials: bool = False
 
 
 class Reporter:
@@ -224,7 +230,13 @@ class Engine:
         if owner != guess:
             src_l.close()
             src_l = self.source.lister(self.excluder, owner)
-        copts = CompareOptions(self.opts.checksum, owner)
+        # Before the replica's walk starts: the probe file must not be listed.
+        step = self.replica.mtime_granularity(self.opts.dry_run)
+        if step > 1:
+            rep.phase("mtime granularity", 0.0, f"replica keeps mtimes to {step} ns")
+        copts = CompareOptions(self.opts.checksum, owner, self.opts.modify_window, step,
+                               self.opts.devices and self.replica.can_mknod(),
+                               self.opts.specials)
         self._gate = DeleteGate(self.opts.max_delete)
         self._protect = protector(self.opts.backup, self.replica.backup_prefix()
                                   if self.opts.backup is not None else None)

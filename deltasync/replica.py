@@ -148,6 +148,16 @@ class Replica(Protocol):
         it (a pass must not delete it); None: it does not, or no backup dir."""
         return None
 
+    def mtime_granularity(self, dry_run: bool = False) -> int:
+        """How finely the replica keeps mtimes, in nanoseconds (``mtimes.probe``;
+        1: exactly).  Asked once per pass, before the walk; ``dry_run``: learn it
+        without writing anything."""
+        return 1
+
+    def can_mknod(self) -> bool:
+        """Can device nodes be made here (``-D``: the replica side runs as root)?"""
+        return False
+
     def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
              on_wait: Callable[[], None] | None = None) -> bool:
         """Take the replica lock for one pass, waiting up to ``timeout`` seconds
@@ -305,6 +315,25 @@ class LocalReplica(Replica):
     # -- backups (--backup) -----------------------------------------------
     def backup_prefix(self) -> str | None:
         return backup_prefix(self.root, self.backup)
+
+    def mtime_granularity(self, dry_run: bool = False) -> int:
+        """Learnt in the replica root (``mtimes.learn``) every pass (a daemon's
+        replica may be remounted meanwhile), guessed in a dry run; 1 for a root
+        that does not exist yet."""
+        from . import mtimes
+
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return 1
+        try:
+            step = mtimes.guess(fd) if dry_run else mtimes.learn(fd)
+        finally:
+            os.close(fd)
+        return step
+
+    def can_mknod(self) -> bool:
+        return os.geteuid() == 0
 
     def _back_up(self, d: int, name: str, path: str, keep: bool) -> None:
         """Move the entry at ``path`` (``name`` in ``d``) aside, if there is one

@@ -212,6 +212,9 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         backup=_backup(args),
         one_file_system=args.one_file_system,
         timeout=args.timeout,
+        modify_window=args.modify_window,
+        devices=args.devices or args.devices_specials,
+        specials=args.specials or args.devices_specials,
     )
 
 

@@ -53,7 +53,8 @@ def push(rsh: str, src: Path, dst: Path, *, compress: bool = False,
                       remote_command=remote_command, compress=compress,
                       dry_run=options.dry_run, owner=True,
                       scan=(list(options.excludes), not options.dry_run, options.checksum, True),
-                      timeout=options.timeout, backup=options.backup)
+                      timeout=options.timeout, backup=options.backup,
+                      specials=options.devices or options.specials)
     r = RemoteReplica(conn, checksum=options.checksum)
     source = LocalSource(os.fspath(src), one_file_system=options.one_file_system)
     try:

@@ -68,7 +68,8 @@ class Connection:
                  scan: tuple[list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None, timeout: float | None = None,
-                 backup: Backup | None = None, one_file_system: bool = False) -> None:
+                 backup: Backup | None = None, one_file_system: bool = False,
+                 specials: bool = False) -> None:
         self.spec = spec
         if transport is None:
             transport = Transport(transport_argv(spec, rsh, remote_command))
@@ -87,6 +88,7 @@ class Connection:
         self.inp.timeout = timeout
         self.one_file_system = one_file_system
         self.backup = backup
+        self.specials = specials  # -D into a far replica: it must make special files
         self.closed = False
         # -z: what was asked for (True: the best codec both sides have)
         self.want = Compression() if compress is True else compress or None
@@ -188,7 +190,8 @@ class Connection:
         have = info.get("features")
         have = set(have) if isinstance(have, list) else set()
         for name, wanted in (("backup", self.backup is not None),
-                             ("one_file_system", self.one_file_system)):
+                             ("one_file_system", self.one_file_system),
+                             ("specials", self.specials)):
             if wanted and name not in have:
                 raise ProtocolError(f"the remote deltasync {info.get('software', '?')} does not "
                                     f"support --{name.replace('_', '-')}")

@@ -86,6 +86,16 @@ class RemoteReplica(Replica):
         rel = self.conn.info.get("backup_prefix")
         return rel if isinstance(rel, str) and rel else None
 
+    def mtime_granularity(self, dry_run: bool = False) -> int:
+        """The far side probed its file system when it opened the replica (OPENED);
+        an older far side did not say: exact."""
+        step = self.conn.info.get("mtime_granularity")
+        return step if isinstance(step, int) and not isinstance(step, bool) and \
+            0 < step <= 10**10 else 1
+
+    def can_mknod(self) -> bool:
+        return bool(self.conn.info.get("root_user"))
+
     def owner_now(self) -> bool | None:
         return bool(self.conn.info.get("root_user")) if self.conn.opened else None
 

@@ -93,7 +93,7 @@ from .units import encode_root, root_entry, split_payload, walk_units
 
 # Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
 # lists them, so a client never relies on a far side that would ignore one.
-FEATURES = ("backup", "one_file_system")
+FEATURES = ("backup", "one_file_system", "specials")
 
 
 def _backup(body: object) -> Backup | None:
@@ -208,7 +208,11 @@ class Server:
             "root": root, "root_user": os.geteuid() == 0, "software": __version__,
             "locked": self.replica is not None and self.replica.locked,
             "features": list(FEATURES),
-            "backup_prefix": self.replica.backup_prefix() if self.replica else None}),
+            "backup_prefix": self.replica.backup_prefix() if self.replica else None,
+            # probed here, after the lock and before the walk (the client's
+            # pass compares mtimes at this step); a dry run guesses it
+            "mtime_granularity": (self.replica.mtime_granularity(self.dry_run)
+                                  if self.replica else 1)}),
             flush=True)
 
     def _lock(self, root: str, timeout: object) -> None:

@@ -73,7 +73,8 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         # tree while we walk ours.  Owners count if the far side can set them.
         conn = Connection(dst_spec, "replica", owner=True, lock_wait=opts.lock_wait,
                           scan=(list(opts.excludes), not opts.dry_run, opts.checksum, True),
-                          backup=opts.backup, **common)
+                          backup=opts.backup, specials=opts.devices or opts.specials,
+                          **common)
         r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
         # The local tree is walked by a thread, up to 4,096 directories ahead
         # (a few MiB), while ssh connects and the far side starts.
