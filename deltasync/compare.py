@@ -7,8 +7,8 @@ the same replica directory by name and decides each pair.  Its answer
 1. ``removals``: replica entries that are not directories and must go (not in
    the source, or of another type there);
 2. ``items``, in walk order (names in byte order): for each entry that is not
-   a directory, its action (``create``, ``update``, ``symlink``, ``meta``, or
-   ``skip`` for special files), and for each subdirectory of either side, what
+   a directory, its action (``create``, ``update``, ``symlink``, ``meta``,
+   ``mknod`` for special files with ``-D``, or ``skip`` for those without), and for each subdirectory of either side, what
    to do with it (``Child``): go down both sides, make it and go down the
    source side only, remove it (going down the replica side), or leave it
    alone.  The march goes down into a subdirectory at its place among the
@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .model import Action, Entry, Kind, Op, Reason, options
+from .model import Action, Entry, Kind, Op, Reason, options, special_type
 
 HashFunc = Callable[[Entry], bytes | None]
 
@@ -97,6 +98,14 @@ def need_transfer(src: Entry, dst: Entry, opts: CompareOptions,
     return None
 
 
+def wanted_special(e: Entry, opts: CompareOptions) -> bool:
+    """Is special file ``e`` recreated in the replica?  Devices with ``--devices``
+    (the engine turns it off where the replica side is not root: rsync skips
+    them there silently), FIFOs and sockets with ``--specials``."""
+    t = special_type(e)
+    return opts.devices if t == stat.S_IFCHR or t == stat.S_IFBLK else opts.specials
+
+
 def meta_differs(src: Entry, dst: Entry, opts: CompareOptions) -> bool:
     if src.mtime_ns != dst.mtime_ns and not same_mtime(src.mtime_ns, dst.mtime_ns, opts):
         return True
@@ -157,12 +166,36 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
         path, k = s.path, s.kind
         d = dst_by.pop(path, None)
         if k is Kind.SPECIAL:
-            if d is not None and d.kind is Kind.SPECIAL and not meta_differs(s, d, opts):
-                unchanged += 1  # the same special file stands there already (made by someone)
+            same = d is not None and d.kind is Kind.SPECIAL and d.size == s.size
+            if not wanted_special(s, opts):
+                if same and not meta_differs(s, d, opts):  # type: ignore[arg-type]
+                    unchanged += 1  # the same special file stands there already (made by someone)
+                    continue
+                # rsync without -D: "skipping non-regular file", and whatever
+                # stands under that name in the replica stays (even with --delete)
+                items.append(Action(Op.SKIP, path, s, d, Reason.SPECIAL))
+                if d is not None and d.kind is Kind.DIR:
+                    items.append(Child(Walk.KEEP, path, None, d))
                 continue
-            items.append(Action(Op.SKIP, path, s, d, Reason.SPECIAL))
-            if d is not None and d.kind is Kind.DIR:
-                items.append(Child(Walk.KEEP, path, None, d))
+            if d is None:
+                touched = True
+                items.append(Action(Op.MKNOD, path, s, None, Reason.NEW))
+            elif d.kind is Kind.DIR:  # emptied and removed first, as for a file
+                touched = True
+                items.append(Child(Walk.REPLACE, path, s, d,
+                                   Action(Op.MKNOD, path, s, d, Reason.TYPE)))
+            elif d.kind is not Kind.SPECIAL:
+                touched = True
+                removals.append(Action(Op.DELETE, path, s, d, Reason.TYPE))
+                items.append(Action(Op.MKNOD, path, s, d, Reason.TYPE))
+            elif not same:  # made anew under a temp name, renamed over the old one
+                touched = True
+                items.append(Action(Op.MKNOD, path, s, d, Reason.TYPE if special_type(s)
+                                    != special_type(d) else Reason.DEVICE))
+            elif meta_differs(s, d, opts):
+                items.append(Action(Op.META, path, s, d, Reason.META))
+            else:
+                unchanged += 1
             continue
         if d is not None and d.kind is not k:
             # a type change: the replica's entry goes first, then the new one comes

@@ -496,6 +496,10 @@ class Engine:
             if not dry:
                 r.symlink(a.path, a.src)
             return Result()
+        if op is Op.MKNOD:
+            if not dry:
+                r.mknod(a.path, a.src)
+            return Result()
         if op is Op.META:
             if not dry:
                 r.set_meta(a.path, a.src)

@@ -7,7 +7,10 @@ text after the path in ``create  docs/a.txt (1.2 KiB, new)``.
 
 from __future__ import annotations
 
-from .model import Action, Op, Result, quote_path
+import os
+import stat
+
+from .model import Action, Entry, Op, Result, quote_path, special_rdev, special_type
 
 
 def human(n: float) -> str:
@@ -19,6 +22,16 @@ def human(n: float) -> str:
     return f"{n} B"
 
 
+def special_word(e: Entry) -> str:
+    """``fifo``, ``socket``, ``char 1,3`` or ``block 7,0``: what a special file is."""
+    t = special_type(e)
+    if t == stat.S_IFCHR or t == stat.S_IFBLK:
+        rdev = special_rdev(e)
+        return (f"{'char' if t == stat.S_IFCHR else 'block'} "
+                f"{os.major(rdev)},{os.minor(rdev)}")
+    return "fifo" if t == stat.S_IFIFO else "socket" if t == stat.S_IFSOCK else "special"
+
+
 def describe(action: Action, result: Result) -> str:
     """The detail of one operation line (in parentheses after the path)."""
     op = action.op
@@ -28,6 +41,8 @@ def describe(action: Action, result: Result) -> str:
             text += (f", delta: {human(result.literal)} literal, "
                      f"{human(result.matched)} matched")
         return text
+    if op is Op.MKNOD and action.src is not None:
+        return f"{special_word(action.src)}, {action.reason.value}"
     if op is Op.SYMLINK:
         target = action.src.target if action.src is not None else None
         return f"-> {quote_path(target or '')}"

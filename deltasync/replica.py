@@ -72,7 +72,7 @@ from .fsutil import (
     temp_name,
 )
 from .listing import Lister, ThreadLister
-from .model import Backup, Entry, Kind, quote_path
+from .model import Backup, Entry, Kind, quote_path, special_rdev, special_type
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature
@@ -81,6 +81,8 @@ if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is need
 __all__ = ["LocalReplica", "LockUnavailable", "LockWaitInterrupted", "OwnerNotSet", "Replica",
            "ReplicaLocked", "SourceChanged", "SourceCheck", "copy_fd"]
 
+
+_SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 
 # chown errors that leave the entry usable: it is installed without its owner.
 OWNER_ERRNOS = frozenset({errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP})
@@ -136,6 +138,13 @@ class Replica(Protocol):
                     block_size: int) -> int: ...
     def mkdir(self, path: str, entry: Entry) -> None: ...
     def symlink(self, path: str, entry: Entry) -> None: ...
+
+    def mknod(self, path: str, entry: Entry) -> None:
+        """Make special file ``path`` as ``entry`` says (``-D``: its type and
+        device number are in ``entry.size``, ``model.special_size``), replacing
+        what stands there."""
+        raise DeltaSyncError("this replica cannot make special files")
+
     def delete(self, path: str, kind: Kind) -> None: ...
     def set_meta(self, path: str, entry: Entry) -> None: ...
 
@@ -554,6 +563,54 @@ class LocalReplica(Replica):
         self._owner_failed(path, unset)
         self._fsync_dir(d)
 
+    def mknod(self, path: str, entry: Entry) -> None:
+        """Made under a temp name in its directory (``os.mknod`` through the
+        directory's descriptor: never through a symlink), owner, mode and
+        mtime set, then renamed over whatever stands there, like a symlink."""
+        kind = special_type(entry)
+        if kind not in _SPECIAL_TYPES:  # 0: a listing that does not carry it (an older peer)
+            raise DeltaSyncError(f"unknown special file type {kind:#o} for {quote_path(path)}")
+        d, name = self.dirs.parent_of(path)
+        tmp = temp_name()
+        with Writable(d) as w:
+            # 0o600 until its metadata is set; the type and device come from the source
+            w(os.mknod, tmp, kind | 0o600, special_rdev(entry), dir_fd=d)
+            try:
+                unset = self._special_meta(d, tmp, entry)
+                self._put_in_place(w, d, tmp, name, path)
+            except BaseException:
+                _discard(d, tmp)
+                raise
+        self._owner_failed(path, unset)
+        self._fsync_dir(d)
+
+    def _special_meta(self, d: int, name: str, entry: Entry) -> str | None:
+        """Owner, mode, mtime of a special file, never opening it (a FIFO's open
+        blocks, a device's does whatever the device does): by name through the
+        directory's descriptor, and chmod through an ``O_PATH`` descriptor, which
+        nothing can swap for a symlink meanwhile."""
+        unset = None
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+        try:
+            st = os.fstat(fd)
+            if stat.S_IFMT(st.st_mode) != special_type(entry):
+                raise OSError(errno.EEXIST, f"not a special file of the expected type: "
+                                            f"{quote_path(name)}")
+            mode = entry.mode
+            if self.owner:
+                try:
+                    os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+                except OSError as e:
+                    if e.errno not in OWNER_ERRNOS:
+                        raise
+                    unset = e.strerror or str(e)
+                    mode &= ~0o6000
+            os.chmod(f"/proc/self/fd/{fd}", mode)  # after chown, which may clear setuid bits
+            os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d, follow_symlinks=False)
+        finally:
+            os.close(fd)
+        return unset
+
     def delete(self, path: str, kind: Kind) -> None:
         try:
             d, name = self.dirs.parent_of(path)
@@ -572,6 +629,9 @@ class LocalReplica(Replica):
         if entry.kind is Kind.SYMLINK:
             d, name = self.dirs.parent_of(path)
             unset = self._link_meta(d, name, entry)
+        elif entry.kind is Kind.SPECIAL:
+            d, name = self.dirs.parent_of(path)
+            unset = self._special_meta(d, name, entry)
         elif path == "":
             unset = self._meta_fd(self.dirs.root_fd, entry)
         else:

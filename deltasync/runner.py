@@ -163,6 +163,8 @@ def summary_line(stats: Stats, code: int) -> str:
     line = (" ".join(parts) + f" failed={stats.failed} unchanged={stats.unchanged}"
             f" written={stats.bytes_written} ({human(stats.bytes_written)})"
             f" duration={stats.duration:.3f}s exit={code}")
+    if c["mknod"]:  # -D only: kept off the line otherwise, which scripts parse
+        line += f" mknod={c['mknod']}"
     if stats.delta_files:
         line += (f" delta_files={stats.delta_files} literal={stats.literal_bytes}"
                  f" matched={stats.matched_bytes}")
@@ -181,6 +183,7 @@ def stats_table(stats: Stats, code: int) -> str:
         ("Deleted", f"{c['delete']:,} files, {c['rmdir']:,} directories"),
         ("Directories made", f"{c['mkdir']:,}"),
         ("Symlinks", f"{c['symlink']:,}"),
+        ("Special files", f"{c['mknod']:,}"),
         ("Metadata only", f"{c['meta']:,}"),
         ("Skipped", f"{c['skip']:,}"),
         ("Unchanged", f"{stats.unchanged:,}"),

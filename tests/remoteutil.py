@@ -75,7 +75,8 @@ def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
     conn = Connection(RemoteSpec("h", os.fspath(src)), "source", rsh=rsh,
                       remote_command=remote_command, compress=compress,
                       scan=(list(options.excludes), False, options.checksum, options.owner),
-                      timeout=options.timeout, one_file_system=options.one_file_system)
+                      timeout=options.timeout, one_file_system=options.one_file_system,
+                      specials=options.devices or options.specials)
     local = LocalReplica(os.fspath(dst), owner=options.owner, backup=options.backup)
     try:
         stats, code = Engine(RemoteSource(conn), local, options, rep).run_pass()

@@ -81,7 +81,9 @@ def build(d: bytes, spec: list[tuple[bytes, str, int, int, int, int, int, bytes]
         elif kind == "sock":
             make_socket(p)
         elif kind == "dev" and MKNOD:
-            os.mknod(p, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+            # character or block, any device number Linux can hold (12-bit major, 20-bit minor)
+            os.mknod(p, (stat.S_IFBLK if size & 1 else stat.S_IFCHR) | 0o600,
+                     os.makedev((size >> 1) % 4096, (size >> 13) % (1 << 20)))
         else:
             os.mkfifo(p)
         os.chown(p, uid, gid, follow_symlinks=False)  # before chmod: chown clears setuid
@@ -127,7 +129,7 @@ def test_decode_inverts_encode(rows: list, owner: bool, prefix: str) -> None:
                 os.fsdecode(t) if k is Kind.SYMLINK else None)
           for n, k, size, mt, mode, uid, gid, t in rows]
     raw = encode(reversed(es), owner)  # any order in, name-bytes order out
-    want = sorted((e._replace(size=e.size if e.kind is Kind.FILE else 0,
+    want = sorted((e._replace(size=e.size if e.kind in (Kind.FILE, Kind.SPECIAL) else 0,
                               uid=e.uid if owner else 0, gid=e.gid if owner else 0) for e in es),
                   key=lambda e: sort_key(e.path[len(prefix):]))
     assert decode_both(raw, None, prefix) == want

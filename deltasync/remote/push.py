@@ -208,6 +208,12 @@ class RemoteReplica(Replica):
         self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path)),
                    "symlink", path)
 
+    def mknod(self, path: str, entry: Entry) -> None:
+        """A SYMLINK message carrying a special file's entry (the far side lists
+        ``specials`` in its features: the connection checked)."""
+        self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path)),
+                   "mknod", path)
+
     def delete(self, path: str, kind: Kind) -> None:
         self._send(DELETE, lambda i: codec.encode_path_op(i, codec.KIND_CODE[kind], path),
                    "rmdir" if kind is Kind.DIR else "delete", path)

@@ -416,11 +416,13 @@ class Server:
             call = lambda: r.delete(path, codec.KINDS[kind])  # noqa: E731
         else:
             op_id, entry = codec.decode_op(payload, what)
-            if what == "SYMLINK" and entry.kind is not Kind.SYMLINK:
+            if what == "SYMLINK" and entry.kind not in (Kind.SYMLINK, Kind.SPECIAL):
                 raise ProtocolError("SYMLINK message for a non-symlink entry")
             if what == "MKDIR" and entry.kind is not Kind.DIR:
                 raise ProtocolError("MKDIR message for a non-directory entry")
             fn = {"MKDIR": r.mkdir, "SYMLINK": r.symlink, "META": r.set_meta}[what]
+            if what == "SYMLINK" and entry.kind is Kind.SPECIAL:
+                fn = r.mknod  # -D: a special file's entry ("specials" in FEATURES)
             if what != "META" or entry.path != "":
                 codec_path_check(entry.path)
             call = lambda: fn(entry.path, entry)  # noqa: E731

@@ -86,7 +86,8 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         os.makedirs(replica, exist_ok=True)
     conn = Connection(src_spec, "source",
                       scan=(list(opts.excludes), False, opts.checksum, opts.owner),
-                      one_file_system=opts.one_file_system, **common)
+                      one_file_system=opts.one_file_system,
+                      specials=opts.devices or opts.specials, **common)
     local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner, backup=opts.backup)
     return Engine(RemoteSource(conn), local, opts, reporter, stop), _PullClose(conn, local)
 
