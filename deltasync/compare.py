@@ -8,10 +8,10 @@ the same replica directory by name and decides each pair.  Its answer
    the source, or of another type there);
 2. ``items``, in walk order (names in byte order): for each entry that is not
    a directory, its action (``create``, ``update``, ``symlink``, ``meta``,
-   ``mknod`` for special files with ``-D``, or ``skip`` for those without), and for each subdirectory of either side, what
-   to do with it (``Child``): go down both sides, make it and go down the
-   source side only, remove it (going down the replica side), or leave it
-   alone.  The march goes down into a subdirectory at its place among the
+   ``mknod`` for special files with ``-D``, or ``skip`` for those without),
+   and for each subdirectory of either side, what to do with it
+   (``Child``): go down both sides, make it and go down the source side only,
+   remove it (going down the replica side), or leave it alone.  The march goes down into a subdirectory at its place among the
    directory's other entries, so the whole pass runs in pre-order.
 
 The directory's own metadata is set after its contents (``dir_meta``), by the

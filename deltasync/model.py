@@ -106,7 +106,7 @@ class Action(NamedTuple):
 class Result(NamedTuple):
     """What one action did: the data of a ``Reporter.done`` event (the CLI renders it)."""
 
-    size: int = 0  # special files: their type and device (``special_size``)  # the file's size (create/update; in a dry run, the source's)
+    size: int = 0  # the file's size (create/update; in a dry run, the source's)
     written: int = 0  # file data written into the replica
     delta: bool = False  # sent as a delta
     literal: int = 0  # delta: literal bytes
