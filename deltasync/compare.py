@@ -11,8 +11,9 @@ the same replica directory by name and decides each pair.  Its answer
    ``mknod`` for special files with ``-D``, or ``skip`` for those without),
    and for each subdirectory of either side, what to do with it
    (``Child``): go down both sides, make it and go down the source side only,
-   remove it (going down the replica side), or leave it alone.  The march goes down into a subdirectory at its place among the
-   directory's other entries, so the whole pass runs in pre-order.
+   remove it (going down the replica side), or leave it alone.  The march
+   goes down into a subdirectory at its place among the directory's other
+   entries, so the whole pass runs in pre-order.
 
 The directory's own metadata is set after its contents (``dir_meta``), by the
 march, when it leaves the directory.
