@@ -255,10 +255,13 @@ def _fidelity_opts(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--devices", action="store_true",
                    help="recreate character and block devices (as root; otherwise skipped)")
     g.add_argument("--specials", action="store_true", help="recreate FIFOs and sockets")
+    g.add_argument("--numeric-ids", action="store_true",
+                   help="owners by number: what deltasync always does (accepted for rsync "
+                        "command lines; mapping by name over SSH is not implemented)")
 
 
 _FIDELITY_VALUED: dict[str, Callable[[str], object]] = {"--modify-window": _modify_window}
-_FIDELITY_FLAGS = {"-D", "--devices", "--specials"}
+_FIDELITY_FLAGS = {"-D", "--devices", "--specials", "--numeric-ids"}
 
 
 _GUARD_VALUED: dict[str, Callable[[str], object]] = {

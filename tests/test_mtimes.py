@@ -9,6 +9,7 @@ window compares whole seconds) has nothing to do.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -214,3 +215,28 @@ def test_second_pass_into_fat_does_nothing(vfat: Path, tmp_path: Path) -> None:
     second = do_sync(src, vfat, owner=False)
     assert second.code == 0 and second.writes == 0, second.rep.done_
     assert _rsync_changes(src, vfat, "--no-o", "--no-g", "--modify-window=1") == []
+
+
+# -- the command line -------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["x", "1.5", "", "--1", "1e3", "99999999999"])
+def test_bad_modify_window_is_one_error_line_exit_2(run_cli: Any, tmp_path: Path,
+                                                    bad: str) -> None:
+    r = run_cli("sync", tmp_path, tmp_path / "r", f"--modify-window={bad}")
+    assert r.code == 2 and len(r.err_lines) == 1
+    assert r.err_lines[0].startswith("deltasync: error: argument --modify-window")
+    assert not (tmp_path / "r").exists()
+
+
+def test_modify_window_from_the_command_line(run_cli: Any, tmp_path: Path) -> None:
+    """On a nanosecond file system: a replica file 1 s off is equal with
+    --modify-window 1, an update without it; --numeric-ids is accepted."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build_tree(src, {"f": b"same"})
+    assert run_cli("sync", src, dst, "-q").code == 0
+    t = os.stat(src / "f").st_mtime_ns
+    os.utime(dst / "f", ns=(t + S, t + S))
+    r = run_cli("sync", src, dst, "-@", "1", "--numeric-ids", "--json", "-q")
+    assert r.code == 0 and json.loads(r.out)["counts"]["update"] == 0
+    r = run_cli("sync", src, dst, "--modify-window=-1", "--json", "-q")
+    assert r.code == 0 and json.loads(r.out)["counts"]["update"] == 1  # rsync's quick check

@@ -35,7 +35,7 @@ from scanutil import (
 )
 
 from deltasync import scan
-from deltasync.model import Entry, Kind
+from deltasync.model import Entry, Kind, special_rdev, special_size, special_type
 from deltasync.scan import encode, sort_key
 
 NS = 1_700_000_000_123_456_789
@@ -282,3 +282,16 @@ def test_the_c_scanner_is_built_where_a_compiler_is() -> None:
         pytest.skip("no C compiler or Python headers: the fallback is expected")
     assert NATIVE_MOD is not None, (
         "deltasync._scan is missing or stale: rebuild it (pip install -e . / scripts/test.sh)")
+
+
+@given(kind=st.sampled_from([stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK]),
+       major=st.integers(0, (1 << 31) - 1), minor=st.integers(0, (1 << 31) - 1),
+       perms=st.integers(0, 0o7777))
+def test_a_special_files_type_and_device_round_trip_through_its_size(
+        kind: int, major: int, minor: int, perms: int) -> None:
+    """What -D needs of a listing: the file type and st_rdev, back as they were,
+    in a size a remote entry accepts (below 2^63)."""
+    rdev = os.makedev(major, minor) & ((1 << 56) - 1)
+    e = Entry("x", Kind.SPECIAL, special_size(kind | perms, rdev))
+    assert special_type(e) == kind and special_rdev(e) == rdev
+    assert 0 <= e.size < 1 << 63
