@@ -256,8 +256,8 @@ def _fidelity_opts(sp: argparse.ArgumentParser) -> None:
                    help="recreate character and block devices (as root; otherwise skipped)")
     g.add_argument("--specials", action="store_true", help="recreate FIFOs and sockets")
     g.add_argument("--numeric-ids", action="store_true",
-                   help="owners by number: what deltasync always does (accepted for rsync "
-                        "command lines; mapping by name over SSH is not implemented)")
+                   help="(remote) owners and groups by number; default as root: by user and "
+                        "group name, as rsync does")
 
 
 _FIDELITY_VALUED: dict[str, Callable[[str], object]] = {"--modify-window": _modify_window}

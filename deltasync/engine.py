@@ -41,6 +41,7 @@ from .errors import (
 )
 from .filters import Excluder
 from .guards import DeleteGate, Protect, Verdict, protector
+from .idnames import IdMap, MappedFile, MappedLister
 from .march import March
 from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
 from .prefetch import Prefetched
@@ -96,6 +97,9 @@ class SyncOptions:
     # -D: --devices / --specials (compare.CompareOptions).
     devices: bool = False
     specials: bool = False
+    # --numeric-ids: owners by number across machines too (default: by name,
+    # as rsync does as root; idnames.py).
+    numeric_ids: bool = False
 
 
 class Reporter:
@@ -175,6 +179,7 @@ class Engine:
         self._lock = threading.Lock()  # stats shared by the march and a pipelined source's worker
         self._worker: _Worker | None = None
         self._halt = threading.Event()  # the pass failed: a worker stops at once
+        self._idmap: IdMap | None = None  # source ids -> replica ids (idnames), this pass
 
     # -- one pass -------------------------------------------------------
     def run_pass(self) -> tuple[Stats, int]:
@@ -230,6 +235,9 @@ class Engine:
         if owner != guess:
             src_l.close()
             src_l = self.source.lister(self.excluder, owner)
+        self._idmap = self._id_map(owner)
+        if self._idmap is not None:  # compare and install with the replica's ids
+            src_l = MappedLister(src_l, self._idmap)
         # Before the replica's walk starts: the probe file must not be listed.
         step = self.replica.mtime_granularity(self.opts.dry_run)
         if step > 1:
@@ -322,6 +330,20 @@ class Engine:
         self.reporter.warning("", f"owner not set on {n} {'entry' if n == 1 else 'entries'} "
                                   f"(first: {quote_path(unset.first)}): {unset.why}")
         return True
+
+    def _id_map(self, owner: bool) -> IdMap | None:
+        """Owners by name between two machines (``idnames``), as rsync does when
+        the replica side is root, unless ``--numeric-ids``; None: ids as they are."""
+        if not owner or self.opts.numeric_ids or not self.data_crosses_link:
+            return None
+        src, dst = self.source.names(), self.replica.names()
+        if src is None or dst is None:
+            return None  # a far side that does not say: numeric, as before
+        return IdMap.between(src, dst)
+
+    def _mapped(self, f: SourceFile) -> SourceFile:
+        """``f`` with the replica's ids in its entry (the metadata it is installed with)."""
+        return f if self._idmap is None else MappedFile(f, self._idmap)  # type: ignore[return-value]
 
     def _read_error(self, path: str, e: OSError) -> None:
         with self._lock:
@@ -543,11 +565,13 @@ class Engine:
         while True:
             try:
                 if use_delta:
-                    result = self.source.transfer(a.path, lambda f: self._send_delta(a, f), retry)
+                    result = self.source.transfer(
+                        a.path, lambda f: self._send_delta(a, self._mapped(f)), retry)
                     self._count_delta(a, result)
                 else:
                     n = self.source.transfer(
-                        a.path, lambda f: self.replica.write_file(a.path, f, new), retry)
+                        a.path, lambda f: self.replica.write_file(a.path, self._mapped(f), new),
+                        retry)
                     stats.bytes_written += n
                     stats.bytes_sent += n
                     result = Result(size=n, written=n)
@@ -578,6 +602,7 @@ class Engine:
         replica, new = self.replica, a.op is Op.CREATE
 
         def install(f: SourceFile) -> Result:
+            f = self._mapped(f)
             d = f.delta
             if d is None:
                 n = replica.write_file(a.path, f, new)

@@ -76,6 +76,7 @@ from .model import Backup, Entry, Kind, quote_path, special_rdev, special_type
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature
+    from .idnames import Names
     from .source import SourceFile
 
 __all__ = ["LocalReplica", "LockUnavailable", "LockWaitInterrupted", "OwnerNotSet", "Replica",
@@ -166,6 +167,11 @@ class Replica(Protocol):
     def can_mknod(self) -> bool:
         """Can device nodes be made here (``-D``: the replica side runs as root)?"""
         return False
+
+    def names(self) -> Names | None:
+        """The users and groups of the system this side lives on (``idnames``:
+        owners by name across machines); None: not known (no mapping)."""
+        return None
 
     def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
              on_wait: Callable[[], None] | None = None) -> bool:
@@ -343,6 +349,11 @@ class LocalReplica(Replica):
 
     def can_mknod(self) -> bool:
         return os.geteuid() == 0
+
+    def names(self) -> Names | None:
+        from .idnames import local_names
+
+        return local_names()
 
     def _back_up(self, d: int, name: str, path: str, keep: bool) -> None:
         """Move the entry at ``path`` (``name`` in ``d``) aside, if there is one

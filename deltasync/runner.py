@@ -218,6 +218,7 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         modify_window=args.modify_window,
         devices=args.devices or args.devices_specials,
         specials=args.specials or args.devices_specials,
+        numeric_ids=args.numeric_ids,
     )
 
 

@@ -69,7 +69,7 @@ class Connection:
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None, timeout: float | None = None,
                  backup: Backup | None = None, one_file_system: bool = False,
-                 specials: bool = False) -> None:
+                 specials: bool = False, names: bool = False) -> None:
         self.spec = spec
         if transport is None:
             transport = Transport(transport_argv(spec, rsh, remote_command))
@@ -108,6 +108,8 @@ class Connection:
                                        "fsync": fsync, "owner": owner, "lock_wait": lock_wait}
             if backup is not None:  # optional keys: an older server ignores them (see open)
                 opening["backup"] = {"dir": backup.dir, "suffix": backup.suffix}
+            if names:  # owners by name (idnames): an older server ignores it, ids stay numeric
+                opening["names"] = True
             self.out.send(OPEN, dump_json(opening))
             if scan is not None:
                 self._send_scan(*scan)

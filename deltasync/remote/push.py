@@ -42,6 +42,7 @@ from .streams import DataWriter, send_fd, send_source
 
 if TYPE_CHECKING:
     from ..delta import Signature
+    from ..idnames import Names
     from ..source import SourceFile
 
 
@@ -95,6 +96,12 @@ class RemoteReplica(Replica):
 
     def can_mknod(self) -> bool:
         return bool(self.conn.info.get("root_user"))
+
+    def names(self) -> Names | None:
+        """The far system's users and groups (OPENED.names, when asked for)."""
+        from ..idnames import Names
+
+        return Names.from_json(self.conn.info.get("names"))
 
     def owner_now(self) -> bool | None:
         return bool(self.conn.info.get("root_user")) if self.conn.opened else None

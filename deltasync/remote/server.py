@@ -96,6 +96,12 @@ from .units import encode_root, root_entry, split_payload, walk_units
 FEATURES = ("backup", "one_file_system", "specials")
 
 
+def _names() -> dict[str, Any]:
+    from ..idnames import local_names
+
+    return local_names().to_json()
+
+
 def _backup(body: object) -> Backup | None:
     """OPEN's ``backup``: {"dir": str | null, "suffix": str}, or absent."""
     if body is None:
@@ -212,7 +218,9 @@ class Server:
             # probed here, after the lock and before the walk (the client's
             # pass compares mtimes at this step); a dry run guesses it
             "mtime_granularity": (self.replica.mtime_granularity(self.dry_run)
-                                  if self.replica else 1)}),
+                                  if self.replica else 1),
+            # owners by name (idnames): this system's users and groups, when asked
+            "names": _names() if body.get("names") is True else None}),
             flush=True)
 
     def _lock(self, root: str, timeout: object) -> None:

@@ -74,7 +74,7 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         conn = Connection(dst_spec, "replica", owner=True, lock_wait=opts.lock_wait,
                           scan=(list(opts.excludes), not opts.dry_run, opts.checksum, True),
                           backup=opts.backup, specials=opts.devices or opts.specials,
-                          **common)
+                          names=not opts.numeric_ids, **common)
         r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
         # The local tree is walked by a thread, up to 4,096 directories ahead
         # (a few MiB), while ssh connects and the far side starts.
@@ -87,7 +87,8 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
     conn = Connection(src_spec, "source",
                       scan=(list(opts.excludes), False, opts.checksum, opts.owner),
                       one_file_system=opts.one_file_system,
-                      specials=opts.devices or opts.specials, **common)
+                      specials=opts.devices or opts.specials,
+                      names=opts.owner and not opts.numeric_ids, **common)
     local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner, backup=opts.backup)
     return Engine(RemoteSource(conn), local, opts, reporter, stop), _PullClose(conn, local)
 
