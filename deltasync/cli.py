@@ -243,9 +243,9 @@ def _modify_window(text: str) -> int:
     return v
 
 
-# Timestamps and special files (issue 13 items 3 and 7).
+# Timestamps, special files, owners by name (issue 13 items 3, 7 and 6's --numeric-ids).
 def _fidelity_opts(sp: argparse.ArgumentParser) -> None:
-    g = sp.add_argument_group("timestamps and special files")
+    g = sp.add_argument_group("timestamps, special files, owners")
     g.add_argument("--modify-window", "-@", metavar="N", type=_modify_window, default=-1,
                    help="mtimes at most N seconds apart are equal; 0 compares whole seconds; "
                         "negative: nanoseconds (the default, as far as the replica's file "
