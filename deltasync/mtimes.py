@@ -96,16 +96,19 @@ def probe(dfd: int) -> int:
 
 def observed(dfd: int) -> tuple[int, int]:
     """(the coarsest of ``STEPS`` dividing the mtimes of directory ``dfd`` and of
-    up to 64 of its entries, how many times were looked at); (1, 0) when it
-    cannot be read.  The file system's own step divides them all, so a result
-    of 1 proves it exact."""
+    up to 64 of its entries on its own file system, how many times were looked
+    at); (1, 0) when it cannot be read.  The file system's own step divides
+    them all, so a result of 1 proves it exact."""
     try:
-        times = [os.fstat(dfd).st_mtime_ns]
+        st = os.fstat(dfd)
+        times = [st.st_mtime_ns]
         with os.scandir(dfd) as it:
             for de in it:
                 if len(times) > _GUESS_SAMPLES:
                     break
-                times.append(de.stat(follow_symlinks=False).st_mtime_ns)
+                s = de.stat(follow_symlinks=False)
+                if s.st_dev == st.st_dev:  # a mount point's times are another file system's
+                    times.append(s.st_mtime_ns)
     except OSError:
         return 1, 0
     for step in reversed(STEPS):

@@ -135,6 +135,23 @@ def test_probe_finds_whole_seconds_and_leaves_no_trace(ext4_128: Path, tmp_path:
         r.close()
 
 
+def test_a_fine_mount_inside_does_not_hide_a_coarse_root(ext4_128: Path) -> None:
+    """The times of a mount point (another file system's) prove nothing about the root's."""
+    inner = ext4_128 / "inner"
+    inner.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(inner)], check=True)
+    try:
+        os.utime(inner, ns=(T, T))
+        assert os.stat(inner).st_mtime_ns == T  # tmpfs keeps nanoseconds
+        r = LocalReplica(str(ext4_128))
+        try:
+            assert r.mtime_granularity() == S
+        finally:
+            r.close()
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)
+
+
 def test_dry_run_guesses_the_step_without_writing(ext4_128: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(src)
