@@ -48,6 +48,9 @@ class CompareOptions:
     # equal whatever the window, or a replica that keeps whole seconds (ext4
     # with 128-byte inodes, FAT's two) would be re-copied every pass.
     mtime_step: int = 1
+    # Mount points inside the replica with another step: (relative path, step),
+    # deepest first; an entry at or below one is compared at its step.
+    mount_steps: tuple[tuple[str, int], ...] = ()
     # -D: --devices (character and block devices), --specials (FIFOs, sockets).
     devices: bool = False
     specials: bool = False
@@ -56,17 +59,22 @@ class CompareOptions:
 _NS = 1_000_000_000
 
 
-def same_mtime(a: int, b: int, opts: CompareOptions) -> bool:
-    """Are mtimes ``a`` and ``b`` (nanoseconds) equal at the precision compared?
+def same_mtime(a: int, b: int, opts: CompareOptions, path: str = "") -> bool:
+    """Are mtimes ``a`` and ``b`` (nanoseconds) of ``path`` equal at the precision compared?
 
-    Less than one ``mtime_step`` apart: equal (the replica cannot hold them
-    finer; it truncates, FAT may round, so either direction).  Then rsync's
+    Less than one ``mtime_step`` apart (or the step of the mount point ``path``
+    lies in): equal (the replica cannot hold them finer; it truncates, FAT may
+    round, so either direction).  Then rsync's
     ``same_time``: a negative window compares nanoseconds, 0 whole seconds,
     N > 0 whole seconds at most N apart (nanoseconds ignored).
     """
     if a == b:
         return True
     step = opts.mtime_step
+    for point, s in opts.mount_steps:
+        if path == point or path.startswith(point + "/"):
+            step = s
+            break
     if step > 1 and -step < a - b < step:
         return True
     w = opts.modify_window
@@ -94,7 +102,8 @@ def need_transfer(src: Entry, dst: Entry, opts: CompareOptions,
         if a is None or b is None or a != b:
             return Reason.CHECKSUM
         return None
-    if src.mtime_ns != dst.mtime_ns and not same_mtime(src.mtime_ns, dst.mtime_ns, opts):
+    if src.mtime_ns != dst.mtime_ns and not same_mtime(src.mtime_ns, dst.mtime_ns, opts,
+                                                       src.path):
         return Reason.MTIME
     return None
 
@@ -108,7 +117,8 @@ def wanted_special(e: Entry, opts: CompareOptions) -> bool:
 
 
 def meta_differs(src: Entry, dst: Entry, opts: CompareOptions) -> bool:
-    if src.mtime_ns != dst.mtime_ns and not same_mtime(src.mtime_ns, dst.mtime_ns, opts):
+    if src.mtime_ns != dst.mtime_ns and not same_mtime(src.mtime_ns, dst.mtime_ns, opts,
+                                                       src.path):
         return True
     if src.kind is not Kind.SYMLINK and src.mode != dst.mode:
         return True

@@ -240,9 +240,12 @@ class Engine:
             src_l = MappedLister(src_l, self._idmap)
         # Before the replica's walk starts: the probe file must not be listed.
         step = self.replica.mtime_granularity(self.opts.dry_run)
-        if step > 1:
-            rep.phase("mtime granularity", 0.0, f"replica keeps mtimes to {step} ns")
+        mounts = self.replica.mount_granularity(step, self.opts.dry_run)
+        if step > 1 or mounts:
+            rep.phase("mtime granularity", 0.0, f"replica keeps mtimes to {step} ns" + "".join(
+                f", {quote_path(p)} to {s} ns" for p, s in mounts.items()))
         copts = CompareOptions(self.opts.checksum, owner, self.opts.modify_window, step,
+                               tuple(sorted(mounts.items(), key=lambda m: -m[0].count("/"))),
                                self.opts.devices and self.replica.can_mknod(),
                                self.opts.specials)
         self._gate = DeleteGate(self.opts.max_delete)

@@ -15,13 +15,15 @@ between its create and its unlink the next pass removes it as a leftover
 temp.  The directory's own times are put back afterwards.  A dry run never
 writes: ``guess`` reads the times already in the replica's root instead.
 
-Only the replica root's file system is probed: a mount point of another
-file system inside the replica is compared at the root's step.
+A mount point inside the replica (another file system, maybe coarser or
+finer) is learnt the same way (``mounts_below`` finds them in
+``/proc/self/mountinfo``); what lies below it is compared at its step.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 from .fsutil import Writable, temp_name
 
@@ -35,6 +37,31 @@ STEPS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000,
 
 _GUESS_SAMPLES = 64  # entries of the root looked at by ``guess``
 _GUESS_MIN = 4  # fewer than this: too few to call the file system coarse
+
+
+def mounts_below(root: str) -> list[str]:
+    """Mount points strictly inside directory ``root``, as paths relative to it
+    (from ``/proc/self/mountinfo``; none where it cannot be read), outermost first."""
+    real = os.fsencode(os.path.realpath(root))
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            text = f.read()
+    except OSError:
+        return []
+    below = real.rstrip(b"/") + b"/"
+    out: list[str] = []
+    for line in text.splitlines():
+        fields = line.split(b" ")
+        if len(fields) < 5:
+            continue
+        # the kernel writes space, tab, newline and backslash as \ooo
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+        if point.startswith(below) and len(point) > len(below):
+            rel = os.fsdecode(point[len(below):].rstrip(b"/"))
+            if rel not in out:
+                out.append(rel)
+    out.sort(key=lambda p: p.count("/"))
+    return out
 
 
 def step_of(wrote: int, got: int) -> int:

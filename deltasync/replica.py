@@ -164,6 +164,12 @@ class Replica(Protocol):
         without writing anything."""
         return 1
 
+    def mount_granularity(self, root_step: int, dry_run: bool = False) -> dict[str, int]:
+        """Mount points inside the replica whose mtime step differs from the
+        root's (``root_step``, what ``mtime_granularity`` said), by relative
+        path -> step (ns)."""
+        return {}
+
     def can_mknod(self) -> bool:
         """Can device nodes be made here (``-D``: the replica side runs as root)?"""
         return False
@@ -346,6 +352,25 @@ class LocalReplica(Replica):
         finally:
             os.close(fd)
         return step
+
+    def mount_granularity(self, root_step: int, dry_run: bool = False) -> dict[str, int]:
+        """Each mount point below the root (``mtimes.mounts_below``), reached
+        through the replica's directory descriptors (never a symlink), learnt
+        like the root (guessed in a dry run); only those that differ from the
+        root's step are kept."""
+        from . import mtimes
+
+        points = mtimes.mounts_below(self.root)
+        out: dict[str, int] = {}
+        for rel in points:
+            try:
+                fd = self.dirs.get(rel)
+            except (OSError, DeltaSyncError):
+                continue  # not a directory we can reach safely: compared at the root's step
+            step = mtimes.guess(fd) if dry_run else mtimes.learn(fd)
+            if step != root_step:
+                out[rel] = step
+        return out
 
     def can_mknod(self) -> bool:
         return os.geteuid() == 0

@@ -33,7 +33,7 @@ T = 1_650_000_001 * S + 987_654_321  # odd seconds, odd nanoseconds
 def _mount(img: Path, mnt: Path, mkfs: list[str], opts: str) -> None:
     subprocess.run(["truncate", "-s", "48M", str(img)], check=True)
     subprocess.run([*mkfs, str(img)], check=True, capture_output=True)
-    mnt.mkdir()
+    mnt.mkdir(exist_ok=True)
     # Fail, never skip: these tests run as root, and a refused mount is a broken setup.
     subprocess.run(["mount", "-o", f"loop{opts}", str(img), str(mnt)], check=True)
 
@@ -211,6 +211,40 @@ def test_push_and_pull_into_whole_second_ext4(ext4_128: Path, tmp_path: Path) ->
     again = pull(rsh, src, pull_dst)
     assert again.code == 0 and again.writes == 0, again.rep.done_
     assert _rsync_changes(src, push_dst) == [] and _rsync_changes(src, pull_dst) == []
+
+
+@pytest.mark.parametrize("how", ["local", "push"])
+def test_a_coarse_mount_inside_a_fine_replica_is_compared_at_its_own_step(
+        tmp_path: Path, how: str) -> None:
+    """The replica root keeps nanoseconds; an ext4 -I 128 file system is mounted
+    at ``coarse/`` inside it: what lies there is compared at whole seconds."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _tree(src / "coarse")
+    build_tree(src, {"fine.txt": b"fine"})
+    os.utime(src / "fine.txt", ns=(T, T))
+    inner = dst / "coarse"
+    inner.mkdir(parents=True)
+    _mount(tmp_path / "inner.img", inner, ["mkfs.ext4", "-q", "-F", "-I", "128"], "")
+    try:
+        shutil.rmtree(inner / "lost+found")
+        rsh = pipe_rsh(tmp_path)
+
+        def run() -> Any:
+            return do_sync(src, dst) if how == "local" else push(rsh, src, dst)
+
+        first = run()
+        assert first.code == 0 and first.stats.counts["create"] == 5, first.rep.failed_
+        assert os.stat(dst / "fine.txt").st_mtime_ns == T  # the root keeps nanoseconds
+        second = run()
+        assert second.code == 0 and second.writes == 0, second.rep.done_
+        assert _rsync_changes(src, dst) == []
+        # a sub-second change outside the mount is still one
+        os.utime(src / "fine.txt", ns=(T + 1, T + 1))
+        third = run()
+        assert ("meta", "fine.txt") in third.rep.ops() or \
+            ("update", "fine.txt") in third.rep.ops(), third.rep.ops()
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)
 
 
 def test_second_pass_into_fat_does_nothing(vfat: Path, tmp_path: Path) -> None:

@@ -94,6 +94,19 @@ class RemoteReplica(Replica):
         return step if isinstance(step, int) and not isinstance(step, bool) and \
             0 < step <= 10**10 else 1
 
+    def mount_granularity(self, root_step: int, dry_run: bool = False) -> dict[str, int]:
+        """The far side's mount points with their own step (OPENED; absent: none)."""
+        rows = self.conn.info.get("mount_granularity")
+        out: dict[str, int] = {}
+        if not isinstance(rows, list):
+            return out
+        for row in rows:
+            if (isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)
+                    and row[0] and isinstance(row[1], int) and not isinstance(row[1], bool)
+                    and 0 < row[1] <= 10**10):
+                out[row[0]] = row[1]
+        return out
+
     def can_mknod(self) -> bool:
         return bool(self.conn.info.get("root_user"))
 

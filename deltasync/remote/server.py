@@ -210,15 +210,18 @@ class Server:
                                      os.path.exists(root) else f"source does not exist: {root}")
             self.source = LocalSource(root)
         self.root = root
+        # Learnt here, after the lock and before the walk (the client's pass
+        # compares mtimes at these steps); a dry run guesses them.
+        step = self.replica.mtime_granularity(self.dry_run) if self.replica else 1
         self.out.send(OPENED, dump_json({
             "root": root, "root_user": os.geteuid() == 0, "software": __version__,
             "locked": self.replica is not None and self.replica.locked,
             "features": list(FEATURES),
             "backup_prefix": self.replica.backup_prefix() if self.replica else None,
-            # probed here, after the lock and before the walk (the client's
-            # pass compares mtimes at this step); a dry run guesses it
-            "mtime_granularity": (self.replica.mtime_granularity(self.dry_run)
-                                  if self.replica else 1),
+            "mtime_granularity": step,
+            "mount_granularity": ([[p, s] for p, s in
+                                   self.replica.mount_granularity(step, self.dry_run).items()]
+                                  if self.replica else []),
             # owners by name (idnames): this system's users and groups, when asked
             "names": _names() if body.get("names") is True else None}),
             flush=True)
