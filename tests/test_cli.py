@@ -481,4 +481,4 @@ def test_option_records_are_frozen_values_with_fresh_defaults() -> None:
         CompareOptions(True, checksum=False)  # type: ignore[misc]
     assert repr(CompareOptions(checksum=True)) == (
         "CompareOptions(checksum=True, owner=False, modify_window=-1, mtime_step=1, "
-        "devices=False, specials=False)")
+        "mount_steps=(), devices=False, specials=False)")
