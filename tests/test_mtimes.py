@@ -135,6 +135,26 @@ def test_probe_finds_whole_seconds_and_leaves_no_trace(ext4_128: Path, tmp_path:
         r.close()
 
 
+def test_a_probe_left_by_a_killed_pass_is_removed_by_the_next(ext4_128: Path,
+                                                               tmp_path: Path) -> None:
+    """A pass killed between the probe's create and its unlink leaves a file with a
+    reserved name: the next pass removes it as a leftover temp, never mirrors it,
+    never logs it as a deletion."""
+    from deltasync.fsutil import is_reserved_name, temp_name
+
+    src = tmp_path / "src"
+    _tree(src)
+    name = temp_name()
+    assert is_reserved_name(name)
+    (ext4_128 / name).write_bytes(b"")
+    os.utime(ext4_128 / name, ns=(PROBE_NS, PROBE_NS))
+    r = do_sync(src, ext4_128)
+    assert r.code == 0 and not (ext4_128 / name).exists()
+    assert all(p != name for _, p in r.rep.ops())
+    again = do_sync(src, ext4_128)
+    assert again.writes == 0, again.rep.done_
+
+
 def test_a_fine_mount_inside_does_not_hide_a_coarse_root(ext4_128: Path) -> None:
     """The times of a mount point (another file system's) prove nothing about the root's."""
     inner = ext4_128 / "inner"
