@@ -31,7 +31,8 @@
 
 /* scan.py refuses a built module whose version differs (a stale in-place
  * build): bump it whenever the interface between the two changes. */
-#define ABI_VERSION 3
+#define ABI_VERSION 4
+#define RDEV_MASK ((UINT64_C(1) << 56) - 1) /* scan.py: RDEV_MASK */
 
 enum { K_FILE = 0, K_DIR = 1, K_LINK = 2, K_SPECIAL = 3, N_KINDS = 4 };
 
@@ -277,7 +278,10 @@ static int stat_all(int dfd, int owner, scan_t *s)
         mode_t m = st.st_mode;
         r->kind = S_ISREG(m) ? K_FILE : S_ISDIR(m) ? K_DIR : S_ISLNK(m) ? K_LINK : K_SPECIAL;
         r->mode = (uint16_t)(m & 07777);
-        r->size = r->kind == K_FILE ? (uint64_t)st.st_size : 0;
+        /* special files: their file type and device number (what -D recreates) */
+        r->size = r->kind == K_FILE ? (uint64_t)st.st_size
+                : r->kind == K_SPECIAL ? ((uint64_t)(m & S_IFMT) << 44) | ((uint64_t)st.st_rdev & RDEV_MASK)
+                : 0;
         r->mtime = mtime_ns(&st);
         r->uid = owner ? (uint32_t)st.st_uid : 0;
         r->gid = owner ? (uint32_t)st.st_gid : 0;

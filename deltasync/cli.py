@@ -323,6 +323,40 @@ def _guard_opts(sp: argparse.ArgumentParser) -> None:
                         "SECONDS (0: never, the default)")
 
 
+def _modify_window(text: str) -> int:
+    """--modify-window N: whole seconds, any sign (rsync's meaning; -1 is nanoseconds)."""
+    t = text.strip()
+    digits = t[1:] if t.startswith("-") else t
+    if not digits.isascii() or not digits.isdigit():
+        raise _bad(f"must be a whole number of seconds: {text!r}")
+    v = int(t)
+    if abs(v) > MAX_SECONDS:
+        raise _bad(f"must be a number of seconds, -{MAX_SECONDS:.0f} to {MAX_SECONDS:.0f}: "
+                   f"{text!r}")
+    return v
+
+
+# Timestamps, special files, owners by name (issue 13 items 3, 7 and 6's --numeric-ids).
+def _fidelity_opts(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("timestamps, special files, owners")
+    g.add_argument("--modify-window", "-@", metavar="N", type=_modify_window, default=-1,
+                   help="mtimes at most N seconds apart are equal; 0 compares whole seconds; "
+                        "negative: nanoseconds (the default, as far as the replica's file "
+                        "system keeps them: its granularity is probed every pass)")
+    g.add_argument("-D", dest="devices_specials", action="store_true",
+                   help="same as --devices --specials")
+    g.add_argument("--devices", action="store_true",
+                   help="recreate character and block devices (as root; otherwise skipped)")
+    g.add_argument("--specials", action="store_true", help="recreate FIFOs and sockets")
+    g.add_argument("--numeric-ids", action="store_true",
+                   help="(remote) owners and groups by number; default as root: by user and "
+                        "group name, as rsync does")
+
+
+_FIDELITY_VALUED: dict[str, Callable[[str], object]] = {"--modify-window": _modify_window}
+_FIDELITY_FLAGS = {"-D", "--devices", "--specials", "--numeric-ids"}
+
+
 _GUARD_VALUED: dict[str, Callable[[str], object]] = {
     "--max-delete": _max_delete, "--backup-dir": str, "--suffix": _suffix,
     "--timeout": _timeout}
@@ -387,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         # -H (issue 13 item 1): hard-link groups, as rsync -H (deltasync/hardlinks.py).
         sp.add_argument("-H", "--hard-links", action="store_true",
                         help="files hard-linked together in SOURCE are hard-linked in REPLICA")
+        _fidelity_opts(sp)
         rg = sp.add_argument_group("remote sync ([USER@]HOST:PATH as SOURCE or REPLICA)")
         rg.add_argument("-e", "--rsh", metavar="COMMAND", default=None,
                         help="transport command, split like a shell would (default: ssh)")
@@ -511,9 +546,10 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--delta-threshold": _size, "--block-size": _block_size, "--bwlimit": _rate,
         "--interval": _positive_float, "--lock-wait": _lock_wait,
         "--compress-choice": str, "--zc": str, "--compress-level": _compress_level,
-        "--zl": _compress_level, **_GUARD_VALUED}
+        "--zl": _compress_level, **_GUARD_VALUED, **_FIDELITY_VALUED}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
-             "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", "-H", "--hard-links", *_GUARD_FLAGS}
+             "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", "-H", "--hard-links",
+             *_GUARD_FLAGS, *_FIDELITY_FLAGS}
     ns = _Quick()
     pos: list[str] = []
     i = 1

@@ -7,12 +7,13 @@ the same replica directory by name and decides each pair.  Its answer
 1. ``removals``: replica entries that are not directories and must go (not in
    the source, or of another type there);
 2. ``items``, in walk order (names in byte order): for each entry that is not
-   a directory, its action (``create``, ``update``, ``symlink``, ``meta``, or
-   ``skip`` for special files), and for each subdirectory of either side, what
-   to do with it (``Child``): go down both sides, make it and go down the
-   source side only, remove it (going down the replica side), or leave it
-   alone.  The march goes down into a subdirectory at its place among the
-   directory's other entries, so the whole pass runs in pre-order.
+   a directory, its action (``create``, ``update``, ``symlink``, ``meta``,
+   ``mknod`` for special files with ``-D``, or ``skip`` for those without),
+   and for each subdirectory of either side, what to do with it
+   (``Child``): go down both sides, make it and go down the source side only,
+   remove it (going down the replica side), or leave it alone.  The march
+   goes down into a subdirectory at its place among the directory's other
+   entries, so the whole pass runs in pre-order.
 
 The directory's own metadata is set after its contents (``dir_meta``), by the
 march, when it leaves the directory.
@@ -26,10 +27,11 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .model import Action, Entry, Kind, Op, Reason, options
+from .model import Action, Entry, Kind, Op, Reason, options, special_type
 
 HashFunc = Callable[[Entry], bytes | None]
 
@@ -38,6 +40,47 @@ HashFunc = Callable[[Entry], bytes | None]
 class CompareOptions:
     checksum: bool = False  # compare same-size files by content, not mtime
     owner: bool = False  # compare uid/gid (only meaningful when we can chown)
+    # --modify-window, as rsync reads it: negative compares nanoseconds (the
+    # default: rsync's -1), 0 whole seconds, N > 0 seconds at most N apart.
+    modify_window: int = -1
+    # The replica's mtime granularity in nanoseconds (1: exact), from
+    # ``Replica.mtime_granularity``: two mtimes less than one step apart are
+    # equal whatever the window, or a replica that keeps whole seconds (ext4
+    # with 128-byte inodes, FAT's two) would be re-copied every pass.
+    mtime_step: int = 1
+    # Mount points inside the replica with another step: (relative path, step),
+    # deepest first; an entry at or below one is compared at its step.
+    mount_steps: tuple[tuple[str, int], ...] = ()
+    # -D: --devices (character and block devices), --specials (FIFOs, sockets).
+    devices: bool = False
+    specials: bool = False
+
+
+_NS = 1_000_000_000
+
+
+def same_mtime(a: int, b: int, opts: CompareOptions, path: str = "") -> bool:
+    """Are mtimes ``a`` and ``b`` (nanoseconds) of ``path`` equal at the precision compared?
+
+    Less than one ``mtime_step`` apart (or the step of the mount point ``path``
+    lies in): equal (the replica cannot hold them finer; it truncates, FAT may
+    round, so either direction).  Then rsync's
+    ``same_time``: a negative window compares nanoseconds, 0 whole seconds,
+    N > 0 whole seconds at most N apart (nanoseconds ignored).
+    """
+    if a == b:
+        return True
+    step = opts.mtime_step
+    for point, s in opts.mount_steps:
+        if path == point or path.startswith(point + "/"):
+            step = s
+            break
+    if step > 1 and -step < a - b < step:
+        return True
+    w = opts.modify_window
+    if w < 0:
+        return False
+    return abs(a // _NS - b // _NS) <= w
 
 
 def need_transfer(src: Entry, dst: Entry, opts: CompareOptions,
@@ -46,7 +89,8 @@ def need_transfer(src: Entry, dst: Entry, opts: CompareOptions,
     """Does regular file ``src`` have to be sent over ``dst``?  (None: no.)
 
     Quick check: a different size always means yes; otherwise, by default a
-    different mtime means yes (rsync's size+mtime rule), and with
+    different mtime means yes (rsync's size+mtime rule; ``same_mtime``
+    says what different is), and with
     ``checksum`` the blake3 of both contents decides instead.  A hash that
     cannot be read counts as different, so the transfer reports the error.
     """
@@ -58,13 +102,23 @@ def need_transfer(src: Entry, dst: Entry, opts: CompareOptions,
         if a is None or b is None or a != b:
             return Reason.CHECKSUM
         return None
-    if src.mtime_ns != dst.mtime_ns:
+    if src.mtime_ns != dst.mtime_ns and not same_mtime(src.mtime_ns, dst.mtime_ns, opts,
+                                                       src.path):
         return Reason.MTIME
     return None
 
 
+def wanted_special(e: Entry, opts: CompareOptions) -> bool:
+    """Is special file ``e`` recreated in the replica?  Devices with ``--devices``
+    (the engine turns it off where the replica side is not root: rsync skips
+    them there silently), FIFOs and sockets with ``--specials``."""
+    t = special_type(e)
+    return opts.devices if t == stat.S_IFCHR or t == stat.S_IFBLK else opts.specials
+
+
 def meta_differs(src: Entry, dst: Entry, opts: CompareOptions) -> bool:
-    if src.mtime_ns != dst.mtime_ns:
+    if src.mtime_ns != dst.mtime_ns and not same_mtime(src.mtime_ns, dst.mtime_ns, opts,
+                                                       src.path):
         return True
     if src.kind is not Kind.SYMLINK and src.mode != dst.mode:
         return True
@@ -140,12 +194,36 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
         path, k = s.path, s.kind
         d = dst_by.pop(path, None)
         if k is Kind.SPECIAL:
-            if d is not None and d.kind is Kind.SPECIAL and not meta_differs(s, d, opts):
-                unchanged += 1  # the same special file stands there already (made by someone)
+            same = d is not None and d.kind is Kind.SPECIAL and d.size == s.size
+            if not wanted_special(s, opts):
+                if same and not meta_differs(s, d, opts):  # type: ignore[arg-type]
+                    unchanged += 1  # the same special file stands there already (made by someone)
+                    continue
+                # rsync without -D: "skipping non-regular file", and whatever
+                # stands under that name in the replica stays (even with --delete)
+                items.append(Action(Op.SKIP, path, s, d, Reason.SPECIAL))
+                if d is not None and d.kind is Kind.DIR:
+                    items.append(Child(Walk.KEEP, path, None, d))
                 continue
-            items.append(Action(Op.SKIP, path, s, d, Reason.SPECIAL))
-            if d is not None and d.kind is Kind.DIR:
-                items.append(Child(Walk.KEEP, path, None, d))
+            if d is None:
+                touched = True
+                items.append(Action(Op.MKNOD, path, s, None, Reason.NEW))
+            elif d.kind is Kind.DIR:  # emptied and removed first, as for a file
+                touched = True
+                items.append(Child(Walk.REPLACE, path, s, d,
+                                   Action(Op.MKNOD, path, s, d, Reason.TYPE)))
+            elif d.kind is not Kind.SPECIAL:
+                touched = True
+                removals.append(Action(Op.DELETE, path, s, d, Reason.TYPE))
+                items.append(Action(Op.MKNOD, path, s, d, Reason.TYPE))
+            elif not same:  # made anew under a temp name, renamed over the old one
+                touched = True
+                items.append(Action(Op.MKNOD, path, s, d, Reason.TYPE if special_type(s)
+                                    != special_type(d) else Reason.DEVICE))
+            elif meta_differs(s, d, opts):
+                items.append(Action(Op.META, path, s, d, Reason.META))
+            else:
+                unchanged += 1
             continue
         if d is not None and d.kind is not k:
             # a type change: the replica's entry goes first, then the new one comes

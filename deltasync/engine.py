@@ -40,6 +40,7 @@ from .errors import (
     pass_exit_code,
 )
 from .guards import DeleteGate, Protect, Verdict, protector
+from .idnames import IdMap, MappedFile, MappedLister
 from .march import March
 from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
 from .prefetch import Prefetched
@@ -96,6 +97,15 @@ class SyncOptions:
     timeout: float | None = None
     # -H: source files sharing an inode share one in the replica (hardlinks.py).
     hard_links: bool = False
+    # --modify-window (compare.CompareOptions): -1 compares nanoseconds, as
+    # far as the replica's file system keeps them (it is probed every pass).
+    modify_window: int = -1
+    # -D: --devices / --specials (compare.CompareOptions).
+    devices: bool = False
+    specials: bool = False
+    # --numeric-ids: owners by number across machines too (default: by name,
+    # as rsync does as root; idnames.py).
+    numeric_ids: bool = False
 
 
 class Reporter:
@@ -176,6 +186,7 @@ class Engine:
         self._lock = threading.Lock()  # stats shared by the march and a pipelined source's worker
         self._worker: _Worker | None = None
         self._halt = threading.Event()  # the pass failed: a worker stops at once
+        self._idmap: IdMap | None = None  # source ids -> replica ids (idnames), this pass
 
     # -- one pass -------------------------------------------------------
     def run_pass(self) -> tuple[Stats, int]:
@@ -231,7 +242,19 @@ class Engine:
         if owner != guess:
             src_l.close()
             src_l = self.source.lister(self.excluder, owner)
-        copts = CompareOptions(self.opts.checksum, owner)
+        self._idmap = self._id_map(owner)
+        if self._idmap is not None:  # compare and install with the replica's ids
+            src_l = MappedLister(src_l, self._idmap)
+        # Before the replica's walk starts: the probe file must not be listed.
+        step = self.replica.mtime_granularity(self.opts.dry_run)
+        mounts = self.replica.mount_granularity(step, self.opts.dry_run)
+        if step > 1 or mounts:
+            rep.phase("mtime granularity", 0.0, f"replica keeps mtimes to {step} ns" + "".join(
+                f", {quote_path(p)} to {s} ns" for p, s in mounts.items()))
+        copts = CompareOptions(self.opts.checksum, owner, self.opts.modify_window, step,
+                               tuple(sorted(mounts.items(), key=lambda m: -m[0].count("/"))),
+                               self.opts.devices and self.replica.can_mknod(),
+                               self.opts.specials)
         self._gate = DeleteGate(self.opts.max_delete)
         self._protect = protector(self.opts.backup, self.replica.backup_prefix()
                                   if self.opts.backup is not None else None)
@@ -323,6 +346,20 @@ class Engine:
         self.reporter.warning("", f"owner not set on {n} {'entry' if n == 1 else 'entries'} "
                                   f"(first: {quote_path(unset.first)}): {unset.why}")
         return True
+
+    def _id_map(self, owner: bool) -> IdMap | None:
+        """Owners by name between two machines (``idnames``), as rsync does when
+        the replica side is root, unless ``--numeric-ids``; None: ids as they are."""
+        if not owner or self.opts.numeric_ids or not self.data_crosses_link:
+            return None
+        src, dst = self.source.names(), self.replica.names()
+        if src is None or dst is None:
+            return None  # a far side that does not say: numeric, as before
+        return IdMap.between(src, dst)
+
+    def _mapped(self, f: SourceFile) -> SourceFile:
+        """``f`` with the replica's ids in its entry (the metadata it is installed with)."""
+        return f if self._idmap is None else MappedFile(f, self._idmap)  # type: ignore[return-value]
 
     def _read_error(self, path: str, e: OSError) -> None:
         with self._lock:
@@ -497,6 +534,10 @@ class Engine:
             if not dry:
                 r.symlink(a.path, a.src)
             return Result()
+        if op is Op.MKNOD:
+            if not dry:
+                r.mknod(a.path, a.src)
+            return Result()
         if op is Op.META:
             if not dry:
                 r.set_meta(a.path, a.src)
@@ -545,11 +586,13 @@ class Engine:
         while True:
             try:
                 if use_delta:
-                    result = self.source.transfer(a.path, lambda f: self._send_delta(a, f), retry)
+                    result = self.source.transfer(
+                        a.path, lambda f: self._send_delta(a, self._mapped(f)), retry)
                     self._count_delta(a, result)
                 else:
                     n = self.source.transfer(
-                        a.path, lambda f: self.replica.write_file(a.path, f, new), retry)
+                        a.path, lambda f: self.replica.write_file(a.path, self._mapped(f), new),
+                        retry)
                     stats.bytes_written += n
                     stats.bytes_sent += n
                     result = Result(size=n, written=n)
@@ -580,6 +623,7 @@ class Engine:
         replica, new = self.replica, a.op is Op.CREATE
 
         def install(f: SourceFile) -> Result:
+            f = self._mapped(f)
             d = f.delta
             if d is None:
                 n = replica.write_file(a.path, f, new)

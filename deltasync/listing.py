@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .errors import DeltaSyncError
-from .model import Entry, Kind
+from .model import Entry, Kind, special_size
 from .scan import decode, linked, scan_dir
 from .sides import SideFilter as Excluder
 from .sides import TreeFilter, unit_hidden
@@ -48,7 +48,9 @@ def stat_entry(path: str, s: os.stat_result, target: str | None = None) -> Entry
     m = s.st_mode
     kind = (Kind.FILE if st_.S_ISREG(m) else Kind.DIR if st_.S_ISDIR(m)
             else Kind.SYMLINK if st_.S_ISLNK(m) else Kind.SPECIAL)
-    return Entry(path, kind, s.st_size if kind is Kind.FILE else 0, s.st_mtime_ns,
+    size = (s.st_size if kind is Kind.FILE else special_size(m, s.st_rdev)
+            if kind is Kind.SPECIAL else 0)
+    return Entry(path, kind, size, s.st_mtime_ns,
                  m & 0o7777, s.st_uid, s.st_gid, target if kind is Kind.SYMLINK else None,
                  s.st_ino, s.st_dev)
 

@@ -18,7 +18,7 @@ class Kind(enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
-    SPECIAL = "special"  # FIFO, socket, device: reported, never opened
+    SPECIAL = "special"  # FIFO, socket, device: never opened; recreated with -D
 
 
 # Entry is a NamedTuple rather than a frozen dataclass because a pass over
@@ -28,7 +28,7 @@ class Entry(NamedTuple):
 
     path: str  # relative, "/"-separated; "" never appears (the root is implicit)
     kind: Kind
-    size: int = 0
+    size: int = 0  # special files: their type and device (``special_size``)
     mtime_ns: int = 0
     mode: int = 0  # permission bits only (S_IMODE)
     uid: int = -1
@@ -39,6 +39,29 @@ class Entry(NamedTuple):
     nlink: int = 0  # link count (0: not known, e.g. a listing without extras)
 
 
+# A special file's ``Entry.size`` says what it is: its file type (the S_IFMT
+# bits of st_mode: FIFO, socket, character or block device) and, for a
+# device, its number (st_rdev; Linux's fits in 32 bits), so that listings
+# compare them like any other field (scan.py, _scan.c).
+RDEV_MASK = (1 << 56) - 1
+_S_IFMT = 0o170000
+
+
+def special_size(st_mode: int, rdev: int) -> int:
+    """``Entry.size`` of a special file: ``S_IFMT(st_mode) << 44 | rdev``."""
+    return (st_mode & _S_IFMT) << 44 | (rdev & RDEV_MASK)
+
+
+def special_type(e: Entry) -> int:
+    """The S_IFMT bits of a special file's entry (``stat.S_IFIFO`` ...)."""
+    return (e.size >> 44) & _S_IFMT
+
+
+def special_rdev(e: Entry) -> int:
+    """The device number of a special file's entry (0 for FIFOs and sockets)."""
+    return e.size & RDEV_MASK
+
+
 class Op(enum.Enum):
     """What the engine does to one path; the value is the word in the log."""
 
@@ -47,6 +70,7 @@ class Op(enum.Enum):
     UPDATE = "update"
     SYMLINK = "symlink"
     LINK = "link"  # -H: a hard link to an earlier member of the file's group
+    MKNOD = "mknod"  # -D: a FIFO, socket or device node made (or remade)
     META = "meta"
     DELETE = "delete"
     RMDIR = "rmdir"
@@ -62,6 +86,7 @@ class Reason(enum.Enum):
     CHECKSUM = "content differs"
     TYPE = "type changed"
     TARGET = "link target differs"
+    DEVICE = "device number differs"
     META = "metadata differs"
     LINKS = "hard links differ"  # -H: the replica's inode sharing is not the source's
     EXTRANEOUS = "not in source"

@@ -7,7 +7,10 @@ text after the path in ``create  docs/a.txt (1.2 KiB, new)``.
 
 from __future__ import annotations
 
-from .model import Action, Op, Result, quote_path
+import os
+import stat
+
+from .model import Action, Entry, Op, Result, quote_path, special_rdev, special_type
 
 
 def human(n: float) -> str:
@@ -17,6 +20,16 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def special_word(e: Entry) -> str:
+    """``fifo``, ``socket``, ``char 1,3`` or ``block 7,0``: what a special file is."""
+    t = special_type(e)
+    if t == stat.S_IFCHR or t == stat.S_IFBLK:
+        rdev = special_rdev(e)
+        return (f"{'char' if t == stat.S_IFCHR else 'block'} "
+                f"{os.major(rdev)},{os.minor(rdev)}")
+    return "fifo" if t == stat.S_IFIFO else "socket" if t == stat.S_IFSOCK else "special"
 
 
 def describe(action: Action, result: Result) -> str:
@@ -31,6 +44,8 @@ def describe(action: Action, result: Result) -> str:
     if op is Op.LINK:
         target = action.src.target if action.src is not None else None
         return f"=> {quote_path(target or '')}, {action.reason.value}"
+    if op is Op.MKNOD and action.src is not None:
+        return f"{special_word(action.src)}, {action.reason.value}"
     if op is Op.SYMLINK:
         target = action.src.target if action.src is not None else None
         return f"-> {quote_path(target or '')}"

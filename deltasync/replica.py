@@ -71,16 +71,19 @@ from .fsutil import (
     temp_name,
 )
 from .listing import Lister, ThreadLister
-from .model import Backup, Entry, Kind, quote_path
+from .model import Backup, Entry, Kind, quote_path, special_rdev, special_type
 from .sides import SideFilter as Excluder
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature
+    from .idnames import Names
     from .source import SourceFile
 
 __all__ = ["LocalReplica", "LockUnavailable", "LockWaitInterrupted", "OwnerNotSet", "Replica",
            "ReplicaLocked", "SourceChanged", "SourceCheck", "copy_fd"]
 
+
+_SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 
 # chown errors that leave the entry usable: it is installed without its owner.
 OWNER_ERRNOS = frozenset({errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP})
@@ -136,6 +139,13 @@ class Replica(Protocol):
                     block_size: int) -> int: ...
     def mkdir(self, path: str, entry: Entry) -> None: ...
     def symlink(self, path: str, entry: Entry) -> None: ...
+
+    def mknod(self, path: str, entry: Entry) -> None:
+        """Make special file ``path`` as ``entry`` says (``-D``: its type and
+        device number are in ``entry.size``, ``model.special_size``), replacing
+        what stands there."""
+        raise DeltaSyncError("this replica cannot make special files")
+
     def delete(self, path: str, kind: Kind) -> None: ...
     def set_meta(self, path: str, entry: Entry) -> None: ...
 
@@ -151,6 +161,27 @@ class Replica(Protocol):
     def backup_prefix(self) -> str | None:
         """``--backup-dir``'s path relative to the replica root, when it lies inside
         it (a pass must not delete it); None: it does not, or no backup dir."""
+        return None
+
+    def mtime_granularity(self, dry_run: bool = False) -> int:
+        """How finely the replica keeps mtimes, in nanoseconds (``mtimes.probe``;
+        1: exactly).  Asked once per pass, before the walk; ``dry_run``: learn it
+        without writing anything."""
+        return 1
+
+    def mount_granularity(self, root_step: int, dry_run: bool = False) -> dict[str, int]:
+        """Mount points inside the replica whose mtime step differs from the
+        root's (``root_step``, what ``mtime_granularity`` said), by relative
+        path -> step (ns)."""
+        return {}
+
+    def can_mknod(self) -> bool:
+        """Can device nodes be made here (``-D``: the replica side runs as root)?"""
+        return False
+
+    def names(self) -> Names | None:
+        """The users and groups of the system this side lives on (``idnames``:
+        owners by name across machines); None: not known (no mapping)."""
         return None
 
     def lock(self, timeout: float | None = None, sleep: Callable[[float], bool] | None = None,
@@ -310,6 +341,49 @@ class LocalReplica(Replica):
     # -- backups (--backup) -----------------------------------------------
     def backup_prefix(self) -> str | None:
         return backup_prefix(self.root, self.backup)
+
+    def mtime_granularity(self, dry_run: bool = False) -> int:
+        """Learnt in the replica root (``mtimes.learn``) every pass (a daemon's
+        replica may be remounted meanwhile), guessed in a dry run; 1 for a root
+        that does not exist yet."""
+        from . import mtimes
+
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return 1
+        try:
+            step = mtimes.guess(fd) if dry_run else mtimes.learn(fd)
+        finally:
+            os.close(fd)
+        return step
+
+    def mount_granularity(self, root_step: int, dry_run: bool = False) -> dict[str, int]:
+        """Each mount point below the root (``mtimes.mounts_below``), reached
+        through the replica's directory descriptors (never a symlink), learnt
+        like the root (guessed in a dry run); only those that differ from the
+        root's step are kept."""
+        from . import mtimes
+
+        points = mtimes.mounts_below(self.root)
+        out: dict[str, int] = {}
+        for rel in points:
+            try:
+                fd = self.dirs.get(rel)
+            except (OSError, DeltaSyncError):
+                continue  # not a directory we can reach safely: compared at the root's step
+            step = mtimes.guess(fd) if dry_run else mtimes.learn(fd)
+            if step != root_step:
+                out[rel] = step
+        return out
+
+    def can_mknod(self) -> bool:
+        return os.geteuid() == 0
+
+    def names(self) -> Names | None:
+        from .idnames import local_names
+
+        return local_names()
 
     def _back_up(self, d: int, name: str, path: str, keep: bool) -> None:
         """Move the entry at ``path`` (``name`` in ``d``) aside, if there is one
@@ -557,6 +631,54 @@ class LocalReplica(Replica):
             os.close(td)
         self._fsync_dir(d)
 
+    def mknod(self, path: str, entry: Entry) -> None:
+        """Made under a temp name in its directory (``os.mknod`` through the
+        directory's descriptor: never through a symlink), owner, mode and
+        mtime set, then renamed over whatever stands there, like a symlink."""
+        kind = special_type(entry)
+        if kind not in _SPECIAL_TYPES:  # 0: a listing that does not carry it (an older peer)
+            raise DeltaSyncError(f"unknown special file type {kind:#o} for {quote_path(path)}")
+        d, name = self.dirs.parent_of(path)
+        tmp = temp_name()
+        with Writable(d) as w:
+            # 0o600 until its metadata is set; the type and device come from the source
+            w(os.mknod, tmp, kind | 0o600, special_rdev(entry), dir_fd=d)
+            try:
+                unset = self._special_meta(d, tmp, entry)
+                self._put_in_place(w, d, tmp, name, path)
+            except BaseException:
+                _discard(d, tmp)
+                raise
+        self._owner_failed(path, unset)
+        self._fsync_dir(d)
+
+    def _special_meta(self, d: int, name: str, entry: Entry) -> str | None:
+        """Owner, mode, mtime of a special file, never opening it (a FIFO's open
+        blocks, a device's does whatever the device does): by name through the
+        directory's descriptor, and chmod through an ``O_PATH`` descriptor, which
+        nothing can swap for a symlink meanwhile."""
+        unset = None
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+        try:
+            st = os.fstat(fd)
+            if stat.S_IFMT(st.st_mode) != special_type(entry):
+                raise OSError(errno.EEXIST, f"not a special file of the expected type: "
+                                            f"{quote_path(name)}")
+            mode = entry.mode
+            if self.owner:
+                try:
+                    os.chown(name, entry.uid, entry.gid, dir_fd=d, follow_symlinks=False)
+                except OSError as e:
+                    if e.errno not in OWNER_ERRNOS:
+                        raise
+                    unset = e.strerror or str(e)
+                    mode &= ~0o6000
+            os.chmod(f"/proc/self/fd/{fd}", mode)  # after chown, which may clear setuid bits
+            os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d, follow_symlinks=False)
+        finally:
+            os.close(fd)
+        return unset
+
     def delete(self, path: str, kind: Kind) -> None:
         try:
             d, name = self.dirs.parent_of(path)
@@ -575,6 +697,9 @@ class LocalReplica(Replica):
         if entry.kind is Kind.SYMLINK:
             d, name = self.dirs.parent_of(path)
             unset = self._link_meta(d, name, entry)
+        elif entry.kind is Kind.SPECIAL:
+            d, name = self.dirs.parent_of(path)
+            unset = self._special_meta(d, name, entry)
         elif path == "":
             unset = self._meta_fd(self.dirs.root_fd, entry)
         else:

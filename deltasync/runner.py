@@ -163,6 +163,8 @@ def summary_line(stats: Stats, code: int) -> str:
     line = (" ".join(parts) + f" failed={stats.failed} unchanged={stats.unchanged}"
             f" written={stats.bytes_written} ({human(stats.bytes_written)})"
             f" duration={stats.duration:.3f}s exit={code}")
+    if c["mknod"]:  # -D only: kept off the line otherwise, which scripts parse
+        line += f" mknod={c['mknod']}"
     if stats.delta_files:
         line += (f" delta_files={stats.delta_files} literal={stats.literal_bytes}"
                  f" matched={stats.matched_bytes}")
@@ -182,6 +184,7 @@ def stats_table(stats: Stats, code: int) -> str:
         ("Directories made", f"{c['mkdir']:,}"),
         ("Symlinks", f"{c['symlink']:,}"),
         ("Hard links", f"{c['link']:,}"),
+        ("Special files", f"{c['mknod']:,}"),
         ("Metadata only", f"{c['meta']:,}"),
         ("Skipped", f"{c['skip']:,}"),
         ("Unchanged", f"{stats.unchanged:,}"),
@@ -215,6 +218,10 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         one_file_system=args.one_file_system,
         timeout=args.timeout,
         hard_links=args.hard_links,
+        modify_window=args.modify_window,
+        devices=args.devices or args.devices_specials,
+        specials=args.specials or args.devices_specials,
+        numeric_ids=args.numeric_ids,
     )
 
 

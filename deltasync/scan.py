@@ -43,7 +43,8 @@ replica runs beside the main thread.
 little-endian, per entry::
 
     name_len u16 | name | kind u8 (0 file, 1 dir, 2 symlink, 3 special)
-    | mode u16 (st_mode & 0o7777) | size u64 (regular files; 0 otherwise)
+    | mode u16 (st_mode & 0o7777) | size u64 (regular files: st_size; special
+      files: ``model.special_size``, the file type << 44 | st_rdev; 0 otherwise)
     | mtime_ns i64 (saturated to the i64 range) | uid u32 | gid u32 (0 unless owner)
     | symlinks only: target_len u16 | target (readlink, verbatim)
 
@@ -77,7 +78,7 @@ from collections.abc import Callable, Iterable
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from .model import Entry, Kind
+from .model import Entry, Kind, special_size
 
 __all__ = ["DirScan", "NATIVE", "decode", "decode_py", "encode", "encode_extras", "scan_dir", "scan_dir_py", "sort_key",
            "linked", "linked_py", "totals", "totals_py"]
@@ -104,7 +105,7 @@ FIXED_LEN = _FIXED.size  # 27
 EXTRA_LEN = _EXTRA.size  # 20
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _U32, _U64 = (1 << 32) - 1, (1 << 64) - 1
-_ABI_VERSION = 3  # must match ABI_VERSION in _scan.c
+_ABI_VERSION = 4  # must match ABI_VERSION in _scan.c
 
 _new = tuple.__new__
 _first = itemgetter(0)
@@ -189,7 +190,9 @@ def scan_dir_py(dfd: int, owner: bool) -> DirScan:
         kind = _FILE if S_ISREG(m) else _DIR if S_ISDIR(m) else _LINK if S_ISLNK(m) else _SPECIAL
         parts.append(pack_h(len(b)))
         parts.append(b)
-        parts.append(pack_fixed(kind, m & 0o7777, s.st_size if kind == _FILE else 0, _mtime(s.st_mtime_ns),
+        size = (s.st_size if kind == _FILE else special_size(m, s.st_rdev) if kind == _SPECIAL
+                else 0)
+        parts.append(pack_fixed(kind, m & 0o7777, size, _mtime(s.st_mtime_ns),
                                 s.st_uid & _U32 if owner else 0, s.st_gid & _U32 if owner else 0))
         if target is not None:
             parts.append(pack_h(len(target)))
@@ -279,7 +282,8 @@ def encode(entries: Iterable[Entry], owner: bool) -> bytes:
         kind = _KIND_CODE[e.kind]
         parts.append(_H.pack(len(b)))
         parts.append(b)
-        parts.append(_FIXED.pack(kind, e.mode & 0o7777, e.size if kind == _FILE else 0, _mtime(e.mtime_ns),
+        parts.append(_FIXED.pack(kind, e.mode & 0o7777,
+                                 e.size if kind == _FILE or kind == _SPECIAL else 0, _mtime(e.mtime_ns),
                                  e.uid & _U32 if owner else 0, e.gid & _U32 if owner else 0))
         if kind == _LINK:
             if e.target is None:

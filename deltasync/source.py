@@ -31,6 +31,7 @@ from .sides import SideFilter as Excluder
 
 if TYPE_CHECKING:
     from .delta import Signature
+    from .idnames import Names
 
 T = TypeVar("T")
 
@@ -105,6 +106,11 @@ class Source(Protocol):
     def exists(self, path: str) -> bool:
         """Whether anything is at ``path`` (after a failure: vanished, or failed?)."""
         ...
+
+    def names(self) -> Names | None:
+        """The users and groups of the system this side lives on (``idnames``:
+        owners by name across machines); None: not known (no mapping)."""
+        return None
 
     def close(self) -> None: ...
 
@@ -207,6 +213,11 @@ class LocalSource(Source):
         from .hashing import hash_below
 
         return hash_below(self.dirs, path)
+
+    def names(self) -> Names | None:
+        from .idnames import local_names
+
+        return local_names()
 
     def exists(self, path: str) -> bool:
         try:

@@ -54,7 +54,9 @@ def push(rsh: str, src: Path, dst: Path, *, compress: bool = False,
                       dry_run=options.dry_run, owner=True,
                       scan=(list(options.excludes), not options.dry_run, options.checksum, True),
                       timeout=options.timeout, backup=options.backup,
-                      hard_links=options.hard_links)
+                      hard_links=options.hard_links,
+                      specials=options.devices or options.specials,
+                      names=not options.numeric_ids)
     r = RemoteReplica(conn, checksum=options.checksum)
     source = LocalSource(os.fspath(src), one_file_system=options.one_file_system)
     try:
@@ -76,7 +78,9 @@ def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
                       remote_command=remote_command, compress=compress,
                       scan=(list(options.excludes), False, options.checksum, options.owner),
                       timeout=options.timeout, one_file_system=options.one_file_system,
-                      hard_links=options.hard_links)
+                      hard_links=options.hard_links,
+                      specials=options.devices or options.specials,
+                      names=options.owner and not options.numeric_ids)
     local = LocalReplica(os.fspath(dst), owner=options.owner, backup=options.backup)
     try:
         stats, code = Engine(RemoteSource(conn), local, options, rep).run_pass()

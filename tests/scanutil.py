@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from deltasync import scan
-from deltasync.model import Entry, Kind
+from deltasync.model import Entry, Kind, special_size
 from deltasync.scan import DirScan, scan_dir_py
 
 NATIVE_MOD: Any = scan._native  # the C module (even under DELTASYNC_NO_NATIVE), or None
@@ -64,7 +64,9 @@ def expected_entry(dirpath: bytes, name: bytes, prefix: str, owner: bool) -> Ent
     kind = (Kind.FILE if stat.S_ISREG(m) else Kind.DIR if stat.S_ISDIR(m)
             else Kind.SYMLINK if stat.S_ISLNK(m) else Kind.SPECIAL)
     return Entry(
-        path=prefix + os.fsdecode(name), kind=kind, size=s.st_size if kind is Kind.FILE else 0,
+        path=prefix + os.fsdecode(name), kind=kind,
+        size=(s.st_size if kind is Kind.FILE else special_size(m, s.st_rdev)
+              if kind is Kind.SPECIAL else 0),
         mtime_ns=min(max(s.st_mtime_ns, I64_MIN), I64_MAX), mode=stat.S_IMODE(m),
         uid=s.st_uid if owner else 0, gid=s.st_gid if owner else 0,
         target=os.fsdecode(os.readlink(p)) if kind is Kind.SYMLINK else None,

@@ -35,7 +35,7 @@ from scanutil import (
 )
 
 from deltasync import scan
-from deltasync.model import Entry, Kind
+from deltasync.model import Entry, Kind, special_rdev, special_size, special_type
 from deltasync.scan import encode, sort_key
 
 NS = 1_700_000_000_123_456_789
@@ -81,7 +81,9 @@ def build(d: bytes, spec: list[tuple[bytes, str, int, int, int, int, int, bytes]
         elif kind == "sock":
             make_socket(p)
         elif kind == "dev" and MKNOD:
-            os.mknod(p, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+            # character or block, any device number Linux can hold (12-bit major, 20-bit minor)
+            os.mknod(p, (stat.S_IFBLK if size & 1 else stat.S_IFCHR) | 0o600,
+                     os.makedev((size >> 1) % 4096, (size >> 13) % (1 << 20)))
         else:
             os.mkfifo(p)
         os.chown(p, uid, gid, follow_symlinks=False)  # before chmod: chown clears setuid
@@ -127,7 +129,7 @@ def test_decode_inverts_encode(rows: list, owner: bool, prefix: str) -> None:
                 os.fsdecode(t) if k is Kind.SYMLINK else None)
           for n, k, size, mt, mode, uid, gid, t in rows]
     raw = encode(reversed(es), owner)  # any order in, name-bytes order out
-    want = sorted((e._replace(size=e.size if e.kind is Kind.FILE else 0,
+    want = sorted((e._replace(size=e.size if e.kind in (Kind.FILE, Kind.SPECIAL) else 0,
                               uid=e.uid if owner else 0, gid=e.gid if owner else 0) for e in es),
                   key=lambda e: sort_key(e.path[len(prefix):]))
     assert decode_both(raw, None, prefix) == want
@@ -280,3 +282,16 @@ def test_the_c_scanner_is_built_where_a_compiler_is() -> None:
         pytest.skip("no C compiler or Python headers: the fallback is expected")
     assert NATIVE_MOD is not None, (
         "deltasync._scan is missing or stale: rebuild it (pip install -e . / scripts/test.sh)")
+
+
+@given(kind=st.sampled_from([stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK]),
+       major=st.integers(0, (1 << 31) - 1), minor=st.integers(0, (1 << 31) - 1),
+       perms=st.integers(0, 0o7777))
+def test_a_special_files_type_and_device_round_trip_through_its_size(
+        kind: int, major: int, minor: int, perms: int) -> None:
+    """What -D needs of a listing: the file type and st_rdev, back as they were,
+    in a size a remote entry accepts (below 2^63)."""
+    rdev = os.makedev(major, minor) & ((1 << 56) - 1)
+    e = Entry("x", Kind.SPECIAL, special_size(kind | perms, rdev))
+    assert special_type(e) == kind and special_rdev(e) == rdev
+    assert 0 <= e.size < 1 << 63

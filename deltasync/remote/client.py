@@ -69,7 +69,8 @@ class Connection:
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None, timeout: float | None = None,
                  backup: Backup | None = None, one_file_system: bool = False,
-                 hard_links: bool = False) -> None:
+                 hard_links: bool = False, specials: bool = False,
+                 names: bool = False) -> None:
         self.spec = spec
         if transport is None:
             transport = Transport(transport_argv(spec, rsh, remote_command))
@@ -84,11 +85,15 @@ class Connection:
         # (the far side has nothing to say) is no timeout.
         self.timeout = timeout
         self.out.set_timeout(timeout)
-        self.out.on_timeout = self.transport.kill
+        self.out.on_timeout = self._kill_on_timeout
+        # Set once --timeout has ended the session: the link then drops, and
+        # whichever thread sees that first must report the timeout, not the drop.
+        self.timed_out = False
         self.inp.timeout = timeout
         self.one_file_system = one_file_system
         self.hard_links = hard_links  # -H: units carry (ino, dev, nlink) per entry
         self.backup = backup
+        self.specials = specials  # -D into a far replica: it must make special files
         self.closed = False
         # -z: what was asked for (True: the best codec both sides have)
         self.want = Compression() if compress is True else compress or None
@@ -108,6 +113,8 @@ class Connection:
                                        "fsync": fsync, "owner": owner, "lock_wait": lock_wait}
             if backup is not None:  # optional keys: an older server ignores them (see open)
                 opening["backup"] = {"dir": backup.dir, "suffix": backup.suffix}
+            if names:  # owners by name (idnames): an older server ignores it, ids stay numeric
+                opening["names"] = True
             self.out.send(OPEN, dump_json(opening))
             if scan is not None:
                 self._send_scan(*scan)
@@ -191,18 +198,26 @@ class Connection:
         have = set(have) if isinstance(have, list) else set()
         for name, wanted in (("backup", self.backup is not None),
                              ("one_file_system", self.one_file_system),
-                             ("hard_links", self.hard_links)):
+                             ("hard_links", self.hard_links),
+                             ("specials", self.specials)):
             if wanted and name not in have:
                 raise ProtocolError(f"the remote deltasync {info.get('software', '?')} does not "
                                     f"support --{name.replace('_', '-')}")
 
+    def _kill_on_timeout(self) -> None:
+        self.timed_out = True
+        self.transport.kill()
+
+    def _timeout_error(self) -> PeerTimeout:
+        return PeerTimeout(f"timeout: the remote side ({self.spec.host}) sent nothing for "
+                           f"{self.timeout:g} s (--timeout)")
+
     def _timed_out(self) -> PeerTimeout:
         """No frame came within --timeout: end the transport now (a stopped far
         side would not exit on end of input) and say so."""
-        self.transport.kill()
+        self._kill_on_timeout()
         self.abort()  # reaps it; the session is over (no GOODBYE)
-        return PeerTimeout(f"timeout: the remote side ({self.spec.host}) sent nothing for "
-                           f"{self.timeout:g} s (--timeout)")
+        return self._timeout_error()
 
     def _start_compression(self, theirs: object) -> None:
         """Pick the codec (``compress.pick``: UnsupportedError, exit 4, if a named
@@ -243,6 +258,8 @@ class Connection:
         self.out.send(SCAN, dump_json(body))
 
     def _lost(self, e: ProtocolError) -> ProtocolError:
+        if self.timed_out or isinstance(e, PeerTimeout):
+            return self._timeout_error()  # the drop is the timeout's own doing
         why = self.transport.describe_exit()
         msg = f"connection to {self.spec.host} lost: {e}"
         if why:

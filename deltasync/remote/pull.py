@@ -35,6 +35,7 @@ from .streams import DataReader, DataWriter
 
 if TYPE_CHECKING:
     from ..delta import Signature
+    from ..idnames import Names
 
 T = TypeVar("T")
 
@@ -132,6 +133,12 @@ class RemoteSource(Source):
 
     def exists(self, path: str) -> bool:
         return path not in self._gone
+
+    def names(self) -> Names | None:
+        """The far system's users and groups (OPENED.names, when asked for)."""
+        from ..idnames import Names
+
+        return Names.from_json(self.conn.info.get("names"))
 
     def request(self, path: str, signature: Signature | None = None) -> None:
         op_id = self._next_id

@@ -43,6 +43,7 @@ from .streams import DataWriter, send_fd, send_source
 
 if TYPE_CHECKING:
     from ..delta import Signature
+    from ..idnames import Names
     from ..source import SourceFile
 
 
@@ -86,6 +87,35 @@ class RemoteReplica(Replica):
         """The far side's answer (its OPENED): it knows where its root is."""
         rel = self.conn.info.get("backup_prefix")
         return rel if isinstance(rel, str) and rel else None
+
+    def mtime_granularity(self, dry_run: bool = False) -> int:
+        """The far side probed its file system when it opened the replica (OPENED);
+        an older far side did not say: exact."""
+        step = self.conn.info.get("mtime_granularity")
+        return step if isinstance(step, int) and not isinstance(step, bool) and \
+            0 < step <= 10**10 else 1
+
+    def mount_granularity(self, root_step: int, dry_run: bool = False) -> dict[str, int]:
+        """The far side's mount points with their own step (OPENED; absent: none)."""
+        rows = self.conn.info.get("mount_granularity")
+        out: dict[str, int] = {}
+        if not isinstance(rows, list):
+            return out
+        for row in rows:
+            if (isinstance(row, list) and len(row) == 2 and isinstance(row[0], str)
+                    and row[0] and isinstance(row[1], int) and not isinstance(row[1], bool)
+                    and 0 < row[1] <= 10**10):
+                out[row[0]] = row[1]
+        return out
+
+    def can_mknod(self) -> bool:
+        return bool(self.conn.info.get("root_user"))
+
+    def names(self) -> Names | None:
+        """The far system's users and groups (OPENED.names, when asked for)."""
+        from ..idnames import Names
+
+        return Names.from_json(self.conn.info.get("names"))
 
     def owner_now(self) -> bool | None:
         return bool(self.conn.info.get("root_user")) if self.conn.opened else None
@@ -202,6 +232,12 @@ class RemoteReplica(Replica):
     def link(self, path: str, target: str) -> None:
         self._send(LINK, lambda i: codec.encode_op(i, Entry(path, Kind.FILE, target=target)),
                    "link", path)
+
+    def mknod(self, path: str, entry: Entry) -> None:
+        """A SYMLINK message carrying a special file's entry (the far side lists
+        ``specials`` in its features: the connection checked)."""
+        self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path)),
+                   "mknod", path)
 
     def delete(self, path: str, kind: Kind) -> None:
         self._send(DELETE, lambda i: codec.encode_path_op(i, codec.KIND_CODE[kind], path),

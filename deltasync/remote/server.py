@@ -94,7 +94,13 @@ from .units import encode_root, root_entry, split_payload, walk_units
 
 # Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
 # lists them, so a client never relies on a far side that would ignore one.
-FEATURES = ("backup", "one_file_system", "hard_links")
+FEATURES = ("backup", "one_file_system", "hard_links", "specials")
+
+
+def _names() -> dict[str, Any]:
+    from ..idnames import local_names
+
+    return local_names().to_json()
 
 
 def _backup(body: object) -> Backup | None:
@@ -205,11 +211,20 @@ class Server:
                                      os.path.exists(root) else f"source does not exist: {root}")
             self.source = LocalSource(root)
         self.root = root
+        # Learnt here, after the lock and before the walk (the client's pass
+        # compares mtimes at these steps); a dry run guesses them.
+        step = self.replica.mtime_granularity(self.dry_run) if self.replica else 1
         self.out.send(OPENED, dump_json({
             "root": root, "root_user": os.geteuid() == 0, "software": __version__,
             "locked": self.replica is not None and self.replica.locked,
             "features": list(FEATURES),
-            "backup_prefix": self.replica.backup_prefix() if self.replica else None}),
+            "backup_prefix": self.replica.backup_prefix() if self.replica else None,
+            "mtime_granularity": step,
+            "mount_granularity": ([[p, s] for p, s in
+                                   self.replica.mount_granularity(step, self.dry_run).items()]
+                                  if self.replica else []),
+            # owners by name (idnames): this system's users and groups, when asked
+            "names": _names() if body.get("names") is True else None}),
             flush=True)
 
     def _lock(self, root: str, timeout: object) -> None:
@@ -419,7 +434,7 @@ class Server:
             call = lambda: r.delete(path, codec.KINDS[kind])  # noqa: E731
         else:
             op_id, entry = codec.decode_op(payload, what)
-            if what == "SYMLINK" and entry.kind is not Kind.SYMLINK:
+            if what == "SYMLINK" and entry.kind not in (Kind.SYMLINK, Kind.SPECIAL):
                 raise ProtocolError("SYMLINK message for a non-symlink entry")
             if what == "MKDIR" and entry.kind is not Kind.DIR:
                 raise ProtocolError("MKDIR message for a non-directory entry")
@@ -432,6 +447,8 @@ class Server:
                 call = lambda: r.link(entry.path, target)  # noqa: E731
             else:
                 fn = {"MKDIR": r.mkdir, "SYMLINK": r.symlink, "META": r.set_meta}[what]
+                if what == "SYMLINK" and entry.kind is Kind.SPECIAL:
+                    fn = r.mknod  # -D: a special file's entry ("specials" in FEATURES)
                 if what != "META" or entry.path != "":
                     codec_path_check(entry.path)
                 call = lambda: fn(entry.path, entry)  # noqa: E731

@@ -73,7 +73,8 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         # tree while we walk ours.  Owners count if the far side can set them.
         conn = Connection(dst_spec, "replica", owner=True, lock_wait=opts.lock_wait,
                           scan=(_rules(opts), not opts.dry_run, opts.checksum, True),
-                          backup=opts.backup, **common)
+                          backup=opts.backup, specials=opts.devices or opts.specials,
+                          names=not opts.numeric_ids, **common)
         r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
         # The local tree is walked by a thread, up to 4,096 directories ahead
         # (a few MiB), while ssh connects and the far side starts.
@@ -85,7 +86,9 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         os.makedirs(replica, exist_ok=True)
     conn = Connection(src_spec, "source",
                       scan=(_rules(opts), False, opts.checksum, opts.owner),
-                      one_file_system=opts.one_file_system, **common)
+                      one_file_system=opts.one_file_system,
+                      specials=opts.devices or opts.specials,
+                      names=opts.owner and not opts.numeric_ids, **common)
     local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner, backup=opts.backup)
     return Engine(RemoteSource(conn), local, opts, reporter, stop), _PullClose(conn, local)
 
