@@ -230,6 +230,19 @@ def _guard_opts(sp: argparse.ArgumentParser) -> None:
                         "SECONDS (0: never, the default)")
 
 
+def _attr_opts(sp: argparse.ArgumentParser) -> None:
+    """-X/-A (issue 13 item 2): extended attributes and POSIX ACLs."""
+    g = sp.add_argument_group("attributes")
+    g.add_argument("-X", "--xattrs", action="store_true",
+                   help="copy extended attributes (user.*; as root every namespace but "
+                        "system.*), compared every pass")
+    g.add_argument("-A", "--acls", action="store_true",
+                   help="copy POSIX ACLs (access, and default ACLs of directories)")
+
+
+_ATTR_FLAGS = {"-X", "--xattrs", "-A", "--acls"}
+
+
 _GUARD_VALUED: dict[str, Callable[[str], object]] = {
     "--max-delete": _max_delete, "--backup-dir": str, "--suffix": _suffix,
     "--timeout": _timeout}
@@ -273,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait at most SECONDS for another pass into the same replica to "
                              "end, then fail with exit 1 (default: wait as long as it takes)")
         _guard_opts(sp)
+        _attr_opts(sp)
         rg = sp.add_argument_group("remote sync ([USER@]HOST:PATH as SOURCE or REPLICA)")
         rg.add_argument("-e", "--rsh", metavar="COMMAND", default=None,
                         help="transport command, split like a shell would (default: ssh)")
@@ -399,7 +413,8 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--compress-choice": str, "--zc": str, "--compress-level": _compress_level,
         "--zl": _compress_level, **_GUARD_VALUED}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
-             "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", *_GUARD_FLAGS}
+             "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", *_GUARD_FLAGS,
+             *_ATTR_FLAGS}
     ns = _Quick()
     pos: list[str] = []
     i = 1

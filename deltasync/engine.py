@@ -46,6 +46,7 @@ from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field
 from .prefetch import Prefetched
 from .replica import Replica
 from .source import LocalSource, Source, SourceFile
+from .xattrs import XattrMode
 
 if TYPE_CHECKING:
     from .delta import Signature
@@ -90,6 +91,17 @@ class SyncOptions:
     one_file_system: bool = False
     # --timeout: seconds a remote peer may stay silent (None: forever).
     timeout: float | None = None
+    # -X/--xattrs, -A/--acls: copy extended attributes / POSIX ACLs (xattrs.py).
+    xattrs: bool = False
+    acls: bool = False
+
+
+def xattr_mode(opts: SyncOptions) -> XattrMode | None:
+    """What ``-X``/``-A`` copy in this pass (None: neither).  As root every
+    namespace but ``system.*``, else ``user.*`` only (rsync's rule)."""
+    if not (opts.xattrs or opts.acls):
+        return None
+    return XattrMode(opts.xattrs, opts.acls, os.geteuid() == 0)
 
 
 class Reporter:
@@ -154,7 +166,8 @@ class Engine:
                  stop: threading.Event | None = None) -> None:
         self._owns_source = isinstance(source, (str, os.PathLike))
         if isinstance(source, (str, os.PathLike)):
-            source = LocalSource(os.fspath(source), one_file_system=options.one_file_system)
+            source = LocalSource(os.fspath(source), one_file_system=options.one_file_system,
+                                 xattrs=xattr_mode(options))
         self.source: Source = source
         self.replica = replica
         self.opts = options
@@ -275,6 +288,7 @@ class Engine:
                 if self._owns_source:  # made from a path: its descriptors are ours
                     self.source.close()
         owner_unset = self._report_owner_unset()
+        owner_unset = self._report_xattrs_unset() or owner_unset
         stats.delete_skipped = self._gate.skipped
         if stats.delete_skipped:
             rep.warning("", f"Deletions stopped due to --max-delete limit "
@@ -308,6 +322,19 @@ class Engine:
             return False
         n = unset.count
         self.reporter.warning("", f"owner not set on {n} {'entry' if n == 1 else 'entries'} "
+                                  f"(first: {quote_path(unset.first)}): {unset.why}")
+        return True
+
+    def _report_xattrs_unset(self) -> bool:
+        """One warning for all entries whose attributes (-X/-A) the replica's file
+        system refused in this pass (rsync reports each and exits 23; so do
+        we, with one line)."""
+        unset = self.replica.take_xattrs_unset()
+        if unset is None:
+            return False
+        n = unset.count
+        self.reporter.warning("", f"extended attributes not set on {n} "
+                                  f"{'entry' if n == 1 else 'entries'} "
                                   f"(first: {quote_path(unset.first)}): {unset.why}")
         return True
 
@@ -482,11 +509,17 @@ class Engine:
             return Result()
         if op is Op.SYMLINK:
             if not dry:
-                r.symlink(a.path, a.src)
+                if a.xattrs is None:
+                    r.symlink(a.path, a.src)
+                else:
+                    r.symlink(a.path, a.src, xattrs=a.xattrs)
             return Result()
         if op is Op.META:
             if not dry:
-                r.set_meta(a.path, a.src)
+                if a.xattrs is None:
+                    r.set_meta(a.path, a.src)
+                else:
+                    r.set_meta(a.path, a.src, xattrs=a.xattrs)
             return Result()
         return self._transfer(a)
 
@@ -530,8 +563,7 @@ class Engine:
                     result = self.source.transfer(a.path, lambda f: self._send_delta(a, f), retry)
                     self._count_delta(a, result)
                 else:
-                    n = self.source.transfer(
-                        a.path, lambda f: self.replica.write_file(a.path, f, new), retry)
+                    n = self.source.transfer(a.path, lambda f: self._write(a, f, new), retry)
                     stats.bytes_written += n
                     stats.bytes_sent += n
                     result = Result(size=n, written=n)
@@ -564,9 +596,10 @@ class Engine:
         def install(f: SourceFile) -> Result:
             d = f.delta
             if d is None:
-                n = replica.write_file(a.path, f, new)
+                n = self._write(a, f, new)
                 return Result(size=n, written=n)
-            n = replica.write_delta(a.path, f, d.ops, d.block_size)
+            n = (replica.write_delta(a.path, f, d.ops, d.block_size) if a.xattrs is None
+                 else replica.write_delta(a.path, f, d.ops, d.block_size, xattrs=a.xattrs))
             return Result(size=n, written=n, delta=True, literal=d.literal,
                           matched=n - d.literal)
 
@@ -592,6 +625,12 @@ class Engine:
         self.reporter.file_done()
         return r
 
+    def _write(self, a: Action, f: SourceFile, new: bool) -> int:
+        """``replica.write_file``, with the attributes when the pass copies them."""
+        if a.xattrs is None:
+            return self.replica.write_file(a.path, f, new)
+        return self.replica.write_file(a.path, f, new, xattrs=a.xattrs)
+
     def _send_delta(self, a: Action, src: SourceFile) -> Result:
         from .delta import DeltaStats, make_delta
 
@@ -601,7 +640,9 @@ class Engine:
         # The delta is computed one thread ahead of its application, so reading
         # and matching the new file overlaps writing the new version.
         with Prefetched(make_delta(sig, src, ds)) as ops:  # type: ignore[arg-type]
-            n = self.replica.write_delta(a.path, src, ops, sig.block_size)
+            n = (self.replica.write_delta(a.path, src, ops, sig.block_size) if a.xattrs is None
+                 else self.replica.write_delta(a.path, src, ops, sig.block_size,
+                                               xattrs=a.xattrs))
         if self.replica.data_crosses_link:
             self._deltas[a.path] = a  # its verification result comes later
         # what crosses: literal data, ~8 bytes per op, plus the signature coming back

@@ -22,6 +22,13 @@ A lister never follows symlinks: every directory is opened relative to its
 parent's descriptor with ``O_NOFOLLOW | O_DIRECTORY``, so a symlink swapped in
 for a directory is an error (``ELOOP``/``ENOTDIR``) on that unit, never a
 walk outside the tree, and trees deeper than ``PATH_MAX`` are walkable.
+
+With ``-X``/``-A`` (an ``xattrs.XattrMode`` given to the lister), a unit also
+holds the attributes of its entries (``DirUnit.xattrs``: ``xattrs.encode_map``
+of the entries that have any; the root's unit also holds the root's own under
+``"."``), read in the lister (a lister thread reads them beside the march)
+through the directory's descriptor, never following a symlink.  Two
+directories whose entries' attributes agree have equal bytes there too.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ from .errors import DeltaSyncError
 from .filters import Excluder
 from .model import Entry, Kind
 from .scan import decode, scan_dir
+from .xattrs import XattrMode, XattrSet, decode_map, encode_map, read_at, read_dir
+
+SELF = "."  # the key of a root unit's own attributes in its xattr map (never an entry name)
 
 DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -56,7 +66,7 @@ class DirUnit:
     """The listing of one directory (see the module docstring)."""
 
     __slots__ = ("path", "raw", "extras", "subdirs", "errors", "error", "digests", "count",
-                 "_entries")
+                 "_entries", "xattrs", "_xmap")
 
     def __init__(self, path: str, raw: bytes = b"", extras: bytes | None = None,
                  subdirs: list[str] | None = None, errors: list[tuple[str, int]] | None = None,
@@ -71,6 +81,9 @@ class DirUnit:
         self.digests = digests  # name -> blake3 of regular files, when the lister hashes
         self.count = count
         self._entries: list[Entry] | None = None
+        # -X/-A: xattrs.encode_map of the entries' attributes (None: not read)
+        self.xattrs: bytes | None = None
+        self._xmap: dict[str, XattrSet] | None = None
 
     @property
     def prefix(self) -> str:
@@ -81,6 +94,15 @@ class DirUnit:
         if self._entries is None:
             self._entries = decode(self.raw, self.extras, self.prefix)
         return self._entries
+
+    def xmap(self) -> dict[str, XattrSet] | None:
+        """The entries' attributes by name (only entries that have any; ``SELF``
+        for a root unit's own), decoded once; None when they were not read."""
+        if self.xattrs is None:
+            return None
+        if self._xmap is None:
+            self._xmap = decode_map(self.xattrs)
+        return self._xmap
 
     def __repr__(self) -> str:
         return f"DirUnit({self.path!r}, {self.count} entries{', error' if self.error else ''})"
@@ -122,14 +144,32 @@ def _subdirs(excluder: Excluder, prefix: str, names: list[str]) -> list[str]:
     return [n for n in names if not excluder.excluded(prefix + n, n, True)]
 
 
-def _scan_unit(fd: int, path: str, excluder: Excluder, owner: bool) -> DirUnit:
+def unit_xattrs(fd: int, raw: bytes, root: bool, mode: XattrMode) -> bytes:
+    """``DirUnit.xattrs`` of the directory open as ``fd`` whose listing is ``raw``."""
+    names = [e.path for e in decode(raw, None, "")] if raw else []
+    xmap = read_dir(fd, names, mode)
+    if root:
+        try:
+            own = read_at(fd, "", mode)
+        except OSError:
+            own = ()
+        if own:
+            xmap[SELF] = own
+    return encode_map(xmap)
+
+
+def _scan_unit(fd: int, path: str, excluder: Excluder, owner: bool,
+               xmode: XattrMode | None = None) -> DirUnit:
     try:
         s = scan_dir(fd, owner)
     except OSError as e:
         return DirUnit(path, error=e)
     prefix = path + "/" if path else ""
-    return DirUnit(path, s.raw, s.extras, _subdirs(excluder, prefix, s.subdirs), s.errors,
+    unit = DirUnit(path, s.raw, s.extras, _subdirs(excluder, prefix, s.subdirs), s.errors,
                    count=s.count)
+    if xmode:
+        unit.xattrs = unit_xattrs(fd, s.raw, path == "", xmode)
+    return unit
 
 
 def _open_root(root: str) -> tuple[int, Entry | None]:
@@ -144,8 +184,9 @@ class LocalLister:
     """Lists directories of a local tree when the march asks (in the caller's thread)."""
 
     def __init__(self, root: str, excluder: Excluder, owner: bool,
-                 one_file_system: bool = False) -> None:
+                 one_file_system: bool = False, xmode: XattrMode | None = None) -> None:
         self.excluder, self.owner = excluder, owner
+        self.xmode = xmode
         self.root_fd, self.root = _open_root(root)
         self.root_dev = self.root.dev if self.root is not None and one_file_system else None
         self._stack: list[tuple[str, int]] = []  # open directories below the root, outermost first
@@ -154,7 +195,7 @@ class LocalLister:
         if path == "":
             if self.root_fd < 0:
                 return DirUnit("")
-            return _scan_unit(self.root_fd, "", self.excluder, self.owner)
+            return _scan_unit(self.root_fd, "", self.excluder, self.owner, self.xmode)
         parent, _, name = path.rpartition("/")
         stack = self._stack
         while stack and stack[-1][0] != parent:
@@ -171,7 +212,7 @@ class LocalLister:
             other = other_device(fd, path, self.root_dev)
             if other is not None:
                 return other
-        return _scan_unit(fd, path, self.excluder, self.owner)
+        return _scan_unit(fd, path, self.excluder, self.owner, self.xmode)
 
     def skip(self, path: str) -> None:
         pass
@@ -199,8 +240,9 @@ class ThreadLister:
     """
 
     def __init__(self, root: str, excluder: Excluder, owner: bool, ahead: int = 256,
-                 one_file_system: bool = False) -> None:
+                 one_file_system: bool = False, xmode: XattrMode | None = None) -> None:
         self.excluder, self.owner = excluder, owner
+        self.xmode = xmode
         self.root_fd, self.root = _open_root(root)
         self.root_dev = self.root.dev if self.root is not None and one_file_system else None
         self._q: deque[DirUnit] = deque()
@@ -236,8 +278,8 @@ class ThreadLister:
         self._put(_END)
 
     def _walk(self) -> None:
-        ex, owner = self.excluder, self.owner
-        unit = _scan_unit(self.root_fd, "", ex, owner)
+        ex, owner, xmode = self.excluder, self.owner, self.xmode
+        unit = _scan_unit(self.root_fd, "", ex, owner, xmode)
         if not self._put(unit):
             return
         # (path, fd, remaining subdirectory names reversed); the root's fd is ours to keep
@@ -265,7 +307,7 @@ class ThreadLister:
                     if not self._put(other):
                         return
                     continue
-                unit = _scan_unit(sfd, sub, ex, owner)
+                unit = _scan_unit(sfd, sub, ex, owner, xmode)
                 if not self._put(unit):
                     os.close(sfd)
                     return

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from . import __version__
-from .engine import DeltaMode, Engine, Reporter, SyncOptions
+from .engine import DeltaMode, Engine, Reporter, SyncOptions, xattr_mode
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
 from .filters import Excluder
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
@@ -212,6 +212,8 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         backup=_backup(args),
         one_file_system=args.one_file_system,
         timeout=args.timeout,
+        xattrs=args.xattrs,
+        acls=args.acls,
     )
 
 
@@ -268,7 +270,7 @@ class _Pass:
             if not self.opts.dry_run:
                 os.makedirs(self.replica, exist_ok=True)
             replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner,
-                                   backup=self.opts.backup)
+                                   backup=self.opts.backup, xattrs=xattr_mode(self.opts))
             engine = Engine(self.source, replica, self.opts, reporter, self.stop)
             reporter.count_source(self.source, engine.excluder)
         try:
