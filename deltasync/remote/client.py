@@ -68,8 +68,10 @@ class Connection:
                  scan: tuple[list[str], bool, bool, bool] | None = None,
                  on_stderr: Callable[[str], None] | None = None,
                  transport: Transport | None = None, timeout: float | None = None,
-                 backup: Backup | None = None, one_file_system: bool = False) -> None:
+                 backup: Backup | None = None, one_file_system: bool = False,
+                 xattrs: tuple[bool, bool] | None = None) -> None:
         self.spec = spec
+        self.xattrs = xattrs  # -X/-A: (xattrs, acls) the far side reads (and sets)
         if transport is None:
             transport = Transport(transport_argv(spec, rsh, remote_command))
         transport.set_on_stderr(on_stderr)
@@ -188,7 +190,8 @@ class Connection:
         have = info.get("features")
         have = set(have) if isinstance(have, list) else set()
         for name, wanted in (("backup", self.backup is not None),
-                             ("one_file_system", self.one_file_system)):
+                             ("one_file_system", self.one_file_system),
+                             ("xattrs", self.xattrs is not None)):
             if wanted and name not in have:
                 raise ProtocolError(f"the remote deltasync {info.get('software', '?')} does not "
                                     f"support --{name.replace('_', '-')}")
@@ -231,6 +234,8 @@ class Connection:
                 "owner": owner, "credit": DEFAULT_CREDIT, "list_zlib": self.want is None}
         if self.one_file_system:
             body["one_file_system"] = True
+        if self.xattrs is not None:
+            body["xattrs"] = {"xattrs": self.xattrs[0], "acls": self.xattrs[1]}
         self.out.send(SCAN, dump_json(body))
 
     def _lost(self, e: ProtocolError) -> ProtocolError:

@@ -31,9 +31,10 @@ from collections.abc import Callable, Generator
 
 from ..errors import DeltaSyncError, ProtocolError
 from ..filters import Excluder
-from ..listing import DIR_OPEN, DirUnit, other_device, stat_entry
+from ..listing import DIR_OPEN, DirUnit, other_device, stat_entry, unit_xattrs
 from ..model import Entry, Kind
 from ..scan import decode, encode, scan_dir
+from ..xattrs import XattrMode, XattrSet
 from . import codec
 from .protocol import MAX_FRAME
 
@@ -106,6 +107,8 @@ def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
         parts.append(_U32.pack(len(digests or ())))
         for idx, d in digests or ():
             parts.append(_DIGEST.pack(idx, d))
+        if unit.xattrs is not None:  # -X/-A: optional, at the end
+            parts += [_U32.pack(len(unit.xattrs)), unit.xattrs]
     body = b"".join(parts)
     if isinstance(packed, Packer):
         return b"\x02" + packed.pack(body)
@@ -136,6 +139,12 @@ class PeerUnit(DirUnit):
                 self._entries = None
                 raise ProtocolError("malformed UNIT message: wrong entry count")
         return self._entries  # type: ignore[return-value]
+
+    def xmap(self) -> dict[str, XattrSet] | None:
+        try:
+            return super().xmap()
+        except ValueError as exc:
+            raise ProtocolError(f"malformed UNIT message: bad attributes ({exc})") from None
 
 
 class _Cursor:
@@ -213,9 +222,14 @@ def decode_unit(payload: bytes, unpacker: Unpacker | None = None
     if ndig > count:
         raise ProtocolError("malformed UNIT message: more digests than entries")
     digests = [c.unpack(_DIGEST) for _ in range(ndig)]
+    xattrs = None
+    if c.pos != len(body):  # -X/-A: the attributes of the entries
+        (xlen,) = c.unpack(_U32)
+        xattrs = c.take(xlen)
     if c.pos != len(body):
         raise ProtocolError("malformed UNIT message: trailing bytes")
     unit = PeerUnit(path, raw, None, subdirs, errors, count=count)
+    unit.xattrs = xattrs
     if digests:
         unit.entries()  # checked now: the digests name entries by position
     for idx, _ in digests:
@@ -245,14 +259,16 @@ BIG = 1 << 20  # a directory holding this much file data may see a delta
 def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                on_temps: Callable[[list[str]], None] | None, packed: bool,
                on_big: Callable[[], None] | None = None,
-               one_file_system: bool = False) -> Generator[bytes, None, None]:
+               one_file_system: bool = False,
+               xmode: XattrMode | None = None) -> Generator[bytes, None, None]:
     """The encoded units of the tree at ``root``, in walk order, one per ``next``.
 
     Temp files (``on_temps`` given: a replica whose leftovers are removed) are
     taken out of the units and handed to ``on_temps``; ``checksum`` adds the
     blake3 of every regular file; ``on_big`` is called (once) when a directory
     holds ``BIG`` bytes of files or more; ``one_file_system`` (``-x``): a
-    directory on another device than the root is sent as ``listing.other_device``.
+    directory on another device than the root is sent as ``listing.other_device``;
+    ``xmode`` (-X/-A): each unit carries its entries' attributes.
     """
     pk: bool | Packer = Packer() if packed else False
     from ..fsutil import is_temp_name
@@ -313,8 +329,10 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                     pass
                 finally:
                     os.close(ffd)
-        return encode_unit(DirUnit(path, raw, None, subdirs, s.errors, count=count),
-                           digests, pk), subdirs
+        unit = DirUnit(path, raw, None, subdirs, s.errors, count=count)
+        if xmode:
+            unit.xattrs = unit_xattrs(fd, raw, path == "", xmode)
+        return encode_unit(unit, digests, pk), subdirs
 
     stack: list[tuple[str, int, list[str]]] = []
     try:
