@@ -21,6 +21,7 @@ from deltasync.remote.client import Connection
 from deltasync.remote.pull import RemoteSource
 from deltasync.remote.push import RemoteReplica
 from deltasync.remote.transport import RemoteSpec
+from deltasync.engine import xattr_mode
 from deltasync.source import LocalSource
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,15 +54,20 @@ def push(rsh: str, src: Path, dst: Path, *, compress: bool = False,
                       remote_command=remote_command, compress=compress,
                       dry_run=options.dry_run, owner=True,
                       scan=(list(options.excludes), not options.dry_run, options.checksum, True),
-                      timeout=options.timeout, backup=options.backup)
+                      timeout=options.timeout, backup=options.backup, xattrs=_xattrs(options))
     r = RemoteReplica(conn, checksum=options.checksum)
-    source = LocalSource(os.fspath(src), one_file_system=options.one_file_system)
+    source = LocalSource(os.fspath(src), one_file_system=options.one_file_system,
+                         xattrs=xattr_mode(options))
     try:
         stats, code = Engine(source, r, options, rep).run_pass()
     finally:
         source.close()
         r.close()
     return PassResult(stats, code, rep)
+
+
+def _xattrs(options: SyncOptions) -> tuple[bool, bool] | None:
+    return (options.xattrs, options.acls) if options.xattrs or options.acls else None
 
 
 def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
@@ -74,8 +80,10 @@ def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
     conn = Connection(RemoteSpec("h", os.fspath(src)), "source", rsh=rsh,
                       remote_command=remote_command, compress=compress,
                       scan=(list(options.excludes), False, options.checksum, options.owner),
-                      timeout=options.timeout, one_file_system=options.one_file_system)
-    local = LocalReplica(os.fspath(dst), owner=options.owner, backup=options.backup)
+                      timeout=options.timeout, one_file_system=options.one_file_system,
+                      xattrs=_xattrs(options))
+    local = LocalReplica(os.fspath(dst), owner=options.owner, backup=options.backup,
+                         xattrs=xattr_mode(options))
     try:
         stats, code = Engine(RemoteSource(conn), local, options, rep).run_pass()
     finally:
