@@ -79,9 +79,8 @@ from .fsutil import (
 )
 from .listing import Lister, ThreadLister
 from .model import Backup, Entry, Kind, quote_path
-from .xattrs import XattrMode, XattrSet
+from .xattrs import XattrMode, XattrSet, proc_path
 from .xattrs import apply as apply_xattrs
-from .xattrs import proc_path
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature

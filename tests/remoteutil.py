@@ -17,11 +17,11 @@ from typing import Any
 from conftest import PassResult, RecordingReporter
 
 from deltasync import Engine, LocalReplica, SyncOptions
+from deltasync.engine import xattr_mode
 from deltasync.remote.client import Connection
 from deltasync.remote.pull import RemoteSource
 from deltasync.remote.push import RemoteReplica
 from deltasync.remote.transport import RemoteSpec
-from deltasync.engine import xattr_mode
 from deltasync.source import LocalSource
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import DeltaSyncError, OwnerNotSet, ProtocolError, SourceChanged, XattrsNotSet
-from ..xattrs import XattrSet
 from ..filters import Excluder
 from ..listing import Lister
 from ..model import Entry, Kind
 from ..replica import LateFailure, Replica, SourceCheck
+from ..xattrs import XattrSet
 from . import codec
 from .client import Connection
 from .protocol import (
