@@ -146,8 +146,7 @@ def _subdirs(excluder: Excluder, prefix: str, names: list[str]) -> list[str]:
 
 def unit_xattrs(fd: int, raw: bytes, root: bool, mode: XattrMode) -> bytes:
     """``DirUnit.xattrs`` of the directory open as ``fd`` whose listing is ``raw``."""
-    names = [e.path for e in decode(raw, None, "")] if raw else []
-    xmap = read_dir(fd, names, mode)
+    xmap = read_dir(fd, raw, mode)
     if root:
         try:
             own = read_at(fd, "", mode)

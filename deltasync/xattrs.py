@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Callable
 
 from .model import options
 
@@ -246,12 +247,40 @@ def decode_map(buf: bytes) -> dict[str, XattrSet]:
     return out
 
 
-def read_dir(dfd: int, names: list[str], mode: XattrMode) -> dict[str, XattrSet]:
-    """The wanted attributes of the entries ``names`` of directory ``dfd``
-    (only those that have any).  An entry that cannot be read is left out: it
-    shows as having none, and the apply that follows reports it."""
+def _with_attrs_py(dfd: int, raw: bytes) -> list[str]:
+    """``_xattr.with_attrs`` in Python: the names of listing ``raw`` that have any."""
+    from .scan import decode
+
+    out = []
+    for e in decode(raw, None, ""):
+        try:
+            if _names(proc_path(dfd, e.path), False):
+                out.append(e.path)
+        except OSError:
+            pass
+    return out
+
+
+def _load_native() -> Callable[[int, bytes], list[str]]:
+    try:
+        from . import _xattr  # type: ignore[attr-defined]
+    except ImportError:
+        return _with_attrs_py
+    return _xattr.with_attrs  # type: ignore[no-any-return]
+
+
+# The names of a directory listing (scan.DirScan.raw) whose entries have any
+# attribute: one listxattr per entry, in C without the GIL when it is built
+# (deltasync/_xattr.c), which is the whole cost of -X/-A on a no-op pass.
+with_attrs: Callable[[int, bytes], list[str]] = _load_native()
+
+
+def read_dir(dfd: int, raw: bytes, mode: XattrMode) -> dict[str, XattrSet]:
+    """The wanted attributes of the entries of listing ``raw`` of directory
+    ``dfd`` (only those that have any).  An entry that cannot be read is left
+    out: it shows as having none, and the apply that follows reports it."""
     out: dict[str, XattrSet] = {}
-    for name in names:
+    for name in with_attrs(dfd, raw) if raw else ():
         try:
             xs = read(proc_path(dfd, name), mode)
         except OSError:
