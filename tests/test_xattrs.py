@@ -280,6 +280,33 @@ def test_read_is_sorted_and_filtered(tmp_path: Path) -> None:
                                                                (b"user.b", b"2"))
 
 
+def test_native_probe_matches_the_fallback(tmp_path: Path) -> None:
+    """Which entries have attributes: the C probe and the Python one agree, and
+    neither follows a symlink (a link to a file with attributes has none)."""
+    from deltasync import xattrs as x
+    from deltasync.scan import scan_dir
+
+    d = tmp_path / "d"
+    build_tree(d, {"a": b"", "b": b"", "sub": {}, "\udcff-not-utf8": b""})
+    setx(d / "a", "user.a", "1")
+    setx(d / "sub", "user.s", "1")
+    setx(d / "\udcff-not-utf8", "user.n", "1")
+    os.symlink("b", d / "to-b")
+    setx(d / "b", "user.b", "1")
+    os.symlink("a", d / "to-a")
+    setx(d / "to-a", "trusted.own", "1", link=True)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        raw = scan_dir(fd, False).raw
+        want = ["a", "b", "sub", "to-a", "\udcff-not-utf8"]  # in byte order
+        assert x._with_attrs_py(fd, raw) == want
+        assert x.with_attrs(fd, raw) == want
+        with pytest.raises(ValueError):
+            x.with_attrs(fd, raw[:-3])
+    finally:
+        os.close(fd)
+
+
 # -- encodings: round trips, and malformed input only ever raises ValueError ------
 
 names = st.binary(min_size=1, max_size=255).filter(lambda b: b"\0" not in b)
