@@ -280,7 +280,9 @@ def read_dir(dfd: int, raw: bytes, mode: XattrMode) -> dict[str, XattrSet]:
     ``dfd`` (only those that have any).  An entry that cannot be read is left
     out: it shows as having none, and the apply that follows reports it."""
     out: dict[str, XattrSet] = {}
-    for name in with_attrs(dfd, raw) if raw else ():
+    if not raw:
+        return out
+    for name in with_attrs(dfd, raw):
         try:
             xs = read(proc_path(dfd, name), mode)
         except OSError:

@@ -160,6 +160,18 @@ def test_without_the_options_attributes_are_left_alone(src: Path, dst: Path) -> 
     assert os.getxattr(dst / "f", "user.mine") == b"kept"
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_dry_run_reports_and_changes_nothing(mode: str, tmp_path: Path, src: Path,
+                                             dst: Path) -> None:
+    build_tree(src, {"f": b"1"})
+    sync(mode, tmp_path, src, dst, **XA)
+    setx(src / "f", "user.a", "new")
+    before = dump(dst)
+    r = sync(mode, tmp_path, src, dst, dry_run=True, **XA)
+    assert r.code == 0 and r.stats.counts["meta"] == 1
+    assert dump(dst) == before
+
+
 def test_updated_file_gets_them_before_its_rename(src: Path, dst: Path) -> None:
     """A content update replaces the file by rename: the new one already has them."""
     build_tree(src, {"f": b"old"})
@@ -361,6 +373,21 @@ class _Actions(RecordingReporter):
     def done(self, action: Action, result: Result) -> None:
         self.actions.append(action)
         super().done(action, result)
+
+
+def test_malformed_attributes_from_a_peer_are_a_protocol_error() -> None:
+    from deltasync.errors import ProtocolError
+
+    u = DirUnit("d")
+    u.xattrs = b"\x00\x00\x00\x01\x00\x01a\x00\x01"  # one entry, its set truncated
+    back, _ = decode_unit(encode_unit(u))
+    with pytest.raises(ProtocolError):
+        back.xmap()
+    e = Entry("f", Kind.FILE, 0, 0, 0o644, 0, 0)
+    with pytest.raises(ProtocolError):
+        codec.decode_op_x(codec.encode_op(1, e) + b"\x00\x05", "META")
+    with pytest.raises(ProtocolError):
+        codec.decode_op(codec.encode_op(1, e, ()), "MKDIR")
 
 
 def test_meta_actions_carry_the_sets(src: Path, dst: Path) -> None:
