@@ -125,8 +125,7 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
     attributes of both sides (-X/-A; None: not compared).
     """
     x = sx is not None
-    if x and dx is None:
-        dx = {}
+    dxm: XMap = dx if dx is not None else {}
     dst_by = {e.path: e for e in dst}
     removals: list[Action] = []
     items: list[Action | Child] = []  # subdirectories in their place among the entries
@@ -169,7 +168,7 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
                 items.append(Action(Op.SYMLINK, path, s, old, reason, xs))
             continue
         # -X/-A: do the attributes differ?
-        xd = x and xs != dx.get(path, _NONE)  # type: ignore[union-attr]
+        xd = x and xs != dxm.get(path, _NONE)
         if k is Kind.FILE:
             why = need_transfer(s, d, opts, src_hash, dst_hash)
             if why is not None:
@@ -190,7 +189,7 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
         else:  # a directory on both sides: its own metadata is set when the march leaves it
             unchanged += 1
             items.append(Child(Walk.BOTH, path, s, d, None, xs,
-                               dx.get(path, _NONE) if x else None))  # type: ignore[union-attr]
+                               dxm.get(path, _NONE) if x else None))
     for o in dst_by.values():  # only in the replica
         if unknown and o.path in unknown:
             if o.kind is Kind.DIR:

@@ -186,6 +186,27 @@ def test_updated_file_gets_them_before_its_rename(src: Path, dst: Path) -> None:
     assert os.getxattr(dst / "f", "user.a") == b"2"
 
 
+def test_the_temp_file_has_them_when_it_is_renamed(monkeypatch: pytest.MonkeyPatch,
+                                                    src: Path, dst: Path) -> None:
+    """The file never appears under its name without its attributes and ACL."""
+    build_tree(src, {"f": b"data", "d": {"g": b"more"}})
+    setx(src / "f", "user.a", "1")
+    sh("setfacl", "-m", "u:nobody:r", src / "d" / "g")
+    seen: list[tuple[str, list[str]]] = []
+    real = os.replace
+
+    def replace(a: Any, b: Any, *, src_dir_fd: int | None = None,
+                dst_dir_fd: int | None = None) -> None:
+        if src_dir_fd is not None:
+            seen.append((os.fsdecode(b), sorted(os.listxattr(f"/proc/self/fd/{src_dir_fd}/{a}",
+                                                              follow_symlinks=False))))
+        real(a, b, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert do_sync(src, dst, **XA).code == 0
+    assert sorted(seen) == [("f", ["user.a"]), ("g", ["system.posix_acl_access"])]
+
+
 def test_a_symlink_in_the_replica_is_never_followed(tmp_path: Path, src: Path,
                                                     dst: Path) -> None:
     """Attributes of a symlink are its own: its target outside the tree is untouched."""
