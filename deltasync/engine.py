@@ -37,6 +37,7 @@ from .errors import (
     LockWaitInterrupted,
     PatchError,
     ProtocolError,
+    UnsupportedError,
     pass_exit_code,
 )
 from .filters import Excluder
@@ -101,6 +102,11 @@ def xattr_mode(opts: SyncOptions) -> XattrMode | None:
     namespace but ``system.*``, else ``user.*`` only (rsync's rule)."""
     if not (opts.xattrs or opts.acls):
         return None
+    if not os.path.isdir("/proc/self/fd"):
+        # Every entry is reached as /proc/self/fd/N/NAME: without /proc each
+        # would silently show as having no attributes.
+        raise UnsupportedError("-X/-A need /proc mounted (attributes are reached through "
+                               "/proc/self/fd)")
     return XattrMode(opts.xattrs, opts.acls, os.geteuid() == 0)
 
 

@@ -419,3 +419,19 @@ def test_meta_actions_carry_the_sets(src: Path, dst: Path) -> None:
     do_sync(src, dst, rep, **XA)
     metas = [a for a in rep.actions if a.op is Op.META and a.path == "f"]
     assert metas and metas[0].xattrs == ((b"user.z", b"9"),)
+
+
+def test_without_proc_it_is_one_error_line_and_exit_4(run_cli, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                                      src: Path, tmp_path: Path) -> None:
+    import deltasync.engine
+
+    real = os.path.isdir
+    monkeypatch.setattr(deltasync.engine.os.path, "isdir",
+                        lambda p: False if p == "/proc/self/fd" else real(p))
+    build_tree(src, {"f": b"1"})
+    r = run_cli("sync", "-X", src, tmp_path / "r")
+    assert r.code == 4
+    assert [x for x in r.err_lines if "error" in x] == [
+        "deltasync: error: -X/-A need /proc mounted (attributes are reached through "
+        "/proc/self/fd)"]
+    assert not (tmp_path / "r" / "f").exists()
