@@ -357,6 +357,19 @@ _FIDELITY_VALUED: dict[str, Callable[[str], object]] = {"--modify-window": _modi
 _FIDELITY_FLAGS = {"-D", "--devices", "--specials", "--numeric-ids"}
 
 
+def _attr_opts(sp: argparse.ArgumentParser) -> None:
+    """-X/-A (issue 13 item 2): extended attributes and POSIX ACLs."""
+    g = sp.add_argument_group("attributes")
+    g.add_argument("-X", "--xattrs", action="store_true",
+                   help="copy extended attributes (user.*; as root every namespace but "
+                        "system.*), compared every pass")
+    g.add_argument("-A", "--acls", action="store_true",
+                   help="copy POSIX ACLs (access, and default ACLs of directories)")
+
+
+_ATTR_FLAGS = {"-X", "--xattrs", "-A", "--acls"}
+
+
 _GUARD_VALUED: dict[str, Callable[[str], object]] = {
     "--max-delete": _max_delete, "--backup-dir": str, "--suffix": _suffix,
     "--timeout": _timeout}
@@ -422,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-H", "--hard-links", action="store_true",
                         help="files hard-linked together in SOURCE are hard-linked in REPLICA")
         _fidelity_opts(sp)
+        _attr_opts(sp)
         rg = sp.add_argument_group("remote sync ([USER@]HOST:PATH as SOURCE or REPLICA)")
         rg.add_argument("-e", "--rsh", metavar="COMMAND", default=None,
                         help="transport command, split like a shell would (default: ssh)")
@@ -549,7 +563,7 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--zl": _compress_level, **_GUARD_VALUED, **_FIDELITY_VALUED}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
              "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", "-H", "--hard-links",
-             *_GUARD_FLAGS, *_FIDELITY_FLAGS}
+             *_GUARD_FLAGS, *_FIDELITY_FLAGS, *_ATTR_FLAGS}
     ns = _Quick()
     pos: list[str] = []
     i = 1

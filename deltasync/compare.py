@@ -18,6 +18,11 @@ the same replica directory by name and decides each pair.  Its answer
 The directory's own metadata is set after its contents (``dir_meta``), by the
 march, when it leaves the directory.
 
+With ``-X``/``-A`` the attributes of both sides come in as maps by path
+(``XMap``; an entry missing from its map has none): a difference in them
+alone is a ``meta`` action, and every action on a source entry carries the
+attributes it must end with (``Action.xattrs``).
+
 ``need_transfer`` is the one function that decides whether a file's data must
 move.  Nothing here touches the disk except the hash callbacks ``--checksum``
 passes in.
@@ -34,6 +39,9 @@ from typing import NamedTuple
 from .model import Action, Entry, Kind, Op, Reason, options, special_type
 
 HashFunc = Callable[[Entry], bytes | None]
+XattrSet = tuple[tuple[bytes, bytes], ...]
+XMap = dict[str, XattrSet]  # path -> attributes, only entries that have any
+_NONE: XattrSet = ()
 
 
 @options
@@ -143,6 +151,8 @@ class Child(NamedTuple):
     src: Entry | None  # the source's entry (a directory, or what replaces one)
     dst: Entry | None  # the replica's entry
     after: Action | None = None  # REPLACE: what is created once the directory is gone
+    sx: XattrSet | None = None  # -X/-A: the directory's attributes in the source
+    dx: XattrSet | None = None  # and in the replica
 
 
 class Linked(NamedTuple):
@@ -158,6 +168,7 @@ class Linked(NamedTuple):
     src: Entry
     dst: Entry | None  # the replica's regular file (None: the file is created)
     planned: Action | None  # the decision without -H (None: unchanged)
+    xattrs: XattrSet | None = None  # -X/-A: the source's attributes (None: not compared)
 
 
 class DirPlan(NamedTuple):
@@ -173,7 +184,8 @@ def _name_key(item: Action | Child | Linked) -> bytes:
 
 def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
              unknown: set[str] | None = None, src_hash: HashFunc | None = None,
-             dst_hash: HashFunc | None = None, links: bool = False) -> DirPlan:
+             dst_hash: HashFunc | None = None, links: bool = False,
+             sx: XMap | None = None, dx: XMap | None = None) -> DirPlan:
     """Decide one directory: its source entries against its replica entries.
 
     Both lists hold the entries of one directory (full relative paths, any
@@ -181,8 +193,11 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
     paths of source entries that could not be read; their replica
     counterparts are left alone, whatever they are.  ``links`` (``-H``): a
     regular file with more than one link on either side is a ``Linked`` item,
-    for the march to settle against its group.
+    for the march to settle against its group.  ``sx``/``dx``: the
+    attributes of both sides (-X/-A; None: not compared).
     """
+    x = sx is not None
+    dxm: XMap = dx if dx is not None else {}
     dst_by = {e.path: e for e in dst}
     removals: list[Action] = []
     items: list[Action | Child | Linked] = []  # subdirectories in their place among the entries
@@ -193,6 +208,7 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
     for s in src:
         path, k = s.path, s.kind
         d = dst_by.pop(path, None)
+        xs = sx.get(path, _NONE) if sx is not None else None
         if k is Kind.SPECIAL:
             same = d is not None and d.kind is Kind.SPECIAL and d.size == s.size
             if not wanted_special(s, opts):
@@ -230,7 +246,7 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
             touched = True
             if d.kind is Kind.DIR:
                 after = Action(Op.CREATE if k is Kind.FILE else Op.SYMLINK, path, s, d,
-                               Reason.TYPE)  # -H: the march settles it, when it comes
+                               Reason.TYPE, xs)  # -H: the march settles it, when it comes
                 items.append(Child(Walk.REPLACE, path, s, d, after))
                 continue
             removals.append(Action(Op.DELETE, path, s, d, Reason.TYPE))
@@ -241,20 +257,23 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
         if d is None:
             touched = True
             if k is Kind.DIR:
-                items.append(Child(Walk.NEW, path, s, old))
+                items.append(Child(Walk.NEW, path, s, old, None, xs))
             elif k is Kind.FILE:
-                a = Action(Op.CREATE, path, s, old, reason)
-                items.append(Linked(path, s, None, a) if links and s.nlink > 1 else a)
+                a = Action(Op.CREATE, path, s, old, reason, xs)
+                items.append(Linked(path, s, None, a, xs) if links and s.nlink > 1 else a)
             else:
-                items.append(Action(Op.SYMLINK, path, s, old, reason))
+                items.append(Action(Op.SYMLINK, path, s, old, reason, xs))
             continue
+        # -X/-A: do the attributes differ?
+        xd = x and xs != dxm.get(path, _NONE)
         if k is Kind.FILE:
             why = need_transfer(s, d, opts, src_hash, dst_hash)
-            planned = (Action(Op.UPDATE, path, s, d, why) if why is not None
-                       else Action(Op.META, path, s, d, Reason.META) if meta_differs(s, d, opts)
+            planned = (Action(Op.UPDATE, path, s, d, why, xs) if why is not None
+                       else Action(Op.META, path, s, d, Reason.META, xs)
+                       if xd or meta_differs(s, d, opts)
                        else None)
             if links and (s.nlink > 1 or d.nlink > 1):
-                items.append(Linked(path, s, d, planned))
+                items.append(Linked(path, s, d, planned, xs))
             elif planned is None:
                 unchanged += 1
             else:
@@ -263,15 +282,16 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
                     touched = True
         elif k is Kind.SYMLINK:
             if s.target != d.target:
-                items.append(Action(Op.SYMLINK, path, s, d, Reason.TARGET))
+                items.append(Action(Op.SYMLINK, path, s, d, Reason.TARGET, xs))
                 touched = True
-            elif meta_differs(s, d, opts):
-                items.append(Action(Op.META, path, s, d, Reason.META))
+            elif xd or meta_differs(s, d, opts):
+                items.append(Action(Op.META, path, s, d, Reason.META, xs))
             else:
                 unchanged += 1
         else:  # a directory on both sides: its own metadata is set when the march leaves it
             unchanged += 1
-            items.append(Child(Walk.BOTH, path, s, d))
+            items.append(Child(Walk.BOTH, path, s, d, None, xs,
+                               dxm.get(path, _NONE) if x else None))
     for o in dst_by.values():  # only in the replica
         if unknown and o.path in unknown:
             if o.kind is Kind.DIR:
@@ -289,17 +309,19 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
 
 
 def dir_meta(src: Entry, dst: Entry | None, new: bool, touched: bool,
-             opts: CompareOptions) -> Action | None:
+             opts: CompareOptions, sx: XattrSet | None = None,
+             dx: XattrSet | None = None) -> Action | None:
     """The action that sets a directory's metadata after its contents, if any.
 
     A new directory gets its final mode and times quietly (its ``mkdir`` was
     logged); one whose own metadata differs is a logged ``meta``; one whose
     contents changed gets its times put back quietly (reason ``UNCHANGED``).
+    ``sx``/``dx`` (-X/-A): the directory's attributes on both sides.
     """
     if new or dst is None:
-        return Action(Op.META, src.path, src, None, Reason.UNCHANGED)
-    if meta_differs(src, dst, opts):
-        return Action(Op.META, src.path, src, dst, Reason.META)
+        return Action(Op.META, src.path, src, None, Reason.UNCHANGED, sx)
+    if meta_differs(src, dst, opts) or (sx is not None and sx != (dx or _NONE)):
+        return Action(Op.META, src.path, src, dst, Reason.META, sx)
     if touched:
         return Action(Op.META, src.path, src, dst, Reason.UNCHANGED)
     return None

@@ -37,6 +37,7 @@ from .errors import (
     LockWaitInterrupted,
     PatchError,
     ProtocolError,
+    UnsupportedError,
     pass_exit_code,
 )
 from .guards import DeleteGate, Protect, Verdict, protector
@@ -47,6 +48,7 @@ from .prefetch import Prefetched
 from .replica import Replica
 from .rules import from_options
 from .source import LocalSource, Source, SourceFile
+from .xattrs import XattrMode
 
 if TYPE_CHECKING:
     from .delta import Signature
@@ -106,6 +108,22 @@ class SyncOptions:
     # --numeric-ids: owners by number across machines too (default: by name,
     # as rsync does as root; idnames.py).
     numeric_ids: bool = False
+    # -X/--xattrs, -A/--acls: copy extended attributes / POSIX ACLs (xattrs.py).
+    xattrs: bool = False
+    acls: bool = False
+
+
+def xattr_mode(opts: SyncOptions) -> XattrMode | None:
+    """What ``-X``/``-A`` copy in this pass (None: neither).  As root every
+    namespace but ``system.*``, else ``user.*`` only (rsync's rule)."""
+    if not (opts.xattrs or opts.acls):
+        return None
+    if not os.path.isdir("/proc/self/fd"):
+        # Every entry is reached as /proc/self/fd/N/NAME: without /proc each
+        # would silently show as having no attributes.
+        raise UnsupportedError("-X/-A need /proc mounted (attributes are reached through "
+                               "/proc/self/fd)")
+    return XattrMode(opts.xattrs, opts.acls, os.geteuid() == 0)
 
 
 class Reporter:
@@ -170,7 +188,12 @@ class Engine:
                  stop: threading.Event | None = None) -> None:
         self._owns_source = isinstance(source, (str, os.PathLike))
         if isinstance(source, (str, os.PathLike)):
-            source = LocalSource(os.fspath(source), one_file_system=options.one_file_system)
+            # -X/-A: a listxattr per entry makes listing the source worth a
+            # thread beside the march (measured: ~1.15x the plain no-op wall
+            # time over 20k files, against ~1.3x listed in the march's thread).
+            xm = xattr_mode(options)
+            source = LocalSource(os.fspath(source), threaded=xm is not None,
+                                 one_file_system=options.one_file_system, xattrs=xm)
         self.source: Source = source
         self.replica = replica
         self.opts = options
@@ -311,6 +334,7 @@ class Engine:
                 if self._owns_source:  # made from a path: its descriptors are ours
                     self.source.close()
         owner_unset = self._report_owner_unset()
+        owner_unset = self._report_xattrs_unset() or owner_unset
         stats.delete_skipped = self._gate.skipped
         if stats.delete_skipped:
             rep.warning("", f"Deletions stopped due to --max-delete limit "
@@ -360,6 +384,18 @@ class Engine:
     def _mapped(self, f: SourceFile) -> SourceFile:
         """``f`` with the replica's ids in its entry (the metadata it is installed with)."""
         return f if self._idmap is None else MappedFile(f, self._idmap)  # type: ignore[return-value]
+    def _report_xattrs_unset(self) -> bool:
+        """One warning for all entries whose attributes (-X/-A) the replica's file
+        system refused in this pass (rsync reports each and exits 23; so do
+        we, with one line)."""
+        unset = self.replica.take_xattrs_unset()
+        if unset is None:
+            return False
+        n = unset.count
+        self.reporter.warning("", f"extended attributes not set on {n} "
+                                  f"{'entry' if n == 1 else 'entries'} "
+                                  f"(first: {quote_path(unset.first)}): {unset.why}")
+        return True
 
     def _read_error(self, path: str, e: OSError) -> None:
         with self._lock:
@@ -532,7 +568,10 @@ class Engine:
             return Result()
         if op is Op.SYMLINK:
             if not dry:
-                r.symlink(a.path, a.src)
+                if a.xattrs is None:
+                    r.symlink(a.path, a.src)
+                else:
+                    r.symlink(a.path, a.src, xattrs=a.xattrs)
             return Result()
         if op is Op.MKNOD:
             if not dry:
@@ -540,7 +579,10 @@ class Engine:
             return Result()
         if op is Op.META:
             if not dry:
-                r.set_meta(a.path, a.src)
+                if a.xattrs is None:
+                    r.set_meta(a.path, a.src)
+                else:
+                    r.set_meta(a.path, a.src, xattrs=a.xattrs)
             return Result()
         if op is Op.LINK:
             assert a.src.target is not None
@@ -591,8 +633,7 @@ class Engine:
                     self._count_delta(a, result)
                 else:
                     n = self.source.transfer(
-                        a.path, lambda f: self.replica.write_file(a.path, self._mapped(f), new),
-                        retry)
+                        a.path, lambda f: self._write(a, self._mapped(f), new), retry)
                     stats.bytes_written += n
                     stats.bytes_sent += n
                     result = Result(size=n, written=n)
@@ -626,9 +667,10 @@ class Engine:
             f = self._mapped(f)
             d = f.delta
             if d is None:
-                n = replica.write_file(a.path, f, new)
+                n = self._write(a, f, new)
                 return Result(size=n, written=n)
-            n = replica.write_delta(a.path, f, d.ops, d.block_size)
+            n = (replica.write_delta(a.path, f, d.ops, d.block_size) if a.xattrs is None
+                 else replica.write_delta(a.path, f, d.ops, d.block_size, xattrs=a.xattrs))
             return Result(size=n, written=n, delta=True, literal=d.literal,
                           matched=n - d.literal)
 
@@ -654,6 +696,12 @@ class Engine:
         self.reporter.file_done()
         return r
 
+    def _write(self, a: Action, f: SourceFile, new: bool) -> int:
+        """``replica.write_file``, with the attributes when the pass copies them."""
+        if a.xattrs is None:
+            return self.replica.write_file(a.path, f, new)
+        return self.replica.write_file(a.path, f, new, xattrs=a.xattrs)
+
     def _send_delta(self, a: Action, src: SourceFile) -> Result:
         from .delta import DeltaStats, make_delta
 
@@ -663,7 +711,9 @@ class Engine:
         # The delta is computed one thread ahead of its application, so reading
         # and matching the new file overlaps writing the new version.
         with Prefetched(make_delta(sig, src, ds)) as ops:  # type: ignore[arg-type]
-            n = self.replica.write_delta(a.path, src, ops, sig.block_size)
+            n = (self.replica.write_delta(a.path, src, ops, sig.block_size) if a.xattrs is None
+                 else self.replica.write_delta(a.path, src, ops, sig.block_size,
+                                               xattrs=a.xattrs))
         if self.replica.data_crosses_link:
             self._deltas[a.path] = a  # its verification result comes later
         # what crosses: literal data, ~8 bytes per op, plus the signature coming back

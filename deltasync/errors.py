@@ -133,6 +133,13 @@ class OwnerNotSet(DeltaSyncError):
         self.count += 1
 
 
+class XattrsNotSet(OwnerNotSet):
+    """Entries were installed, but the file system refused some of their
+    extended attributes or ACLs (-X/-A): ``why`` names the namespace and the
+    reason, e.g. ``user.* Operation not supported``.  Like a missing owner:
+    one warning per pass, and the pass exits 23 as rsync does."""
+
+
 class ReplicaLocked(DeltaSyncError):
     """Another pass held the replica lock for longer than the caller would wait (exit 1)."""
 

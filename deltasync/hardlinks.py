@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     import sqlite3
     import tempfile
 
+    from .xattrs import XattrSet
+
 #: Keys held in memory before a map spills to its on-disk table.  100,000
 #: groups cost ~25 MB as dict entries; a table costs a few µs per lookup.
 SPILL_AT = 100_000
@@ -163,13 +165,15 @@ class HardLinks:
         return Action(Op.LINK, s.path, s._replace(target=str(leader[0])), planned.dst,
                       planned.reason)
 
-    def both(self, s: Entry, d: Entry, planned: Action | None) -> Action | None:
+    def both(self, s: Entry, d: Entry, planned: Action | None,
+             xattrs: XattrSet | None = None) -> Action | None:
         """A regular file on both sides, ``planned`` as decided without ``-H``
-        (None: unchanged): what ``-H`` makes of it."""
+        (None: unchanged): what ``-H`` makes of it.  ``xattrs`` (-X/-A): the
+        source's attributes, for a copy made anew."""
         if s.nlink <= 1:
             if d.nlink > 1 and (planned is None or planned.op is not Op.UPDATE):
                 # The source's links were removed: an independent copy.
-                return Action(Op.UPDATE, s.path, s, d, Reason.LINKS)
+                return Action(Op.UPDATE, s.path, s, d, Reason.LINKS, xattrs)
             return planned
         key = (s.dev, s.ino)
         leader = self.groups.get(key)
@@ -186,6 +190,6 @@ class HardLinks:
                     self.claims.put(rkey, key)
                 self.groups.put(key, (s.path, d.dev, d.ino))
                 return planned
-            planned = Action(Op.UPDATE, s.path, s, d, Reason.LINKS)  # linked to another group
+            planned = Action(Op.UPDATE, s.path, s, d, Reason.LINKS, xattrs)  # another group's
         self.groups.put(key, (s.path, 0, 0))
         return planned

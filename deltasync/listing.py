@@ -22,6 +22,13 @@ A lister never follows symlinks: every directory is opened relative to its
 parent's descriptor with ``O_NOFOLLOW | O_DIRECTORY``, so a symlink swapped in
 for a directory is an error (``ELOOP``/``ENOTDIR``) on that unit, never a
 walk outside the tree, and trees deeper than ``PATH_MAX`` are walkable.
+
+With ``-X``/``-A`` (an ``xattrs.XattrMode`` given to the lister), a unit also
+holds the attributes of its entries (``DirUnit.xattrs``: ``xattrs.encode_map``
+of the entries that have any; the root's unit also holds the root's own under
+``"."``), read in the lister (a lister thread reads them beside the march)
+through the directory's descriptor, never following a symlink.  Two
+directories whose entries' attributes agree have equal bytes there too.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ from .model import Entry, Kind, special_size
 from .scan import decode, linked, scan_dir
 from .sides import SideFilter as Excluder
 from .sides import TreeFilter, unit_hidden
+from .xattrs import XattrMode, XattrSet, decode_map, encode_map, read_at, read_dir
+
+SELF = "."  # the key of a root unit's own attributes in its xattr map (never an entry name)
 
 DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -59,7 +69,7 @@ class DirUnit:
     """The listing of one directory (see the module docstring)."""
 
     __slots__ = ("path", "raw", "extras", "subdirs", "errors", "error", "digests", "count",
-                 "hidden", "_entries")
+                 "hidden", "_entries", "xattrs", "_xmap")
 
     def __init__(self, path: str, raw: bytes = b"", extras: bytes | None = None,
                  subdirs: list[str] | None = None, errors: list[tuple[str, int]] | None = None,
@@ -78,6 +88,9 @@ class DirUnit:
         # are not transferred; on the replica's they are not deleted.
         self.hidden: frozenset[str] | None = None
         self._entries: list[Entry] | None = None
+        # -X/-A: xattrs.encode_map of the entries' attributes (None: not read)
+        self.xattrs: bytes | None = None
+        self._xmap: dict[str, XattrSet] | None = None
 
     @property
     def prefix(self) -> str:
@@ -93,6 +106,14 @@ class DirUnit:
         """Does it hold a regular file with more than one link (``-H``)?  False
         when the unit carries no ``extras``."""
         return linked(self.raw, self.extras)
+    def xmap(self) -> dict[str, XattrSet] | None:
+        """The entries' attributes by name (only entries that have any; ``SELF``
+        for a root unit's own), decoded once; None when they were not read."""
+        if self.xattrs is None:
+            return None
+        if self._xmap is None:
+            self._xmap = decode_map(self.xattrs)
+        return self._xmap
 
     def __repr__(self) -> str:
         return f"DirUnit({self.path!r}, {self.count} entries{', error' if self.error else ''})"
@@ -144,15 +165,32 @@ def apply_filter(unit: DirUnit, tree: TreeFilter, fd: int, prunes: bool) -> DirU
     return unit
 
 
+def unit_xattrs(fd: int, raw: bytes, root: bool, mode: XattrMode) -> bytes:
+    """``DirUnit.xattrs`` of the directory open as ``fd`` whose listing is ``raw``."""
+    xmap = read_dir(fd, raw, mode)
+    if root:
+        try:
+            own = read_at(fd, "", mode)
+        except OSError:
+            own = ()
+        if own:
+            xmap[SELF] = own
+    return encode_map(xmap)
+
+
 def _scan_unit(fd: int, path: str, excluder: Excluder, owner: bool,
-               tree: TreeFilter | None = None) -> DirUnit:
+               tree: TreeFilter | None = None, xmode: XattrMode | None = None) -> DirUnit:
     try:
         s = scan_dir(fd, owner)
     except OSError as e:
         return DirUnit(path, error=e)
     unit = DirUnit(path, s.raw, s.extras, s.subdirs, s.errors, count=s.count)
     if tree is not None:
-        return apply_filter(unit, tree, fd, excluder.prunes)
+        unit = apply_filter(unit, tree, fd, excluder.prunes)
+        if unit.error is not None:
+            return unit
+    if xmode:
+        unit.xattrs = unit_xattrs(fd, s.raw, path == "", xmode)
     return unit
 
 
@@ -168,9 +206,10 @@ class LocalLister:
     """Lists directories of a local tree when the march asks (in the caller's thread)."""
 
     def __init__(self, root: str, excluder: Excluder, owner: bool,
-                 one_file_system: bool = False) -> None:
+                 one_file_system: bool = False, xmode: XattrMode | None = None) -> None:
         self.excluder, self.owner = excluder, owner
         self.tree = excluder.tree() if excluder else None
+        self.xmode = xmode
         self.root_fd, self.root = _open_root(root)
         self.root_dev = self.root.dev if self.root is not None and one_file_system else None
         self._stack: list[tuple[str, int]] = []  # open directories below the root, outermost first
@@ -179,7 +218,7 @@ class LocalLister:
         if path == "":
             if self.root_fd < 0:
                 return DirUnit("")
-            return _scan_unit(self.root_fd, "", self.excluder, self.owner, self.tree)
+            return _scan_unit(self.root_fd, "", self.excluder, self.owner, self.tree, self.xmode)
         parent, _, name = path.rpartition("/")
         stack = self._stack
         while stack and stack[-1][0] != parent:
@@ -196,7 +235,7 @@ class LocalLister:
             other = other_device(fd, path, self.root_dev)
             if other is not None:
                 return other
-        return _scan_unit(fd, path, self.excluder, self.owner, self.tree)
+        return _scan_unit(fd, path, self.excluder, self.owner, self.tree, self.xmode)
 
     def skip(self, path: str) -> None:
         pass
@@ -224,8 +263,9 @@ class ThreadLister:
     """
 
     def __init__(self, root: str, excluder: Excluder, owner: bool, ahead: int = 256,
-                 one_file_system: bool = False) -> None:
+                 one_file_system: bool = False, xmode: XattrMode | None = None) -> None:
         self.excluder, self.owner = excluder, owner
+        self.xmode = xmode
         self.root_fd, self.root = _open_root(root)
         self.root_dev = self.root.dev if self.root is not None and one_file_system else None
         self._q: deque[DirUnit] = deque()
@@ -261,9 +301,9 @@ class ThreadLister:
         self._put(_END)
 
     def _walk(self) -> None:
-        ex, owner = self.excluder, self.owner
+        ex, owner, xmode = self.excluder, self.owner, self.xmode
         tree = ex.tree() if ex else None
-        unit = _scan_unit(self.root_fd, "", ex, owner, tree)
+        unit = _scan_unit(self.root_fd, "", ex, owner, tree, xmode)
         if not self._put(unit):
             return
         # (path, fd, remaining subdirectory names reversed); the root's fd is ours to keep
@@ -291,7 +331,7 @@ class ThreadLister:
                     if not self._put(other):
                         return
                     continue
-                unit = _scan_unit(sfd, sub, ex, owner, tree)
+                unit = _scan_unit(sfd, sub, ex, owner, tree, xmode)
                 if not self._put(unit):
                     os.close(sfd)
                     return

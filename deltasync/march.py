@@ -42,10 +42,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from .compare import Child, CompareOptions, HashFunc, Linked, Walk, dir_meta, plan_dir
+from .compare import Child, CompareOptions, HashFunc, Linked, Walk, XattrSet, XMap, dir_meta, plan_dir
 from .fsutil import is_reserved_name
 from .guards import Protect
-from .listing import OTHER_DEVICE, DirUnit, Lister
+from .listing import OTHER_DEVICE, SELF, DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason, Stats
 from .scan import totals
 from .sides import SideFilter as Excluder
@@ -58,10 +58,12 @@ ReadError = Callable[[str, OSError], None]
 
 class _Frame:
     __slots__ = ("how", "path", "src", "dst", "touched", "items", "after", "parent",
-                 "unit", "listed")
+                 "unit", "listed", "sx", "dx")
 
     def __init__(self, how: Walk, path: str, src: Entry | None, dst: Entry | None,
-                 parent: DirUnit | None, after: Action | None = None) -> None:
+                 parent: DirUnit | None, after: Action | None = None,
+                 sx: XattrSet | None = None, dx: XattrSet | None = None) -> None:
+        self.sx, self.dx = sx, dx  # -X/-A: the directory's own attributes on both sides
         self.how = how
         self.path = path
         self.src = src  # None: not looked up yet (a directory passed by the fast path)
@@ -173,7 +175,8 @@ class March:
             if how is Walk.KEEP:
                 self.dst.skip(child.path)
                 continue
-            sub = _Frame(how, child.path, child.src, child.dst, f.unit, child.after)
+            sub = _Frame(how, child.path, child.src, child.dst, f.unit, child.after,
+                         child.sx, child.dx)
             if how is Walk.NEW:
                 yield Action(Op.MKDIR, child.path, child.src, child.dst,
                              Reason.TYPE if child.dst is not None else Reason.NEW)
@@ -209,9 +212,12 @@ class March:
             self.on_read_error(path or ".", du.error)
             du = DirUnit(path)  # its contents are unknown: nothing will be removed
         stats = self.stats
+        if path == "" and su.xattrs is not None:  # the root's own attributes
+            f.sx = (su.xmap() or {}).get(SELF, ())
+            f.dx = ((du.xmap() if du is not None else None) or {}).get(SELF, ())
         if (self.fast and du is not None and su.raw == du.raw and not su.errors
                 and not du.errors and not _hidden(su, self.src_ex)
-                and not _hidden(du, self.dst_ex)
+                and not _hidden(du, self.dst_ex) and su.xattrs == du.xattrs
                 # -H: a file with several links is decided against its group
                 and (self.links is None or not (su.has_links() or du.has_links()))):
             files, nbytes = totals(su.raw)
@@ -249,8 +255,12 @@ class March:
             if e.kind is Kind.FILE:
                 stats.source_files += 1
                 stats.source_bytes += e.size
+        sx = dx = None
+        if su.xattrs is not None:
+            sx = _by_path(su)
+            dx = _by_path(du) if du is not None else {}
         plan = plan_dir(s_ents, d_ents, self.opts, unknown or None, self.src_hash,
-                        self.dst_hash, self.links is not None)
+                        self.dst_hash, self.links is not None, sx, dx)
         stats.unchanged += plan.unchanged
         f.touched = plan.touched
         removals, items = plan.removals, plan.items
@@ -271,7 +281,7 @@ class March:
         if item.dst is None:
             assert item.planned is not None
             return self.links.new_file(item.src, item.planned)
-        a = self.links.both(item.src, item.dst, item.planned)
+        a = self.links.both(item.src, item.dst, item.planned, item.xattrs)
         if a is None:
             self.stats.unchanged += 1
         elif a.op is not Op.META:
@@ -326,11 +336,20 @@ class March:
             if not f.touched:
                 return
             src = f.dst = _lookup(f)
-        a = dir_meta(src, f.dst, how is Walk.NEW, f.touched, self.opts)
+        a = dir_meta(src, f.dst, how is Walk.NEW, f.touched, self.opts, f.sx, f.dx)
         if a is not None:
             if a.reason is Reason.META and f.path != "":
                 self.stats.unchanged -= 1  # it was counted with its parent's entries
             yield a
+
+
+def _by_path(unit: DirUnit) -> XMap:
+    """A unit's attributes keyed by the entries' paths (-X/-A; empty if not read)."""
+    m = unit.xmap()
+    if not m:
+        return {}
+    prefix = unit.prefix
+    return {prefix + k: v for k, v in m.items() if k != SELF}
 
 
 def _lookup(f: _Frame) -> Entry:

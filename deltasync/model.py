@@ -104,6 +104,9 @@ class Action(NamedTuple):
     src: Entry | None = None  # the source entry, when there is one
     dst: Entry | None = None  # the replica entry being replaced/removed
     reason: Reason = Reason.NEW
+    # -X/-A: the attributes the entry must have afterwards (xattrs.XattrSet:
+    # (name, value) pairs); None: the pass does not copy them.
+    xattrs: tuple[tuple[bytes, bytes], ...] | None = None
 
 
 class Result(NamedTuple):

@@ -29,6 +29,11 @@ Guarantees of ``LocalReplica``:
 * a read-only directory this user owns is made writable for the moment an
   entry is created in it or removed from it, and its mode put back
   (``fsutil.Writable``), like rsync;
+* with ``-X``/``-A`` (``xattrs``), an entry's extended attributes and ACLs
+  are made exactly the source's (``xattrs.apply``) after its mode and before
+  its rename, through its descriptor (a symlink's through its directory's);
+  a namespace the file system refuses is counted for one warning of the
+  pass (``take_xattrs_unset``), not an error of the entry;
 * a directory standing where a file or symlink is installed, which the
   listing did not show (a directory-only exclude such as ``tdir/`` hides it
   while the source has a file of that name), is removed with everything below
@@ -60,6 +65,7 @@ from .errors import (
     OwnerNotSet,
     ReplicaLocked,
     SourceChanged,
+    XattrsNotSet,
 )
 from .fsutil import (
     DirFds,
@@ -73,6 +79,8 @@ from .fsutil import (
 from .listing import Lister, ThreadLister
 from .model import Backup, Entry, Kind, quote_path, special_rdev, special_type
 from .sides import SideFilter as Excluder
+from .xattrs import XattrMode, XattrSet, proc_path
+from .xattrs import apply as apply_xattrs
 
 if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is needed
     from .delta import Signature
@@ -131,14 +139,18 @@ class Replica(Protocol):
         """Signature of the replica's version of ``path`` (the basis of a delta)."""
         ...
 
-    def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
+    # ``xattrs`` (-X/-A): the attributes the entry ends with; the engine passes
+    # it only when the pass copies them, so a replica without -X/-A support
+    # needs no such parameter.
+    def write_file(self, path: str, src: SourceFile, new: bool = False,
+                   xattrs: XattrSet | None = None) -> int:
         """Install ``path`` from ``src`` (``new``: no file was listed there)."""
         ...
 
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
-                    block_size: int) -> int: ...
+                    block_size: int, xattrs: XattrSet | None = None) -> int: ...
     def mkdir(self, path: str, entry: Entry) -> None: ...
-    def symlink(self, path: str, entry: Entry) -> None: ...
+    def symlink(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None: ...
 
     def mknod(self, path: str, entry: Entry) -> None:
         """Make special file ``path`` as ``entry`` says (``-D``: its type and
@@ -147,7 +159,7 @@ class Replica(Protocol):
         raise DeltaSyncError("this replica cannot make special files")
 
     def delete(self, path: str, kind: Kind) -> None: ...
-    def set_meta(self, path: str, entry: Entry) -> None: ...
+    def set_meta(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None: ...
 
     def link(self, path: str, target: str) -> None:
         """``-H``: make ``path`` a hard link to the replica's regular file
@@ -156,6 +168,11 @@ class Replica(Protocol):
 
     def take_owner_unset(self) -> OwnerNotSet | None:
         """The entries whose owner could not be set since the last call (None: none)."""
+        return None
+
+    def take_xattrs_unset(self) -> XattrsNotSet | None:
+        """The entries some of whose attributes (-X/-A) the file system refused
+        since the last call (None: none)."""
         return None
 
     def backup_prefix(self) -> str | None:
@@ -308,8 +325,10 @@ class LocalReplica(Replica):
 
     def __init__(self, root: str, *, fsync: bool = False, owner: bool | None = None,
                  on_temp_removed: Callable[[str], None] | None = None,
-                 backup: Backup | None = None) -> None:
+                 backup: Backup | None = None, xattrs: XattrMode | None = None) -> None:
         self.root = root
+        self.xmode = xattrs if xattrs else None  # -X/-A: what is read and set
+        self._xattrs_unset: XattrsNotSet | None = None
         self.backup = backup
         self._backups: Backups | None = None
         self.fsync = fsync
@@ -431,7 +450,7 @@ class LocalReplica(Replica):
         """Walked in a thread ahead of the march (``listing.ThreadLister``): the
         scanner releases the GIL, so both trees are listed at once."""
         self.excluder = excluder  # what stays when a directory must make way
-        return ThreadLister(self.root, excluder, owner)
+        return ThreadLister(self.root, excluder, owner, xmode=self.xmode)
 
     def remove_temps(self, temps: list[str]) -> None:
         """Remove leftover temp files, only while this replica holds its lock:
@@ -475,16 +494,17 @@ class LocalReplica(Replica):
 
     # -- writing --------------------------------------------------------
     def _install(self, path: str, entry: Entry, fill: Callable[[int, int], int],
-                 src: SourceCheck | None) -> int:
+                 src: SourceCheck | None, xattrs: XattrSet | None = None) -> int:
         """Create a temp file, let ``fill`` write it, set metadata, rename into place."""
         d, name = self.dirs.parent_of(path)
         with Writable(d) as w:
-            written = self._install_in(w, d, name, path, entry, fill, src)
+            written = self._install_in(w, d, name, path, entry, fill, src, xattrs)
         self._fsync_dir(d)
         return written
 
     def _install_in(self, w: Writable, d: int, name: str, path: str, entry: Entry,
-                    fill: Callable[[int, int], int], src: SourceCheck | None) -> int:
+                    fill: Callable[[int, int], int], src: SourceCheck | None,
+                    xattrs: XattrSet | None = None) -> int:
         tmp = temp_name()
         fd = w(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                0o600, dir_fd=d)
@@ -501,7 +521,7 @@ class LocalReplica(Replica):
                     raise
                 if full and written != entry.size:
                     os.ftruncate(fd, written)  # preallocate set the size it expected
-                unset = self._meta_fd(fd, entry)
+                unset = self._meta_fd(fd, entry, xattrs, path)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -551,15 +571,16 @@ class LocalReplica(Replica):
         unset, self._owner_unset = self._owner_unset, None
         return unset
 
-    def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
+    def write_file(self, path: str, src: SourceFile, new: bool = False,
+                   xattrs: XattrSet | None = None) -> int:
         sfd = src.fileno()
         if sfd >= 0:
             return self._install(path, src.entry, lambda fd, d: copy_fd(sfd, fd, src.entry.size),
-                                 src)
-        return self._install(path, src.entry, lambda fd, d: _copy_stream(src, fd), src)
+                                 src, xattrs)
+        return self._install(path, src.entry, lambda fd, d: _copy_stream(src, fd), src, xattrs)
 
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
-                    block_size: int) -> int:
+                    block_size: int, xattrs: XattrSet | None = None) -> int:
         from .delta import apply_delta
 
         def fill(fd: int, d: int) -> int:
@@ -567,7 +588,7 @@ class LocalReplica(Replica):
             with os.fdopen(basis_fd, "rb") as basis:
                 return apply_delta(basis, ops, _FdWriter(fd), block_size)  # type: ignore[arg-type]
 
-        return self._install(path, src.entry, fill, src)
+        return self._install(path, src.entry, fill, src, xattrs)
 
     def mkdir(self, path: str, entry: Entry) -> None:
         d, name = self.dirs.parent_of(path)
@@ -589,14 +610,14 @@ class LocalReplica(Replica):
                 # contents (set_meta), tries again and counts it once.
         self._fsync_dir(d)
 
-    def symlink(self, path: str, entry: Entry) -> None:
+    def symlink(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None:
         d, name = self.dirs.parent_of(path)
         assert entry.target is not None
         tmp = temp_name()
         with Writable(d) as w:
             w(os.symlink, entry.target, tmp, dir_fd=d)
             try:
-                unset = self._link_meta(d, tmp, entry)
+                unset = self._link_meta(d, tmp, entry, xattrs, path)
                 self._put_in_place(w, d, tmp, name, path)
             except BaseException:
                 _discard(d, tmp)
@@ -693,26 +714,43 @@ class LocalReplica(Replica):
         except FileNotFoundError:
             pass  # already gone (removed under us): what a delete wants
 
-    def set_meta(self, path: str, entry: Entry) -> None:
+    def set_meta(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None:
         if entry.kind is Kind.SYMLINK:
             d, name = self.dirs.parent_of(path)
-            unset = self._link_meta(d, name, entry)
+            unset = self._link_meta(d, name, entry, xattrs, path)
         elif entry.kind is Kind.SPECIAL:
             d, name = self.dirs.parent_of(path)
             unset = self._special_meta(d, name, entry)
         elif path == "":
-            unset = self._meta_fd(self.dirs.root_fd, entry)
+            unset = self._meta_fd(self.dirs.root_fd, entry, xattrs, path)
         else:
             flags = os.O_RDONLY | (os.O_DIRECTORY if entry.kind is Kind.DIR else 0)
             fd = open_nofollow(self.dirs, path, flags)
             try:
-                unset = self._meta_fd(fd, entry)
+                unset = self._meta_fd(fd, entry, xattrs, path)
             finally:
                 os.close(fd)
         self._owner_failed(path, unset)
 
-    def _meta_fd(self, fd: int, entry: Entry) -> str | None:
-        """Set owner, mode and mtime; returns why the owner could not be set (None: it was)."""
+    def _set_xattrs(self, target: int | str, xattrs: XattrSet | None, path: str) -> None:
+        """-X/-A: make the entry's attributes ``xattrs`` (None: leave them); a
+        refused namespace is counted (``take_xattrs_unset``)."""
+        if xattrs is None or self.xmode is None:
+            return
+        why = apply_xattrs(target, xattrs, self.xmode)
+        if why is not None:
+            if self._xattrs_unset is None:
+                self._xattrs_unset = XattrsNotSet(why, path, 0)
+            self._xattrs_unset.add(path)
+
+    def take_xattrs_unset(self) -> XattrsNotSet | None:
+        unset, self._xattrs_unset = self._xattrs_unset, None
+        return unset
+
+    def _meta_fd(self, fd: int, entry: Entry, xattrs: XattrSet | None = None,
+                 path: str = "") -> str | None:
+        """Set owner, mode, attributes (-X/-A: after the mode, which rewrites an
+        ACL's mask) and mtime; returns why the owner could not be set (None: it was)."""
         mode, unset = entry.mode, None
         if self.owner:
             try:
@@ -726,10 +764,12 @@ class LocalReplica(Replica):
                     # our identity, not the source owner's (chown clears them too).
                     mode &= ~0o6000
         os.fchmod(fd, mode)  # after chown, which may clear setuid bits
+        self._set_xattrs(fd, xattrs, path)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         return unset
 
-    def _link_meta(self, d: int, name: str, entry: Entry) -> str | None:
+    def _link_meta(self, d: int, name: str, entry: Entry, xattrs: XattrSet | None = None,
+                   path: str = "") -> str | None:
         unset = None
         if self.owner:
             try:
@@ -738,6 +778,7 @@ class LocalReplica(Replica):
                 if e.errno not in OWNER_ERRNOS:
                     raise
                 unset = e.strerror or str(e)
+        self._set_xattrs(proc_path(d, name), xattrs, path)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d, follow_symlinks=False)
         return unset
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from . import __version__
-from .engine import DeltaMode, Engine, Reporter, SyncOptions
+from .engine import DeltaMode, Engine, Reporter, SyncOptions, xattr_mode
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
 from .model import Action, Backup, Op, Result, Stats
@@ -222,6 +222,8 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         devices=args.devices or args.devices_specials,
         specials=args.specials or args.devices_specials,
         numeric_ids=args.numeric_ids,
+        xattrs=args.xattrs,
+        acls=args.acls,
     )
 
 
@@ -280,7 +282,7 @@ class _Pass:
             if not self.opts.dry_run:
                 os.makedirs(self.replica, exist_ok=True)
             replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner,
-                                   backup=self.opts.backup)
+                                   backup=self.opts.backup, xattrs=xattr_mode(self.opts))
             engine = Engine(self.source, replica, self.opts, reporter, self.stop)
             reporter.count_source(self.source, engine.excluder)
         try:

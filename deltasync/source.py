@@ -28,6 +28,7 @@ from .fsutil import DirFds, open_nofollow
 from .listing import Lister, ThreadLister, stat_entry
 from .model import Entry, Kind
 from .sides import SideFilter as Excluder
+from .xattrs import XattrMode
 
 if TYPE_CHECKING:
     from .delta import Signature
@@ -156,8 +157,9 @@ class LocalSource(Source):
     """A source directory on this machine."""
 
     def __init__(self, root: str, threaded: bool = False, ahead: int = 256,
-                 one_file_system: bool = False) -> None:
+                 one_file_system: bool = False, xattrs: XattrMode | None = None) -> None:
         self.root = os.fspath(root)
+        self.xmode = xattrs if xattrs else None  # -X/-A: the listing reads them
         self.one_file_system = one_file_system  # -x: mount points are listed empty
         self.threaded = threaded  # walked by a thread ahead of the march (``ahead`` units)
         self.ahead = ahead
@@ -173,8 +175,9 @@ class LocalSource(Source):
         from .listing import LocalLister
 
         x = self.one_file_system
-        lister: Lister = (ThreadLister(self.root, excluder, owner, self.ahead, x) if self.threaded
-                          else LocalLister(self.root, excluder, owner, x))
+        xm = self.xmode
+        lister: Lister = (ThreadLister(self.root, excluder, owner, self.ahead, x, xm)
+                          if self.threaded else LocalLister(self.root, excluder, owner, x, xm))
         if lister.root is None:  # moved away since the pass was set up
             lister.close()
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.root)

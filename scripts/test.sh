@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # System tools the tests use: openssh (a real loopback sshd for the remote
-# tests), setpriv (dropping to nobody), rsync/rdiff/GNU time (bench smoke run).
+# tests), setpriv (dropping to nobody), rsync/rdiff/GNU time (bench smoke run),
+# setfacl/getfacl/getfattr (the -A/-X tests).
 need=()
 command -v rsync >/dev/null || need+=(rsync)
 command -v rdiff >/dev/null || need+=(rdiff)
@@ -12,6 +13,8 @@ command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v setpriv >/dev/null || need+=(util-linux)
 [ -x /usr/bin/time ] || need+=(time)
+command -v setfacl >/dev/null || need+=(acl)
+command -v getfattr >/dev/null || need+=(attr)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         export DEBIAN_FRONTEND=noninteractive

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from deltasync import Engine, LocalReplica, Reporter, SyncOptions
+from deltasync.engine import xattr_mode
 from deltasync.fsutil import is_temp_name
 from deltasync.model import Action, Result, Stats
 from deltasync.render import describe
@@ -71,7 +72,7 @@ def do_sync(src: Any, dst: Any, reporter: Reporter | None = None, **opts: Any) -
     if not options.dry_run:
         os.makedirs(dst, exist_ok=True)
     replica = LocalReplica(os.fspath(dst), fsync=options.fsync, owner=options.owner,
-                           backup=options.backup)
+                           backup=options.backup, xattrs=xattr_mode(options))
     try:
         stats, code = Engine(os.fspath(src), replica, options, rep).run_pass()
     finally:

@@ -17,6 +17,7 @@ from typing import Any
 from conftest import PassResult, RecordingReporter
 
 from deltasync import Engine, LocalReplica, SyncOptions
+from deltasync.engine import xattr_mode
 from deltasync.remote.client import Connection
 from deltasync.remote.pull import RemoteSource
 from deltasync.remote.push import RemoteReplica
@@ -56,15 +57,20 @@ def push(rsh: str, src: Path, dst: Path, *, compress: bool = False,
                       timeout=options.timeout, backup=options.backup,
                       hard_links=options.hard_links,
                       specials=options.devices or options.specials,
-                      names=not options.numeric_ids)
+                      names=not options.numeric_ids, xattrs=_xattrs(options))
     r = RemoteReplica(conn, checksum=options.checksum)
-    source = LocalSource(os.fspath(src), one_file_system=options.one_file_system)
+    source = LocalSource(os.fspath(src), one_file_system=options.one_file_system,
+                         xattrs=xattr_mode(options))
     try:
         stats, code = Engine(source, r, options, rep).run_pass()
     finally:
         source.close()
         r.close()
     return PassResult(stats, code, rep)
+
+
+def _xattrs(options: SyncOptions) -> tuple[bool, bool] | None:
+    return (options.xattrs, options.acls) if options.xattrs or options.acls else None
 
 
 def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
@@ -80,8 +86,10 @@ def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
                       timeout=options.timeout, one_file_system=options.one_file_system,
                       hard_links=options.hard_links,
                       specials=options.devices or options.specials,
-                      names=options.owner and not options.numeric_ids)
-    local = LocalReplica(os.fspath(dst), owner=options.owner, backup=options.backup)
+                      names=options.owner and not options.numeric_ids,
+                      xattrs=_xattrs(options))
+    local = LocalReplica(os.fspath(dst), owner=options.owner, backup=options.backup,
+                         xattrs=xattr_mode(options))
     try:
         stats, code = Engine(RemoteSource(conn), local, options, rep).run_pass()
     finally:

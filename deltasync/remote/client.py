@@ -70,8 +70,9 @@ class Connection:
                  transport: Transport | None = None, timeout: float | None = None,
                  backup: Backup | None = None, one_file_system: bool = False,
                  hard_links: bool = False, specials: bool = False,
-                 names: bool = False) -> None:
+                 names: bool = False, xattrs: tuple[bool, bool] | None = None) -> None:
         self.spec = spec
+        self.xattrs = xattrs  # -X/-A: (xattrs, acls) the far side reads (and sets)
         if transport is None:
             transport = Transport(transport_argv(spec, rsh, remote_command))
         transport.set_on_stderr(on_stderr)
@@ -199,7 +200,8 @@ class Connection:
         for name, wanted in (("backup", self.backup is not None),
                              ("one_file_system", self.one_file_system),
                              ("hard_links", self.hard_links),
-                             ("specials", self.specials)):
+                             ("specials", self.specials),
+                             ("xattrs", self.xattrs is not None)):
             if wanted and name not in have:
                 raise ProtocolError(f"the remote deltasync {info.get('software', '?')} does not "
                                     f"support --{name.replace('_', '-')}")
@@ -255,6 +257,8 @@ class Connection:
             body["one_file_system"] = True
         if self.hard_links:
             body["hard_links"] = True
+        if self.xattrs is not None:
+            body["xattrs"] = {"xattrs": self.xattrs[0], "acls": self.xattrs[1]}
         self.out.send(SCAN, dump_json(body))
 
     def _lost(self, e: ProtocolError) -> ProtocolError:

@@ -11,6 +11,10 @@ Entry (39 bytes + path + target + optional digest)::
     path_len u32 | kind u8 | size u64 | mtime_ns i64 | mode u32 | uid u32 | gid u32
     | target_len u32 (0xFFFFFFFF: no target) | flags u8 (bit 0: digest follows)
     | path[path_len] | target[target_len] | digest[32]
+
+A request that carries an entry (``encode_op``) may end with the entry's
+extended attributes (-X/-A: ``xattrs.encode_set``); without them the
+request ends with the entry.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from ..errors import (
     UnsafePathError,
 )
 from ..model import Entry, Kind
+from ..xattrs import XattrSet, decode_set, encode_set
 
 KINDS = (Kind.FILE, Kind.DIR, Kind.SYMLINK, Kind.SPECIAL)
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 NO_TARGET = 0xFFFFFFFF
 DIGEST_LEN = 32
+MAX_OP = (4 << 20) - 64  # a request is one frame (protocol.MAX_FRAME)
 
 _ENTRY = struct.Struct(">IBQqIIIIB")
 _U32 = struct.Struct(">I")
@@ -111,17 +117,37 @@ def expect_done(buf: bytes, pos: int, what: str) -> None:
 # -- requests: id u32, then one entry / kind+path / block size+path ----------
 
 
-def encode_op(op_id: int, e: Entry) -> bytes:
-    return _U32.pack(op_id) + encode_entry(e)
+def encode_op(op_id: int, e: Entry, xattrs: XattrSet | None = None) -> bytes:
+    body = _U32.pack(op_id) + encode_entry(e)
+    if xattrs is None:
+        return body
+    x = encode_set(xattrs)
+    if len(body) + len(x) > MAX_OP:
+        raise OSError(errno_.E2BIG, "extended attributes too large to send")
+    return body + x
 
 
 def decode_op(buf: bytes, what: str) -> tuple[int, Entry]:
+    op_id, e, xs = decode_op_x(buf, what)
+    if xs is not None:
+        raise ProtocolError(f"malformed {what} message: trailing bytes")
+    return op_id, e
+
+
+def decode_op_x(buf: bytes, what: str) -> tuple[int, Entry, XattrSet | None]:
+    """``decode_op`` of a request that may carry extended attributes."""
     if len(buf) < 4:
         raise ProtocolError(f"malformed {what} message: too short")
     (op_id,) = _U32.unpack_from(buf)
     e, digest, pos = decode_entry(buf, 4)
+    if pos == len(buf):
+        return op_id, e, None
+    try:
+        xs, pos = decode_set(buf, pos)
+    except ValueError as exc:
+        raise ProtocolError(f"malformed {what} message: {exc}") from None
     expect_done(buf, pos, what)
-    return op_id, e
+    return op_id, e, xs
 
 
 def encode_path_op(op_id: int, arg: int, path: str) -> bytes:
@@ -190,6 +216,10 @@ def decode_error(buf: bytes) -> BaseException:
         return OSError(code, msg or os.strerror(code))
     if kind == "SourceChanged":
         return SourceChanged(msg)
+    if kind == "XattrsNotSet":  # done, without some of its extended attributes
+        from ..errors import XattrsNotSet
+
+        return XattrsNotSet(msg)
     if kind == "OwnerNotSet":  # the operation was done, without the owner
         from ..replica import OwnerNotSet
 

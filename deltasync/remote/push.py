@@ -18,11 +18,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import DeltaSyncError, OwnerNotSet, ProtocolError, SourceChanged
+from ..errors import DeltaSyncError, OwnerNotSet, ProtocolError, SourceChanged, XattrsNotSet
 from ..listing import Lister
 from ..model import Entry, Kind
 from ..replica import LateFailure, Replica, SourceCheck
 from ..sides import SideFilter as Excluder
+from ..xattrs import XattrSet
 from . import codec
 from .client import Connection
 from .protocol import (
@@ -77,6 +78,7 @@ class RemoteReplica(Replica):
         self._matcher_warm = False
         self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
         self._owner_unset: OwnerNotSet | None = None
+        self._xattrs_unset: XattrsNotSet | None = None
 
     @property
     def owner(self) -> bool:  # type: ignore[override]
@@ -178,8 +180,9 @@ class RemoteReplica(Replica):
         return sig
 
     # -- pipelined writes -------------------------------------------------
-    def write_file(self, path: str, src: SourceFile, new: bool = False) -> int:
-        p = self._send(FILE, lambda i: codec.encode_op(i, src.entry._replace(path=path)),
+    def write_file(self, path: str, src: SourceFile, new: bool = False,
+                   xattrs: XattrSet | None = None) -> int:
+        p = self._send(FILE, lambda i: codec.encode_op(i, src.entry._replace(path=path), xattrs),
                        "create" if new else "update", path)
         w = DataWriter(self.out)
         try:
@@ -199,10 +202,10 @@ class RemoteReplica(Replica):
         return total
 
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
-                    block_size: int) -> int:
+                    block_size: int, xattrs: XattrSet | None = None) -> int:
         from ..delta import write_delta
 
-        p = self._send(DELTA, lambda i: codec.encode_op(i, src.entry._replace(path=path)),
+        p = self._send(DELTA, lambda i: codec.encode_op(i, src.entry._replace(path=path), xattrs),
                        "update", path)
         w = DataWriter(self.out)
         try:
@@ -225,8 +228,8 @@ class RemoteReplica(Replica):
     def mkdir(self, path: str, entry: Entry) -> None:
         self._send(MKDIR, lambda i: codec.encode_op(i, entry._replace(path=path)), "mkdir", path)
 
-    def symlink(self, path: str, entry: Entry) -> None:
-        self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path)),
+    def symlink(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None:
+        self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path), xattrs),
                    "symlink", path)
 
     def link(self, path: str, target: str) -> None:
@@ -243,8 +246,14 @@ class RemoteReplica(Replica):
         self._send(DELETE, lambda i: codec.encode_path_op(i, codec.KIND_CODE[kind], path),
                    "rmdir" if kind is Kind.DIR else "delete", path)
 
-    def set_meta(self, path: str, entry: Entry) -> None:
-        self._send(META, lambda i: codec.encode_op(i, entry._replace(path=path)), "meta", path)
+    def set_meta(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None:
+        self._send(META, lambda i: codec.encode_op(i, entry._replace(path=path), xattrs),
+                   "meta", path)
+
+    def take_xattrs_unset(self) -> XattrsNotSet | None:
+        """Entries the far side installed without some of their attributes (-X/-A)."""
+        unset, self._xattrs_unset = self._xattrs_unset, None
+        return unset
 
     def take_owner_unset(self) -> OwnerNotSet | None:
         """Entries the far side installed without their owner (its results say so, one each)."""
@@ -333,6 +342,11 @@ class RemoteReplica(Replica):
             raise ProtocolError(f"RESULT for operation {op_id} arrived out of order")
         p = self._pending.popleft()
         if err is None or p.ignore:
+            return
+        if isinstance(err, XattrsNotSet):  # done, without some attributes (-X/-A)
+            if self._xattrs_unset is None:
+                self._xattrs_unset = XattrsNotSet(err.why, p.path, 0)
+            self._xattrs_unset.add(p.path)
             return
         if isinstance(err, OwnerNotSet):  # done, but without its owner
             if self._owner_unset is None:

@@ -21,6 +21,7 @@ from blake3 import blake3
 from ..errors import PatchError, ProtocolError
 from ..model import Entry
 from ..replica import LocalReplica, SourceChanged
+from ..xattrs import XattrSet
 from .codec import END_CHANGED, END_FAILED, decode_end
 from .streams import DataReader
 
@@ -60,7 +61,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def receive_whole(replica: LocalReplica, path: str, entry: Entry, reader: DataReader) -> int:
+def receive_whole(replica: LocalReplica, path: str, entry: Entry, reader: DataReader,
+                  xattrs: XattrSet | None = None) -> int:
     """Install ``path`` from a whole-file stream; returns the bytes written."""
     hasher = blake3()
     src = _StreamSource(entry, reader, hasher)
@@ -74,7 +76,7 @@ def receive_whole(replica: LocalReplica, path: str, entry: Entry, reader: DataRe
         return total
 
     try:
-        return replica._install(path, entry, fill, src)
+        return replica._install(path, entry, fill, src, xattrs)
     except ProtocolError:
         raise
     except BaseException:
@@ -83,7 +85,7 @@ def receive_whole(replica: LocalReplica, path: str, entry: Entry, reader: DataRe
 
 
 def receive_delta(replica: LocalReplica, path: str, entry: Entry, reader: DataReader,
-                  literal: list[int] | None = None) -> int:
+                  literal: list[int] | None = None, xattrs: XattrSet | None = None) -> int:
     """Install ``path`` from its old version plus a delta stream.
 
     ``literal[0]``, when given, is increased by the literal bytes of the delta.
@@ -100,7 +102,7 @@ def receive_delta(replica: LocalReplica, path: str, entry: Entry, reader: DataRe
 
     try:
         block_size, ops = read_delta(reader)  # type: ignore[arg-type]
-        return replica.write_delta(path, src, counted(ops), block_size)
+        return replica.write_delta(path, src, counted(ops), block_size, xattrs)
     except ProtocolError:
         raise
     except BaseException:

@@ -53,6 +53,7 @@ from ..model import Backup, Kind
 from ..replica import LocalReplica, LockUnavailable
 from ..rules import from_wire
 from ..source import LocalSource, SourceFile
+from ..xattrs import XattrMode
 from . import codec, compress
 from .protocol import (
     COMPRESS,
@@ -94,7 +95,7 @@ from .units import encode_root, root_entry, split_payload, walk_units
 
 # Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
 # lists them, so a client never relies on a far side that would ignore one.
-FEATURES = ("backup", "one_file_system", "hard_links", "specials")
+FEATURES = ("backup", "one_file_system", "hard_links", "specials", "xattrs")
 
 
 def _names() -> dict[str, Any]:
@@ -293,7 +294,7 @@ class Server:
         if err is None and self.replica is not None:
             # Done, but the owner could not be set (a server that is root in a
             # user namespace): the client counts these for its one warning.
-            err = self.replica.take_owner_unset()
+            err = self.replica.take_owner_unset() or self.replica.take_xattrs_unset()
         self.out.send(RESULT, codec.encode_result(op_id, value, err))
 
     def _data_reader(self, what: str) -> DataReader:
@@ -337,6 +338,9 @@ class Server:
         clean = self.replica is not None and bool(body.get("clean_temps")) and not self.dry_run
         # A replica compares owners only when it can set them (it runs as root).
         owner = bool(body.get("owner")) and (self.replica is None or os.geteuid() == 0)
+        xmode = _xattr_mode(body.get("xattrs"))
+        if self.replica is not None:
+            self.replica.xmode = xmode
         self.out.send(ROOT, encode_root(root_entry(self.root)))
         # ~20,000 strings a second are born here and none is garbage: the
         # cyclic GC would only rescan them (as in Engine.run_pass).
@@ -345,7 +349,7 @@ class Server:
         self._walk = walk_units(self.root, excluder, owner, bool(body.get("checksum")),
                                 self.replica.remove_temps if clean and self.replica else None,
                                 packed, self._saw_big, body.get("one_file_system") is True,
-                                body.get("hard_links") is True)
+                                body.get("hard_links") is True, xmode)
 
     def _send_unit(self) -> None:
         assert self._walk is not None
@@ -402,7 +406,7 @@ class Server:
 
     def _op_file(self, payload: bytes, delta: bool = False) -> None:
         what = "DELTA" if delta else "FILE"
-        op_id, entry = codec.decode_op(payload, what)
+        op_id, entry, xs = codec.decode_op_x(payload, what)
         if entry.kind is not Kind.FILE:
             raise ProtocolError(f"{what} message for a non-file entry")
         assert self.replica is not None
@@ -411,9 +415,9 @@ class Server:
         reader = self._data_reader(what)
         try:
             if delta:
-                n = receive_delta(self.replica, entry.path, entry, reader)
+                n = receive_delta(self.replica, entry.path, entry, reader, xattrs=xs)
             else:
-                n = receive_whole(self.replica, entry.path, entry, reader)
+                n = receive_whole(self.replica, entry.path, entry, reader, xs)
         except ProtocolError:
             raise
         except (OSError, DeltaSyncError) as e:
@@ -433,7 +437,9 @@ class Server:
                 raise ProtocolError("malformed DELETE message: bad kind")
             call = lambda: r.delete(path, codec.KINDS[kind])  # noqa: E731
         else:
-            op_id, entry = codec.decode_op(payload, what)
+            op_id, entry, xs = codec.decode_op_x(payload, what)
+            if xs is not None and what == "MKDIR":
+                raise ProtocolError("malformed MKDIR message: trailing bytes")
             if what == "SYMLINK" and entry.kind not in (Kind.SYMLINK, Kind.SPECIAL):
                 raise ProtocolError("SYMLINK message for a non-symlink entry")
             if what == "MKDIR" and entry.kind is not Kind.DIR:
@@ -444,14 +450,21 @@ class Server:
                     raise ProtocolError("LINK message without a regular file's target")
                 codec_path_check(entry.path)
                 codec_path_check(target)
+                if xs is not None:
+                    raise ProtocolError("malformed LINK message: trailing bytes")
                 call = lambda: r.link(entry.path, target)  # noqa: E731
             else:
                 fn = {"MKDIR": r.mkdir, "SYMLINK": r.symlink, "META": r.set_meta}[what]
                 if what == "SYMLINK" and entry.kind is Kind.SPECIAL:
+                    if xs is not None:
+                        raise ProtocolError("malformed SYMLINK message: trailing bytes")
                     fn = r.mknod  # -D: a special file's entry ("specials" in FEATURES)
                 if what != "META" or entry.path != "":
                     codec_path_check(entry.path)
-                call = lambda: fn(entry.path, entry)  # noqa: E731
+                if xs is None:
+                    call = lambda: fn(entry.path, entry)  # noqa: E731
+                else:
+                    call = lambda: fn(entry.path, entry, xattrs=xs)  # type: ignore[call-arg]  # noqa: E731
         try:
             call()
         except (OSError, DeltaSyncError) as e:
@@ -528,6 +541,18 @@ class Server:
         LINK: lambda self, p: self._simple(p, "LINK"),
     }
     _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
+
+
+def _xattr_mode(body: object) -> XattrMode | None:
+    """SCAN.xattrs (-X/-A): what this side reads and sets; its own root-ness
+    decides the namespaces, as each rsync process does."""
+    if body is None:
+        return None
+    if not isinstance(body, dict) or not all(isinstance(body.get(k, False), bool)
+                                             for k in ("xattrs", "acls")):
+        raise ProtocolError("malformed SCAN message: bad xattrs")
+    mode = XattrMode(body.get("xattrs", False), body.get("acls", False), os.geteuid() == 0)
+    return mode if mode else None
 
 
 class _Sent(DeltaSyncError):

@@ -15,7 +15,7 @@ import os
 import threading
 from typing import Any
 
-from ..engine import Engine, Reporter, SyncOptions
+from ..engine import Engine, Reporter, SyncOptions, xattr_mode
 from ..replica import LocalReplica
 from ..source import LocalSource
 from .client import Connection
@@ -68,19 +68,21 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         compress=request(args.compress, args.compress_choice, args.compress_level),
         bwlimit=args.bwlimit, dry_run=opts.dry_run, fsync=opts.fsync, on_stderr=on_stderr,
         transport=early, timeout=opts.timeout, hard_links=opts.hard_links)
+    # -X/-A: the far side reads (and sets) them too
+    xattrs = (opts.xattrs, opts.acls) if opts.xattrs or opts.acls else None
     if dst_spec is not None:
         # The SCAN goes out with the connection, so the far side walks its
         # tree while we walk ours.  Owners count if the far side can set them.
         conn = Connection(dst_spec, "replica", owner=True, lock_wait=opts.lock_wait,
                           scan=(_rules(opts), not opts.dry_run, opts.checksum, True),
                           backup=opts.backup, specials=opts.devices or opts.specials,
-                          names=not opts.numeric_ids, **common)
+                          names=not opts.numeric_ids, xattrs=xattrs, **common)
         r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
         # The local tree is walked by a thread, up to 4,096 directories ahead
         # (a few MiB), while ssh connects and the far side starts.
         return Engine(LocalSource(source, threaded=True, ahead=4096,
-                                  one_file_system=opts.one_file_system), r, opts, reporter,
-                      stop), r
+                                  one_file_system=opts.one_file_system,
+                                  xattrs=xattr_mode(opts)), r, opts, reporter, stop), r
     assert src_spec is not None
     if not opts.dry_run:
         os.makedirs(replica, exist_ok=True)
@@ -88,8 +90,9 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
                       scan=(_rules(opts), False, opts.checksum, opts.owner),
                       one_file_system=opts.one_file_system,
                       specials=opts.devices or opts.specials,
-                      names=opts.owner and not opts.numeric_ids, **common)
-    local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner, backup=opts.backup)
+                      names=opts.owner and not opts.numeric_ids, xattrs=xattrs, **common)
+    local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner, backup=opts.backup,
+                         xattrs=xattr_mode(opts))
     return Engine(RemoteSource(conn), local, opts, reporter, stop), _PullClose(conn, local)
 
 

@@ -30,11 +30,12 @@ import zlib
 from collections.abc import Callable, Generator
 
 from ..errors import DeltaSyncError, ProtocolError
-from ..listing import DIR_OPEN, DirUnit, other_device, stat_entry
+from ..listing import DIR_OPEN, DirUnit, other_device, stat_entry, unit_xattrs
 from ..model import Entry, Kind
 from ..scan import EXTRA_LEN, decode, encode, encode_extras, scan_dir
 from ..sides import SideFilter as Excluder
 from ..sides import unit_hidden
+from ..xattrs import XattrMode, XattrSet
 from . import codec
 from .protocol import MAX_FRAME
 
@@ -47,6 +48,7 @@ _ERR = struct.Struct(">iH")
 _COUNTS = struct.Struct(">II")
 _NAME_ERR = struct.Struct(">Hi")
 _DIGEST = struct.Struct(">I32s")
+NO_HIDDEN = 0xFFFFFFFF  # the hidden-names count of an unfiltered unit with an xattr map
 
 
 # -- the unit payload -----------------------------------------------------------
@@ -112,11 +114,18 @@ def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
             parts.append(_DIGEST.pack(idx, d))
         if ex is not None:
             parts += [_U32.pack(len(ex)), ex]
+        # The optional trailing sections, in this order, each detectable: the
+        # -H extras (status 2), the names the rules exclude, the -X/-A map.  A
+        # map without hidden names sends NO_HIDDEN in place of their count.
         if unit.hidden is not None:  # protocol 3: the names this side's rules exclude
             parts.append(_U32.pack(len(unit.hidden)))
             for n in sorted(unit.hidden):
                 nb = os.fsencode(n)
                 parts += [struct.pack(">H", len(nb)), nb]
+        elif unit.xattrs is not None:
+            parts.append(_U32.pack(NO_HIDDEN))
+        if unit.xattrs is not None:  # -X/-A: optional, at the end
+            parts += [_U32.pack(len(unit.xattrs)), unit.xattrs]
     body = b"".join(parts)
     if isinstance(packed, Packer):
         return b"\x02" + packed.pack(body)
@@ -153,6 +162,11 @@ class PeerUnit(DirUnit):
             return super().has_links()
         except ValueError as exc:
             raise ProtocolError(f"malformed UNIT message: bad listing record ({exc})") from None
+    def xmap(self) -> dict[str, XattrSet] | None:
+        try:
+            return super().xmap()
+        except ValueError as exc:
+            raise ProtocolError(f"malformed UNIT message: bad attributes ({exc})") from None
 
 
 class _Cursor:
@@ -239,20 +253,28 @@ def decode_unit(payload: bytes, unpacker: Unpacker | None = None
     hidden: frozenset[str] | None = None
     if c.pos != len(body):
         (nhid,) = c.unpack(_U32)
-        if nhid > count:
+        if nhid == NO_HIDDEN:  # not filtered, but an attribute map follows
+            pass
+        elif nhid > count:
             raise ProtocolError("malformed UNIT message: more hidden names than entries")
-        names = []
-        for _ in range(nhid):
-            (nl,) = struct.unpack(">H", c.take(2))
-            name = os.fsdecode(c.take(nl))
-            if not name or "/" in name or name in (".", "..") or "\0" in name:
-                raise ProtocolError("malformed UNIT message: bad hidden name")
-            names.append(name)
-        hidden = frozenset(names)
+        else:
+            names = []
+            for _ in range(nhid):
+                (nl,) = struct.unpack(">H", c.take(2))
+                name = os.fsdecode(c.take(nl))
+                if not name or "/" in name or name in (".", "..") or "\0" in name:
+                    raise ProtocolError("malformed UNIT message: bad hidden name")
+                names.append(name)
+            hidden = frozenset(names)
+    xattrs = None
+    if c.pos != len(body):  # -X/-A: the attributes of the entries
+        (xlen,) = c.unpack(_U32)
+        xattrs = c.take(xlen)
     if c.pos != len(body):
         raise ProtocolError("malformed UNIT message: trailing bytes")
     unit = PeerUnit(path, raw, extras, subdirs, errors, count=count)
     unit.hidden = hidden
+    unit.xattrs = xattrs
     if digests:
         unit.entries()  # checked now: the digests name entries by position
     for idx, _ in digests:
@@ -282,8 +304,8 @@ BIG = 1 << 20  # a directory holding this much file data may see a delta
 def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                on_temps: Callable[[list[str]], None] | None, packed: bool,
                on_big: Callable[[], None] | None = None,
-               one_file_system: bool = False, extras: bool = False
-               ) -> Generator[bytes, None, None]:
+               one_file_system: bool = False, extras: bool = False,
+               xmode: XattrMode | None = None) -> Generator[bytes, None, None]:
     """The encoded units of the tree at ``root``, in walk order, one per ``next``.
 
     Temp files (``on_temps`` given: a replica whose leftovers are removed) are
@@ -291,7 +313,8 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
     blake3 of every regular file; ``on_big`` is called (once) when a directory
     holds ``BIG`` bytes of files or more; ``one_file_system`` (``-x``): a
     directory on another device than the root is sent as ``listing.other_device``;
-    ``extras`` (``-H``): each unit carries its entries' ``(ino, dev, nlink)``.
+    ``extras`` (``-H``): each unit carries its entries' ``(ino, dev, nlink)``;
+    ``xmode`` (-X/-A): each unit carries its entries' attributes.
     """
     pk: bool | Packer = Packer() if packed else False
     tree = excluder.tree() if excluder else None
@@ -362,6 +385,8 @@ def walk_units(root: str, excluder: Excluder, owner: bool, checksum: bool,
                     os.close(ffd)
         unit = DirUnit(path, raw, ex, subdirs, s.errors, count=count)
         unit.hidden = hidden
+        if xmode:
+            unit.xattrs = unit_xattrs(fd, raw, path == "", xmode)
         return encode_unit(unit, digests, pk, extras), subdirs
 
     stack: list[tuple[str, int, list[str]]] = []
