@@ -435,3 +435,88 @@ def test_without_proc_it_is_one_error_line_and_exit_4(run_cli, monkeypatch: pyte
         "deltasync: error: -X/-A need /proc mounted (attributes are reached through "
         "/proc/self/fd)"]
     assert not (tmp_path / "r" / "f").exists()
+
+
+# -- -X/-A with -H and filter rules (the merged integration branch) --------------
+
+def rsync_left_h(src: Path, dst: Path, *extra: str) -> str:
+    """What rsync -aHAXc would still do."""
+    return sh("rsync", "-aHAXc", "-n", "-i", "--delete", *extra, f"{src}/", f"{dst}/")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_with_hard_links_and_filter_rules(mode: str, tmp_path: Path, src: Path,
+                                          dst: Path) -> None:
+    rich_tree(src)
+    os.link(src / "f", src / "d" / "f2")  # one inode, its attributes and ACL shared
+    os.link(src / "d" / "h", src / "d" / "e" / "h2")
+    (src / "d" / "skip.tmp").write_bytes(b"x")
+    setx(src / "d" / "skip.tmp", "user.s", "1")
+    build_tree(dst, {"d": {"keep.tmp": b"y"}})  # excluded: kept, never deleted
+    opts: dict[str, Any] = {**XA, "hard_links": True, "excludes": ("*.tmp",)}
+    r = sync(mode, tmp_path, src, dst, **opts)
+    assert r.code == 0, r.rep.failed_
+    assert rsync_left_h(src, dst, "--exclude=*.tmp") == ""
+    assert (dst / "d" / "f2").stat().st_ino == (dst / "f").stat().st_ino
+    assert (dst / "d" / "keep.tmp").exists() and not (dst / "d" / "skip.tmp").exists()
+    # A link broken in the source, its new copy with attributes of its own;
+    # an attribute changed on a linked file alone.
+    os.unlink(src / "d" / "e" / "h2")
+    (src / "d" / "e" / "h2").write_bytes(b"three")
+    setx(src / "d" / "e" / "h2", "user.own", "copy")
+    setx(src / "f", "user.color", "green")
+    r = sync(mode, tmp_path, src, dst, **opts)
+    assert r.code == 0, r.rep.failed_
+    assert rsync_left_h(src, dst, "--exclude=*.tmp") == ""
+    assert (dst / "d" / "e" / "h2").stat().st_ino != (dst / "d" / "h").stat().st_ino
+    assert os.getxattr(dst / "d" / "e" / "h2", "user.own") == b"copy"
+    again = sync(mode, tmp_path, src, dst, **opts)
+    assert again.code == 0 and again.writes == 0, again.rep.done_
+
+
+_names = st.lists(entry_names, max_size=4, unique=True)
+
+
+@given(_names, st.none() | st.integers(0, 4), st.none() | st.dictionaries(entry_names, xsets,
+                                                                         max_size=3),
+       st.booleans(), st.booleans())
+def test_unit_sections_round_trip(names: list[str], nhidden: int | None,
+                                  m: dict[str, tuple[tuple[bytes, bytes], ...]] | None,
+                                  extras: bool, packed: bool) -> None:
+    """Digests, -H extras, hidden names and the xattr map: any of them, in one unit."""
+    import struct
+
+    from deltasync.scan import encode
+
+    ents = [Entry(f"d/{n}", Kind.FILE, i, 0, 0o644) for i, n in enumerate(sorted(names))]
+    raw = encode(ents, False)
+    ex = b"".join(struct.pack("<QQI", i + 1, 7, 2) for i in range(len(ents)))
+    u = DirUnit("d", raw, ex, [], [], count=len(ents))
+    u.hidden = None if nhidden is None else frozenset(sorted(names)[:nhidden])
+    u.xattrs = None if m is None else encode_map(m)
+    digests = [(i, bytes([i]) * 32) for i in range(len(ents))]
+    back, got = decode_unit(encode_unit(u, digests, packed, extras=extras))
+    assert back.raw == raw and got == digests
+    assert back.extras == (ex if extras else None)
+    assert back.hidden == u.hidden
+    assert back.xattrs == u.xattrs
+    if m is not None:
+        assert back.xmap() == {k: v for k, v in m.items() if v}
+
+
+def test_a_hidden_count_beyond_the_entries_is_a_protocol_error() -> None:
+    import struct
+
+    from deltasync.errors import ProtocolError
+
+    u = DirUnit("d")
+    u.xattrs = encode_map({})
+    payload = encode_unit(u)
+    good, _ = decode_unit(payload)
+    assert good.hidden is None and good.xattrs == encode_map({})
+    body = bytearray(payload)
+    at = body.find(struct.pack(">I", 0xFFFFFFFF))
+    assert at > 0
+    body[at:at + 4] = struct.pack(">I", 5)  # five hidden names in an empty directory
+    with pytest.raises(ProtocolError):
+        decode_unit(bytes(body))
