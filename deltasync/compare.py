@@ -223,21 +223,21 @@ def plan_dir(src: list[Entry], dst: list[Entry], opts: CompareOptions,
                 continue
             if d is None:
                 touched = True
-                items.append(Action(Op.MKNOD, path, s, None, Reason.NEW))
+                items.append(Action(Op.MKNOD, path, s, None, Reason.NEW, xs))
             elif d.kind is Kind.DIR:  # emptied and removed first, as for a file
                 touched = True
                 items.append(Child(Walk.REPLACE, path, s, d,
-                                   Action(Op.MKNOD, path, s, d, Reason.TYPE)))
+                                   Action(Op.MKNOD, path, s, d, Reason.TYPE, xs)))
             elif d.kind is not Kind.SPECIAL:
                 touched = True
                 removals.append(Action(Op.DELETE, path, s, d, Reason.TYPE))
-                items.append(Action(Op.MKNOD, path, s, d, Reason.TYPE))
+                items.append(Action(Op.MKNOD, path, s, d, Reason.TYPE, xs))
             elif not same:  # made anew under a temp name, renamed over the old one
                 touched = True
                 items.append(Action(Op.MKNOD, path, s, d, Reason.TYPE if special_type(s)
-                                    != special_type(d) else Reason.DEVICE))
-            elif meta_differs(s, d, opts):
-                items.append(Action(Op.META, path, s, d, Reason.META))
+                                    != special_type(d) else Reason.DEVICE, xs))
+            elif (x and xs != dxm.get(path, _NONE)) or meta_differs(s, d, opts):
+                items.append(Action(Op.META, path, s, d, Reason.META, xs))
             else:
                 unchanged += 1
             continue

@@ -575,7 +575,10 @@ class Engine:
             return Result()
         if op is Op.MKNOD:
             if not dry:
-                r.mknod(a.path, a.src)
+                if a.xattrs is None:
+                    r.mknod(a.path, a.src)
+                else:
+                    r.mknod(a.path, a.src, xattrs=a.xattrs)
             return Result()
         if op is Op.META:
             if not dry:

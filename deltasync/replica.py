@@ -152,10 +152,10 @@ class Replica(Protocol):
     def mkdir(self, path: str, entry: Entry) -> None: ...
     def symlink(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None: ...
 
-    def mknod(self, path: str, entry: Entry) -> None:
+    def mknod(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None:
         """Make special file ``path`` as ``entry`` says (``-D``: its type and
         device number are in ``entry.size``, ``model.special_size``), replacing
-        what stands there."""
+        what stands there; ``xattrs`` (-X/-A): its attributes."""
         raise DeltaSyncError("this replica cannot make special files")
 
     def delete(self, path: str, kind: Kind) -> None: ...
@@ -652,7 +652,7 @@ class LocalReplica(Replica):
             os.close(td)
         self._fsync_dir(d)
 
-    def mknod(self, path: str, entry: Entry) -> None:
+    def mknod(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None:
         """Made under a temp name in its directory (``os.mknod`` through the
         directory's descriptor: never through a symlink), owner, mode and
         mtime set, then renamed over whatever stands there, like a symlink."""
@@ -665,7 +665,7 @@ class LocalReplica(Replica):
             # 0o600 until its metadata is set; the type and device come from the source
             w(os.mknod, tmp, kind | 0o600, special_rdev(entry), dir_fd=d)
             try:
-                unset = self._special_meta(d, tmp, entry)
+                unset = self._special_meta(d, tmp, entry, xattrs, path)
                 self._put_in_place(w, d, tmp, name, path)
             except BaseException:
                 _discard(d, tmp)
@@ -673,7 +673,8 @@ class LocalReplica(Replica):
         self._owner_failed(path, unset)
         self._fsync_dir(d)
 
-    def _special_meta(self, d: int, name: str, entry: Entry) -> str | None:
+    def _special_meta(self, d: int, name: str, entry: Entry, xattrs: XattrSet | None = None,
+                      path: str = "") -> str | None:
         """Owner, mode, mtime of a special file, never opening it (a FIFO's open
         blocks, a device's does whatever the device does): by name through the
         directory's descriptor, and chmod through an ``O_PATH`` descriptor, which
@@ -695,6 +696,8 @@ class LocalReplica(Replica):
                     unset = e.strerror or str(e)
                     mode &= ~0o6000
             os.chmod(f"/proc/self/fd/{fd}", mode)  # after chown, which may clear setuid bits
+            # -X/-A: by name through the directory (an ACL after chmod, which would change it)
+            self._set_xattrs(proc_path(d, name), xattrs, path)
             os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=d, follow_symlinks=False)
         finally:
             os.close(fd)
@@ -720,7 +723,7 @@ class LocalReplica(Replica):
             unset = self._link_meta(d, name, entry, xattrs, path)
         elif entry.kind is Kind.SPECIAL:
             d, name = self.dirs.parent_of(path)
-            unset = self._special_meta(d, name, entry)
+            unset = self._special_meta(d, name, entry, xattrs, path)
         elif path == "":
             unset = self._meta_fd(self.dirs.root_fd, entry, xattrs, path)
         else:

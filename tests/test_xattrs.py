@@ -520,3 +520,25 @@ def test_a_hidden_count_beyond_the_entries_is_a_protocol_error() -> None:
     body[at:at + 4] = struct.pack(">I", 5)  # five hidden names in an empty directory
     with pytest.raises(ProtocolError):
         decode_unit(bytes(body))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_special_files_get_their_attributes(mode: str, tmp_path: Path, src: Path,
+                                            dst: Path) -> None:
+    """-D -X -A: a FIFO's trusted.* attribute and ACL, as rsync -aAXD copies them."""
+    build_tree(src, {"f": b"1"})
+    os.mkfifo(src / "fifo")
+    setx(src / "fifo", "trusted.t", "one", link=True)
+    sh("setfacl", "-m", "u:nobody:r", src / "fifo")
+    opts: dict[str, Any] = {**XA, "specials": True}
+    r = sync(mode, tmp_path, src, dst, **opts)
+    assert r.code == 0, r.rep.failed_
+    assert sh("rsync", "-aAXDc", "-n", "-i", "--delete", f"{src}/", f"{dst}/") == ""
+    assert dump(src) == dump(dst)
+    setx(src / "fifo", "trusted.t", "two", link=True)
+    r = sync(mode, tmp_path, src, dst, **opts)
+    assert r.code == 0, r.rep.failed_
+    assert r.stats.counts["meta"] == 1 and r.stats.counts["mknod"] == 0, r.rep.done_
+    assert os.getxattr(dst / "fifo", "trusted.t", follow_symlinks=False) == b"two"
+    again = sync(mode, tmp_path, src, dst, **opts)
+    assert again.code == 0 and again.writes == 0, again.rep.done_

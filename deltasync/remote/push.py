@@ -236,10 +236,10 @@ class RemoteReplica(Replica):
         self._send(LINK, lambda i: codec.encode_op(i, Entry(path, Kind.FILE, target=target)),
                    "link", path)
 
-    def mknod(self, path: str, entry: Entry) -> None:
+    def mknod(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None:
         """A SYMLINK message carrying a special file's entry (the far side lists
-        ``specials`` in its features: the connection checked)."""
-        self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path)),
+        ``specials`` in its features: the connection checked), and its XSET (-X/-A)."""
+        self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path), xattrs),
                    "mknod", path)
 
     def delete(self, path: str, kind: Kind) -> None:

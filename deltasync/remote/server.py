@@ -456,8 +456,6 @@ class Server:
             else:
                 fn = {"MKDIR": r.mkdir, "SYMLINK": r.symlink, "META": r.set_meta}[what]
                 if what == "SYMLINK" and entry.kind is Kind.SPECIAL:
-                    if xs is not None:
-                        raise ProtocolError("malformed SYMLINK message: trailing bytes")
                     fn = r.mknod  # -D: a special file's entry ("specials" in FEATURES)
                 if what != "META" or entry.path != "":
                     codec_path_check(entry.path)
