@@ -44,6 +44,27 @@ XMap = dict[str, XattrSet]  # path -> attributes, only entries that have any
 _NONE: XattrSet = ()
 
 
+class Granularity:
+    """The replica's mtime steps, learnt the first time two mtimes differ.
+
+    A pass in which every mtime matches (a no-op) never needs them, so it
+    never writes the probe file that learning may take (which would move the
+    replica root's ctime); ``learn()`` returns (the root's step, the mount
+    points with another step, deepest first).
+    """
+
+    __slots__ = ("_learn", "_got")
+
+    def __init__(self, learn: Callable[[], tuple[int, tuple[tuple[str, int], ...]]]) -> None:
+        self._learn = learn
+        self._got: tuple[int, tuple[tuple[str, int], ...]] | None = None
+
+    def get(self) -> tuple[int, tuple[tuple[str, int], ...]]:
+        if self._got is None:
+            self._got = self._learn()
+        return self._got
+
+
 @options
 class CompareOptions:
     checksum: bool = False  # compare same-size files by content, not mtime
@@ -59,6 +80,8 @@ class CompareOptions:
     # Mount points inside the replica with another step: (relative path, step),
     # deepest first; an entry at or below one is compared at its step.
     mount_steps: tuple[tuple[str, int], ...] = ()
+    # Or both learnt when first needed (then ``mtime_step``/``mount_steps`` are unused).
+    granularity: Granularity | None = None
     # -D: --devices (character and block devices), --specials (FIFOs, sockets).
     devices: bool = False
     specials: bool = False
@@ -78,8 +101,11 @@ def same_mtime(a: int, b: int, opts: CompareOptions, path: str = "") -> bool:
     """
     if a == b:
         return True
-    step = opts.mtime_step
-    for point, s in opts.mount_steps:
+    if opts.granularity is not None:
+        step, mounts = opts.granularity.get()
+    else:
+        step, mounts = opts.mtime_step, opts.mount_steps
+    for point, s in mounts:
         if path == point or path.startswith(point + "/"):
             step = s
             break

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from .compare import CompareOptions
+from .compare import CompareOptions, Granularity
 from .errors import (
     DeltaSyncError,
     FormatError,
@@ -268,16 +268,24 @@ class Engine:
         self._idmap = self._id_map(owner)
         if self._idmap is not None:  # compare and install with the replica's ids
             src_l = MappedLister(src_l, self._idmap)
-        # Before the replica's walk starts: the probe file must not be listed.
-        step = self.replica.mtime_granularity(self.opts.dry_run)
-        mounts = self.replica.mount_granularity(step, self.opts.dry_run)
-        if step > 1 or mounts:
-            rep.phase("mtime granularity", 0.0, f"replica keeps mtimes to {step} ns" + "".join(
-                f", {quote_path(p)} to {s} ns" for p, s in mounts.items()))
-        copts = CompareOptions(self.opts.checksum, owner, self.opts.modify_window, step,
-                               tuple(sorted(mounts.items(), key=lambda m: -m[0].count("/"))),
-                               self.opts.devices and self.replica.can_mknod(),
-                               self.opts.specials)
+        # The replica's mtime steps are learnt when two mtimes first differ: a
+        # pass that finds every mtime equal never writes a probe file.  The
+        # root is listed before anything is compared, so a probe made then is
+        # in no listing (and its name is reserved anyway).
+        dry_run = self.opts.dry_run
+
+        def learn() -> tuple[int, tuple[tuple[str, int], ...]]:
+            step = self.replica.mtime_granularity(dry_run)
+            mounts = self.replica.mount_granularity(step, dry_run)
+            if step > 1 or mounts:
+                rep.phase("mtime granularity", 0.0, f"replica keeps mtimes to {step} ns" +
+                          "".join(f", {quote_path(p)} to {s} ns" for p, s in mounts.items()))
+            return step, tuple(sorted(mounts.items(), key=lambda m: -m[0].count("/")))
+
+        copts = CompareOptions(self.opts.checksum, owner, self.opts.modify_window,
+                               granularity=Granularity(learn),
+                               devices=self.opts.devices and self.replica.can_mknod(),
+                               specials=self.opts.specials)
         self._gate = DeleteGate(self.opts.max_delete)
         self._protect = protector(self.opts.backup, self.replica.backup_prefix()
                                   if self.opts.backup is not None else None)

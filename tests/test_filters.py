@@ -303,7 +303,9 @@ def test_a_rule_prints_as_a_string_that_parses_back_to_it(rule: FilterRule) -> N
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(rules.filter(lambda r: r.action in "+-!"), max_size=6), st.booleans())
+@given(st.lists(st.one_of(st.builds(FilterRule, st.sampled_from("+-"), names,
+                                    st.sampled_from(["", "s", "r"]), st.booleans()),
+                          st.just(FilterRule("!"))), max_size=6), st.booleans())
 def test_rules_survive_the_wire(some: list[FilterRule], delete_excluded: bool) -> None:
     from deltasync.rules import from_wire
 

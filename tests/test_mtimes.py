@@ -311,3 +311,38 @@ def test_modify_window_from_the_command_line(run_cli: Any, tmp_path: Path) -> No
     assert r.code == 0 and json.loads(r.out)["counts"]["update"] == 0
     r = run_cli("sync", src, dst, "--modify-window=-1", "--json", "-q")
     assert r.code == 0 and json.loads(r.out)["counts"]["update"] == 1  # rsync's quick check
+
+
+def test_the_granularity_is_learnt_only_when_two_mtimes_differ(tmp_path: Path) -> None:
+    """A no-op pass compares only equal mtimes: it must not learn the replica's
+    step (learning may write a probe file, which moves the root's ctime)."""
+    from deltasync import Engine, SyncOptions
+
+    class Counting(LocalReplica):
+        calls = 0
+
+        def mtime_granularity(self, dry_run: bool = False) -> int:
+            Counting.calls += 1
+            return super().mtime_granularity(dry_run)
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _tree(src)
+    do_sync(src, dst, owner=False)
+    root_ctime = os.stat(dst).st_ctime_ns
+
+    def one_pass() -> int:
+        r = Counting(str(dst), owner=False)
+        try:
+            _, code = Engine(str(src), r, SyncOptions(owner=False)).run_pass()
+        finally:
+            r.close()
+        return code
+
+    Counting.calls = 0
+    assert one_pass() == 0
+    assert Counting.calls == 0 and os.stat(dst).st_ctime_ns == root_ctime
+    st = os.stat(src / "a.txt")
+    os.utime(src / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 7))  # 7 ns newer
+    assert one_pass() == 0
+    assert Counting.calls == 1  # learnt once, when the two mtimes differed
+    assert os.stat(dst / "a.txt").st_mtime_ns == st.st_mtime_ns + 7  # exact here: copied
