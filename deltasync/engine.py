@@ -576,24 +576,15 @@ class Engine:
             return Result()
         if op is Op.SYMLINK:
             if not dry:
-                if a.xattrs is None:
-                    r.symlink(a.path, a.src)
-                else:
-                    r.symlink(a.path, a.src, xattrs=a.xattrs)
+                r.symlink(a.path, a.src, a.xattrs)
             return Result()
         if op is Op.MKNOD:
             if not dry:
-                if a.xattrs is None:
-                    r.mknod(a.path, a.src)
-                else:
-                    r.mknod(a.path, a.src, xattrs=a.xattrs)
+                r.mknod(a.path, a.src, a.xattrs)
             return Result()
         if op is Op.META:
             if not dry:
-                if a.xattrs is None:
-                    r.set_meta(a.path, a.src)
-                else:
-                    r.set_meta(a.path, a.src, xattrs=a.xattrs)
+                r.set_meta(a.path, a.src, a.xattrs)
             return Result()
         if op is Op.LINK:
             assert a.src.target is not None

@@ -234,7 +234,7 @@ class MemoryReplica(Replica):
             raise FileExistsError(errno.EEXIST, "File exists", path)
         self.tree.add(entry._replace(path=path, mode=entry.mode | 0o700, ino=0, dev=0))
 
-    def symlink(self, path: str, entry: Entry) -> None:
+    def symlink(self, path: str, entry: Entry, xattrs: object = None) -> None:
         self.calls.append(("symlink", path))
         self._put(path, entry)
 
@@ -252,7 +252,7 @@ class MemoryReplica(Replica):
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         self.tree.remove(path)
 
-    def set_meta(self, path: str, entry: Entry) -> None:
+    def set_meta(self, path: str, entry: Entry, xattrs: object = None) -> None:
         self.calls.append(("set_meta", path))
         if path == "":
             assert self.tree.root is not None
@@ -288,7 +288,7 @@ class FailingReplica(MemoryReplica):
         self._check("mkdir", path)
         super().mkdir(path, entry)
 
-    def symlink(self, path: str, entry: Entry) -> None:
+    def symlink(self, path: str, entry: Entry, xattrs: object = None) -> None:
         self._check("symlink", path)
         super().symlink(path, entry)
 
@@ -296,7 +296,7 @@ class FailingReplica(MemoryReplica):
         self._check("delete", path)
         super().delete(path, kind)
 
-    def set_meta(self, path: str, entry: Entry) -> None:
+    def set_meta(self, path: str, entry: Entry, xattrs: object = None) -> None:
         self._check("set_meta", path)
         super().set_meta(path, entry)
 
@@ -403,13 +403,13 @@ class CountingReplica(Replica):
     def mkdir(self, path: str, entry: Entry) -> None:
         self._n("mkdir")
 
-    def symlink(self, path: str, entry: Entry) -> None:
+    def symlink(self, path: str, entry: Entry, xattrs: object = None) -> None:
         self._n("symlink")
 
     def delete(self, path: str, kind: Kind) -> None:
         self._n("delete")
 
-    def set_meta(self, path: str, entry: Entry) -> None:
+    def set_meta(self, path: str, entry: Entry, xattrs: object = None) -> None:
         self._n("set_meta")
 
     def link(self, path: str, target: str) -> None:
