@@ -611,13 +611,22 @@ class LocalReplica(Replica):
         self._fsync_dir(d)
 
     def symlink(self, path: str, entry: Entry, xattrs: XattrSet | None = None) -> None:
+        target = entry.target
+        assert target is not None
+        self._make_in_place(path, lambda d, tmp: os.symlink(target, tmp, dir_fd=d),
+                            lambda d, tmp: self._link_meta(d, tmp, entry, xattrs, path))
+
+    def _make_in_place(self, path: str, make: Callable[[int, str], None],
+                       meta: Callable[[int, str], str | None]) -> None:
+        """An entry that is not a regular file: ``make`` it under a temp name in
+        its directory, set its metadata (``meta`` returns why the owner could not
+        be set), then rename it over whatever stands at ``path``."""
         d, name = self.dirs.parent_of(path)
-        assert entry.target is not None
         tmp = temp_name()
         with Writable(d) as w:
-            w(os.symlink, entry.target, tmp, dir_fd=d)
+            w(make, d, tmp)
             try:
-                unset = self._link_meta(d, tmp, entry, xattrs, path)
+                unset = meta(d, tmp)
                 self._put_in_place(w, d, tmp, name, path)
             except BaseException:
                 _discard(d, tmp)
@@ -659,19 +668,10 @@ class LocalReplica(Replica):
         kind = special_type(entry)
         if kind not in _SPECIAL_TYPES:  # 0: a listing that does not carry it (an older peer)
             raise DeltaSyncError(f"unknown special file type {kind:#o} for {quote_path(path)}")
-        d, name = self.dirs.parent_of(path)
-        tmp = temp_name()
-        with Writable(d) as w:
-            # 0o600 until its metadata is set; the type and device come from the source
-            w(os.mknod, tmp, kind | 0o600, special_rdev(entry), dir_fd=d)
-            try:
-                unset = self._special_meta(d, tmp, entry, xattrs, path)
-                self._put_in_place(w, d, tmp, name, path)
-            except BaseException:
-                _discard(d, tmp)
-                raise
-        self._owner_failed(path, unset)
-        self._fsync_dir(d)
+        rdev = special_rdev(entry)
+        # 0o600 until its metadata is set; the type and device come from the source
+        self._make_in_place(path, lambda d, tmp: os.mknod(tmp, kind | 0o600, rdev, dir_fd=d),
+                            lambda d, tmp: self._special_meta(d, tmp, entry, xattrs, path))
 
     def _special_meta(self, d: int, name: str, entry: Entry, xattrs: XattrSet | None = None,
                       path: str = "") -> str | None:
