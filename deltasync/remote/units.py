@@ -87,6 +87,24 @@ class Unpacker:
         return body
 
 
+def _pack_names(parts: list[bytes], names: list[str]) -> None:
+    for n in names:
+        nb = os.fsencode(n)
+        parts += [struct.pack(">H", len(nb)), nb]
+
+
+def _take_names(c: _Cursor, count: int, what: str) -> list[str]:
+    """``count`` names of entries of the unit's directory (one component each)."""
+    names = []
+    for _ in range(count):
+        (nl,) = struct.unpack(">H", c.take(2))
+        name = os.fsdecode(c.take(nl))
+        if not name or "/" in name or name in (".", "..") or "\0" in name:
+            raise ProtocolError(f"malformed UNIT message: bad {what} name")
+        names.append(name)
+    return names
+
+
 def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
                 packed: bool | Packer = False, extras: bool = False) -> bytes:
     """``flags u8 | body``: flags 0 plain, 1 the body is one zlib stream, 2 the
@@ -102,9 +120,7 @@ def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
         ex = unit.extras if extras else None
         parts += [b"\x00" if ex is None else b"\x02", _COUNTS.pack(unit.count, len(unit.raw)),
                   unit.raw, _U32.pack(len(unit.subdirs))]
-        for n in unit.subdirs:
-            nb = os.fsencode(n)
-            parts += [struct.pack(">H", len(nb)), nb]
+        _pack_names(parts, unit.subdirs)
         parts.append(_U32.pack(len(unit.errors)))
         for n, err in unit.errors:
             nb = os.fsencode(n)
@@ -119,9 +135,7 @@ def encode_unit(unit: DirUnit, digests: list[tuple[int, bytes]] | None = None,
         # map without hidden names sends NO_HIDDEN in place of their count.
         if unit.hidden is not None:  # protocol 3: the names this side's rules exclude
             parts.append(_U32.pack(len(unit.hidden)))
-            for n in sorted(unit.hidden):
-                nb = os.fsencode(n)
-                parts += [struct.pack(">H", len(nb)), nb]
+            _pack_names(parts, sorted(unit.hidden))
         elif unit.xattrs is not None:
             parts.append(_U32.pack(NO_HIDDEN))
         if unit.xattrs is not None:  # -X/-A: optional, at the end
@@ -225,13 +239,7 @@ def decode_unit(payload: bytes, unpacker: Unpacker | None = None
     (nsub,) = c.unpack(_U32)
     if nsub > count:
         raise ProtocolError("malformed UNIT message: more subdirectories than entries")
-    subdirs = []
-    for _ in range(nsub):
-        (nl,) = struct.unpack(">H", c.take(2))
-        name = os.fsdecode(c.take(nl))
-        if not name or "/" in name or name in (".", "..") or "\0" in name:
-            raise ProtocolError("malformed UNIT message: bad subdirectory name")
-        subdirs.append(name)
+    subdirs = _take_names(c, nsub, "subdirectory")
     (nerr,) = c.unpack(_U32)
     errors = []
     for _ in range(min(nerr, len(body))):
@@ -258,14 +266,7 @@ def decode_unit(payload: bytes, unpacker: Unpacker | None = None
         elif nhid > count:
             raise ProtocolError("malformed UNIT message: more hidden names than entries")
         else:
-            names = []
-            for _ in range(nhid):
-                (nl,) = struct.unpack(">H", c.take(2))
-                name = os.fsdecode(c.take(nl))
-                if not name or "/" in name or name in (".", "..") or "\0" in name:
-                    raise ProtocolError("malformed UNIT message: bad hidden name")
-                names.append(name)
-            hidden = frozenset(names)
+            hidden = frozenset(_take_names(c, nhid, "hidden"))
     xattrs = None
     if c.pos != len(body):  # -X/-A: the attributes of the entries
         (xlen,) = c.unpack(_U32)
