@@ -643,6 +643,35 @@ done:
 /* init(Entry, DirScan, kinds, ascii_fast): called once by scan.py. */
 
 /* ------------------------------------------------------------------ */
+/* The walk totals and linked share (scan.py: _fixed_parts): the offset of
+   the fixed part of the entry at *pos, *pos moved past the entry; -1 when
+   the entry does not lie whole inside the record. */
+
+static Py_ssize_t next_entry(const unsigned char *p, Py_ssize_t n, Py_ssize_t *pos)
+{
+    Py_ssize_t at = *pos;
+    if (n - at < 2)
+        return -1;
+    Py_ssize_t nl = get16(p + at);
+    at += 2;
+    if (n - at < nl + FIXED_LEN)
+        return -1;
+    Py_ssize_t fixed = at + nl;
+    at = fixed + FIXED_LEN;
+    if (p[fixed] == K_LINK) {
+        if (n - at < 2)
+            return -1;
+        Py_ssize_t tl = get16(p + at);
+        at += 2;
+        if (n - at < tl)
+            return -1;
+        at += tl;
+    }
+    *pos = at;
+    return fixed;
+}
+
+/* ------------------------------------------------------------------ */
 /* totals: what a pass counts of a directory it does not decode */
 
 static PyObject *totals(PyObject *module, PyObject *arg)
@@ -654,33 +683,16 @@ static PyObject *totals(PyObject *module, PyObject *arg)
     Py_ssize_t n = view.len, pos = 0;
     unsigned long long files = 0, bytes = 0, bytes_hi = 0;
     while (pos < n) {
-        Py_ssize_t at = pos;
-        if (n - pos < 2)
+        Py_ssize_t f = next_entry(p, n, &pos);
+        if (f < 0)
             goto bad;
-        Py_ssize_t nl = get16(p + pos);
-        pos += 2;
-        if (n - pos < nl + FIXED_LEN)
-            goto bad;
-        pos += nl;
-        unsigned kind = p[pos];
-        if (kind == K_FILE) {
-            uint64_t size = get64(p + pos + 3);
+        if (p[f] == K_FILE) {
+            uint64_t size = get64(p + f + 3);
             files++;
             bytes += size;
             if (bytes < size)
                 bytes_hi++;
         }
-        pos += FIXED_LEN;
-        if (kind == K_LINK) {
-            if (n - pos < 2)
-                goto bad;
-            Py_ssize_t tl = get16(p + pos);
-            pos += 2;
-            if (n - pos < tl)
-                goto bad;
-            pos += tl;
-        }
-        (void)at;
     }
     PyBuffer_Release(&view);
     if (bytes_hi == 0)
@@ -725,29 +737,12 @@ static PyObject *linked(PyObject *module, PyObject *args)
     Py_ssize_t n = raw.len, pos = 0, i = 0;
     int found = 0;
     while (pos < n) {
-        if (n - pos < 2)
+        Py_ssize_t f = next_entry(p, n, &pos);
+        if (f < 0 || (i + 1) * EXTRA_LEN > ex.len)
             goto bad;
-        Py_ssize_t nl = get16(p + pos);
-        pos += 2;
-        if (n - pos < nl + FIXED_LEN)
-            goto bad;
-        pos += nl;
-        unsigned kind = p[pos];
-        if ((i + 1) * EXTRA_LEN > ex.len)
-            goto bad;
-        if (kind == K_FILE && get32(x + i * EXTRA_LEN + 16) > 1) {
+        if (p[f] == K_FILE && get32(x + i * EXTRA_LEN + 16) > 1) {
             found = 1;
             break;
-        }
-        pos += FIXED_LEN;
-        if (kind == K_LINK) {
-            if (n - pos < 2)
-                goto bad;
-            Py_ssize_t tl = get16(p + pos);
-            pos += 2;
-            if (n - pos < tl)
-                goto bad;
-            pos += tl;
         }
         i++;
     }

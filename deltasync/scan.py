@@ -74,7 +74,7 @@ import os
 import stat as st_
 import struct
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -300,28 +300,39 @@ def encode_extras(entries: Iterable[Entry]) -> bytes:
     return b"".join(pack(e.ino, e.dev & _U64, min(e.nlink, _U32)) for e in entries)
 
 
+def _fixed_parts(raw: bytes) -> Iterator[int]:
+    """The offset of each entry's fixed part in a listing record, in order, each
+    entry checked to lie whole inside ``raw`` (ValueError where one does not):
+    the walk ``totals`` and ``linked`` share, without decoding."""
+    pos, n = 0, len(raw)
+    unpack_from = struct.unpack_from
+    while pos < n:
+        start = pos
+        try:
+            (nl,) = unpack_from("<H", raw, pos)
+            fixed = pos + 2 + nl
+            pos = fixed + 27
+            if pos > n:
+                raise IndexError
+            if raw[fixed] == 2:
+                (tl,) = unpack_from("<H", raw, pos)
+                pos += 2 + tl
+                if pos > n:
+                    raise IndexError
+        except (IndexError, struct.error):
+            raise _malformed("truncated entry", start) from None
+        yield fixed
+
+
 def totals_py(raw: bytes) -> tuple[int, int]:
     """(regular files, their total size) in a listing record, without decoding it:
     what a pass counts of a directory whose listing it only compared."""
     files = size = 0
-    pos, n = 0, len(raw)
     unpack_from = struct.unpack_from
-    try:
-        while pos < n:
-            (nl,) = unpack_from("<H", raw, pos)
-            pos += 2 + nl
-            kind = raw[pos]
-            if kind == 0:
-                files += 1
-                size += unpack_from("<Q", raw, pos + 3)[0]
-            pos += 27
-            if kind == 2:
-                (tl,) = unpack_from("<H", raw, pos)
-                pos += 2 + tl
-            if pos > n:
-                raise IndexError
-    except (IndexError, struct.error):
-        raise _malformed("truncated entry", pos) from None
+    for fixed in _fixed_parts(raw):
+        if raw[fixed] == 0:
+            files += 1
+            size += unpack_from("<Q", raw, fixed + 3)[0]
     return files, size
 
 
@@ -331,26 +342,12 @@ def linked_py(raw: bytes, extras: bytes | None) -> bool:
     the bytes comparison of its listings."""
     if extras is None:
         return False
-    pos, n, i = 0, len(raw), 0
     unpack_from = struct.unpack_from
-    try:
-        while pos < n:
-            (nl,) = unpack_from("<H", raw, pos)
-            pos += 2 + nl
-            kind = raw[pos]
-            if (i + 1) * EXTRA_LEN > len(extras):
-                raise IndexError
-            if kind == 0 and unpack_from("<I", extras, i * EXTRA_LEN + 16)[0] > 1:
-                return True
-            pos += 27
-            if kind == 2:
-                (tl,) = unpack_from("<H", raw, pos)
-                pos += 2 + tl
-            if pos > n:
-                raise IndexError
-            i += 1
-    except (IndexError, struct.error):
-        raise ValueError("malformed directory listing: truncated entry or extras") from None
+    for i, fixed in enumerate(_fixed_parts(raw)):
+        if (i + 1) * EXTRA_LEN > len(extras):
+            raise ValueError("malformed directory listing: truncated entry or extras")
+        if raw[fixed] == 0 and unpack_from("<I", extras, i * EXTRA_LEN + 16)[0] > 1:
+            return True
     return False
 
 
