@@ -1,4 +1,4 @@
-"""Issue 12's targets, checked against one run's rows: a report, never an exit code.
+"""Issue 12's targets (and issue 13's -H -X -A bound), checked against one run's rows: a report, never an exit code.
 
 The issue writes every target as **deltasync's figure over the peer's** (≤ 1.0 ×:
 at most rsync's), the inverse of the table's peer / deltasync ratios; this
@@ -42,9 +42,10 @@ def _row(rows: list[Row], group: str, tool: str) -> Row | None:
     return None
 
 
-def _ratio(rows: list[Row], group: str, what: str, bound: float) -> Outcome:
-    label = f"{group}: {what} deltasync/rsync ≤ {bound:.2f}"
-    d, p = _row(rows, group, "deltasync"), _row(rows, group, "rsync")
+def _ratio(rows: list[Row], group: str, what: str, bound: float,
+           tool: str = "deltasync", peer: str = "rsync") -> Outcome:
+    label = f"{group}: {what} {tool}/{peer} ≤ {bound:.2f}"
+    d, p = _row(rows, group, tool), _row(rows, group, peer)
     if d is None or p is None:
         return Outcome(label, "-", "not run")
     a, b = (d.median, p.median) if what == "wall" else (d.cpu_median, p.cpu_median)
@@ -98,6 +99,8 @@ def check(rows: list[Row], sizes: Sizes, seed: int = DEFAULT_SEED) -> list[Outco
         _pss(rows, n1m, 100 * MIB, None), _pss(rows, n1m, None, n100),
         _ratio(rows, f"tree-churn {small}", "wall", 1.0),
         _ratio(rows, f"tree-initial {small}", "wall", 1.0),
+        # issue 13: the fidelity options against the plain pass of the same run
+        _ratio(rows, f"tree-noop-hax {small}", "wall", 1.2, "deltasync -HXA", "deltasync"),
     ]
     for scen in ("remote-tree-noop", "remote-tree-churn"):
         g = f"{scen} {small}"
@@ -106,8 +109,8 @@ def check(rows: list[Row], sizes: Sizes, seed: int = DEFAULT_SEED) -> list[Outco
 
 
 def format_outcomes(outcomes: list[Outcome]) -> str:
-    head = ("Issue 12 targets, as the issue writes them: deltasync / rsync (the table's "
-            "ratios are rsync / deltasync).\nReported only: the exit status does not depend on them.")
+    head = ("Issue 12 and 13 targets, as the issues write them: deltasync / rsync, or "
+            "deltasync with options / plain deltasync (the table's ratios are peer / deltasync).\nReported only: the exit status does not depend on them.")
     w = max(len(o.target) for o in outcomes)
     lines = [f"  {o.status:<7}  {o.target:<{w}}  {o.measured}" for o in outcomes]
     counts = {s: sum(o.status == s for o in outcomes) for s in ("PASS", "FAIL", "not run")}

@@ -58,3 +58,15 @@ def test_targets_are_deltasync_over_rsync_with_the_issues_bounds() -> None:
     assert got["tree-churn 20k files: wall deltasync/rsync ≤ 1.00"] == "not run"
     text = targets.format_outcomes(targets.check(rows, Sizes()))
     assert "deltasync / rsync" in text and "exit status does not depend" in text
+
+
+def test_the_fidelity_target_is_hxa_over_plain_deltasync_of_the_same_run() -> None:
+    group = "tree-noop-hax 20k files"
+    rows = [Row("tree-noop-hax", "20k files", tool, [Sample(wall, wall, 0.0, 0, 0)])
+            for tool, wall in (("deltasync", 0.10), ("deltasync -HXA", 0.13), ("rsync", 0.2))]
+    got = {o.target: o for o in targets.check(rows, Sizes())}
+    o = got[f"{group}: wall deltasync -HXA/deltasync ≤ 1.20"]
+    assert o.status == "FAIL" and o.measured.startswith("1.30")
+    rows[1] = Row("tree-noop-hax", "20k files", "deltasync -HXA", [Sample(0.11, 0.11, 0.0, 0, 0)])
+    got = {o.target: o for o in targets.check(rows, Sizes())}
+    assert got[f"{group}: wall deltasync -HXA/deltasync ≤ 1.20"].status == "PASS"

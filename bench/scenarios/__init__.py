@@ -15,6 +15,7 @@ Scenario = Callable[[Context], list[Row]]
 SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
     "tree-initial": (trees.tree_initial, frozenset({"tree"})),
     "tree-noop": (trees.tree_noop, frozenset({"tree"})),
+    "tree-noop-hax": (trees.tree_noop_hax, frozenset({"tree"})),
     "tree-noop-1m": (million.tree_noop_1m, frozenset()),
     "tree-churn": (trees.tree_churn, frozenset({"tree"})),
     "remote-tree-noop": (remote.remote_tree_noop, frozenset({"tree"})),
