@@ -110,7 +110,8 @@ def check(rows: list[Row], sizes: Sizes, seed: int = DEFAULT_SEED) -> list[Outco
 
 def format_outcomes(outcomes: list[Outcome]) -> str:
     head = ("Issue 12 and 13 targets, as the issues write them: deltasync / rsync, or "
-            "deltasync with options / plain deltasync (the table's ratios are peer / deltasync).\nReported only: the exit status does not depend on them.")
+            "deltasync with options / plain deltasync (the table's ratios are peer / deltasync)."
+            "\nReported only: the exit status does not depend on them.")
     w = max(len(o.target) for o in outcomes)
     lines = [f"  {o.status:<7}  {o.target:<{w}}  {o.measured}" for o in outcomes]
     counts = {s: sum(o.status == s for o in outcomes) for s in ("PASS", "FAIL", "not run")}

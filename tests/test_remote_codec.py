@@ -10,6 +10,8 @@ sends that does not decode exactly is a ``ProtocolError``, nothing else.
 from __future__ import annotations
 
 import errno
+import struct
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -139,8 +141,8 @@ def test_results_round_trip(op_id: int, value: int, code: int | None, msg: str) 
 def test_units_in_one_zlib_stream_round_trip(items: list[tuple[DirUnit, list[tuple[int, bytes]]]]
                                              ) -> None:
     # A far side packs every unit of a listing into one zlib stream, flushed
-    # after each: each piece decodes, in order, to its unit.
-    from deltasync.remote.units import Packer, Unpacker
+    # after each batch: each batch decodes, in order, to its units.
+    from deltasync.remote.units import Packer, Unpacker, decode_units
 
     packer, unpacker = Packer(), Unpacker()
     pieces = [encode_unit(u, d, packer) for u, d in items]
@@ -150,3 +152,27 @@ def test_units_in_one_zlib_stream_round_trip(items: list[tuple[DirUnit, list[tup
         assert got_digests == ([] if unit.error is not None else digests)
     with pytest.raises(ProtocolError):  # a damaged piece is refused
         decode_unit(b"\x02" + bytes(b ^ 0xFF for b in pieces[0][1:]), Unpacker())
+    # the same units cut into batches at any points decode to the same sequence
+    bodies = [encode_unit(u, d)[1:] for u, d in items]
+    cut = sorted({len(bodies) // 2, len(bodies)})
+    packer, unpacker = Packer(), Unpacker()
+    batches = [b"\x02" + packer.pack(bodies[a:b]) for a, b in zip([0, *cut], cut) if b > a]
+    got_all = [u for p in batches for u in decode_units(p, unpacker)]
+    assert [(u.path, u.raw, d) for u, d in got_all] == [
+        (u.path, u.raw if u.error is None else b"", [] if u.error is not None else d)
+        for u, d in items]
+    if len(bodies) > 1:
+        with pytest.raises(ProtocolError, match="one unit was expected"):
+            decode_unit(b"\x02" + Packer().pack(bodies), Unpacker())
+
+
+def test_a_batch_cut_short_or_empty_is_refused() -> None:
+    from deltasync.remote.units import Packer, Unpacker, decode_units
+
+    body = encode_unit(DirUnit("d"))[1:]
+    z = zlib.compressobj()
+    cut = z.compress(struct.pack(">I", len(body) + 5) + body) + z.flush(zlib.Z_SYNC_FLUSH)
+    with pytest.raises(ProtocolError, match="cut short"):
+        decode_units(b"\x02" + cut, Unpacker())
+    with pytest.raises(ProtocolError, match="empty batch"):
+        decode_units(b"\x02" + Packer().pack([]), Unpacker())

@@ -284,17 +284,20 @@ def run_listing(root: Path, scan: bytes, until_end: bool = True) -> tuple[int, b
 
 @pytest.mark.parametrize("ask", [False, True])
 def test_listing_is_packed_only_when_asked(sandbox: Path, ask: bool) -> None:
-    from deltasync.remote.units import Unpacker, decode_unit
+    from deltasync.remote.units import Unpacker, decode_units
 
     build_tree(sandbox / "root", {f"d{i}": {f"file{j}.txt": b"x" * j for j in range(40)}
                                   for i in range(10)})
     code, out = run_listing(sandbox / "root", scan_frame(list_zlib=ask))
     assert code == 0
     got = [(t, p) for t, p in frames(out) if t == P.UNIT]
-    assert len(got) == 11  # the root and ten directories
-    assert all(p[0] == (2 if ask else 0) for _, p in got)  # 2: pieces of one zlib stream
+    assert all(p[0] == (2 if ask else 0) for _, p in got)  # 2: batches of one zlib stream
     unpacker = Unpacker()
-    entries = [e for _, p in got for e in decode_unit(p, unpacker)[0].entries()]
+    units = [u for _, p in got for u, _ in decode_units(p, unpacker)]
+    assert [u.path for u in units] == ["", *(f"d{i}" for i in range(10))]
+    # packed: the first batch is the root alone (the march waits for it), the rest fewer frames
+    assert (len(got) < 11) == ask and len(got) >= (2 if ask else 11)
+    entries = [e for u in units for e in u.entries()]
     assert len([e for e in entries if e.path.endswith(".txt")]) == 400
     packed = sum(len(p) for _, p in got)
     assert (packed < 8_000) == ask

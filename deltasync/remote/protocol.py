@@ -43,13 +43,15 @@ from .. import __version__
 from ..errors import PeerTimeout, ProtocolError
 from . import compress
 
-PROTOCOL_VERSION = 3  # the newest version this deltasync speaks
+PROTOCOL_VERSION = 4  # the newest version this deltasync speaks
 # Version 2 streams the listing as directory units with credit (remote/units.py);
 # version 3 negotiates the codec of -z (COMPRESS frames; version 2 always used
 # zlib from the first byte after HELLO) and carries filter rules in SCAN and a
 # unit's excluded names (a version 2 peer would ignore the rules and delete
-# what they protect), so a version 2 peer is refused.
-MIN_PROTOCOL_VERSION = 3  # the oldest one it still accepts
+# what they protect), so a version 2 peer is refused.  Version 4 sends packed
+# units in batches (several units in one UNIT frame, one flush per batch): a
+# version 3 peer would read a batch as one unit, so it is refused too.
+MIN_PROTOCOL_VERSION = 4  # the oldest one it still accepts
 MAGIC = b"DSYNCPRO"
 
 MAX_FRAME = 4 << 20  # largest payload accepted; data frames are much smaller

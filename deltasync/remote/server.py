@@ -91,7 +91,10 @@ from .protocol import (
     type_name,
 )
 from .streams import DataReader, DataWriter, send_fd
-from .units import encode_root, root_entry, split_payload, walk_units
+from .units import Packer, encode_root, root_entry, split_payload, walk_units
+
+BATCH_FIRST = 1  # bytes of unit bodies in the first batch: it goes as soon as it is made
+BATCH_MAX = 64 << 10  # ... growing fourfold per batch up to this
 
 # Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
 # lists them, so a client never relies on a far side that would ignore one.
@@ -129,6 +132,8 @@ class Server:
         self.source: LocalSource | None = None
         self.dry_run = False
         self._walk: Generator[bytes, None, None] | None = None  # the listing still to send
+        self._packer: Packer | None = None  # packed units: one zlib stream, in batches
+        self._batch = BATCH_FIRST
         self._credit = 0  # unit bytes the client will still take
         self._gc_was = False
         self._big = False  # the replica holds big files: a delta may come
@@ -346,20 +351,46 @@ class Server:
         # cyclic GC would only rescan them (as in Engine.run_pass).
         self._gc_was = gc.isenabled()
         gc.disable()
+        self._packer = Packer() if packed else None
         self._walk = walk_units(self.root, excluder, owner, bool(body.get("checksum")),
                                 self.replica.remove_temps if clean and self.replica else None,
-                                packed, self._saw_big, body.get("one_file_system") is True,
+                                self._saw_big, body.get("one_file_system") is True,
                                 body.get("hard_links") is True, xmode)
 
     def _send_unit(self) -> None:
+        """Send the next unit, or (packed) the next batch of units."""
         assert self._walk is not None
-        try:
-            payload = next(self._walk)
-        except StopIteration:
+        ended = False
+        if self._packer is None:
+            try:
+                payload = next(self._walk)
+            except StopIteration:
+                ended, payload = True, b""
+        else:
+            # A batch grows from one unit (the client's march waits for the
+            # first) to BATCH_MAX bytes, and ends early when a request waits.
+            bodies: list[bytes] = []
+            size = 0
+            while size < self._batch:
+                try:
+                    p = next(self._walk)
+                except StopIteration:
+                    ended = True
+                    break
+                bodies.append(p[1:])  # walk_units' units are plain (flags 0)
+                size += len(p)
+                if len(bodies) % 16 == 0 and self._waiting():
+                    break
+            self._batch = min(self._batch * 4, BATCH_MAX)
+            payload = b"\x02" + self._packer.pack(bodies) if bodies else b""
+        if payload:
+            self._send_payload(payload)
+        if ended:
             self._end_walk()
             self.out.send(LIST_END, dump_json({}), flush=True)
             self._after_walk()
-            return
+
+    def _send_payload(self, payload: bytes) -> None:
         parts = split_payload(payload)
         for part in parts[:-1]:
             self.out.send(UNIT_PART, part)
