@@ -332,6 +332,14 @@ def _discard(d: int, name: str) -> None:
         pass
 
 
+def _has_data(d: int, name: str) -> bool:
+    """Did a write cut short leave anything in its partial (else it is removed)?"""
+    try:
+        return os.stat(name, dir_fd=d, follow_symlinks=False).st_size > 0
+    except OSError:
+        return False
+
+
 class LocalReplica(Replica):
     """A replica directory on this machine."""
 
@@ -578,7 +586,7 @@ class LocalReplica(Replica):
                 src.check_unchanged()
             self._put_in_place(w, d, tmp, name, path)
         except BaseException as e:
-            if not (resumable and keeps(e)):
+            if not (resumable and keeps(e) and _has_data(d, tmp)):
                 _discard(d, tmp)
             raise
         self._owner_failed(path, unset)
