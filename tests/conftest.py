@@ -72,7 +72,8 @@ def do_sync(src: Any, dst: Any, reporter: Reporter | None = None, **opts: Any) -
     if not options.dry_run:
         os.makedirs(dst, exist_ok=True)
     replica = LocalReplica(os.fspath(dst), fsync=options.fsync, owner=options.owner,
-                           backup=options.backup, xattrs=xattr_mode(options))
+                           backup=options.backup, xattrs=xattr_mode(options),
+                           sparse=options.sparse, partial=options.partial)
     try:
         stats, code = Engine(os.fspath(src), replica, options, rep).run_pass()
     finally:
