@@ -213,7 +213,7 @@ def test_sparse_writer_gives_what_it_was_given(tmp_path_factory: pytest.TempPath
     try:
         w = SparseWriter(fd)
         pos = 0
-        for zero, n in data:  # pieces of any size, not aligned
+        for _zero, n in data:  # pieces of any size, not aligned
             w.write(want[pos:pos + n])
             pos += n
         assert w.finish() == len(want)
