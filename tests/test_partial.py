@@ -11,6 +11,7 @@ name, which the next pass resumes from.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ from conftest import cli_cmd, do_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from remoteutil import REMOTE_CMD, pipe_rsh, pull, push
+from test_faults import tmpfs
 from treeutil import assert_same_tree, build_tree
 
 from deltasync.fsutil import is_reserved_name
@@ -248,3 +250,28 @@ def test_cli_no_partial_option(run_cli, src: Path, dst: Path) -> None:  # type: 
     assert r.code == 0, r.err
     assert reserved(dst) == []
     assert "--no-partial" in run_cli("sync", "--help").out
+
+
+def test_disk_full_mid_write_keeps_the_partial_and_the_next_pass_resumes(
+        tmp_path: Path, src: Path) -> None:
+    """-S writes without preallocating, so a full disk stops it mid-file: what was
+    written stays as the partial, and once there is room the next pass sends the rest."""
+    size = 6 * MiB
+    data = random.Random(9).randbytes(size)
+    build_tree(src, {"big": data})
+    with tmpfs(tmp_path / "fs", "4m") as fs:
+        dst = fs / "r"
+        r = do_sync(src, dst, sparse=True)
+        assert r.code == 23
+        assert [getattr(e, "errno", None) for _, _, e in r.rep.failed_] == [errno.ENOSPC]
+        assert not (dst / "big").exists()
+        parts = reserved(dst)
+        assert parts == [partial_name("big")]
+        have = os.path.getsize(dst / parts[0])
+        assert have > MiB
+        subprocess.run(["mount", "-o", "remount,size=32m", str(fs)], check=True)
+        r = do_sync(src, dst, sparse=True)
+        assert r.code == 0, r.rep.failed_
+        assert (dst / "big").read_bytes() == data
+        assert reserved(dst) == []
+        assert r.stats.literal_bytes <= size - have + (64 << 10)
