@@ -279,11 +279,12 @@ def test_disk_full_mid_write_keeps_the_partial_and_the_next_pass_resumes(
 
 def test_resumed_transfer_memory_is_flat_in_file_size(tmp_path: Path) -> None:
     """Peak Python memory of a pass resuming from a half partial: 64 MiB costs
-    what 4 MiB costs, within 2 MiB (the signature grows with the square root)."""
+    what 32 MiB costs, but for the delta's read-ahead (the signature grows with
+    the square root of the size)."""
     import tracemalloc
 
     peaks = []
-    for size in (4 * MiB, 64 * MiB):
+    for size in (32 * MiB, 128 * MiB):
         src, dst = tmp_path / f"s{size}", tmp_path / f"d{size}"
         data = random.Random(size).randbytes(size)
         build_tree(src, {"f": data})
@@ -298,4 +299,7 @@ def test_resumed_transfer_memory_is_flat_in_file_size(tmp_path: Path) -> None:
             tracemalloc.stop()
         assert r.code == 0
         assert r.stats.literal_bytes <= size // 2 + (64 << 10)
-    assert peaks[1] <= peaks[0] + 2 * MiB, peaks
+    # The delta's read-ahead (prefetch.Prefetched: 16 ops, a literal op up to
+    # 1 MiB) holds more or less of it depending on timing, whatever the size.
+    assert peaks[1] <= peaks[0] + 16 * MiB + 2 * MiB, peaks
+    assert peaks[1] < 48 * MiB, peaks  # far below the 64 MiB that cross
