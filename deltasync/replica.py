@@ -17,6 +17,14 @@ Guarantees of ``LocalReplica``:
   temp file and verifies the whole-file blake3 before the rename;
 * temp files left by a killed pass are removed by the next pass, and only
   while the replica lock is held (``lock``);
+* a file of ``partial.PARTIAL_MIN`` bytes or more is written under its
+  partial name instead of a random temp name (``partial=True``, the
+  default): a write cut short (connection lost, disk full, a signal) keeps
+  it, and the next delta for that path uses it as its basis
+  (``open_basis``); a write whose data was wrong removes it;
+* with ``sparse=True`` (-S) a whole file is copied by its data ranges only
+  and every file built from a stream or a delta goes through
+  ``sparse.SparseWriter``: holes and runs of zeros stay holes;
 * entries that appear or vanish under a pass are tolerated where the outcome
   is the same: ``mkdir`` of a directory that is already there, ``delete`` of
   an entry that is already gone;
