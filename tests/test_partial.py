@@ -303,3 +303,29 @@ def test_resumed_transfer_memory_is_flat_in_file_size(tmp_path: Path) -> None:
     # 1 MiB) holds more or less of it depending on timing, whatever the size.
     assert peaks[1] <= peaks[0] + 16 * MiB + 2 * MiB, peaks
     assert peaks[1] < 24 * MiB, peaks  # far below the 32 MiB that cross
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(way=st.sampled_from(["push", "pull"]), cut=st.floats(0, 1.1),
+       flip=st.one_of(st.none(), st.floats(0, 1)), update=st.booleans(),
+       seed=st.integers(0, 100))
+def test_remote_resume_of_any_partial_gives_the_source(
+        tmp_path_factory: pytest.TempPathFactory, way: str, cut: float, flip: float | None,
+        update: bool, seed: int) -> None:
+    t = tmp_path_factory.mktemp("r")
+    rng = random.Random(seed)
+    size = 2 * MiB + rng.randrange(MiB)
+    new = rng.randbytes(size)
+    src, dst = t / "src", t / "dst"
+    build_tree(src, {"f": new})
+    if update:
+        build_tree(dst, {"f": new[:MiB] + rng.randbytes(size - MiB)})
+    part = bytearray(new[:int(size * cut)])
+    if flip is not None and part:
+        part[int(flip * (len(part) - 1))] ^= 0x55
+    put_partial(dst, "f", bytes(part))
+    r = (push if way == "push" else pull)(pipe_rsh(t), src, dst)
+    assert r.code == 0, r.rep.failed_
+    assert (dst / "f").read_bytes() == new
+    assert reserved(dst) == []
