@@ -681,7 +681,7 @@ class Engine:
                     n = self.source.transfer(
                         a.path, lambda f: self._write(a, self._mapped(f), new), retry)
                     stats.bytes_written += n
-                    stats.bytes_sent += n
+                    stats.bytes_sent += self.replica.data_sent(n)
                     result = Result(size=n, written=n)
                 rep.progress(result.written)
                 rep.file_done()

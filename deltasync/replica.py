@@ -144,6 +144,11 @@ class Replica(Protocol):
         used: their target is gone, unchanged, or partials are off."""
         self.remove_temps(paths)
 
+    def data_sent(self, written: int) -> int:
+        """Bytes of file data the last ``write_file`` sent, of the ``written`` it
+        returned (a push with -S sends no holes); by default all of them."""
+        return written
+
     def owner_now(self) -> bool | None:
         """``owner``, if it is known without waiting (None: a far side has not said yet)."""
         return self.owner

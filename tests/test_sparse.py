@@ -270,6 +270,9 @@ def test_remote_sync_keeps_holes_and_sends_no_zeros(tmp_path: Path, src: Path, w
     assert_sparse_copy(src / "f", dst / "f", layout)
     # the zeros did not cross: at most the data and a little framing
     assert r.stats.wire_bytes < data_bytes(layout) + (256 << 10), r.stats.wire_bytes
+    if way == "push":  # and the stats say so (bytes sent: data, written zeros at most)
+        zeros = sum(u * UNIT for k, u in layout if k == "zeros")
+        assert r.stats.bytes_sent <= data_bytes(layout) + zeros, r.stats.bytes_sent
 
 
 def test_sparse_copy_memory_is_flat_in_file_size(src: Path, dst: Path) -> None:

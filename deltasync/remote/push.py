@@ -79,6 +79,7 @@ class RemoteReplica(Replica):
         self._matcher_warm = False
         self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
         self._owner_unset: OwnerNotSet | None = None
+        self._holes = 0  # zeros the last write_file sent as HOLE frames (-S)
         self._xattrs_unset: XattrsNotSet | None = None
 
     @property
@@ -202,8 +203,12 @@ class RemoteReplica(Replica):
             w.end(codec.encode_end(codec.END_FAILED, err=e))
             raise
         w.end(codec.encode_end(codec.END_OK, digest))
+        self._holes = w.holes
         self._poll()
         return total
+
+    def data_sent(self, written: int) -> int:
+        return written - self._holes
 
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int, xattrs: XattrSet | None = None) -> int:

@@ -36,6 +36,7 @@ class DataWriter:
         self.out = out
         self._buf = bytearray()
         self.total = 0
+        self.holes = 0  # of ``total``: zeros sent as HOLE frames
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         n = len(data)
@@ -68,6 +69,7 @@ class DataWriter:
             return
         self.flush()
         self.total += n
+        self.holes += n
         self.out.send(HOLE, _HOLE.pack(n))
 
 
