@@ -370,6 +370,21 @@ def _attr_opts(sp: argparse.ArgumentParser) -> None:
 _ATTR_FLAGS = {"-X", "--xattrs", "-A", "--acls"}
 
 
+def _large_opts(sp: argparse.ArgumentParser) -> None:
+    """-S and --no-partial (issue 14 items 4 and 5): large files."""
+    g = sp.add_argument_group("large files")
+    g.add_argument("-S", "--sparse", action="store_true",
+                   help="keep holes: source holes are not read or sent, and stay holes in "
+                        "the replica (so do runs of zeros, as with rsync -S)")
+    g.add_argument("--no-partial", dest="partial", action="store_false",
+                   help="do not keep what an interrupted transfer of a file of 1 MiB or more "
+                        "wrote (default: kept as a hidden partial, never under the file's "
+                        "name, and the next pass resumes from it)")
+
+
+_LARGE_FLAGS = {"-S", "--sparse", "--no-partial"}
+
+
 _GUARD_VALUED: dict[str, Callable[[str], object]] = {
     "--max-delete": _max_delete, "--backup-dir": str, "--suffix": _suffix,
     "--timeout": _timeout}
@@ -436,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="files hard-linked together in SOURCE are hard-linked in REPLICA")
         _fidelity_opts(sp)
         _attr_opts(sp)
+        _large_opts(sp)
         rg = sp.add_argument_group("remote sync ([USER@]HOST:PATH as SOURCE or REPLICA)")
         rg.add_argument("-e", "--rsh", metavar="COMMAND", default=None,
                         help="transport command, split like a shell would (default: ssh)")
@@ -563,7 +579,7 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--zl": _compress_level, **_GUARD_VALUED, **_FIDELITY_VALUED}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
              "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", "-H", "--hard-links",
-             *_GUARD_FLAGS, *_FIDELITY_FLAGS, *_ATTR_FLAGS}
+             *_GUARD_FLAGS, *_FIDELITY_FLAGS, *_ATTR_FLAGS, *_LARGE_FLAGS}
     ns = _Quick()
     pos: list[str] = []
     i = 1

@@ -111,6 +111,12 @@ class SyncOptions:
     # -X/--xattrs, -A/--acls: copy extended attributes / POSIX ACLs (xattrs.py).
     xattrs: bool = False
     acls: bool = False
+    # -S/--sparse: holes in source files are neither read nor sent, and stay
+    # holes in the replica (sparse.py).
+    sparse: bool = False
+    # An interrupted transfer of a big file leaves a partial the next pass
+    # resumes from (partial.py); --no-partial: every transfer starts afresh.
+    partial: bool = True
 
 
 def xattr_mode(opts: SyncOptions) -> XattrMode | None:
@@ -210,6 +216,8 @@ class Engine:
         self._worker: _Worker | None = None
         self._halt = threading.Event()  # the pass failed: a worker stops at once
         self._idmap: IdMap | None = None  # source ids -> replica ids (idnames), this pass
+        self._partials: set[str] = set()  # resumable partials listed and not used yet
+        self._resumed: set[str] = set()  # paths whose transfer starts from their partial
 
     # -- one pass -------------------------------------------------------
     def run_pass(self) -> tuple[Stats, int]:
@@ -290,6 +298,7 @@ class Engine:
         self._protect = protector(self.opts.backup, self.replica.backup_prefix()
                                   if self.opts.backup is not None else None)
         self._redo, self._deltas = {}, {}
+        self._partials, self._resumed = set(), set()
         src_hash = dst_hash = None
         if self.opts.checksum:
             src_hash, dst_hash = self._hashers()
@@ -313,7 +322,7 @@ class Engine:
                 links = HardLinks()
             march = March(src_l, dst_l, copts, (self.excluder, self.filters.receiver), stats,
                           self._read_error,
-                          None if self.opts.dry_run else self.replica.remove_temps,
+                          None if self.opts.dry_run else self._leftovers,
                           src_hash, dst_hash, on_dir, self._protect, links)
             if self.source.pipelined and not self.opts.dry_run:
                 worker = self._worker = _Worker(self)
@@ -331,6 +340,10 @@ class Engine:
                     self._worker = worker = None
                     self._redo_pipelined()
             self._end_actions()
+            if self._partials and not stats.interrupted and not self.stop.is_set():
+                # no transfer of this pass wanted them: stale
+                self.replica.drop_partials(sorted(self._partials))
+            self._partials = set()
         finally:
             if worker is not None:
                 worker.abandon()
@@ -431,8 +444,9 @@ class Engine:
         as a link needs (``delta.strong_len_for``)."""
         from .delta import PULL_MARGIN_BITS, default_block_size, strong_len_for
 
-        assert a.src is not None and a.dst is not None
-        size = a.dst.size
+        assert a.src is not None
+        # resuming: the basis is the partial, about as big as the new file
+        size = a.src.size if a.dst is None or a.path in self._resumed else a.dst.size
         bs = self._block_size(size) or default_block_size(size)
         blocks = -(-size // bs) if bs > 0 else 0
         return self.replica.signature(a.path, bs, strong_len_for(a.src.size, blocks,
@@ -593,7 +607,37 @@ class Engine:
             return Result(size=a.src.size)
         return self._transfer(a)
 
+    def _leftovers(self, paths: list[str]) -> None:
+        """Reserved names the replica's listing found: temp files of an interrupted
+        pass are removed now; resumable partials wait for their target's transfer
+        (and are removed at the end of the pass if none comes)."""
+        from .partial import is_partial_name
+
+        temps = [p for p in paths if not is_partial_name(p)]
+        if temps:
+            self.replica.remove_temps(temps)
+        parts = [p for p in paths if is_partial_name(p)]
+        if parts and self.opts.partial:
+            self._partials.update(parts)
+        elif parts:
+            self.replica.drop_partials(parts)
+
+    def _resume(self, a: Action) -> bool:
+        """Does ``a``'s transfer start from a resumable partial of its target?"""
+        if not self._partials or a.src is None or a.op not in (Op.CREATE, Op.UPDATE):
+            return False
+        from .partial import PARTIAL_MIN, partial_path
+
+        part = partial_path(a.path)
+        if part not in self._partials or a.src.size < PARTIAL_MIN:
+            return False
+        self._partials.discard(part)  # used (or replaced) by this transfer
+        self._resumed.add(a.path)
+        return True
+
     def _use_delta(self, a: Action) -> bool:
+        if a.path in self._resumed or self._resume(a):
+            return True  # a delta against the partial: only what it lacks crosses
         if a.op is not Op.UPDATE or a.dst is None or a.dst.kind is not Kind.FILE:
             return False
         mode = self.opts.delta
@@ -637,7 +681,7 @@ class Engine:
                     n = self.source.transfer(
                         a.path, lambda f: self._write(a, self._mapped(f), new), retry)
                     stats.bytes_written += n
-                    stats.bytes_sent += n
+                    stats.bytes_sent += self.replica.data_sent(n)
                     result = Result(size=n, written=n)
                 rep.progress(result.written)
                 rep.file_done()
@@ -648,6 +692,8 @@ class Engine:
                 if not use_delta or not self.source.exists(a.path):
                     raise
                 use_delta = False
+                if a.path in self._resumed and a.dst is None:
+                    continue  # its partial was not usable: a new file, sent whole
                 rep.warning(a.path, "old version vanished from the replica; "
                                     "sending the whole file")
             except (PatchError, FormatError) as e:
@@ -707,8 +753,9 @@ class Engine:
     def _send_delta(self, a: Action, src: SourceFile) -> Result:
         from .delta import DeltaStats, make_delta
 
-        assert a.dst is not None
-        sig = self.replica.signature(a.path, self._block_size(a.dst.size))
+        assert a.dst is not None or a.path in self._resumed
+        basis = a.dst.size if a.dst is not None else a.src.size if a.src is not None else 0
+        sig = self.replica.signature(a.path, self._block_size(basis))
         ds = DeltaStats()
         # The delta is computed one thread ahead of its application, so reading
         # and matching the new file overlaps writing the new version.

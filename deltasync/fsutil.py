@@ -301,7 +301,7 @@ PREALLOCATE_MIN = 1 << 20  # smaller files gain nothing worth a syscall
 _fallocate_fn: object = None  # resolved on first use; False where unavailable
 
 
-def preallocate(fd: int, size: int) -> bool:
+def preallocate(fd: int, size: int, keep_size: bool = False) -> bool:
     """Allocate all ``size`` bytes of a new, empty file before it is written.
 
     Why: on ext4 a file written through delayed allocation gets its blocks
@@ -315,7 +315,9 @@ def preallocate(fd: int, size: int) -> bool:
     cannot preallocate is left to plain writes (glibc's ``posix_fallocate``
     would emulate it by writing zeros, doubling the I/O).  Out of space is
     raised at once, before any data is written.  Returns whether it
-    preallocated.
+    preallocated.  ``keep_size`` (``FALLOC_FL_KEEP_SIZE``): the blocks are
+    allocated but the size stays where the writes end (a resumable partial's
+    size must say how far it got, even after a SIGKILL).
     """
     global _fallocate_fn
     if size < PREALLOCATE_MIN:
@@ -326,7 +328,7 @@ def preallocate(fd: int, size: int) -> bool:
         return False
     import ctypes
 
-    if _fallocate_fn(fd, 0, 0, size) == 0:  # type: ignore[operator]
+    if _fallocate_fn(fd, 1 if keep_size else 0, 0, size) == 0:  # type: ignore[operator]
         return True
     err = ctypes.get_errno()
     if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

@@ -17,6 +17,14 @@ Guarantees of ``LocalReplica``:
   temp file and verifies the whole-file blake3 before the rename;
 * temp files left by a killed pass are removed by the next pass, and only
   while the replica lock is held (``lock``);
+* a file of ``partial.PARTIAL_MIN`` bytes or more is written under its
+  partial name instead of a random temp name (``partial=True``, the
+  default): a write cut short (connection lost, disk full, a signal) keeps
+  it, and the next delta for that path uses it as its basis
+  (``open_basis``); a write whose data was wrong removes it;
+* with ``sparse=True`` (-S) a whole file is copied by its data ranges only
+  and every file built from a stream or a delta goes through
+  ``sparse.SparseWriter``: holes and runs of zeros stay holes;
 * entries that appear or vanish under a pass are tolerated where the outcome
   is the same: ``mkdir`` of a directory that is already there, ``delete`` of
   an entry that is already gone;
@@ -78,7 +86,9 @@ from .fsutil import (
 )
 from .listing import Lister, ThreadLister
 from .model import Backup, Entry, Kind, quote_path, special_rdev, special_type
+from .partial import PARTIAL_MIN, extend_with, keeps, open_partial, partial_name
 from .sides import SideFilter as Excluder
+from .sparse import SparseWriter, copy_sparse
 from .xattrs import XattrMode, XattrSet, proc_path
 from .xattrs import apply as apply_xattrs
 
@@ -128,6 +138,16 @@ class Replica(Protocol):
     def remove_temps(self, paths: list[str]) -> None:
         """Remove temp files of an interrupted pass that the listing found."""
         return None
+
+    def drop_partials(self, paths: list[str]) -> None:
+        """Remove resumable partials (``partial.py``) that no transfer of the pass
+        used: their target is gone, unchanged, or partials are off."""
+        self.remove_temps(paths)
+
+    def data_sent(self, written: int) -> int:
+        """Bytes of file data the last ``write_file`` sent, of the ``written`` it
+        returned (a push with -S sends no holes); by default all of them."""
+        return written
 
     def owner_now(self) -> bool | None:
         """``owner``, if it is known without waiting (None: a far side has not said yet)."""
@@ -296,16 +316,21 @@ class _FdWriter:
         pass
 
 
-def _copy_stream(src: SourceFile, fd: int) -> int:
-    """Copy a source that has no descriptor (one arriving over a connection)."""
+def _copy_stream(src: SourceFile, fd: int, sparse: SparseWriter | None = None) -> int:
+    """Copy a source that has no descriptor (one arriving over a connection);
+    with ``sparse`` (-S), through it: runs of zeros stay holes."""
     buf = bytearray(COPY_CHUNK)
     view = memoryview(buf)
     total = 0
     while True:
         n = src.readinto(view)
         if not n:
-            return total
+            return sparse.finish() if sparse is not None else total
         piece = view[:n]
+        if sparse is not None:
+            sparse.write(piece)
+            total += n
+            continue
         while piece:
             w = os.write(fd, piece)
             piece = piece[w:]
@@ -320,13 +345,24 @@ def _discard(d: int, name: str) -> None:
         pass
 
 
+def _has_data(d: int, name: str) -> bool:
+    """Did a write cut short leave anything in its partial (else it is removed)?"""
+    try:
+        return os.stat(name, dir_fd=d, follow_symlinks=False).st_size > 0
+    except OSError:
+        return False
+
+
 class LocalReplica(Replica):
     """A replica directory on this machine."""
 
     def __init__(self, root: str, *, fsync: bool = False, owner: bool | None = None,
                  on_temp_removed: Callable[[str], None] | None = None,
-                 backup: Backup | None = None, xattrs: XattrMode | None = None) -> None:
+                 backup: Backup | None = None, xattrs: XattrMode | None = None,
+                 sparse: bool = False, partial: bool = True) -> None:
         self.root = root
+        self.sparse = sparse  # -S: holes stay holes (sparse.py)
+        self.partial = partial  # big files resumable (partial.py); off: --no-partial
         self.xmode = xattrs if xattrs else None  # -X/-A: what is read and set
         self._xattrs_unset: XattrsNotSet | None = None
         self.backup = backup
@@ -475,6 +511,31 @@ class LocalReplica(Replica):
         fd = open_regular(self.dirs, path)
         return os.fdopen(fd, "rb", buffering=0)
 
+    def open_basis(self, path: str) -> BinaryIO:
+        """The basis of a delta for ``path``: its resumable partial when there is
+        one (``partial.py``: extended with the old version's tail), else the old
+        version.  FileNotFoundError: neither."""
+        if self.partial:
+            d, name = self.dirs.parent_of(path)
+            pfd = open_partial(d, name)
+            if pfd is not None:
+                try:
+                    try:
+                        old = open_regular(self.dirs, path)
+                    except (FileNotFoundError, OSError):
+                        old = -1
+                    if old >= 0:
+                        try:
+                            extend_with(pfd, old)
+                        finally:
+                            os.close(old)
+                    os.lseek(pfd, 0, os.SEEK_SET)
+                except BaseException:
+                    os.close(pfd)
+                    raise
+                return os.fdopen(pfd, "rb", buffering=0)
+        return self.open_file(path)
+
     def checksum(self, path: str) -> bytes:
         from .hashing import hash_fd
 
@@ -488,7 +549,7 @@ class LocalReplica(Replica):
                   strong_len: int | None = None) -> Signature:
         from .delta import DEFAULT_STRONG_LEN, make_signature
 
-        with self.open_file(path) as f:
+        with self.open_basis(path) as f:
             return make_signature(f, block_size=block_size,
                                   strong_len=strong_len or DEFAULT_STRONG_LEN)
 
@@ -505,12 +566,20 @@ class LocalReplica(Replica):
     def _install_in(self, w: Writable, d: int, name: str, path: str, entry: Entry,
                     fill: Callable[[int, int], int], src: SourceCheck | None,
                     xattrs: XattrSet | None = None) -> int:
-        tmp = temp_name()
+        resumable = self.partial and entry.size >= PARTIAL_MIN
+        if resumable:
+            tmp = partial_name(name)
+            try:  # the one a basis came from is open already (write_delta)
+                w(os.unlink, tmp, dir_fd=d)
+            except FileNotFoundError:
+                pass
+        else:
+            tmp = temp_name()
         fd = w(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                0o600, dir_fd=d)
         try:
             try:
-                full = preallocate(fd, entry.size)
+                full = not self.sparse and preallocate(fd, entry.size, keep_size=resumable)
                 try:
                     written = fill(fd, d)
                 except DeltaSyncError:
@@ -529,8 +598,9 @@ class LocalReplica(Replica):
             if src is not None:
                 src.check_unchanged()
             self._put_in_place(w, d, tmp, name, path)
-        except BaseException:
-            _discard(d, tmp)
+        except BaseException as e:
+            if not (resumable and keeps(e) and _has_data(d, tmp)):
+                _discard(d, tmp)
             raise
         self._owner_failed(path, unset)
         return written
@@ -574,21 +644,34 @@ class LocalReplica(Replica):
     def write_file(self, path: str, src: SourceFile, new: bool = False,
                    xattrs: XattrSet | None = None) -> int:
         sfd = src.fileno()
+        size = src.entry.size
         if sfd >= 0:
-            return self._install(path, src.entry, lambda fd, d: copy_fd(sfd, fd, src.entry.size),
+            if self.sparse:
+                return self._install(path, src.entry, lambda fd, d: copy_sparse(sfd, fd, size),
+                                     src, xattrs)
+            return self._install(path, src.entry, lambda fd, d: copy_fd(sfd, fd, size),
                                  src, xattrs)
+        if self.sparse:
+            return self._install(path, src.entry, lambda fd, d: _copy_stream(
+                src, fd, SparseWriter(fd)), src, xattrs)
         return self._install(path, src.entry, lambda fd, d: _copy_stream(src, fd), src, xattrs)
 
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int, xattrs: XattrSet | None = None) -> int:
         from .delta import apply_delta
 
-        def fill(fd: int, d: int) -> int:
-            basis_fd = open_regular(self.dirs, path)
-            with os.fdopen(basis_fd, "rb") as basis:
-                return apply_delta(basis, ops, _FdWriter(fd), block_size)  # type: ignore[arg-type]
+        # opened before the output is made: a partial basis has the output's name
+        basis = self.open_basis(path)
 
-        return self._install(path, src.entry, fill, src, xattrs)
+        def fill(fd: int, d: int) -> int:
+            if not self.sparse:
+                return apply_delta(basis, ops, _FdWriter(fd), block_size)  # type: ignore[arg-type]
+            out = SparseWriter(fd)
+            apply_delta(basis, ops, out, block_size)  # type: ignore[arg-type]
+            return out.finish()
+
+        with basis:
+            return self._install(path, src.entry, fill, src, xattrs)
 
     def mkdir(self, path: str, entry: Entry) -> None:
         d, name = self.dirs.parent_of(path)

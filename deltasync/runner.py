@@ -224,6 +224,8 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         numeric_ids=args.numeric_ids,
         xattrs=args.xattrs,
         acls=args.acls,
+        sparse=args.sparse,
+        partial=args.partial,
     )
 
 
@@ -282,7 +284,8 @@ class _Pass:
             if not self.opts.dry_run:
                 os.makedirs(self.replica, exist_ok=True)
             replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner,
-                                   backup=self.opts.backup, xattrs=xattr_mode(self.opts))
+                                   backup=self.opts.backup, xattrs=xattr_mode(self.opts),
+                                   sparse=self.opts.sparse, partial=self.opts.partial)
             engine = Engine(self.source, replica, self.opts, reporter, self.stop)
             reporter.count_source(self.source, engine.excluder)
         try:

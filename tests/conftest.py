@@ -20,7 +20,7 @@ import pytest
 
 from deltasync import Engine, LocalReplica, Reporter, SyncOptions
 from deltasync.engine import xattr_mode
-from deltasync.fsutil import is_temp_name
+from deltasync.fsutil import is_reserved_name
 from deltasync.model import Action, Result, Stats
 from deltasync.render import describe
 
@@ -72,7 +72,8 @@ def do_sync(src: Any, dst: Any, reporter: Reporter | None = None, **opts: Any) -
     if not options.dry_run:
         os.makedirs(dst, exist_ok=True)
     replica = LocalReplica(os.fspath(dst), fsync=options.fsync, owner=options.owner,
-                           backup=options.backup, xattrs=xattr_mode(options))
+                           backup=options.backup, xattrs=xattr_mode(options),
+                           sparse=options.sparse, partial=options.partial)
     try:
         stats, code = Engine(os.fspath(src), replica, options, rep).run_pass()
     finally:
@@ -146,7 +147,7 @@ def wait_for(cond: Any, timeout: float = 20, step: float = 0.02) -> Any:
 def temps(root: Path) -> list[str]:
     """Leftover deltasync temp files below ``root``."""
     return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files
-            if is_temp_name(n)]
+            if is_reserved_name(n)]
 
 
 def cli_cmd(*args: Any) -> list[str]:

@@ -57,7 +57,8 @@ def push(rsh: str, src: Path, dst: Path, *, compress: bool = False,
                       timeout=options.timeout, backup=options.backup,
                       hard_links=options.hard_links,
                       specials=options.devices or options.specials,
-                      names=not options.numeric_ids, xattrs=_xattrs(options))
+                      names=not options.numeric_ids, xattrs=_xattrs(options),
+                      sparse=options.sparse, partial=options.partial)
     r = RemoteReplica(conn, checksum=options.checksum)
     source = LocalSource(os.fspath(src), one_file_system=options.one_file_system,
                          xattrs=xattr_mode(options))
@@ -87,9 +88,10 @@ def pull(rsh: str, src: Path, dst: Path, *, compress: bool = False,
                       hard_links=options.hard_links,
                       specials=options.devices or options.specials,
                       names=options.owner and not options.numeric_ids,
-                      xattrs=_xattrs(options))
+                      xattrs=_xattrs(options), sparse=options.sparse, partial=options.partial)
     local = LocalReplica(os.fspath(dst), owner=options.owner, backup=options.backup,
-                         xattrs=xattr_mode(options))
+                         xattrs=xattr_mode(options), sparse=options.sparse,
+                         partial=options.partial)
     try:
         stats, code = Engine(RemoteSource(conn), local, options, rep).run_pass()
     finally:

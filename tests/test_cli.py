@@ -19,7 +19,7 @@ from conftest import CliResult, popen, run_proc, temps
 from treeutil import Fifo, File, Symlink, assert_same_tree, build_tree, entries, snapshot
 
 from deltasync.errors import ConfigError, UsageError
-from deltasync.fsutil import is_temp_name
+from deltasync.fsutil import is_reserved_name
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 LINE = re.compile(rf"^({TS}) (DEBUG|INFO|WARNING|ERROR|CRITICAL) +(\S+) +(.*)$")
@@ -378,7 +378,7 @@ def test_sigkill_mid_write_leaves_no_partial_file(src: Path, dst: Path) -> None:
             except FileNotFoundError:
                 names = []
             # the temp is big's once "a" is in place and "big" is not
-            if any(is_temp_name(n) for n in names) and "a" in names and "big" not in names:
+            if any(is_reserved_name(n) for n in names) and "a" in names and "big" not in names:
                 os.kill(proc.pid, signal.SIGKILL)
                 seen = True
                 break
@@ -392,10 +392,10 @@ def test_sigkill_mid_write_leaves_no_partial_file(src: Path, dst: Path) -> None:
     assert seen, "never caught the large file in flight"
     assert proc.returncode == -signal.SIGKILL
     left = os.listdir(dst)
-    assert any(is_temp_name(n) for n in left), left
+    assert any(is_reserved_name(n) for n in left), left
     # whatever sits under a final name is complete
     for n in left:
-        if not is_temp_name(n) and os.path.isfile(dst / n):
+        if not is_reserved_name(n) and os.path.isfile(dst / n):
             assert os.path.getsize(dst / n) == os.path.getsize(src / n), n
     assert "big" not in left  # killed while writing it: only its temp exists
     # the next pass completes and cleans up

@@ -15,7 +15,7 @@ import pytest
 from conftest import popen, run_proc, temps, wait_for
 from treeutil import assert_same_tree, build_tree
 
-from deltasync.fsutil import is_temp_name
+from deltasync.fsutil import is_reserved_name
 from deltasync.schedule import run_periodic
 
 
@@ -50,7 +50,8 @@ def wait_temp(dst: Path, done: tuple[str, ...] = ("a",), pending: str = "big",
     while time.monotonic() < deadline:
         try:
             names = os.listdir(dst)
-            if (any(is_temp_name(n) for n in names) and pending not in names
+            # a big file's temp is its partial (reserved, ``.part``)
+            if (any(is_reserved_name(n) for n in names) and pending not in names
                     and all(n in names for n in done)):
                 return True
         except FileNotFoundError:

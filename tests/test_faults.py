@@ -27,7 +27,7 @@ from treeutil import assert_same_tree, build_tree, snapshot
 
 from deltasync import replica as replica_mod
 from deltasync.engine import DeltaMode
-from deltasync.fsutil import is_temp_name
+from deltasync.fsutil import is_reserved_name
 
 
 @contextlib.contextmanager
@@ -148,7 +148,7 @@ def crash_loop(tmp_path: Path, iterations: int, seed: int) -> None:
             proc.communicate()
         where = f"iteration {i} (seed {seed}, kill after {delay:.3f} s, ops {done})"
         now = {rel: v for rel, v in versions(dst).items()
-               if not is_temp_name(os.path.basename(rel))}
+               if not is_reserved_name(os.path.basename(rel))}
         for rel, got in now.items():
             ok = [v for v in (old.get(rel), new.get(rel)) if v is not None]
             assert got in ok, f"{where}: {rel} is neither its old nor its new version"

@@ -34,7 +34,7 @@ from treeutil import Symlink, assert_same_tree, build_tree, snapshot
 from deltasync import LocalReplica
 from deltasync.engine import DeltaMode
 from deltasync.errors import FormatError, PatchError
-from deltasync.fsutil import is_temp_name
+from deltasync.fsutil import is_reserved_name
 from deltasync.model import Action, Result
 
 
@@ -48,7 +48,7 @@ def mirror(src: Path, dst: Path, **opts: Any) -> PassResult:
 
 def temps(root: Path | bytes) -> list[bytes]:
     return [os.path.join(d, n) for d, _, files in os.walk(os.fsencode(root)) for n in files
-            if is_temp_name(os.fsdecode(n))]
+            if is_reserved_name(os.fsdecode(n))]
 
 
 class Hook(RecordingReporter):

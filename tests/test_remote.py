@@ -21,7 +21,7 @@ from test_sync import MUTATIONS, base_tree
 from treeutil import Dir, File, Symlink, add, assert_same_tree, build_tree, inodes, remove
 
 from deltasync.errors import ProtocolError, UsageError
-from deltasync.fsutil import is_temp_name
+from deltasync.fsutil import is_reserved_name
 from deltasync.remote.client import RemoteFailure
 from deltasync.remote.protocol import PROTOCOL_VERSION
 from deltasync.remote.transport import RemoteSpec, parse_remote, transport_argv
@@ -55,7 +55,7 @@ def assert_noop(direction: str, rsh: str, src: Path, dst: Path, **opts: object) 
 
 
 def no_temps(root: Path) -> bool:
-    return not any(is_temp_name(n) for _, _, names in os.walk(root) for n in names)
+    return not any(is_reserved_name(n) for _, _, names in os.walk(root) for n in names)
 
 
 # -- the mirror guarantee, both directions ----------------------------------
@@ -349,7 +349,7 @@ def test_killed_transport_mid_pass_exits_12_and_next_pass_completes(tmp_path: Pa
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if pidfile.exists() and pidfile.read_text().strip() and dst.exists() and any(
-                is_temp_name(n) for n in os.listdir(dst)):
+                is_reserved_name(n) for n in os.listdir(dst)):
             break
         time.sleep(0.02)
     else:

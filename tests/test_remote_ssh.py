@@ -26,7 +26,7 @@ from conftest import cli_cmd, run_proc
 from remoteutil import REMOTE_CMD
 from treeutil import Symlink, assert_same_tree, build_tree
 
-from deltasync.fsutil import is_temp_name
+from deltasync.fsutil import is_reserved_name
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -131,7 +131,8 @@ def test_killing_ssh_mid_pass(sshd: str, tmp_path: Path) -> None:
                                  "--remote-command", REMOTE_CMD, "--bwlimit", "1M"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 30
-    while not (dst.exists() and any(is_temp_name(n) for n in os.listdir(dst))):
+    # big (1 MiB or more) is written under its partial name: a reserved one
+    while not (dst.exists() and any(is_reserved_name(n) for n in os.listdir(dst))):
         assert time.monotonic() < deadline and p.poll() is None, "transfer never started"
         time.sleep(0.02)
     kids = subprocess.run(["pgrep", "-P", str(p.pid), "-x", "ssh"], capture_output=True,
@@ -147,4 +148,4 @@ def test_killing_ssh_mid_pass(sshd: str, tmp_path: Path) -> None:
     r = ds("sync", src, f"127.0.0.1:{dst}", "-e", sshd, "--remote-command", REMOTE_CMD)
     assert r.returncode == 0, r.stderr
     assert_same_tree(src, dst)
-    assert not any(is_temp_name(n) for n in os.listdir(dst))
+    assert not any(is_reserved_name(n) for n in os.listdir(dst))  # the partial was used

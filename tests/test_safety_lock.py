@@ -181,7 +181,8 @@ def test_a_pass_started_during_a_large_write_waits_and_breaks_nothing(src: Path,
         caught = False
         while proc.poll() is None:
             names = os.listdir(dst) if dst.exists() else []
-            if any(is_temp_name(n) for n in names) and "a" in names and "big" not in names:
+            # big's temp is its partial (a file of 1 MiB or more: resumable)
+            if any(is_reserved_name(n) for n in names) and "a" in names and "big" not in names:
                 os.kill(proc.pid, signal.SIGSTOP)  # frozen with big's temp in flight
                 caught = True
                 break
@@ -194,7 +195,7 @@ def test_a_pass_started_during_a_large_write_waits_and_breaks_nothing(src: Path,
             os.unlink(dst / n)
     assert first is not None, "never caught the large file in flight"
     try:
-        [tmp] = [n for n in os.listdir(dst) if is_temp_name(n)]
+        [tmp] = [n for n in os.listdir(dst) if is_reserved_name(n)]
         second = start("sync", src, dst)
         waited = second.saw(WAITING)
         assert (dst / tmp).exists()  # not removed from under the first pass

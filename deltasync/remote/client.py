@@ -70,8 +70,11 @@ class Connection:
                  transport: Transport | None = None, timeout: float | None = None,
                  backup: Backup | None = None, one_file_system: bool = False,
                  hard_links: bool = False, specials: bool = False,
-                 names: bool = False, xattrs: tuple[bool, bool] | None = None) -> None:
+                 names: bool = False, xattrs: tuple[bool, bool] | None = None,
+                 sparse: bool = False, partial: bool = True) -> None:
         self.spec = spec
+        self.sparse = sparse  # -S: whole files travel with HOLE frames
+
         self.xattrs = xattrs  # -X/-A: (xattrs, acls) the far side reads (and sets)
         if transport is None:
             transport = Transport(transport_argv(spec, rsh, remote_command))
@@ -116,6 +119,7 @@ class Connection:
                 opening["backup"] = {"dir": backup.dir, "suffix": backup.suffix}
             if names:  # owners by name (idnames): an older server ignores it, ids stay numeric
                 opening["names"] = True
+            opening["sparse"], opening["partial"] = sparse, partial  # -S, --no-partial
             self.out.send(OPEN, dump_json(opening))
             if scan is not None:
                 self._send_scan(*scan)

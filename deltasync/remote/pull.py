@@ -183,7 +183,8 @@ class RemoteSource(Source):
             if ftype not in (FILE, DELTA):
                 raise ProtocolError(f"unexpected {type_name(ftype)} frame in a file transfer")
             rid, entry = codec.decode_op(payload, type_name(ftype))
-            reader = DataReader(recv, "file")
+            reader = DataReader(recv, "file", holes=ftype == FILE)  # -S: HOLE frames
+            reader.size = entry.size
             if rid != op_id or entry.path != path:
                 raise ProtocolError(f"file {entry.path!r} (request {rid}) arrived out of order")
             if done or local_err is not None:
@@ -193,7 +194,7 @@ class RemoteSource(Source):
                 f = _Incoming(entry, reader, ftype == DELTA)
                 result = use(f)
                 done = True
-                self.wire += reader.total
+                self.wire += reader.wire
             except SourceChanged:
                 reader.finish()
                 if on_retry is not None:

@@ -30,6 +30,7 @@ from .protocol import (
     DATA,
     DELETE,
     DELTA,
+    DROP,
     END,
     FILE,
     LINK,
@@ -40,7 +41,7 @@ from .protocol import (
     SYMLINK,
     type_name,
 )
-from .streams import DataWriter, send_fd, send_source
+from .streams import DataWriter, send_fd, send_source, send_sparse
 
 if TYPE_CHECKING:
     from ..delta import Signature
@@ -78,6 +79,7 @@ class RemoteReplica(Replica):
         self._matcher_warm = False
         self.failures: list[tuple[str, str, BaseException]] = []  # when no callback is set
         self._owner_unset: OwnerNotSet | None = None
+        self._holes = 0  # zeros the last write_file sent as HOLE frames (-S)
         self._xattrs_unset: XattrsNotSet | None = None
 
     @property
@@ -187,7 +189,10 @@ class RemoteReplica(Replica):
         w = DataWriter(self.out)
         try:
             fd = src.fileno()
-            total, digest = send_fd(fd, w) if fd >= 0 else send_source(src, w)
+            if fd >= 0 and self.conn.sparse:  # -S: holes are not read, and go as HOLE frames
+                total, digest = send_sparse(fd, w, src.entry.size)
+            else:
+                total, digest = send_fd(fd, w) if fd >= 0 else send_source(src, w)
             src.check_unchanged()
         except SourceChanged:
             p.ignore = True
@@ -198,8 +203,12 @@ class RemoteReplica(Replica):
             w.end(codec.encode_end(codec.END_FAILED, err=e))
             raise
         w.end(codec.encode_end(codec.END_OK, digest))
+        self._holes = w.holes
         self._poll()
         return total
+
+    def data_sent(self, written: int) -> int:
+        return written - self._holes
 
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int, xattrs: XattrSet | None = None) -> int:
@@ -224,6 +233,11 @@ class RemoteReplica(Replica):
         w.end(codec.encode_end(codec.END_OK))
         self._poll()
         return src.entry.size
+
+    def drop_partials(self, paths: list[str]) -> None:
+        for p in paths:
+            self._send(DROP, lambda i, p=p: codec.encode_path_op(i, 0, p),  # type: ignore[misc]
+                       "drop", p)
 
     def mkdir(self, path: str, entry: Entry) -> None:
         self._send(MKDIR, lambda i: codec.encode_op(i, entry._replace(path=path)), "mkdir", path)

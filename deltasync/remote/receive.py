@@ -21,6 +21,7 @@ from blake3 import blake3
 from ..errors import PatchError, ProtocolError
 from ..model import Entry
 from ..replica import LocalReplica, SourceChanged
+from ..sparse import ZERO_RUN, SparseWriter, zeros
 from ..xattrs import XattrSet
 from .codec import END_CHANGED, END_FAILED, decode_end
 from .streams import DataReader
@@ -54,7 +55,7 @@ class _StreamSource:
                                  "the sender's; not installed")
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -68,11 +69,28 @@ def receive_whole(replica: LocalReplica, path: str, entry: Entry, reader: DataRe
     src = _StreamSource(entry, reader, hasher)
 
     def fill(fd: int, d: int) -> int:
+        # -S: holes (HOLE frames, zero runs) are skipped, never written
+        out = SparseWriter(fd) if replica.sparse else None
         total = 0
-        for chunk in reader.chunks():
-            hasher.update(chunk)
-            _write_all(fd, chunk)
-            total += len(chunk)
+        for seg in reader.segments():
+            if isinstance(seg, int):
+                for k in range(0, seg, ZERO_RUN):
+                    z = zeros(min(ZERO_RUN, seg - k))
+                    hasher.update(z)
+                    if out is None:
+                        _write_all(fd, z)
+                if out is not None:
+                    out.skip(seg)
+                total += seg
+                continue
+            hasher.update(seg)
+            if out is None:
+                _write_all(fd, seg)
+            else:
+                out.write(seg)
+            total += len(seg)
+        if out is not None:
+            out.finish()
         return total
 
     try:

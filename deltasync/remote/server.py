@@ -60,6 +60,7 @@ from .protocol import (
     CREDIT,
     DELETE,
     DELTA,
+    DROP,
     ERROR,
     FILE,
     GET,
@@ -90,7 +91,7 @@ from .protocol import (
     parse_json,
     type_name,
 )
-from .streams import DataReader, DataWriter, send_fd
+from .streams import DataReader, DataWriter, send_fd, send_sparse
 from .units import Packer, encode_root, root_entry, split_payload, walk_units
 
 BATCH_FIRST = 1  # bytes of unit bodies in the first batch: it goes as soon as it is made
@@ -131,6 +132,7 @@ class Server:
         self.replica: LocalReplica | None = None
         self.source: LocalSource | None = None
         self.dry_run = False
+        self.sparse = False  # -S (OPEN)
         self._walk: Generator[bytes, None, None] | None = None  # the listing still to send
         self._packer: Packer | None = None  # packed units: one zlib stream, in batches
         self._batch = BATCH_FIRST
@@ -201,6 +203,7 @@ class Server:
         self.role = role
         root = os.path.abspath(os.path.expanduser(path))
         self.dry_run = bool(body.get("dry_run"))
+        self.sparse = body.get("sparse") is True  # -S: holes stay holes, and are not sent
         if role == "replica":
             if os.path.lexists(root) and not os.path.isdir(root):
                 raise DeltaSyncError(f"replica exists and is not a directory: {root}")
@@ -208,7 +211,9 @@ class Server:
                 os.makedirs(root, exist_ok=True)
             owner = bool(body.get("owner")) and os.geteuid() == 0
             self.replica = LocalReplica(root, fsync=bool(body.get("fsync")), owner=owner,
-                                        backup=_backup(body.get("backup")))
+                                        backup=_backup(body.get("backup")),
+                                        sparse=self.sparse,
+                                        partial=body.get("partial") is not False)
             if not self.dry_run:
                 self._lock(root, body.get("lock_wait"))
         else:
@@ -444,6 +449,8 @@ class Server:
         from .receive import receive_delta, receive_whole  # blake3: not needed by a no-op
 
         reader = self._data_reader(what)
+        if not delta:
+            reader.holes, reader.size = True, entry.size  # -S: HOLE frames, within the file
         try:
             if delta:
                 n = receive_delta(self.replica, entry.path, entry, reader, xattrs=xs)
@@ -501,6 +508,20 @@ class Server:
             return
         self._result(op_id)
 
+    def _op_drop(self, payload: bytes) -> None:
+        """Remove a resumable partial no transfer used (only a partial's name)."""
+        from ..fsutil import is_reserved_name
+        from ..partial import is_partial_name
+
+        op_id, _, path = codec.decode_path_op(payload, "DROP")
+        codec_path_check(path)
+        name = path.rpartition("/")[2]
+        if not (is_reserved_name(name) and is_partial_name(name)):
+            raise ProtocolError("DROP message for a name that is not a partial's")
+        assert self.replica is not None
+        self.replica.drop_partials([path])
+        self._result(op_id)
+
     # -- source side (pull) -----------------------------------------------
     def _op_get(self, payload: bytes, sig: object = None) -> None:
         op_id, _, path = codec.decode_path_op(payload, "GET")
@@ -537,6 +558,8 @@ class Server:
 
                     write_delta(make_delta(sig, f, DeltaStats()), w,  # type: ignore[arg-type]
                                 sig.block_size)
+                elif self.sparse:
+                    digest = send_sparse(f.fileno(), w, f.entry.size)[1]
                 else:
                     digest = send_fd(f.fileno(), w)[1]
                 f.check_unchanged()
@@ -568,6 +591,7 @@ class Server:
         DELETE: lambda self, p: self._simple(p, "DELETE"),
         META: lambda self, p: self._simple(p, "META"),
         LINK: lambda self, p: self._simple(p, "LINK"),
+        DROP: _op_drop,
     }
     _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
 

@@ -67,7 +67,8 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         rsh=args.rsh, remote_command=args.remote_command,
         compress=request(args.compress, args.compress_choice, args.compress_level),
         bwlimit=args.bwlimit, dry_run=opts.dry_run, fsync=opts.fsync, on_stderr=on_stderr,
-        transport=early, timeout=opts.timeout, hard_links=opts.hard_links)
+        transport=early, timeout=opts.timeout, hard_links=opts.hard_links,
+        sparse=opts.sparse, partial=opts.partial)
     # -X/-A: the far side reads (and sets) them too
     xattrs = (opts.xattrs, opts.acls) if opts.xattrs or opts.acls else None
     if dst_spec is not None:
@@ -92,7 +93,7 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
                       specials=opts.devices or opts.specials,
                       names=opts.owner and not opts.numeric_ids, xattrs=xattrs, **common)
     local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner, backup=opts.backup,
-                         xattrs=xattr_mode(opts))
+                         xattrs=xattr_mode(opts), sparse=opts.sparse, partial=opts.partial)
     return Engine(RemoteSource(conn), local, opts, reporter, stop), _PullClose(conn, local)
 
 

@@ -57,7 +57,7 @@ def link_signature(replica: LocalReplica, path: str, block_size: int | None,
     """
     from ..delta import default_block_size, make_signature
 
-    with replica.open_file(path) as f:
+    with replica.open_basis(path) as f:  # a resumable partial, or the old version
         size = os.fstat(f.fileno()).st_size
         bs = block_size or default_block_size(size)
         blocks = -(-size // bs) if bs > 0 else 0
