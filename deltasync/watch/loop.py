@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .events import LOSSES, Batch, Change, Kind
+from .events import Batch, Change, Kind
 
 #: A burst is cut after this many delays even while changes keep coming.
 MAX_BATCH = 4
@@ -63,13 +63,11 @@ class _Waker:
     def __init__(self) -> None:
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.old: int | None = None
+        self.nap: float | None = None
         try:
             self.old = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
         except ValueError:  # not the main thread
-            self.old = None
             self.nap = 1.0
-        else:
-            self.nap = None
 
     def drain(self) -> None:
         try:
