@@ -310,7 +310,7 @@ class _Pass:
         self.log.log(level, prefix + line)
         if args.interval and trigger is None:
             self.log.info(f"pass    #{self.n} ended (exit {code}, {stats.duration:.3f} s)")
-        self.last_stats = stats
+        self.last_stats, self.last_line = stats, line
         if args.json:
             rec = {"event": "pass", "version": __version__, "pass": self.n, "started": started.isoformat(),
                    "exit_code": code, "dry_run": self.opts.dry_run, **stats.as_dict()}

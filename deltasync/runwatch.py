@@ -84,7 +84,8 @@ class WatchRun:
                              "replica")
             self.lost_at = None
         if p.pid_file:  # the pass wrote its state before these counts were known
-            p._write_state(p.pid_file, code, stats.duration, trigger=trigger)
+            p._write_state(p.pid_file, code, stats.duration, summary=p.last_line,
+                           trigger=trigger)
         return code
 
     def _opts(self) -> SyncOptions:
