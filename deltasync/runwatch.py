@@ -12,7 +12,6 @@ window at a time) until the user runs a pass of their own.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -94,12 +93,12 @@ class WatchRun:
         if self.limit is None:
             return p.opts
         if self.tripped:
-            return dataclasses.replace(p.opts, max_delete=0)
+            return _with_limit(p.opts, 0)
         now = time.monotonic()
         while self.deletes and self.deletes[0][0] < now - DELETE_WINDOW:
             self.deletes.popleft()
         used = sum(n for _, n in self.deletes)
-        return dataclasses.replace(p.opts, max_delete=max(0, self.limit - used))
+        return _with_limit(p.opts, max(0, self.limit - used))
 
     def _count_deletes(self, done: int, skipped: int) -> None:
         if self.limit is None:
@@ -139,6 +138,11 @@ class WatchRun:
         why = _why(e)
         self.log.error(f"error   pass failed: {why}")
         self.p.record_failure(why)
+
+
+def _with_limit(opts: SyncOptions, n: int) -> SyncOptions:
+    new: SyncOptions = opts.replace(max_delete=n)  # type: ignore[attr-defined]
+    return new
 
 
 def watch_loop(p: _Pass, logger: logging.Logger, stop: threading.Event) -> int:

@@ -22,7 +22,7 @@ import pytest
 from conftest import popen, run_proc, temps, wait_for
 from hypothesis import given
 from hypothesis import strategies as hs
-from treeutil import build_tree, tree_diff, snapshot
+from treeutil import build_tree, snapshot, tree_diff
 
 from deltasync.watch import Batch, Change, InotifyWatcher, Kind, inotify
 
