@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
         wg.add_argument("--watch-delay", metavar="SECONDS", type=_positive_float, default=0.1,
                         help="gather a burst of changes until it has been quiet this long "
                              "(default 0.1)")
+        wg.add_argument("--watch-backend", choices=("auto", "fanotify", "inotify"),
+                        default="auto", help="fanotify (one filesystem mark; root, Linux 5.9+) "
+                        "or inotify (a watch per directory); auto: fanotify where it can")
 
     s = sub.add_parser("sync", help="one pass (or a pass every --interval seconds)")
     sync_opts(s)
@@ -770,7 +773,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     last = st.get("last_pass")
     watch = st.get("watch")
     if isinstance(watch, dict):
-        print(f"watch mode: {watch.get('backend')}, {watch.get('watches')} watches, "
+        n = watch.get("watches")
+        print(f"watch mode: {watch.get('backend')}, {n} watch{'' if n == 1 else 'es'}, "
               f"last change synced: {watch.get('last_change_synced') or 'none yet'}")
         if watch.get("held_deletions"):
             print(f"  deletions held: {watch.get('held_deletions')} (--max-delete "

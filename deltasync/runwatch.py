@@ -45,7 +45,7 @@ class WatchRun:
 
     def __init__(self, p: _Pass, logger: logging.Logger) -> None:
         self.p, self.log = p, logger
-        self.watcher = open_watcher(p.source)
+        self.watcher = open_watcher(p.source, None, p.args.watch_backend)
         self.last_synced: str | None = None
         self.limit = p.opts.max_delete
         self.deletes: deque[tuple[float, int]] = deque()
@@ -140,6 +140,10 @@ class WatchRun:
         self.p.record_failure(why)
 
 
+def _watches(n: int) -> str:
+    return f"{n} watch" if n == 1 else f"{n} watches"
+
+
 def _with_limit(opts: SyncOptions, n: int) -> SyncOptions:
     new: SyncOptions = opts.replace(max_delete=n)  # type: ignore[attr-defined]
     return new
@@ -157,7 +161,7 @@ def watch_loop(p: _Pass, logger: logging.Logger, stop: threading.Event) -> int:
     try:
         run.watcher.start()
         logger.info(f"start   watching {quote_path(p.source)} -> {quote_path(p.replica)} "
-                    f"({run.watcher.backend}, {run.watcher.watches} watches set up in "
+                    f"({run.watcher.backend}, {_watches(run.watcher.watches)} set up in "
                     f"{time.monotonic() - t0:.3f} s; full pass "
                     + (f"every {net:g} s)" if net else "at start only)"))
         run_watch(run.watcher, run.sync, stop, args.watch_delay, net, run.lost, run.failed)

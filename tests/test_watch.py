@@ -24,9 +24,10 @@ from hypothesis import given
 from hypothesis import strategies as hs
 from treeutil import build_tree, snapshot, tree_diff
 
-from deltasync.watch import Batch, Change, InotifyWatcher, Kind, inotify
+from deltasync.watch import Batch, Change, InotifyWatcher, Kind, fanotify, inotify
 
 MUTATOR = Path(__file__).resolve().parent / "mutator.py"
+BACKENDS = pytest.mark.parametrize("backend", ["inotify", "fanotify"])  # CI runs as root
 
 
 def read(p: Path) -> str:
@@ -190,7 +191,9 @@ def mutate(root: Path, seconds: float, rate: float = 50, seed: int = 1,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@BACKENDS
 def test_sync_watch_follows_a_mutator_and_ends_cleanly_on_sigterm(
+        backend: str,
         src: Path, dst: Path, tmp_path: Path, mutator_proc: list[subprocess.Popen[str]]) -> None:
     import random
 
@@ -199,7 +202,7 @@ def test_sync_watch_follows_a_mutator_and_ends_cleanly_on_sigterm(
 
     populate(str(src), random.Random(3), big=1)
     log = tmp_path / "watch.log"
-    proc = popen("sync", src, dst, "--watch", "--log-file", log, "-q", "--json")
+    proc = popen("sync", src, dst, "--watch", "--watch-backend", backend, "--log-file", log, "-q", "--json")
     try:
         wait_for(lambda: "start   watching" in read(log), timeout=60)
         m = mutate(src, 4, rate=50)
@@ -212,7 +215,7 @@ def test_sync_watch_follows_a_mutator_and_ends_cleanly_on_sigterm(
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     text = read(log)
-    assert re.search(r"start   watching .* \(inotify, \d+ watches", text)
+    assert re.search(rf"start   watching .* \({backend}, \d+ watch", text)
     assert "batch   " in text and text.rstrip().endswith("stop    watch stopped")
     recs = [line for line in out.splitlines() if '"trigger": "watch"' in line]
     assert recs, out[-2000:]
@@ -220,12 +223,14 @@ def test_sync_watch_follows_a_mutator_and_ends_cleanly_on_sigterm(
     assert same(src, dst)
 
 
-def test_files_made_during_the_initial_pass_are_synced(src: Path, dst: Path,
+@BACKENDS
+def test_files_made_during_the_initial_pass_are_synced(
+        backend: str, src: Path, dst: Path,
                                                          tmp_path: Path) -> None:
     # lsyncd's race: its watches go in after the first rsync starts
     build_tree(src, {f"d{i}": {f"f{j}": b"x" * 100 for j in range(100)} for i in range(30)})
     log = tmp_path / "watch.log"
-    proc = popen("sync", src, dst, "--watch", "--log-file", log, "-q", "--interval", "off")
+    proc = popen("sync", src, dst, "--watch", "--watch-backend", backend, "--log-file", log, "-q", "--interval", "off")
     try:
         wait_for(lambda: "start   watching" in read(log), timeout=60)
         for i in range(30):  # most while the initial pass still runs
@@ -238,13 +243,15 @@ def test_files_made_during_the_initial_pass_are_synced(src: Path, dst: Path,
     assert proc.returncode == 0
 
 
-def test_renames_inside_source_and_a_directory_moved_out_and_back(src: Path, dst: Path,
+@BACKENDS
+def test_renames_inside_source_and_a_directory_moved_out_and_back(
+        backend: str, src: Path, dst: Path,
                                                                   tmp_path: Path) -> None:
     build_tree(src, {"a": {"f": b"1", "sub": {"g": b"2"}}, "b": {"x": b"old", "y": b"new"}})
     away = tmp_path / "away"
     away.mkdir()
     log = tmp_path / "watch.log"
-    proc = popen("sync", src, dst, "--watch", "--log-file", log, "-q")
+    proc = popen("sync", src, dst, "--watch", "--watch-backend", backend, "--log-file", log, "-q")
     try:
         wait_for(lambda: same(src, dst), timeout=60, step=0.1)
         os.rename(src / "a" / "sub", src / "b" / "sub2")
@@ -268,7 +275,7 @@ def test_overflow_is_warned_and_repaired_by_a_rescan(src: Path, dst: Path, tmp_p
     log = tmp_path / "watch.log"
     knob.write_text("32\n")  # read when an inotify instance is made
     try:
-        proc = popen("sync", src, dst, "--watch", "--log-file", log, "-q")
+        proc = popen("sync", src, dst, "--watch", "--watch-backend", "inotify", "--log-file", log, "-q")
         wait_for(lambda: "start   watching" in read(log), timeout=60)
     finally:
         knob.write_text(old)
@@ -311,7 +318,7 @@ def test_watch_limit_falls_back_to_full_passes(src: Path, dst: Path, tmp_path: P
     log = tmp_path / "watch.log"
     knob.write_text(f"{_inotify_watches() + 3}\n")  # lowered only while the watches go in
     try:
-        proc = popen("sync", src, dst, "--watch", "--log-file", log, "-q")
+        proc = popen("sync", src, dst, "--watch", "--watch-backend", "inotify", "--log-file", log, "-q")
         wait_for(lambda: "start   watching" in read(log), timeout=60)
     finally:
         knob.write_text(old)
@@ -328,11 +335,13 @@ def test_watch_limit_falls_back_to_full_passes(src: Path, dst: Path, tmp_path: P
     assert "sysctl -w fs.inotify.max_user_watches=" in text
 
 
-def test_max_delete_holds_deletions_in_a_rolling_window(src: Path, dst: Path,
+@BACKENDS
+def test_max_delete_holds_deletions_in_a_rolling_window(
+        backend: str, src: Path, dst: Path,
                                                          tmp_path: Path) -> None:
     build_tree(src, {f"f{i}": b"x" for i in range(20)})
     log = tmp_path / "watch.log"
-    proc = popen("sync", src, dst, "--watch", "--log-file", log, "-q", "--max-delete", "5")
+    proc = popen("sync", src, dst, "--watch", "--watch-backend", backend, "--log-file", log, "-q", "--max-delete", "5")
     try:
         wait_for(lambda: same(src, dst), timeout=60, step=0.1)
         for i in range(20):
@@ -349,13 +358,15 @@ def test_max_delete_holds_deletions_in_a_rolling_window(src: Path, dst: Path,
     assert read(log).count("error   --max-delete 5") == 1
 
 
-def test_start_watch_daemon_status_and_stop(src: Path, dst: Path, tmp_path: Path,
+@BACKENDS
+def test_start_watch_daemon_status_and_stop(
+        backend: str, src: Path, dst: Path, tmp_path: Path,
                                             mutator_proc: list[subprocess.Popen[str]]) -> None:
     build_tree(src, {"a": b"1", "d": {"b": b"2"}})
     pid_file = tmp_path / "run" / "ds.pid"
     pid_file.parent.mkdir()
     log = tmp_path / "daemon.log"
-    r = run_proc("start", src, dst, "--watch", "--pid-file", pid_file, "--log-file", log)
+    r = run_proc("start", src, dst, "--watch", "--watch-backend", backend, "--pid-file", pid_file, "--log-file", log)
     assert r.returncode == 0, r.stderr
     try:
         wait_for(lambda: same(src, dst), timeout=60, step=0.1)
@@ -366,7 +377,7 @@ def test_start_watch_daemon_status_and_stop(src: Path, dst: Path, tmp_path: Path
         wait_for(lambda: "watch" in read(Path(str(pid_file) + ".state")), timeout=30)
         st = run_proc("status", "--pid-file", pid_file)
         assert st.returncode == 0, st.stderr
-        assert re.search(r"^watch mode: inotify, \d+ watches, last change synced: \S+",
+        assert re.search(rf"^watch mode: {backend}, \d+ watch(es)?, last change synced: \S+",
                          st.stdout, re.M), st.stdout
         assert re.search(r"^last pass: \S+ result \w+ \(exit \d+, [\d.]+ s, (watch|rescan)\)",
                          st.stdout, re.M), st.stdout
@@ -393,3 +404,56 @@ def test_a_remote_source_cannot_be_watched(dst: Path) -> None:
     assert r.returncode == 2
     assert r.stderr == ("deltasync: error: --watch needs a local SOURCE: a remote SOURCE "
                         "cannot be watched yet\n")
+
+
+# -- fanotify ---------------------------------------------------------------------
+
+def _fan_record(mask: int, infos: list[tuple[int, bytes, bytes]]) -> bytes:
+    body = b""
+    for itype, handle, name in infos:
+        rec = b"\0" * 8 + handle + name + b"\0"
+        rec += b"\0" * (-(len(rec) + 4) % 4)
+        body += bytes([itype, 0]) + (len(rec) + 4).to_bytes(2, "little") + rec
+    meta = (24 + len(body)).to_bytes(4, "little") + bytes([3, 0]) + (24).to_bytes(2, "little")
+    return meta + mask.to_bytes(8, "little") + (-1).to_bytes(4, "little", signed=True) + \
+        (0).to_bytes(4, "little") + body
+
+
+handles = hs.binary(min_size=1, max_size=24).map(
+    lambda b: len(b).to_bytes(4, "little") + (1).to_bytes(4, "little") + b)
+records = hs.lists(hs.tuples(hs.integers(0, 2**64 - 1), hs.lists(
+    hs.tuples(hs.sampled_from([2, 10, 12]), handles, names.filter(bool)), max_size=2)),
+    max_size=8)
+
+
+@given(records)
+def test_fanotify_decode_reads_what_the_kernel_lays_out(recs: list[tuple[int, list[tuple[
+        int, bytes, bytes]]]]) -> None:
+    buf = b"".join(_fan_record(m, i) for m, i in recs)
+    assert [(r.mask, r.infos) for r in fanotify.decode(buf)] == recs
+
+
+def test_fanotify_decode_refuses_a_truncated_event() -> None:
+    buf = _fan_record(fanotify.FAN_CREATE, [(2, b"\4\0\0\0\1\0\0\0abcd", b"x")])
+    with pytest.raises(ValueError):
+        fanotify.decode(buf[:30])
+
+
+def test_fanotify_watcher_filters_out_the_rest_of_the_file_system(tmp_path: Path) -> None:
+    build_tree(tmp_path, {"src": {"a": {"f": b"1"}}, "elsewhere": {}})
+    root = tmp_path / "src"
+    w = fanotify.FanotifyWatcher(str(root))
+    try:
+        assert w.watches == 1
+        (tmp_path / "elsewhere" / "noise").write_bytes(b"not ours")
+        (root / "a" / "f").write_bytes(b"22")
+        os.mkdir(root / "a" / "d")
+        os.rename(root / "a" / "d", root / "d2")
+        (root / "d2" / "g").write_bytes(b"3")
+        got = drain(w, lambda g: Change(Kind.CLOSED_WRITE, "d2/g") in g)
+        assert Change(Kind.CLOSED_WRITE, "a/f") in got
+        assert Change(Kind.DIR_CREATED, "a/d", True) in got
+        assert Change(Kind.MOVED, "a/d", True, "d2") in got
+        assert not [c for c in got if "noise" in c.path or ".." in c.path]
+    finally:
+        w.close()
