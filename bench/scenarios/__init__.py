@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..measure import Row
-from . import bigdelta, million, realtree, remote, trees
+from . import bigdelta, million, realtree, remote, trees, watch
 
 Scenario = Callable[[Context], list[Row]]
 
@@ -26,6 +26,7 @@ SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
     "remote-compress": (remote.remote_compress, frozenset()),
     "big-delta-pyrsync2": (bigdelta.big_delta_pyrsync2, frozenset({"slice"})),
     "real-tree": (realtree.real_tree, frozenset()),
+    "watch": (watch.watch, frozenset()),
 }
 
 __all__ = ["SCENARIOS", "Scenario"]
