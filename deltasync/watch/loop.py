@@ -27,7 +27,7 @@ from typing import Protocol
 from .events import Batch, Change, Kind
 
 #: A burst is cut after this many delays even while changes keep coming.
-MAX_BATCH = 4
+MAX_BATCH = 2
 #: Seconds between full passes while some directories cannot be watched.
 FALLBACK = 10.0
 
