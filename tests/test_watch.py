@@ -587,3 +587,22 @@ def test_a_focused_pass_compares_only_where_it_is_told(src: Path, dst: Path) -> 
     assert (dst / "b" / "h").read_bytes() == b"3"
     Engine(src, LocalReplica(str(dst)), SyncOptions()).run_pass()
     assert same(src, dst)
+
+
+def test_watch_pushes_changes_to_a_remote_replica(src: Path, dst: Path, tmp_path: Path) -> None:
+    from remoteutil import REMOTE_CMD, pipe_rsh
+
+    build_tree(src, {"a": {"f": b"1"}})
+    log = tmp_path / "watch.log"
+    proc = popen("sync", src, f"far:{dst}", "--watch", "--log-file", log, "-q",
+                 "--rsh", pipe_rsh(tmp_path), "--remote-command", REMOTE_CMD)
+    try:
+        wait_for(lambda: same(src, dst), timeout=60, step=0.1)
+        (src / "a" / "g").write_bytes(b"new")
+        os.makedirs(src / "b" / "c")
+        (src / "b" / "c" / "h").write_bytes(b"deep")
+        wait_for(lambda: same(src, dst), timeout=60, step=0.1)
+    finally:
+        out, err = stop_proc(proc)
+    assert proc.returncode == 0, err
+    assert "batch   " in read(log)
