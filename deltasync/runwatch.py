@@ -33,11 +33,17 @@ DELETE_WINDOW = 60.0
 DEFAULT_NET = 3600.0
 
 _ADVICE = {
-    Kind.OVERFLOW: f"events were lost: the inotify queue overflowed (raise it: sysctl -w "
-                   f"{MAX_QUEUED}=65536)",
     Kind.WATCH_LIMIT: f"cannot watch every directory: {MAX_WATCHES} reached (raise it: "
                       f"sysctl -w {MAX_WATCHES}=524288); falling back to full passes",
 }
+
+
+def _overflow(backend: str) -> str:
+    if backend == "inotify":
+        return (f"events were lost: the inotify queue overflowed (raise it: sysctl -w "
+                f"{MAX_QUEUED}=65536)")
+    return (f"events were lost: the {backend} queue overflowed (its 16384 events cannot be "
+            "raised; the burst was larger than any queue should hold)")
 
 
 class WatchRun:
@@ -122,10 +128,12 @@ class WatchRun:
             if c.kind not in self.warned:
                 self.log.warning("lost    SOURCE was removed or moved away: no more events; "
                                  "full passes only from now on")
-        elif c.kind in _ADVICE:
+        elif c.kind in _ADVICE or c.kind is Kind.OVERFLOW:
             if c.kind not in self.warned or c.kind is Kind.OVERFLOW:
                 where = f" (at {quote_path(c.path)})" if c.path else ""
-                self.log.warning(f"lost    {_ADVICE[c.kind]}{where}; rescanning "
+                what = (_overflow(self.watcher.backend) if c.kind is Kind.OVERFLOW
+                        else _ADVICE[c.kind])
+                self.log.warning(f"lost    {what}{where}; rescanning "
                                  f"{quote_path(c.path) if c.path else 'the whole tree'}")
         else:
             self.log.warning(f"lost    watch error at {quote_path(c.path or '.')}: {c.detail}; "

@@ -606,3 +606,23 @@ def test_watch_pushes_changes_to_a_remote_replica(src: Path, dst: Path, tmp_path
         out, err = stop_proc(proc)
     assert proc.returncode == 0, err
     assert "batch   " in read(log)
+
+
+def test_fanotify_overflow_is_warned_and_repaired_by_a_rescan(src: Path, dst: Path,
+                                                               tmp_path: Path) -> None:
+    log = tmp_path / "watch.log"
+    proc = popen("sync", src, dst, "--watch", "--watch-backend", "fanotify", "--log-file", log,
+                 "-q")
+    try:
+        wait_for(lambda: "summary" in read(log), timeout=60)
+        os.kill(proc.pid, signal.SIGSTOP)  # past the queue's fixed 16384 events
+        try:
+            for i in range(20000):
+                (src / f"f{i}").write_bytes(b"")
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        wait_for(lambda: "rescan  ended" in read(log), timeout=120)
+        wait_for(lambda: same(src, dst), timeout=120, step=0.5)
+    finally:
+        stop_proc(proc)
+    assert "WARNING lost    events were lost: the fanotify queue overflowed" in read(log)
