@@ -626,3 +626,16 @@ def test_fanotify_overflow_is_warned_and_repaired_by_a_rescan(src: Path, dst: Pa
     finally:
         stop_proc(proc)
     assert "WARNING lost    events were lost: the fanotify queue overflowed" in read(log)
+
+
+@pytest.mark.parametrize("watcher", [InotifyWatcher, fanotify.FanotifyWatcher])
+def test_source_moved_away_is_said(tmp_path: Path, watcher: type) -> None:
+    (tmp_path / "src").mkdir()
+    w = watcher(str(tmp_path / "src"))
+    try:
+        w.start()
+        os.rename(tmp_path / "src", tmp_path / "gone")
+        got = drain(w, lambda g: any(c.kind is Kind.ROOT_GONE for c in g))
+        assert Change(Kind.ROOT_GONE, "", True) in got
+    finally:
+        w.close()

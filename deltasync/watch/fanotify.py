@@ -14,7 +14,8 @@ descriptor of SOURCE and the path read back from ``/proc/self/fd``; events
 from elsewhere on the file system are dropped by that path, and the answer
 (inside, with its relative path, or outside) is kept per handle, so a busy
 neighbour costs one dictionary look-up per event.  Directory renames can
-change what a handle's path is: they clear that cache.  A handle that no
+change what a handle's path is: they clear that cache.  SOURCE itself
+removed or renamed away is a ``ROOT_GONE`` change.  A handle that no
 longer resolves (a directory removed since) is dropped: its removal is also
 an event of its parent, which is compared.
 
@@ -60,6 +61,7 @@ INFO_DFID_NAME = 2
 INFO_OLD_DFID_NAME = 10
 INFO_NEW_DFID_NAME = 12
 
+ROOT = "\0root"  # a path no entry can have: SOURCE itself
 _BASE = FAN_MODIFY | FAN_ATTRIB | FAN_CLOSE_WRITE | FAN_CREATE | FAN_DELETE | FAN_ONDIR
 _META = struct.Struct("<IBBHQii")
 _HDR = struct.Struct("<BBH")
@@ -173,38 +175,39 @@ class FanotifyWatcher:
 
     # -- handles ----------------------------------------------------------
     def _resolve(self, handle: bytes) -> str | None:
-        """The path in SOURCE of the directory ``handle`` names (None: outside, or gone)."""
+        """The absolute path of the directory ``handle`` names (None: gone)."""
         if handle in self._dirs:
             return self._dirs[handle]
         fd = _lib().open_by_handle_at(self.mount_fd, handle, os.O_PATH | os.O_CLOEXEC)
         if fd < 0:
             return None  # ESTALE: removed since; its parent's event covers it
         try:
-            path = os.readlink(f"/proc/self/fd/{fd}")
+            path: str | None = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            path = ""
+            path = None
         finally:
             os.close(fd)
-        rel: str | None
-        if path == self.root:
-            rel = ""
-        elif path.startswith(self.root + "/"):
-            rel = path[len(self.root) + 1:]
-        else:
-            rel = None
         if len(self._dirs) > 100_000:
             self._dirs.clear()
-        self._dirs[handle] = rel
-        return rel
+        self._dirs[handle] = path
+        return path
 
     def _paths(self, infos: list[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, str | None]]:
+        """(info type, path in SOURCE or None: elsewhere) of each record; SOURCE
+        itself removed or moved away is ``ROOT``."""
+        root, below = self.root, self.root + "/"
         for itype, handle, name in infos:
             d = self._resolve(handle)
             if d is None or not name or name == b".":
                 yield itype, None
                 continue
-            n = os.fsdecode(name)
-            yield itype, (d + "/" + n if d else n)
+            path = d + "/" + os.fsdecode(name) if d != "/" else "/" + os.fsdecode(name)
+            if path.startswith(below):
+                yield itype, path[len(below):]
+            elif path == root:
+                yield itype, ROOT
+            else:
+                yield itype, None
 
     # -- events -----------------------------------------------------------
     def read(self) -> list[Change]:
@@ -236,6 +239,11 @@ class FanotifyWatcher:
         else:
             old = None
         paths = old if old is not None else dict(self._paths(r.infos))
+        if ROOT in paths.values():
+            if mask & (FAN_DELETE | FAN_MOVED_FROM) or (
+                    mask & FAN_RENAME and paths.get(INFO_OLD_DFID_NAME) == ROOT):
+                out.append(Change(Kind.ROOT_GONE, "", True))
+            return
         if mask & FAN_RENAME:
             a, b = paths.get(INFO_OLD_DFID_NAME), paths.get(INFO_NEW_DFID_NAME)
             if a is not None and b is not None:
