@@ -322,12 +322,8 @@ class _Pass:
         if args.stats:
             out = sys.stderr if args.json else sys.stdout
             print(stats_table(stats, code), file=out, flush=True)
-        if self.pid_file:
-            if trigger is not None:
-                self._write_state(self.pid_file, code, stats.duration, summary=line,
-                                  trigger=trigger)
-            else:
-                self._write_state(self.pid_file, code, stats.duration, summary=line)
+        if self.pid_file and self.watch is None:  # watch mode writes it after its counts
+            self._write_state(self.pid_file, code, stats.duration, summary=line)
         return code
 
     def _write_state(self, pid_file: str, code: int, duration: float, **detail: str) -> None:
