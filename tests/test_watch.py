@@ -285,10 +285,14 @@ def test_overflow_is_warned_and_repaired_by_a_rescan(src: Path, dst: Path, tmp_p
         try:
             for i in range(300):
                 (src / f"f{i}").write_bytes(b"%d" % i)
+            (src / "d_made_during_loss").mkdir()
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         wait_for(lambda: same(src, dst), timeout=90, step=0.2)
         wait_for(lambda: "rescan  ended" in read(log), timeout=30)
+        # a directory made while events were lost is watched after the rescan
+        (src / "d_made_during_loss" / "x").write_bytes(b"after")
+        wait_for(lambda: same(src, dst), timeout=90, step=0.2)
     finally:
         stop_proc(proc)
     text = read(log)

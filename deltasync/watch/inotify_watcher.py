@@ -160,6 +160,10 @@ class InotifyWatcher:
         mask = ev.mask
         if mask & ino.IN_Q_OVERFLOW:
             out.append(Change(Kind.OVERFLOW, "", True, detail=f"{MAX_QUEUED} reached"))
+            # Directories made while events were lost have no watch yet: walk
+            # the tree again (a directory watched already keeps its watch)
+            # before the rescan, so nothing it copies goes unwatched.
+            self._add_tree("")
             return
         d = self._by_wd.get(ev.wd)
         if d is None:
