@@ -167,6 +167,9 @@ def test_watch_limit_is_an_event_not_silence(tmp_path: Path, monkeypatch: pytest
         got = w.read()
         assert [c.kind for c in got] == [Kind.WATCH_LIMIT]
         assert "max_user_watches" in got[0].detail and w.limited and w.watches == 2
+        monkeypatch.setattr(inotify, "add_watch", real)  # the limit raised
+        w.rewatch()
+        assert not w.limited and w.watches == 4 and w.read() == []
     finally:
         w.close()
 
@@ -481,6 +484,9 @@ class FakeWatcher:
         return 0
 
     def start(self) -> None:
+        pass
+
+    def rewatch(self) -> None:
         pass
 
     def fileno(self) -> int:

@@ -170,6 +170,9 @@ class FanotifyWatcher:
     def start(self) -> None:
         """The mark was made by the constructor: nothing to walk."""
 
+    def rewatch(self) -> None:
+        """One mark has no limit to retry."""
+
     def fileno(self) -> int:
         return self.fd
 

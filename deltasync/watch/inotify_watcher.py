@@ -58,6 +58,13 @@ class InotifyWatcher:
         """Watch every directory of SOURCE (losses are queued as changes)."""
         self._add_tree("")
 
+    def rewatch(self) -> None:
+        """Past the watch limit: try again to watch every directory (the limit
+        may have been raised); what still fails is queued as a loss again."""
+        if self.limited:
+            self.limited = False
+            self._add_tree("")
+
     def _add_tree(self, top: str) -> None:
         todo = [top]
         while todo:

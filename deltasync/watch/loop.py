@@ -11,7 +11,8 @@ stream of changes is still synced in step) and handed to ``sync`` as one
 long after the last one.  Lost events (``events.LOSSES``) go to
 ``on_loss`` and their subtree is rescanned in the same batch; once a watch
 could not be added (the watch limit), changes there go unseen, so every
-batch is a full pass and one runs at least every ``FALLBACK`` seconds.
+batch is a full pass and one runs at least every ``FALLBACK`` seconds, each
+after another try at watching every directory (the limit may have been raised).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Watcher(Protocol):
     def queued(self) -> bool: ...
 
     def start(self) -> None: ...
+
+    def rewatch(self) -> None: ...
 
     def fileno(self) -> int: ...
 
@@ -135,6 +138,8 @@ def run_watch(watcher: Watcher, sync: Sync, stop: threading.Event, delay: float,
                 if batch.full:
                     last_full = clock()
             elif due is not None and clock() >= due and not stop.is_set():
+                if watcher.limited:
+                    watcher.rewatch()  # the limit may have been raised since
                 last = run(None, "interval")
                 last_full = clock()
         return last
