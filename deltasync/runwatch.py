@@ -59,6 +59,7 @@ class WatchRun:
         self.tripped = False
         self.warned: set[Kind] = set()
         self.lost_at: str | None = None  # when events were lost, until a rescan repairs it
+        self._watches = -1  # the watch count last logged
 
     def state(self) -> dict[str, object]:
         return {"backend": self.watcher.backend, "watches": self.watcher.watches,
@@ -79,6 +80,10 @@ class WatchRun:
             self.log.info(f"batch   {batch.changes} changes: {shown}{more}")
         code = p(descend, trigger, self._opts())
         stats = p.last_stats
+        n = self.watcher.watches
+        if n != self._watches:  # -v: the watch set as directories come and go
+            self.log.debug(f"watch   {self.watcher.backend}: {_watches(n)}")
+            self._watches = n
         self._count_deletes(stats.counts.get("delete", 0) + stats.counts.get("rmdir", 0),
                             stats.delete_skipped)
         if batch is not None and not stats.interrupted:
