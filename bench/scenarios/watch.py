@@ -3,7 +3,7 @@
 A tree of small files (20,000 in 1,000 directories; ``--quick``: 500 in 50)
 is copied to the replica outside the clock; then each tool runs as a daemon
 in the foreground: ``deltasync sync --watch`` (fanotify as root, and with
-``--watch-backend inotify``), lsyncd (Debian's package, its default rsync
+``--watch-backend inotify``, and with ``--watch-delay 0.01``), lsyncd (Debian's package, its default rsync
 action with ``archive``, ``delay = 0``: the smallest it takes) and
 ``deltasync sync --interval 1``.  Once a sentinel file made after the start
 is in the replica (the tool's initial pass is over):
@@ -158,6 +158,9 @@ def watch(ctx: Context) -> list[Row]:
         ("deltasync --watch", lambda s, d: [*ds, "sync", "-q", str(s), str(d), "--watch"]),
         ("deltasync --watch inotify", lambda s, d: [*ds, "sync", "-q", str(s), str(d), "--watch",
                                                     "--watch-backend", "inotify"]),
+        # the smallest delay, as lsyncd gets below
+        ("deltasync --watch-delay 0.01", lambda s, d: [*ds, "sync", "-q", str(s), str(d),
+                                                       "--watch", "--watch-delay", "0.01"]),
         ("lsyncd", lambda s, d: _lsyncd_cmd(ctx, s, d, base / "lsyncd.lua")),
         ("deltasync --interval 1", lambda s, d: [*ds, "sync", "-q", str(s), str(d),
                                                  "--interval", "1"]),
