@@ -277,11 +277,12 @@ class _Pass:
         if getattr(args, "remote", False):  # HOST:PATH on one side (deltasync.remote)
             from .remote.session import open_remote_pass
 
-            engine, replica = open_remote_pass(args, self.source, self.replica, self.opts,
+            engine, replica = open_remote_pass(args, self.source, self.replica, opts,
                                                reporter, self.stop, self.log)
             from .remote.transport import parse_remote
 
-            if parse_remote(self.source) is None:  # a push: SOURCE is here to count
+            # a push: SOURCE is here to count (not for a watch batch: no walk)
+            if parse_remote(self.source) is None and descend is None:
                 reporter.count_source(self.source, engine.excluder)
         else:
             if not self.opts.dry_run:
