@@ -93,7 +93,7 @@ class WatchRun:
             self.log.warning(f"rescan  ended: the changes lost at {self.lost_at} are in the "
                              "replica")
             self.lost_at = None
-        if p.pid_file:  # the pass wrote its state before these counts were known
+        if p.pid_file:  # written here, once these counts are known
             p._write_state(p.pid_file, code, stats.duration, summary=p.last_line,
                            trigger=trigger)
         return code

@@ -167,6 +167,8 @@ def test_watch_limit_is_an_event_not_silence(tmp_path: Path, monkeypatch: pytest
         got = w.read()
         assert [c.kind for c in got] == [Kind.WATCH_LIMIT]
         assert "max_user_watches" in got[0].detail and w.limited and w.watches == 2
+        w.rewatch()  # still at the limit: already said
+        assert w.limited and w.read() == []
         monkeypatch.setattr(inotify, "add_watch", real)  # the limit raised
         w.rewatch()
         assert not w.limited and w.watches == 4 and w.read() == []

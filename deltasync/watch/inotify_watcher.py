@@ -60,10 +60,13 @@ class InotifyWatcher:
 
     def rewatch(self) -> None:
         """Past the watch limit: try again to watch every directory (the limit
-        may have been raised); what still fails is queued as a loss again."""
+        may have been raised); still at the limit, nothing new is queued."""
         if self.limited:
             self.limited = False
+            n = len(self._queued)
             self._add_tree("")
+            # Still at the limit: already said, and the caller's full passes go on.
+            self._queued[n:] = [c for c in self._queued[n:] if c.kind is not Kind.WATCH_LIMIT]
 
     def _add_tree(self, top: str) -> None:
         todo = [top]
