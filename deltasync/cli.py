@@ -88,6 +88,11 @@ _RDIFF_COMMANDS = {"signature", "delta", "patch"}
 MAX_SECONDS = 1e9
 
 
+def _interval(text: str) -> float | str:
+    """--interval: seconds, or "off" (with --watch: no safety-net passes)."""
+    return "off" if text == "off" else _positive_float(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -469,14 +474,30 @@ def build_parser() -> argparse.ArgumentParser:
         rg.add_argument("--bwlimit", metavar="RATE", type=_rate, default=None,
                         help="cap bytes sent per second; KiB/s unless suffixed (K, M, G), like rsync")
 
+    def watch_opts(p: argparse.ArgumentParser) -> None:
+        wg = p.add_argument_group("watch mode")
+        wg.add_argument("--watch", action="store_true",
+                        help="after a first full pass, sync changes as they happen "
+                             "(inotify); --interval then defaults to 3600 as a safety net")
+        wg.add_argument("--watch-delay", metavar="SECONDS", type=_positive_float, default=0.1,
+                        help="gather a burst of changes until it has been quiet this long "
+                             "(default 0.1)")
+        wg.add_argument("--watch-backend", choices=("auto", "fanotify", "inotify"),
+                        default="auto", help="fanotify (one filesystem mark; root, Linux 5.9+) "
+                        "or inotify (a watch per directory); auto: fanotify where it can")
+
     s = sub.add_parser("sync", help="one pass (or a pass every --interval seconds)")
     sync_opts(s)
-    s.add_argument("--interval", metavar="SECONDS", type=_positive_float,
-                   help="repeat every SECONDS in the foreground until SIGINT/SIGTERM")
+    s.add_argument("--interval", metavar="SECONDS", type=_interval,
+                   help="repeat every SECONDS in the foreground until SIGINT/SIGTERM; with "
+                        "--watch, the full passes of the safety net ('off': none)")
+    watch_opts(s)
 
     st = sub.add_parser("start", help="run the periodic sync as a background daemon")
     sync_opts(st)
-    st.add_argument("--interval", metavar="SECONDS", type=_positive_float, required=True)
+    st.add_argument("--interval", metavar="SECONDS", type=_interval,
+                    help="a pass every SECONDS (required without --watch)")
+    watch_opts(st)
     st.add_argument("--pid-file", metavar="PATH")
 
     for name, help_ in (("stop", "stop the daemon"), ("status", "is the daemon running?")):
@@ -609,6 +630,25 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
     return ns
 
 
+def check_watch_args(args: argparse.Namespace) -> None:
+    """--watch and --interval together (exit 2 for what cannot run)."""
+    if args.command == "start" and args.interval is None and not args.watch:
+        raise UsageError("the following arguments are required: --interval "
+                         "(see 'deltasync start --help')")
+    if args.interval == "off" and not args.watch:
+        raise UsageError("argument --interval: 'off' needs --watch")
+    if args.watch and _looks_remote(args.source):
+        raise UsageError("--watch needs a local SOURCE: a remote SOURCE cannot be watched yet")
+
+
+def _looks_remote(path: str) -> bool:
+    if ":" not in path:
+        return False
+    from .remote.transport import parse_remote
+
+    return parse_remote(path) is not None
+
+
 def check_sync_args(source: str, replica: str) -> None:
     """Refuse an empty SOURCE or REPLICA, or an empty ``HOST:`` path (exit 2).
 
@@ -659,6 +699,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command in ("sync", "start"):
         try:
             check_sync_args(args.source, args.replica)
+            check_watch_args(args)
             args.filters = build_rules(args.rules)
             if args.compress or args.compress_choice is not None or args.compress_level is not None:
                 from .remote.compress import request
@@ -746,9 +787,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"running (pid {info.pid})")
     st = info.state or {}
     last = st.get("last_pass")
+    watch = st.get("watch")
+    if isinstance(watch, dict):
+        n = watch.get("watches")
+        print(f"watch mode: {watch.get('backend')}, {n} watch{'' if n == 1 else 'es'}, "
+              f"last change synced: {watch.get('last_change_synced') or 'none yet'}")
+        if watch.get("held_deletions"):
+            print(f"  deletions held: {watch.get('held_deletions')} (--max-delete "
+                  f"{watch.get('max_delete')} within 60 s; a pass you start applies them)")
     if isinstance(last, dict):
+        trigger = f", {last['trigger']}" if last.get("trigger") else ""
         print(f"last pass: {last.get('ended')} result {last.get('result')} "
-              f"(exit {last.get('exit_code')}, {last.get('duration')} s)")
+              f"(exit {last.get('exit_code')}, {last.get('duration')} s{trigger})")
         if last.get("summary"):
             print(f"  {last.get('summary')}")
         if last.get("error"):  # the pass raised: why, and the path it names

@@ -42,6 +42,7 @@ from .errors import (
 )
 from .guards import DeleteGate, Protect, Verdict, protector
 from .idnames import IdMap, MappedFile, MappedLister
+from .listing import Lister
 from .march import March
 from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
 from .prefetch import Prefetched
@@ -218,10 +219,15 @@ class Engine:
         self._idmap: IdMap | None = None  # source ids -> replica ids (idnames), this pass
         self._partials: set[str] = set()  # resumable partials listed and not used yet
         self._resumed: set[str] = set()  # paths whose transfer starts from their partial
+        self._descend: Callable[[str], bool] | None = None  # a focused pass (run_pass)
 
     # -- one pass -------------------------------------------------------
-    def run_pass(self) -> tuple[Stats, int]:
+    def run_pass(self, descend: Callable[[str], bool] | None = None) -> tuple[Stats, int]:
         """One pass; returns (stats, exit code).
+
+        ``descend`` focuses the pass (watch mode, ``deltasync.watch``): below
+        the root, a directory both sides have is compared only where
+        ``descend(path)`` is true, and listed on demand where a side can.
 
         Raises ``ReplicaLocked`` (exit 1) when another pass held the replica
         lock for longer than ``lock_wait``; a stop request while waiting ends
@@ -229,6 +235,7 @@ class Engine:
         """
         t0 = time.monotonic()
         stats = self._stats = Stats()
+        self._descend = descend
         if self.opts.dry_run:
             return self._pass(t0, stats)  # reads only: never waits, never blocks
         if not self._take_lock():
@@ -264,7 +271,14 @@ class Engine:
         guess = self.replica.owner_now()
         if guess is None:
             guess = os.geteuid() == 0
-        src_l = self.source.lister(self.excluder, guess)
+        focused = self._descend is not None
+
+        def source_lister(owner: bool) -> Lister:
+            # a focused pass lists only the directories it goes into
+            lister = self.source.on_demand_lister(self.excluder, owner) if focused else None
+            return lister if lister is not None else self.source.lister(self.excluder, owner)
+
+        src_l = source_lister(guess)
         try:
             owner = self.replica.owner
         except BaseException:
@@ -272,7 +286,7 @@ class Engine:
             raise
         if owner != guess:
             src_l.close()
-            src_l = self.source.lister(self.excluder, owner)
+            src_l = source_lister(owner)
         self._idmap = self._id_map(owner)
         if self._idmap is not None:  # compare and install with the replica's ids
             src_l = MappedLister(src_l, self._idmap)
@@ -303,7 +317,8 @@ class Engine:
         if self.opts.checksum:
             src_hash, dst_hash = self._hashers()
         try:
-            dst_l = self.replica.lister(self.filters.receiver, owner)
+            dst_l = (self.replica.on_demand_lister(self.filters.receiver, owner)
+                     if focused else None) or self.replica.lister(self.filters.receiver, owner)
         except BaseException:
             src_l.close()
             raise
@@ -323,7 +338,7 @@ class Engine:
             march = March(src_l, dst_l, copts, (self.excluder, self.filters.receiver), stats,
                           self._read_error,
                           None if self.opts.dry_run else self._leftovers,
-                          src_hash, dst_hash, on_dir, self._protect, links)
+                          src_hash, dst_hash, on_dir, self._protect, links, self._descend)
             if self.source.pipelined and not self.opts.dry_run:
                 worker = self._worker = _Worker(self)
             with _gc_paused():

@@ -121,8 +121,13 @@ class March:
                  on_temps: Callable[[list[str]], None] | None = None,
                  src_hash: HashFunc | None = None, dst_hash: HashFunc | None = None,
                  on_dir: Callable[[str], None] | None = None,
-                 protect: Protect | None = None, links: HardLinks | None = None) -> None:
+                 protect: Protect | None = None, links: HardLinks | None = None,
+                 descend: Callable[[str], bool] | None = None) -> None:
         self.src, self.dst = src, dst
+        # A focused pass (watch mode): a directory both sides have is gone
+        # down into only where ``descend`` says so; new, removed and replaced
+        # directories always are (they are differences themselves).
+        self.descend = descend
         self.opts = opts
         # the rules of the source's side and of the replica's
         self.src_ex, self.dst_ex = excluder if isinstance(excluder, tuple) else (excluder,
@@ -173,6 +178,10 @@ class March:
                 continue
             how = child.how
             if how is Walk.KEEP:
+                self.dst.skip(child.path)
+                continue
+            if how is Walk.BOTH and self.descend is not None and not self.descend(child.path):
+                self.src.skip(child.path)
                 self.dst.skip(child.path)
                 continue
             sub = _Frame(how, child.path, child.src, child.dst, f.unit, child.after,

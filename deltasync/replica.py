@@ -135,6 +135,11 @@ class Replica(Protocol):
         """The replica tree's units in walk order (``listing.Lister``)."""
         ...
 
+    def on_demand_lister(self, excluder: Excluder, owner: bool) -> Lister | None:
+        """A lister that lists a directory only when it is taken (a focused
+        pass, watch mode); None: this side has none."""
+        return None
+
     def remove_temps(self, paths: list[str]) -> None:
         """Remove temp files of an interrupted pass that the listing found."""
         return None
@@ -487,6 +492,12 @@ class LocalReplica(Replica):
         scanner releases the GIL, so both trees are listed at once."""
         self.excluder = excluder  # what stays when a directory must make way
         return ThreadLister(self.root, excluder, owner, xmode=self.xmode)
+
+    def on_demand_lister(self, excluder: Excluder, owner: bool) -> Lister | None:
+        from .listing import LocalLister
+
+        self.excluder = excluder
+        return LocalLister(self.root, excluder, owner, xmode=self.xmode)
 
     def remove_temps(self, temps: list[str]) -> None:
         """Remove leftover temp files, only while this replica holds its lock:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -262,23 +263,28 @@ class _Pass:
         self.pid_file = pid_file
         self.n = 0
         self._log_failures = _LogFailures.failures
+        self.watch: Any = None  # watch mode's state (runwatch.WatchRun), for the state file
 
-    def __call__(self) -> int:
+    def __call__(self, descend: Callable[[str], bool] | None = None, trigger: str | None = None,
+                 opts: SyncOptions | None = None) -> int:
+        """One pass (``descend``, ``trigger``, ``opts``: a watch mode batch, runwatch.py)."""
         self.n += 1
         args = self.args
         self.started = started = datetime.now().astimezone()
-        if args.interval:
+        opts = opts or self.opts
+        if args.interval and trigger is None:
             self.log.info(f"pass    #{self.n} started")
         reporter = CliReporter(self.log, args.progress)
         replica: Any
         if getattr(args, "remote", False):  # HOST:PATH on one side (deltasync.remote)
             from .remote.session import open_remote_pass
 
-            engine, replica = open_remote_pass(args, self.source, self.replica, self.opts,
+            engine, replica = open_remote_pass(args, self.source, self.replica, opts,
                                                reporter, self.stop, self.log)
             from .remote.transport import parse_remote
 
-            if parse_remote(self.source) is None:  # a push: SOURCE is here to count
+            # a push: SOURCE is here to count (not for a watch batch: no walk)
+            if parse_remote(self.source) is None and descend is None:
                 reporter.count_source(self.source, engine.excluder)
         else:
             if not self.opts.dry_run:
@@ -286,11 +292,12 @@ class _Pass:
             replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner,
                                    backup=self.opts.backup, xattrs=xattr_mode(self.opts),
                                    sparse=self.opts.sparse, partial=self.opts.partial)
-            engine = Engine(self.source, replica, self.opts, reporter, self.stop)
-            reporter.count_source(self.source, engine.excluder)
+            engine = Engine(self.source, replica, opts, reporter, self.stop)
+            if descend is None:
+                reporter.count_source(self.source, engine.excluder)
         try:
             try:
-                stats, code = engine.run_pass()
+                stats, code = engine.run_pass(descend)
                 _join_signal_notes()
             finally:
                 reporter.close_bars()
@@ -305,18 +312,21 @@ class _Pass:
         level = logging.INFO if code == EXIT_OK else logging.WARNING
         prefix = "summary " + ("(dry run) " if self.opts.dry_run else "")
         self.log.log(level, prefix + line)
-        if args.interval:
+        if args.interval and trigger is None:
             self.log.info(f"pass    #{self.n} ended (exit {code}, {stats.duration:.3f} s)")
+        self.last_stats, self.last_line = stats, line
         if args.json:
             rec = {"event": "pass", "version": __version__, "pass": self.n, "started": started.isoformat(),
                    "exit_code": code, "dry_run": self.opts.dry_run, **stats.as_dict()}
+            if trigger is not None:
+                rec["trigger"] = trigger
             import json  # only for --json: ~2 ms of every start otherwise
 
             print(json.dumps(rec), flush=True)
         if args.stats:
             out = sys.stderr if args.json else sys.stdout
             print(stats_table(stats, code), file=out, flush=True)
-        if self.pid_file:
+        if self.pid_file and self.watch is None:  # watch mode writes it after its counts
             self._write_state(self.pid_file, code, stats.duration, summary=line)
         return code
 
@@ -324,11 +334,14 @@ class _Pass:
         """Record this pass for ``status`` (the daemon's state file)."""
         from .daemon import write_state
 
-        write_state(pid_file, {"pid": os.getpid(), "last_pass": {
+        state: dict[str, object] = {"pid": os.getpid(), "last_pass": {
             "pass": self.n, "started": self.started.isoformat(),
             "ended": datetime.now().astimezone().isoformat(timespec="seconds"),
             "exit_code": code, "result": "ok" if code == 0 else "failed",
-            "duration": round(duration, 3), **detail}})
+            "duration": round(duration, 3), **detail}}
+        if self.watch is not None:
+            state["watch"] = self.watch.state()
+        write_state(pid_file, state)
 
     def record_failure(self, why: str) -> None:
         """A pass that raised (SOURCE gone, ...): ``status`` must show it, not the last good one."""
@@ -451,6 +464,10 @@ def run_sync(args: argparse.Namespace) -> int:
             _install_signals(stop, logger)
             p = _Pass(args, source, replica, logger, stop, pid_file)
             try:
+                if args.watch:
+                    from .runwatch import watch_loop
+
+                    return watch_loop(p, logger, stop)
                 return _loop(p, logger, args.interval, stop)
             except BaseException as e:  # the daemon has no console: the log says why
                 logger.critical(f"error   daemon crashed: {e!r}")
@@ -465,6 +482,10 @@ def run_sync(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _install_signals(stop, logger)
     p = _Pass(args, source, replica, logger, stop)
+    if args.watch:
+        from .runwatch import watch_loop
+
+        return watch_loop(p, logger, stop)
     if args.interval:
         return _loop(p, logger, args.interval, stop)
     return p()

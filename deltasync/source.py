@@ -80,6 +80,11 @@ class Source(Protocol):
         """The source tree's units in walk order (``listing.Lister``)."""
         ...
 
+    def on_demand_lister(self, excluder: Excluder, owner: bool) -> Lister | None:
+        """A lister that lists a directory only when it is taken (a focused
+        pass, watch mode, skips most of the tree); None: this side has none."""
+        return None
+
     def transfer(self, path: str, use: Callable[[SourceFile], T],
                  on_retry: Callable[[], None] | None = None) -> T:
         """Open ``path`` and call ``use`` with it.
@@ -179,6 +184,15 @@ class LocalSource(Source):
         lister: Lister = (ThreadLister(self.root, excluder, owner, self.ahead, x, xm)
                           if self.threaded else LocalLister(self.root, excluder, owner, x, xm))
         if lister.root is None:  # moved away since the pass was set up
+            lister.close()
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.root)
+        return lister
+
+    def on_demand_lister(self, excluder: Excluder, owner: bool) -> Lister | None:
+        from .listing import LocalLister
+
+        lister = LocalLister(self.root, excluder, owner, self.one_file_system, self.xmode)
+        if lister.root is None:
             lister.close()
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.root)
         return lister

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # System tools the tests use: openssh (a real loopback sshd for the remote
 # tests), setpriv (dropping to nobody), rsync/rdiff/GNU time (bench smoke run),
-# setfacl/getfacl/getfattr (the -A/-X tests).
+# setfacl/getfacl/getfattr (the -A/-X tests), lsyncd (the watch bench).
 need=()
 command -v rsync >/dev/null || need+=(rsync)
 command -v rdiff >/dev/null || need+=(rdiff)
@@ -15,6 +15,7 @@ command -v setpriv >/dev/null || need+=(util-linux)
 [ -x /usr/bin/time ] || need+=(time)
 command -v setfacl >/dev/null || need+=(acl)
 command -v getfattr >/dev/null || need+=(attr)
+command -v lsyncd >/dev/null || need+=(lsyncd)  # the watch bench's peer
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         export DEBIAN_FRONTEND=noninteractive

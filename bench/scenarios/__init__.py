@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..measure import Row
-from . import bigdelta, large, million, realtree, remote, trees
+from . import bigdelta, large, million, realtree, remote, trees, watch
 
 Scenario = Callable[[Context], list[Row]]
 
@@ -28,6 +28,7 @@ SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
     "real-tree": (realtree.real_tree, frozenset()),
     "sparse": (large.sparse, frozenset()),
     "resume": (large.resume, frozenset()),
+    "watch": (watch.watch, frozenset()),
 }
 
 __all__ = ["SCENARIOS", "Scenario"]
