@@ -285,6 +285,9 @@ class _FdWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
+    def fileno(self) -> int:
+        return self.fd
+
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         while view:
@@ -506,7 +509,8 @@ class LocalReplica(Replica):
                     fill: Callable[[int, int], int], src: SourceCheck | None,
                     xattrs: XattrSet | None = None) -> int:
         tmp = temp_name()
-        fd = w(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        # Read-write: a delta's patch reads its output back to verify it.
+        fd = w(os.open, tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                0o600, dir_fd=d)
         try:
             try:

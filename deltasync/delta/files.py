@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 STDIO = "-"
+AUTO_THREADS = -1  # blake3.AUTO
 MAX_SYMLINKS = 40  # the kernel's limit for one path (ELOOP beyond)
 
 
@@ -201,7 +202,8 @@ def atomic_output(path: str, fsync: bool = False) -> Iterator[BinaryIO]:
             yield out
         return
     directory = os.path.dirname(final) or "."
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    # Read-write: the patch reads its output back to verify it (delta.fdio.Verifier).
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     while True:
         tmp = os.path.join(directory, temp_name())
         try:
@@ -317,6 +319,7 @@ def patch_file(basis_path: str, delta_path: str, out_path: str) -> PatchStats:
             raise ConfigError("the basis must be a regular file (patch reads it with seeks)")
         block_size, ops = read_delta(df)
         with atomic_output(out_path) as out:
-            apply_delta(bf, ops, out, block_size, stats)
+            # All of blake3's threads: this process does nothing else meanwhile.
+            apply_delta(bf, ops, out, block_size, stats, threads=AUTO_THREADS)
     stats.elapsed = time.perf_counter() - t0
     return stats
