@@ -46,6 +46,12 @@ class Entry(NamedTuple):
 RDEV_MASK = (1 << 56) - 1
 _S_IFMT = 0o170000
 
+# --inplace: the mtime a replica file has while it is being rewritten in place
+# (1970-01-01 00:00:01 UTC, whole seconds so every file system keeps it).  A
+# pass killed mid-file leaves it: the next pass sees a changed file, updates
+# it and says it was left mixed (replica.LocalReplica, engine).
+INPLACE_MARK_NS = 1_000_000_000
+
 
 def special_size(st_mode: int, rdev: int) -> int:
     """``Entry.size`` of a special file: ``S_IFMT(st_mode) << 44 | rdev``."""

@@ -14,7 +14,19 @@ Guarantees of ``LocalReplica``:
   into place with ``os.replace``; on any error the temp file is removed and
   the old version stays as it was;
 * a delta update builds the new version from the old file plus delta ops in a
-  temp file and verifies the whole-file blake3 before the rename;
+  temp file and verifies the whole-file blake3 before the rename; where the
+  file system shares extents (btrfs, XFS with reflink) the temp file starts
+  as a ``FICLONE`` of the old version and only the changed ranges are written
+  into it (``delta.apply_delta_onto``), elsewhere it is rebuilt whole;
+* ``--inplace`` (``inplace=True``): a delta update rewrites the replica's file
+  itself, only the pages that differ (``delta.inplace``).  Not atomic: before
+  the first write its mtime is set to ``model.INPLACE_MARK_NS``, so a pass
+  killed mid-file leaves a file the next pass sees as changed (and says was
+  left mixed); the whole-file blake3 is checked at the end and a mismatch is
+  a ``PatchError``.  A file with more hard links than the replica accounts
+  for (with -H: its source's link count, else 1), one this user may
+  not write, or one to be backed up (``--backup``) is updated by temp file
+  and rename instead (``on_warning`` is told about the first);
 * temp files left by a killed pass are removed by the next pass, and only
   while the replica lock is held (``lock``);
 * entries that appear or vanish under a pass are tolerated where the outcome
@@ -77,7 +89,7 @@ from .fsutil import (
     temp_name,
 )
 from .listing import Lister, ThreadLister
-from .model import Backup, Entry, Kind, quote_path, special_rdev, special_type
+from .model import INPLACE_MARK_NS, Backup, Entry, Kind, quote_path, special_rdev, special_type
 from .sides import SideFilter as Excluder
 from .xattrs import XattrMode, XattrSet, proc_path
 from .xattrs import apply as apply_xattrs
@@ -194,6 +206,11 @@ class Replica(Protocol):
 
     def can_mknod(self) -> bool:
         """Can device nodes be made here (``-D``: the replica side runs as root)?"""
+        return False
+
+    def can_reflink(self) -> bool:
+        """Does the replica's file system share extents (btrfs, XFS with
+        reflink), so a delta update writes only what changed?"""
         return False
 
     def names(self) -> Names | None:
@@ -328,8 +345,16 @@ class LocalReplica(Replica):
 
     def __init__(self, root: str, *, fsync: bool = False, owner: bool | None = None,
                  on_temp_removed: Callable[[str], None] | None = None,
-                 backup: Backup | None = None, xattrs: XattrMode | None = None) -> None:
+                 backup: Backup | None = None, xattrs: XattrMode | None = None,
+                 inplace: bool = False, hard_links: bool = False,
+                 on_warning: Callable[[str, str], None] | None = None) -> None:
         self.root = root
+        self.inplace = inplace
+        # -H: a file may have as many links as its source's link group (the
+        # pass links the rest of the group to it); without, one.
+        self.hard_links = hard_links
+        self.on_warning = on_warning
+        self._reflink: dict[int, bool] = {}  # st_dev -> can FICLONE there
         self.xmode = xattrs if xattrs else None  # -X/-A: what is read and set
         self._xattrs_unset: XattrsNotSet | None = None
         self.backup = backup
@@ -497,24 +522,25 @@ class LocalReplica(Replica):
 
     # -- writing --------------------------------------------------------
     def _install(self, path: str, entry: Entry, fill: Callable[[int, int], int],
-                 src: SourceCheck | None, xattrs: XattrSet | None = None) -> int:
+                 src: SourceCheck | None, xattrs: XattrSet | None = None,
+                 prealloc: bool = True) -> int:
         """Create a temp file, let ``fill`` write it, set metadata, rename into place."""
         d, name = self.dirs.parent_of(path)
         with Writable(d) as w:
-            written = self._install_in(w, d, name, path, entry, fill, src, xattrs)
+            written = self._install_in(w, d, name, path, entry, fill, src, xattrs, prealloc)
         self._fsync_dir(d)
         return written
 
     def _install_in(self, w: Writable, d: int, name: str, path: str, entry: Entry,
                     fill: Callable[[int, int], int], src: SourceCheck | None,
-                    xattrs: XattrSet | None = None) -> int:
+                    xattrs: XattrSet | None = None, prealloc: bool = True) -> int:
         tmp = temp_name()
         # Read-write: a delta's patch reads its output back to verify it.
         fd = w(os.open, tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                0o600, dir_fd=d)
         try:
             try:
-                full = preallocate(fd, entry.size)
+                full = prealloc and preallocate(fd, entry.size)
                 try:
                     written = fill(fd, d)
                 except DeltaSyncError:
@@ -583,16 +609,104 @@ class LocalReplica(Replica):
                                  src, xattrs)
         return self._install(path, src.entry, lambda fd, d: _copy_stream(src, fd), src, xattrs)
 
+    def can_reflink(self) -> bool:
+        return self._can_reflink(self.dirs.get(""))
+
+    def _can_reflink(self, d: int) -> bool:
+        """Probed once per file system: ``FICLONE`` between two unnamed empty
+        files (``O_TMPFILE``) in directory ``d``; nothing is written."""
+        dev = os.fstat(d).st_dev
+        known = self._reflink.get(dev)
+        if known is not None:
+            return known
+        from .delta.fdio import clone
+
+        ok = False
+        fds: list[int] = []
+        try:
+            for _ in range(2):
+                fds.append(os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600,
+                                   dir_fd=d))
+            ok = clone(fds[0], fds[1])
+        except OSError:
+            ok = False  # no O_TMPFILE, a read-only directory...: copy as before
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._reflink[dev] = ok
+        return ok
+
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int, xattrs: XattrSet | None = None) -> int:
         from .delta import apply_delta
+        from .delta.fdio import clone
+        from .delta.patch import apply_delta_onto
+
+        if self.inplace:
+            n = self._write_in_place(path, src, ops, block_size, xattrs)
+            if n is not None:
+                return n
+        reflink = self._can_reflink(self.dirs.parent_of(path)[0])
 
         def fill(fd: int, d: int) -> int:
             basis_fd = open_regular(self.dirs, path)
-            with os.fdopen(basis_fd, "rb") as basis:
-                return apply_delta(basis, ops, _FdWriter(fd), block_size)  # type: ignore[arg-type]
+            try:
+                if reflink and clone(basis_fd, fd):
+                    # Only what moved or is new is written into the clone.
+                    return apply_delta_onto(basis_fd, ops, fd, block_size)
+                with os.fdopen(os.dup(basis_fd), "rb") as basis:
+                    return apply_delta(basis, ops, _FdWriter(fd), block_size)  # type: ignore[arg-type]
+            finally:
+                os.close(basis_fd)
 
-        return self._install(path, src.entry, fill, src, xattrs)
+        return self._install(path, src.entry, fill, src, xattrs, prealloc=not reflink)
+
+    def _write_in_place(self, path: str, src: SourceCheck, ops: Iterable[object],
+                        block_size: int, xattrs: XattrSet | None) -> int | None:
+        """``--inplace``: patch the replica's file itself; None: it must go by
+        temp file and rename instead (see the module doc)."""
+        from .delta.inplace import apply_delta_inplace
+
+        if self.backup is not None:
+            return None  # the old version must survive to be moved aside
+        d, name = self.dirs.parent_of(path)
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=d)
+        except PermissionError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, f"not a regular file: {path!r}")
+            expected = max(1, src.entry.nlink) if self.hard_links else 1
+            if st.st_nlink > expected:
+                if self.on_warning is not None:
+                    self.on_warning(path, f"has {st.st_nlink} hard links, more than the "
+                                          f"{expected} in the replica: updated by temp file and "
+                                          "rename, not in place, so no file outside the "
+                                          "replica changes")
+                return None
+
+            def mark() -> None:
+                # From here the file is neither version: an mtime no source
+                # has makes the next pass update it even if this one dies.
+                os.utime(fd, ns=(st.st_atime_ns, INPLACE_MARK_NS))
+                if self.fsync:
+                    os.fsync(fd)
+
+            try:
+                n = apply_delta_inplace(fd, ops, block_size, before_write=mark)
+            except DeltaSyncError:
+                src.check_unchanged()
+                raise
+            unset = self._meta_fd(fd, src.entry, xattrs, path)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        src.check_unchanged()
+        self._owner_failed(path, unset)
+        return n
 
     def mkdir(self, path: str, entry: Entry) -> None:
         d, name = self.dirs.parent_of(path)

@@ -70,7 +70,8 @@ class Connection:
                  transport: Transport | None = None, timeout: float | None = None,
                  backup: Backup | None = None, one_file_system: bool = False,
                  hard_links: bool = False, specials: bool = False,
-                 names: bool = False, xattrs: tuple[bool, bool] | None = None) -> None:
+                 names: bool = False, xattrs: tuple[bool, bool] | None = None,
+                 inplace: bool = False) -> None:
         self.spec = spec
         self.xattrs = xattrs  # -X/-A: (xattrs, acls) the far side reads (and sets)
         if transport is None:
@@ -116,6 +117,8 @@ class Connection:
                 opening["backup"] = {"dir": backup.dir, "suffix": backup.suffix}
             if names:  # owners by name (idnames): an older server ignores it, ids stay numeric
                 opening["names"] = True
+            if inplace:  # --inplace: the far replica patches files in place
+                opening["inplace"] = True
             self.out.send(OPEN, dump_json(opening))
             if scan is not None:
                 self._send_scan(*scan)

@@ -95,8 +95,14 @@ from .units import encode_root, root_entry, split_payload, walk_units
 
 # Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
 # lists them, so a client never relies on a far side that would ignore one.
-FEATURES = ("backup", "one_file_system", "hard_links", "specials", "xattrs")
+FEATURES = ("backup", "one_file_system", "hard_links", "specials", "xattrs", "inplace")
 
+
+
+def _warn(path: str, message: str) -> None:
+    """A warning of the replica about one path: on stderr, which the client logs."""
+    sys.stderr.write(f"deltasync serve: warning: {path}: {message}\n")
+    sys.stderr.flush()
 
 def _names() -> dict[str, Any]:
     from ..idnames import local_names
@@ -203,7 +209,9 @@ class Server:
                 os.makedirs(root, exist_ok=True)
             owner = bool(body.get("owner")) and os.geteuid() == 0
             self.replica = LocalReplica(root, fsync=bool(body.get("fsync")), owner=owner,
-                                        backup=_backup(body.get("backup")))
+                                        backup=_backup(body.get("backup")),
+                                        inplace=body.get("inplace") is True,
+                                        on_warning=_warn)
             if not self.dry_run:
                 self._lock(root, body.get("lock_wait"))
         else:
@@ -341,6 +349,7 @@ class Server:
         xmode = _xattr_mode(body.get("xattrs"))
         if self.replica is not None:
             self.replica.xmode = xmode
+            self.replica.hard_links = body.get("hard_links") is True  # --inplace's link check
         self.out.send(ROOT, encode_root(root_entry(self.root)))
         # ~20,000 strings a second are born here and none is garbage: the
         # cyclic GC would only rescan them (as in Engine.run_pass).
