@@ -43,20 +43,7 @@ from .errors import (
 from .guards import DeleteGate, Protect, Verdict, protector
 from .idnames import IdMap, MappedFile, MappedLister
 from .march import March
-from .model import (
-    INPLACE_MARK_NS,
-    Action,
-    Backup,
-    Entry,
-    Kind,
-    Op,
-    Reason,
-    Result,
-    Stats,
-    field,
-    options,
-    quote_path,
-)
+from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
 from .prefetch import Prefetched
 from .replica import Replica
 from .rules import from_options
@@ -648,9 +635,6 @@ class Engine:
     def _transfer(self, a: Action, whole: bool = False) -> Result:
         assert a.src is not None
         stats, rep = self._stats, self.reporter
-        if a.dst is not None and a.dst.kind is Kind.FILE and a.dst.mtime_ns == INPLACE_MARK_NS:
-            rep.warning(a.path, "was left mixed by an interrupted --inplace update (neither "
-                                "its old nor its new version); updating it again")
         if self.opts.dry_run:
             return Result(size=a.src.size)
 

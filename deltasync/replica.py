@@ -20,10 +20,13 @@ Guarantees of ``LocalReplica``:
   into it (``delta.apply_delta_onto``), elsewhere it is rebuilt whole;
 * ``--inplace`` (``inplace=True``): a delta update rewrites the replica's file
   itself, only the pages that differ (``delta.inplace``).  Not atomic: before
-  the first write its mtime is set to ``model.INPLACE_MARK_NS``, so a pass
-  killed mid-file leaves a file the next pass sees as changed (and says was
-  left mixed); the whole-file blake3 is checked at the end and a mismatch is
-  a ``PatchError``.  A file with more hard links than the replica accounts
+  the first write it gets the attribute ``INPLACE_XATTR`` (where the file
+  system keeps user attributes) and the mtime ``model.INPLACE_MARK_NS``
+  (each write then sets it to now), removed and set right at the end; a
+  pass killed mid-file leaves a file the next pass sees as changed, and the
+  update of a file carrying the attribute says it was left mixed
+  (``on_warning``).  The whole-file blake3 is checked at the end and a
+  mismatch is a ``PatchError``.  A file with more hard links than the replica accounts
   for (with -H: its source's link count, else 1), one this user may
   not write, or one to be backed up (``--backup``) is updated by temp file
   and rename instead (``on_warning`` is told about the first);
@@ -102,6 +105,11 @@ if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is need
 __all__ = ["LocalReplica", "LockUnavailable", "LockWaitInterrupted", "OwnerNotSet", "Replica",
            "ReplicaLocked", "SourceChanged", "SourceCheck", "copy_fd"]
 
+
+# --inplace: set on a file while it is rewritten in place (see the module doc).
+INPLACE_XATTR = "user.deltasync.inplace"
+LEFT_MIXED = ("was left mixed by an interrupted --inplace update (neither its old nor its new "
+              "version); updating it again")
 
 _SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 
@@ -523,9 +531,11 @@ class LocalReplica(Replica):
     # -- writing --------------------------------------------------------
     def _install(self, path: str, entry: Entry, fill: Callable[[int, int], int],
                  src: SourceCheck | None, xattrs: XattrSet | None = None,
-                 prealloc: bool = True) -> int:
+                 prealloc: bool = True, new: bool = False) -> int:
         """Create a temp file, let ``fill`` write it, set metadata, rename into place."""
         d, name = self.dirs.parent_of(path)
+        if not new:
+            self._check_mixed(proc_path(d, name), path)
         with Writable(d) as w:
             written = self._install_in(w, d, name, path, entry, fill, src, xattrs, prealloc)
         self._fsync_dir(d)
@@ -590,6 +600,18 @@ class LocalReplica(Replica):
         remove_tree(d, name, w, path, ex.excluded if ex else None)
         w(os.replace, tmp, name, src_dir_fd=d, dst_dir_fd=d)
 
+    def _check_mixed(self, target: int | str, path: str) -> None:
+        """Say so if the file an update replaces was left mixed by --inplace."""
+        try:
+            if isinstance(target, int):
+                os.getxattr(target, INPLACE_XATTR)
+            else:
+                os.getxattr(target, INPLACE_XATTR, follow_symlinks=False)
+        except OSError:
+            return  # no mark (or no user attributes here, or no file)
+        if self.on_warning is not None:
+            self.on_warning(path, LEFT_MIXED)
+
     def _owner_failed(self, path: str, why: str | None) -> None:
         if why is None:
             return
@@ -606,8 +628,9 @@ class LocalReplica(Replica):
         sfd = src.fileno()
         if sfd >= 0:
             return self._install(path, src.entry, lambda fd, d: copy_fd(sfd, fd, src.entry.size),
-                                 src, xattrs)
-        return self._install(path, src.entry, lambda fd, d: _copy_stream(src, fd), src, xattrs)
+                                 src, xattrs, new=new)
+        return self._install(path, src.entry, lambda fd, d: _copy_stream(src, fd), src, xattrs,
+                             new=new)
 
     def can_reflink(self) -> bool:
         return self._can_reflink(self.dirs.get(""))
@@ -678,6 +701,7 @@ class LocalReplica(Replica):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, f"not a regular file: {path!r}")
+            self._check_mixed(fd, path)
             expected = max(1, src.entry.nlink) if self.hard_links else 1
             if st.st_nlink > expected:
                 if self.on_warning is not None:
@@ -689,7 +713,12 @@ class LocalReplica(Replica):
 
             def mark() -> None:
                 # From here the file is neither version: an mtime no source
-                # has makes the next pass update it even if this one dies.
+                # has makes the next pass update it even if this one dies, and
+                # the attribute lets it say why.
+                try:
+                    os.setxattr(fd, INPLACE_XATTR, b"1")
+                except OSError:
+                    pass  # no user attributes here: the mtime alone
                 os.utime(fd, ns=(st.st_atime_ns, INPLACE_MARK_NS))
                 if self.fsync:
                     os.fsync(fd)
@@ -699,6 +728,10 @@ class LocalReplica(Replica):
             except DeltaSyncError:
                 src.check_unchanged()
                 raise
+            try:
+                os.removexattr(fd, INPLACE_XATTR)
+            except OSError:
+                pass  # not set (no user attributes here)
             unset = self._meta_fd(fd, src.entry, xattrs, path)
             if self.fsync:
                 os.fsync(fd)
