@@ -1,4 +1,4 @@
-"""Issue 12's targets, checked against one run's rows: a report, never an exit code.
+"""Issue 12's and issue 14's targets, checked against one run's rows: a report, never an exit code.
 
 The issue writes every target as **deltasync's figure over the peer's** (≤ 1.0 ×:
 at most rsync's), the inverse of the table's peer / deltasync ratios; this
@@ -42,9 +42,9 @@ def _row(rows: list[Row], group: str, tool: str) -> Row | None:
     return None
 
 
-def _ratio(rows: list[Row], group: str, what: str, bound: float) -> Outcome:
-    label = f"{group}: {what} deltasync/rsync ≤ {bound:.2f}"
-    d, p = _row(rows, group, "deltasync"), _row(rows, group, "rsync")
+def _ratio(rows: list[Row], group: str, what: str, bound: float, peer: str = "rsync") -> Outcome:
+    label = f"{group}: {what} deltasync/{peer} ≤ {bound:.2f}"
+    d, p = _row(rows, group, "deltasync"), _row(rows, group, peer)
     if d is None or p is None:
         return Outcome(label, "-", "not run")
     a, b = (d.median, p.median) if what == "wall" else (d.cpu_median, p.cpu_median)
@@ -86,6 +86,34 @@ def _wire(rows: list[Row], group: str, scenario: str, applies: bool) -> Outcome:
     return Outcome(label, f"{d.nbytes:,} B", "PASS" if d.nbytes <= base else "FAIL")
 
 
+def _written(rows: list[Row], group: str, bound: int, what: str) -> Outcome:
+    label = f"{group}: deltasync bytes written ≤ {what}"
+    d = _row(rows, group, "deltasync")
+    if d is None or d.nbytes is None:
+        return Outcome(label, "-", "not run")
+    worst = max(s.nbytes or 0 for s in d.samples)
+    peer = _row(rows, group, "rsync")
+    vs = f", rsync {peer.nbytes / 2**20:.1f} MiB" if peer is not None and peer.nbytes else ""
+    return Outcome(label, f"{worst / 2**20:.1f} MiB (most of {len(d.samples)} runs){vs}",
+                   "PASS" if worst <= bound else "FAIL")
+
+
+def check14(rows: list[Row], sizes: Sizes) -> list[Outcome]:
+    """Issue 14 items 1-3: patch and end-to-end against rdiff, bytes a delta
+    update writes (``big-delta-writes``: the loop device's count)."""
+    out: list[Outcome] = []
+    for case in "abc":
+        for step in ("patch", "patch to tmpfs"):
+            g = f"big-delta {case}: {step}"
+            out += [_ratio(rows, g, "wall", 1.0, "rdiff"), _ratio(rows, g, "cpu", 1.0, "rdiff")]
+        out.append(_ratio(rows, f"big-delta {case}: end-to-end", "wall",
+                          0.95 if case == "c" else 0.7, "rdiff"))
+    out.append(_written(rows, "big-delta-writes a: sync on btrfs", sizes.big_bytes // 20,
+                        "5% of the file"))
+    out.append(_written(rows, "big-delta-writes a: sync on ext4", 8 << 20, "8 MiB (--inplace)"))
+    return out
+
+
 def check(rows: list[Row], sizes: Sizes, seed: int = DEFAULT_SEED) -> list[Outcome]:
     small, large, huge = (size_label(n) for n in (sizes.tree_files, sizes.noop_files,
                                                   sizes.million_files))
@@ -102,12 +130,13 @@ def check(rows: list[Row], sizes: Sizes, seed: int = DEFAULT_SEED) -> list[Outco
     for scen in ("remote-tree-noop", "remote-tree-churn"):
         g = f"{scen} {small}"
         out += [_ratio(rows, g, "wall", 1.0), _wire(rows, g, scen, default)]
-    return out
+    return out + check14(rows, sizes)
 
 
 def format_outcomes(outcomes: list[Outcome]) -> str:
-    head = ("Issue 12 targets, as the issue writes them: deltasync / rsync (the table's "
-            "ratios are rsync / deltasync).\nReported only: the exit status does not depend on them.")
+    head = ("Issue 12 and 14 targets, as the issues write them: deltasync / rsync or rdiff (the "
+            "table's ratios are peer / deltasync).\nReported only: the exit status does not depend "
+            "on them.")
     w = max(len(o.target) for o in outcomes)
     lines = [f"  {o.status:<7}  {o.target:<{w}}  {o.measured}" for o in outcomes]
     counts = {s: sum(o.status == s for o in outcomes) for s in ("PASS", "FAIL", "not run")}

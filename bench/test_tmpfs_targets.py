@@ -58,3 +58,20 @@ def test_targets_are_deltasync_over_rsync_with_the_issues_bounds() -> None:
     assert got["tree-churn 20k files: wall deltasync/rsync ≤ 1.00"] == "not run"
     text = targets.format_outcomes(targets.check(rows, Sizes()))
     assert "deltasync / rsync" in text and "exit status does not depend" in text
+
+
+def test_issue14_targets_read_the_patch_and_write_rows() -> None:
+    def rows(group: str, tool: str, wall: float, nbytes: int | None = None) -> list[Row]:
+        scen, step = group.split(" ", 1)
+        return [Row(scen, step, tool, [Sample(wall, wall, 0.0, 0, nbytes)])]
+
+    rs = (rows("big-delta a: patch", "deltasync", 0.5) + rows("big-delta a: patch", "rdiff", 0.6)
+          + rows("big-delta-writes a: sync on btrfs", "deltasync", 1.0, 60 << 20)
+          + rows("big-delta-writes a: sync on ext4", "deltasync", 1.0, 3 << 20))
+    got = {o.target: o.status for o in targets.check14(rs, Sizes())}
+    assert got["big-delta a: patch: wall deltasync/rdiff ≤ 1.00"] == "PASS"
+    assert got["big-delta b: patch to tmpfs: wall deltasync/rdiff ≤ 1.00"] == "not run"
+    # 60 MiB of a 1 GiB file is more than 5%
+    assert got["big-delta-writes a: sync on btrfs: deltasync bytes written ≤ 5% of the file"] == "FAIL"
+    assert got["big-delta-writes a: sync on ext4: deltasync bytes written ≤ 8 MiB (--inplace)"] \
+        == "PASS"

@@ -15,6 +15,9 @@ command -v setpriv >/dev/null || need+=(util-linux)
 [ -x /usr/bin/time ] || need+=(time)
 command -v setfacl >/dev/null || need+=(acl)
 command -v getfattr >/dev/null || need+=(attr)
+# loop-mounted btrfs and XFS images (tests/loopfs.py, bench big-delta-writes)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         export DEBIAN_FRONTEND=noninteractive
