@@ -17,8 +17,7 @@ from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deltasync.delta import Copy, End, Literal, PatchStats, apply_delta, make_delta, make_signature
-from deltasync.delta import fdio
+from deltasync.delta import Copy, End, Literal, PatchStats, apply_delta, fdio, make_delta, make_signature
 from deltasync.delta.inplace import apply_delta_inplace
 from deltasync.delta.patch import apply_delta_onto
 from deltasync.errors import PatchError

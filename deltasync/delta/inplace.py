@@ -38,7 +38,7 @@ from typing import BinaryIO
 from ..errors import PatchError
 from . import fdio
 from .ops import End, PatchStats
-from .patch import _Plan, check_digest
+from .patch import COPY, LITERAL, _Plan, check_digest
 
 __all__ = ["apply_delta_inplace", "PAGE", "DEFAULT_MEMORY"]
 
@@ -156,21 +156,16 @@ def apply_delta_inplace(
         literals: list[tuple[int, bytes | int, int]] = []  # (dst, data or spill offset, n)
         end: End | None = None
         w = 0
-        for step in plan.steps():
-            if step[0] == "c":
-                _, src, n = step  # type: ignore[misc]
+        for kind, src, n, data in plan.steps():
+            if kind == COPY:
                 if src != w:
-                    copies.append((w, src, n))  # type: ignore[arg-type]
-                w += n  # type: ignore[operator]
-            elif step[0] == "l":
-                data = step[1]
-                assert isinstance(data, bytes)
+                    copies.append((w, src, n))
+            elif kind == LITERAL:
                 if data:
-                    literals.append((w, store.put(data), len(data)))
-                w += len(data)
+                    literals.append((w, store.put(data), n))
             else:
-                assert isinstance(step[1], End)
-                end = step[1]
+                end = plan.end
+            w += n
         assert end is not None
         if before_write is not None:
             before_write()
@@ -213,7 +208,9 @@ def _run_copies(fd: int, copies: list[tuple[int, int, int]], store: _Store) -> N
             # until one repeats, then buffer the smallest copy of that cycle.
             while done[scan]:
                 scan += 1
-            v, seen, path = scan, {}, []
+            v = scan
+            seen: dict[int, int] = {}
+            path: list[int] = []
             while v not in seen:
                 seen[v] = len(path)
                 path.append(v)

@@ -55,8 +55,10 @@ __all__ = ["apply_delta", "apply_delta_onto"]
 COPY_CHUNK = 256 << 10
 MAX_OUTPUT = (1 << 63) - 1
 
-# What ``_checked`` yields: ("c", basis offset, length) | ("l", data) | ("e", End)
-_Step = tuple[str, int, int] | tuple[str, bytes] | tuple[str, End]
+# What ``_Plan.steps`` yields: (COPY, basis offset, length, b"") | (LITERAL, 0,
+# length, data) | (END, 0, 0, b"") with the End in ``_Plan.end``.
+COPY, LITERAL, END = 0, 1, 2
+_Step = tuple[int, int, int, bytes]
 
 
 class _Plan:
@@ -83,6 +85,7 @@ class _Plan:
         self.st.block_count = self.nblocks
         self.ops = ops
         self.written = 0
+        self.end: End | None = None
 
     def steps(self) -> Iterator[_Step]:
         L, nblocks, st = self.L, self.nblocks, self.st
@@ -100,7 +103,7 @@ class _Plan:
                 n = min((blk + cnt) * L, self.basis_size) - pos
                 if self.written + n > self.limit:
                     raise PatchError(f"delta writes more than the {self.limit} bytes it declares")
-                yield ("c", pos, n)
+                yield (COPY, pos, n, b"")
                 self.written += n
                 st.matched_bytes += n
                 st.copy_ops += 1
@@ -108,7 +111,7 @@ class _Plan:
                 data = op.data
                 if self.written + len(data) > self.limit:
                     raise PatchError(f"delta writes more than the {self.limit} bytes it declares")
-                yield ("l", data)
+                yield (LITERAL, 0, len(data), data)
                 self.written += len(data)
                 st.literal_bytes += len(data)
                 st.literal_ops += 1
@@ -121,7 +124,8 @@ class _Plan:
                 for _extra in it:
                     raise PatchError("delta has operations after its end record")
                 st.bytes_processed = self.written
-                yield ("e", op)
+                self.end = op
+                yield (END, 0, 0, b"")
                 return
             else:
                 raise PatchError(f"unknown delta operation {op!r}")
@@ -206,23 +210,21 @@ def _apply_fds(plan: _Plan, bfd: int, ofd: int, rfd: int, start: int, prefilled:
     kernel = [True]
     w = start
     try:
-        for step in plan.steps():
-            kind = step[0]
-            if kind == "c":
-                _, pos, n = step  # type: ignore[misc]
+        for kind, pos, n, data in plan.steps():
+            if kind == COPY:
                 if not (prefilled and pos == w):  # a clone already holds it there
-                    fdio.copy_range(bfd, pos, ofd, w, n, kernel)  # type: ignore[arg-type]
-                w += n  # type: ignore[operator]
+                    fdio.copy_range(bfd, pos, ofd, w, n, kernel)
+                w += n
                 ver.advance(w)
-            elif kind == "l":
-                data = step[1]
-                fdio.pwrite_all(ofd, data, w)  # type: ignore[arg-type]
-                w += len(data)  # type: ignore[arg-type]
+            elif kind == LITERAL:
+                fdio.pwrite_all(ofd, data, w)
+                w += n
                 ver.advance(w)
             else:
                 if prefilled:
                     os.ftruncate(ofd, w)  # the clone may be longer than the new file
-                check_digest(ver.finish(w), step[1])  # type: ignore[arg-type]
+                assert plan.end is not None
+                check_digest(ver.finish(w), plan.end)
                 return w - start
     finally:
         ver.close()
@@ -235,25 +237,23 @@ def _apply_stream(plan: _Plan, basis: BinaryIO, out: BinaryIO) -> int:
     hasher = blake3()
     buf = bytearray(min(COPY_CHUNK, max(1 << 16, plan.basis_size)))
     bmv = memoryview(buf)
-    for step in plan.steps():
-        kind = step[0]
-        if kind == "c":
-            _, pos, n = step  # type: ignore[misc]
-            basis.seek(pos)  # type: ignore[arg-type]
-            while n > 0:  # type: ignore[operator]
-                got = _read_into(basis, bmv[:min(len(buf), n)])  # type: ignore[call-overload]
+    for kind, pos, n, data in plan.steps():
+        if kind == COPY:
+            basis.seek(pos)
+            while n > 0:
+                got = _read_into(basis, bmv[:min(len(buf), n)])
                 if got <= 0:
                     raise PatchError("basis file ended early (did it change while patching?)")
                 chunk = bmv[:got]
                 hasher.update(chunk)
                 out.write(chunk)
-                n -= got  # type: ignore[operator]
-        elif kind == "l":
-            data = step[1]
-            hasher.update(data)  # type: ignore[arg-type]
-            out.write(data)  # type: ignore[arg-type]
+                n -= got
+        elif kind == LITERAL:
+            hasher.update(data)
+            out.write(data)
         else:
-            check_digest(hasher.digest(), step[1])  # type: ignore[arg-type]
+            assert plan.end is not None
+            check_digest(hasher.digest(), plan.end)
             return plan.written
     raise AssertionError("unreachable: steps() ends with End or raises")  # pragma: no cover
 
