@@ -203,3 +203,26 @@ def test_verifier_hashes_large_output_behind_the_writer() -> None:
     finally:
         os.close(b)
         os.close(out)
+
+
+def test_patch_to_standard_output_appended_to_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``deltasync patch b d - >> out``: an O_APPEND output is written as a
+    stream after what it holds (pwrite would ignore the offset there)."""
+    import subprocess
+    import sys
+
+    basis = os.urandom(300_000)
+    new = basis[1000:] + b"tail"
+    (tmp_path / "b").write_bytes(basis)
+    (tmp_path / "n").write_bytes(new)
+    out = tmp_path / "out"
+    out.write_bytes(b"head:")
+    run = [sys.executable, "-m", "deltasync"]
+    for args in (["signature", "b", "s"], ["delta", "s", "n", "d"]):
+        subprocess.run([*run, *args], cwd=tmp_path, check=True)
+    with open(out, "ab") as f:
+        subprocess.run([*run, "patch", "b", "d", "-"], cwd=tmp_path, stdout=f, check=True)
+    assert out.read_bytes() == b"head:" + new
+    with open(out, "wb") as f:  # a plain redirection: the descriptor path, from offset 0
+        subprocess.run([*run, "patch", "b", "d", "-"], cwd=tmp_path, stdout=f, check=True)
+    assert out.read_bytes() == new

@@ -36,6 +36,7 @@ digest mismatch.  Memory is one buffer of ``COPY_CHUNK`` (streams) or
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
@@ -168,7 +169,9 @@ def apply_delta(
         raise PatchError(f"basis is not seekable: {e}") from e
     plan = _Plan(real_size, ops, block_size, basis_size, new_size, stats)
     bfd, ofd = fdio.regular_fd(basis), fdio.regular_fd(out)
-    if bfd is not None and ofd is not None:
+    # O_APPEND (``>> file``): Linux's pwrite ignores the offset there and
+    # copy_file_range refuses it, so such an output is written as a stream.
+    if bfd is not None and ofd is not None and not fcntl.fcntl(ofd, fcntl.F_GETFL) & os.O_APPEND:
         out.flush()
         rd = fdio.readable_fd(ofd)
         if rd is not None:
