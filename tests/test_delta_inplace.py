@@ -184,8 +184,9 @@ def test_inplace_writes_only_the_pages_that_differ() -> None:
         os.close(fd)
 
 
-def test_verifier_hashes_large_output_behind_the_writer() -> None:
-    """Past HASH_CHUNK the verifier's thread runs; a wrong digest is still refused."""
+def test_large_outputs_are_hashed_by_the_helper_threads() -> None:
+    """Past HASH_CHUNK the verifier's thread runs (a clone), the hash pipe's
+    buffers cycle (between files); a wrong digest is still refused."""
     L = 1 << 16
     basis = os.urandom(3 * fdio.HASH_CHUNK + 123)
     nb = -(-len(basis) // L)
@@ -195,6 +196,14 @@ def test_verifier_hashes_large_output_behind_the_writer() -> None:
         with open(out, "r+b", closefd=False) as o, open(b, "rb", closefd=False) as bf:
             assert apply_delta(bf, ops, o, L, threads=2) == len(want)
         assert _read(out) == want
+        clone = _file(basis)
+        try:
+            assert apply_delta_onto(b, ops, clone, L, threads=2) == len(want)
+            assert _read(clone) == want
+            with pytest.raises(PatchError, match="checksum"):
+                apply_delta_onto(b, [*ops[:-1], End(len(want), b"\1" * 32)], clone, L)
+        finally:
+            os.close(clone)
         bad = [*ops[:-1], End(len(want), b"\1" * 32)]
         with open(out, "r+b", closefd=False) as o, open(b, "rb", closefd=False) as bf:
             o.truncate(0)

@@ -28,8 +28,8 @@ from blake3 import blake3
 
 from ..errors import PatchError
 
-__all__ = ["HASH_CHUNK", "FICLONE", "Verifier", "clone", "copy_range", "pwrite_all",
-           "readable_fd", "regular_fd"]
+__all__ = ["HASH_CHUNK", "FICLONE", "HashPipe", "Verifier", "clone", "copy_range", "fs_type",
+           "on_tmpfs", "pwrite_all", "readable_fd", "regular_fd", "shares_extents"]
 
 # The verifier reads back this much at a time: large enough that blake3's
 # threads (when asked for) have work to share, small enough to stay in cache.
@@ -69,6 +69,39 @@ def readable_fd(fd: int) -> tuple[int, bool] | None:
         os.close(rfd)
         return None
     return rfd, True
+
+
+TMPFS_MAGIC = 0x01021994
+# File systems whose copy_file_range shares extents instead of copying.
+EXTENT_SHARING = frozenset({0x9123683E, 0x58465342})  # btrfs, XFS
+
+
+def fs_type(fd: int) -> int:
+    """``fstatfs``'s f_type of ``fd`` (0 if it cannot be had)."""
+    import ctypes
+    import struct
+
+    try:
+        fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
+    except (OSError, AttributeError):
+        return 0
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type is its first long
+    if fstatfs(fd, buf) != 0:
+        return 0
+    return int(struct.unpack_from("l", buf.raw)[0]) & 0xFFFFFFFF
+
+
+def on_tmpfs(fd: int) -> bool:
+    """Is ``fd`` on a tmpfs?  There, ``fallocate`` allocates and zeroes every
+    page the writes then fill again."""
+    return fs_type(fd) == TMPFS_MAGIC
+
+
+def shares_extents(src_fd: int, dst_fd: int) -> bool:
+    """Would ``copy_file_range`` from ``src_fd`` to ``dst_fd`` share extents
+    (both on one btrfs or XFS) rather than copy the bytes?"""
+    return (os.fstat(src_fd).st_dev == os.fstat(dst_fd).st_dev
+            and fs_type(dst_fd) in EXTENT_SHARING)
 
 
 def clone(src_fd: int, dst_fd: int) -> bool:
@@ -120,6 +153,68 @@ def copy_range(src_fd: int, src: int, dst_fd: int, dst: int, n: int,
             raise PatchError("basis file ended early (did it change while patching?)")
         pwrite_all(dst_fd, mv[:got], dst)
         src, dst, n = src + got, dst + got, n - got
+
+
+class HashPipe:
+    """blake3 of bytes handed over in order, hashed by a thread meanwhile.
+
+    Where the kernel would only copy (ext4, tmpfs), reading a COPY run into
+    memory, writing it and hashing that same buffer costs two copies of the
+    data, as rdiff's patch does, plus the hash on the other core; a kernel
+    copy followed by reading the output back costs a third (measured here on
+    1 GiB: 0.55-0.72 CPU s against 0.70-0.94).  ``buffer()`` lends one of
+    ``SLOTS`` buffers (waiting while all are being hashed), ``put`` hands a
+    filled one (or a literal's bytes) to the thread; at most ``SLOTS``
+    pieces wait, so memory stays bounded.
+    """
+
+    SLOTS = 4
+    SLOT_SIZE = 1 << 20
+
+    def __init__(self, threads: int = 1) -> None:
+        import queue
+
+        self.hasher = blake3(max_threads=threads)
+        self._bufs = [bytearray(self.SLOT_SIZE) for _ in range(self.SLOTS)]
+        self._free: queue.Queue[int] = queue.Queue()
+        for i in range(self.SLOTS):
+            self._free.put(i)
+        self._work: queue.Queue[tuple[bytes | memoryview, int] | None] = queue.Queue(self.SLOTS)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="deltasync-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            data, slot = item
+            if self._error is None:
+                try:
+                    self.hasher.update(data)
+                except BaseException as e:  # noqa: BLE001 - handed to finish()
+                    self._error = e
+            if slot >= 0:
+                self._free.put(slot)
+
+    def buffer(self) -> tuple[int, memoryview]:
+        slot = self._free.get()
+        return slot, memoryview(self._bufs[slot])
+
+    def put(self, data: bytes | memoryview, slot: int = -1) -> None:
+        self._work.put((data, slot))
+
+    def finish(self) -> bytes:
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self.hasher.digest()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
 
 
 class Verifier:

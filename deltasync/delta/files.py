@@ -251,11 +251,13 @@ class _Capped:
 def _preallocate(out: BinaryIO, size: int | None) -> None:
     """Allocate a new, empty regular output's ``size`` bytes up front
     (``fsutil.preallocate``: on ext4 it spares the delayed allocation at
-    write-back and at the rename).  Streams and existing data are left alone."""
-    from .fdio import regular_fd
+    write-back and at the rename).  Streams, existing data and tmpfs (where it
+    would zero every page first: 0.15 s of a 0.7 s patch of 1 GiB here) are
+    left alone."""
+    from .fdio import on_tmpfs, regular_fd
 
     fd = regular_fd(out)
-    if size is None or fd is None or os.fstat(fd).st_size != 0:
+    if size is None or fd is None or os.fstat(fd).st_size != 0 or on_tmpfs(fd):
         return
     preallocate(fd, size)
 

@@ -11,14 +11,22 @@ file and removes it on error).
 Two ways through, the same checks:
 
 - **descriptors** (basis and output are regular files with descriptors, the
-  output readable, as ``patch_file`` and the replica open them): a COPY is one
-  ``os.copy_file_range`` at explicit offsets (``fdio.copy_range``: the kernel
-  moves the bytes, and shares extents on btrfs/XFS), a LITERAL one ``pwrite``;
-  the digest is taken by ``fdio.Verifier`` reading the output back behind the
-  writer in another thread, so hashing overlaps writing and what is verified
-  is what the output holds.  ``apply_delta_onto`` is this path for an output
-  that already holds the basis (a reflinked clone): COPYs already in their
-  place are not written at all.
+  output readable, as ``patch_file`` and the replica open them), positioned
+  I/O at explicit offsets, the hash on another thread:
+
+  - where basis and output share a btrfs or XFS (``fdio.shares_extents``), a
+    COPY is one ``os.copy_file_range`` (``fdio.copy_range``: the kernel shares
+    the extents, no data is copied), a LITERAL one ``pwrite``, and the digest
+    is taken by ``fdio.Verifier`` reading the output back behind the writer;
+    ``apply_delta_onto`` is this path for an output that already holds the
+    basis (a reflinked clone), where COPYs already in their place are not
+    written at all;
+  - elsewhere (ext4, tmpfs: ``copy_file_range`` would only copy), a COPY run
+    is read into one of a few buffers, written with ``pwrite``, and that same
+    buffer is hashed by ``fdio.HashPipe``'s thread meanwhile: two copies of
+    the data, as rdiff's patch makes, with the hash overlapped (reading the
+    output back after a kernel copy cost a third: 0.70-0.94 against
+    0.55-0.72 CPU seconds on 1 GiB here).
 - **streams** (anything else: standard input or output, pipes, in-memory
   buffers): seek + read in ``COPY_CHUNK`` pieces, hashed on the way out.
 
@@ -209,6 +217,8 @@ def apply_delta_onto(
 
 def _apply_fds(plan: _Plan, bfd: int, ofd: int, rfd: int, start: int, prefilled: bool,
                threads: int) -> int:
+    if not prefilled and not fdio.shares_extents(bfd, ofd):
+        return _apply_piped(plan, bfd, ofd, start, threads)
     ver = fdio.Verifier(rfd, start, threads)
     kernel = [True]
     w = start
@@ -231,6 +241,37 @@ def _apply_fds(plan: _Plan, bfd: int, ofd: int, rfd: int, start: int, prefilled:
                 return w - start
     finally:
         ver.close()
+    raise AssertionError("unreachable: steps() ends with End or raises")  # pragma: no cover
+
+
+def _apply_piped(plan: _Plan, bfd: int, ofd: int, start: int, threads: int) -> int:
+    """Descriptors where the kernel would only copy: ``pread`` a COPY run into
+    a buffer, ``pwrite`` it, and let ``fdio.HashPipe`` hash that buffer on
+    the other core meanwhile."""
+    pipe = fdio.HashPipe(threads)
+    w = start
+    try:
+        for kind, pos, n, data in plan.steps():
+            if kind == COPY:
+                while n > 0:
+                    slot, mv = pipe.buffer()
+                    got = os.preadv(bfd, [mv[:min(n, len(mv))]], pos)
+                    if got == 0:
+                        pipe.put(b"", slot)
+                        raise PatchError("basis file ended early (did it change while patching?)")
+                    fdio.pwrite_all(ofd, mv[:got], w)
+                    pipe.put(mv[:got], slot)
+                    pos, w, n = pos + got, w + got, n - got
+            elif kind == LITERAL:
+                fdio.pwrite_all(ofd, data, w)
+                pipe.put(data)
+                w += n
+            else:
+                assert plan.end is not None
+                check_digest(pipe.finish(), plan.end)
+                return w - start
+    finally:
+        pipe.close()
     raise AssertionError("unreachable: steps() ends with End or raises")  # pragma: no cover
 
 
