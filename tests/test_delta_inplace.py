@@ -185,8 +185,8 @@ def test_inplace_writes_only_the_pages_that_differ() -> None:
 
 
 def test_large_outputs_are_hashed_by_the_helper_threads() -> None:
-    """Past HASH_CHUNK the verifier's thread runs (a clone), the hash pipe's
-    buffers cycle (between files); a wrong digest is still refused."""
+    """Many times the hash pipe's buffers: they cycle while the thread hashes,
+    onto a clone and between files; a wrong digest is still refused."""
     L = 1 << 16
     basis = os.urandom(3 * fdio.HASH_CHUNK + 123)
     nb = -(-len(basis) // L)

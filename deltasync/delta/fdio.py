@@ -1,19 +1,15 @@
-"""Descriptor-level helpers of the patch: kernel copies, positioned writes, and
-the whole-file hash of the output read back behind the writer.
+"""Descriptor-level helpers of the patch: kernel copies, positioned writes,
+and the whole-file hash taken on a second thread.
 
 ``copy_range`` moves basis bytes into the output with ``os.copy_file_range``
-(in the kernel; on btrfs and XFS with reflink it shares the extents instead of
-copying them), falling back to ``pread``/``pwrite`` where the kernel refuses
-(another file system, tmpfs on old kernels, the same file with overlapping
-ranges).  ``Verifier`` hashes the output with blake3 as it is written: a
-thread reads back ``[start, watermark)`` in ``HASH_CHUNK`` pieces while the
-writer goes on, so the hash costs no extra pass over the data and what is
-checked is what the output really holds, not what was meant to be written.
-
-``readable_fd`` gives a descriptor the verifier can read the output through:
-the output's own if it was opened read-write, else a new open of the same
-inode through ``/proc/self/fd`` (None if neither works: the caller then
-hashes on the way through instead).
+(in the kernel; on btrfs and XFS it shares the extents instead of copying
+them), falling back to ``pread``/``pwrite`` where the kernel refuses (another
+file system, the same file with overlapping ranges).  ``shares_extents`` says
+where that pays (``fs_type``: btrfs, XFS); elsewhere copying through a buffer
+costs no more and the buffer can be hashed.  ``HashPipe`` hashes pieces
+handed to it, in order, on its own thread, within a few bounded buffers, so
+the hash overlaps the writes.  ``hash_file`` hashes a file's first bytes
+(``--inplace``, whose writes are not in file order, checks the result so).
 """
 
 from __future__ import annotations
@@ -28,8 +24,8 @@ from blake3 import blake3
 
 from ..errors import PatchError
 
-__all__ = ["HASH_CHUNK", "FICLONE", "HashPipe", "Verifier", "clone", "copy_range", "fs_type",
-           "on_tmpfs", "pwrite_all", "readable_fd", "regular_fd", "shares_extents"]
+__all__ = ["HASH_CHUNK", "FICLONE", "HashPipe", "clone", "copy_range", "fs_type", "hash_file",
+           "on_tmpfs", "pwrite_all", "regular_fd", "shares_extents"]
 
 # The verifier reads back this much at a time: large enough that blake3's
 # threads (when asked for) have work to share, small enough to stay in cache.
@@ -53,22 +49,6 @@ def regular_fd(f: object) -> int | None:
             else None
     except (OSError, ValueError):
         return None
-
-
-def readable_fd(fd: int) -> tuple[int, bool] | None:
-    """(a descriptor that reads the file ``fd`` writes, whether it is new and
-    must be closed), or None."""
-    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR:
-        return fd, False
-    try:
-        rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError:
-        return None
-    a, b = os.fstat(fd), os.fstat(rfd)
-    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):  # pragma: no cover - /proc lies
-        os.close(rfd)
-        return None
-    return rfd, True
 
 
 TMPFS_MAGIC = 0x01021994
@@ -217,76 +197,16 @@ class HashPipe:
             self._thread.join()
 
 
-class Verifier:
-    """blake3 of a file's bytes ``[start, ...)``, read back behind its writer.
-
-    ``advance(upto)`` says bytes before ``upto`` are written; a thread hashes
-    them while the writer goes on (started once ``HASH_CHUNK`` bytes wait, so
-    small files never start one).  ``finish(upto)`` hashes the rest and
-    returns the digest.  ``threads``: blake3's own threads per chunk (1: none;
-    a pipelined sync needs the other core for the delta).
-    """
-
-    def __init__(self, fd: int, start: int = 0, threads: int = 1) -> None:
-        self.fd = fd
-        self.pos = start
-        self.target = start
-        self.hasher = blake3(max_threads=threads)
-        self._cond = threading.Condition()
-        self._done = False
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._buf = bytearray(HASH_CHUNK)
-
-    def _hash_to(self, upto: int) -> None:
-        mv = memoryview(self._buf)
-        while self.pos < upto:
-            want = min(len(self._buf), upto - self.pos)
-            got = os.preadv(self.fd, [mv[:want]], self.pos)
-            if got == 0:
-                raise PatchError("the output ended before what was written to it")
-            self.hasher.update(mv[:got])
-            self.pos += got
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._done and self.target - self.pos < HASH_CHUNK:
-                        self._cond.wait()
-                    if self._done:
-                        return
-                    upto = self.pos + (self.target - self.pos) // HASH_CHUNK * HASH_CHUNK
-                self._hash_to(upto)
-        except BaseException as e:  # noqa: BLE001 - handed to finish()
-            self._error = e
-
-    def advance(self, upto: int) -> None:
-        self.target = upto
-        if upto - self.pos < HASH_CHUNK:
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="deltasync-verify",
-                                            daemon=True)
-            self._thread.start()
-        with self._cond:
-            self._cond.notify()
-
-    def _stop(self) -> None:
-        if self._thread is not None:
-            with self._cond:
-                self._done = True
-                self._cond.notify()
-            self._thread.join()
-            self._thread = None
-
-    def finish(self, upto: int) -> bytes:
-        self._stop()
-        if self._error is not None:
-            raise self._error
-        self._hash_to(upto)
-        return self.hasher.digest()
-
-    def close(self) -> None:
-        """Stop the thread (after an error of the writer)."""
-        self._stop()
+def hash_file(fd: int, size: int, threads: int = 1) -> bytes:
+    """blake3 of the first ``size`` bytes of ``fd`` (``PatchError`` if it is shorter)."""
+    h = blake3(max_threads=threads)
+    buf = bytearray(HASH_CHUNK)
+    mv = memoryview(buf)
+    pos = 0
+    while pos < size:
+        got = os.preadv(fd, [mv[:min(len(buf), size - pos)]], pos)
+        if got == 0:
+            raise PatchError("the output ended before what was written to it")
+        h.update(mv[:got])
+        pos += got
+    return h.digest()

@@ -174,7 +174,7 @@ def apply_delta_inplace(
             _write_diff(fd, store.get(ref, n), dst)
         if os.fstat(fd).st_size != w:
             os.ftruncate(fd, w)
-        check_digest(fdio.Verifier(fd, 0, threads).finish(w), end)
+        check_digest(fdio.hash_file(fd, w, threads), end)
         return w
     finally:
         store.close()

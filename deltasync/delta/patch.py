@@ -10,23 +10,22 @@ file and removes it on error).
 
 Two ways through, the same checks:
 
-- **descriptors** (basis and output are regular files with descriptors, the
-  output readable, as ``patch_file`` and the replica open them), positioned
-  I/O at explicit offsets, the hash on another thread:
+- **descriptors** (basis and output are regular files with descriptors, as
+  ``patch_file`` and the replica open them): positioned I/O at explicit
+  offsets, and the digest taken by ``fdio.HashPipe`` on a second thread from
+  the bytes as they pass (a COPY's read from the basis, a LITERAL's from the
+  delta), so hashing overlaps writing:
 
   - where basis and output share a btrfs or XFS (``fdio.shares_extents``), a
     COPY is one ``os.copy_file_range`` (``fdio.copy_range``: the kernel shares
-    the extents, no data is copied), a LITERAL one ``pwrite``, and the digest
-    is taken by ``fdio.Verifier`` reading the output back behind the writer;
-    ``apply_delta_onto`` is this path for an output that already holds the
-    basis (a reflinked clone), where COPYs already in their place are not
-    written at all;
-  - elsewhere (ext4, tmpfs: ``copy_file_range`` would only copy), a COPY run
-    is read into one of a few buffers, written with ``pwrite``, and that same
-    buffer is hashed by ``fdio.HashPipe``'s thread meanwhile: two copies of
-    the data, as rdiff's patch makes, with the hash overlapped (reading the
-    output back after a kernel copy cost a third: 0.70-0.94 against
-    0.55-0.72 CPU seconds on 1 GiB here).
+    the extents, no data is written); ``apply_delta_onto`` is this path for an
+    output that already holds the basis (a reflinked clone), where COPYs
+    already in their place are not written at all;
+  - elsewhere (ext4, tmpfs, where ``copy_file_range`` would only copy), a COPY
+    run is read into one of a few buffers, written with ``pwrite``, and the
+    same buffer is hashed: two copies of the data, as rdiff's patch makes
+    (a kernel copy plus reading the output back to hash it cost a third:
+    0.70-0.94 against 0.55-0.72 CPU seconds on 1 GiB here).
 - **streams** (anything else: standard input or output, pipes, in-memory
   buffers): seek + read in ``COPY_CHUNK`` pieces, hashed on the way out.
 
@@ -181,16 +180,10 @@ def apply_delta(
     # copy_file_range refuses it, so such an output is written as a stream.
     if bfd is not None and ofd is not None and not fcntl.fcntl(ofd, fcntl.F_GETFL) & os.O_APPEND:
         out.flush()
-        rd = fdio.readable_fd(ofd)
-        if rd is not None:
-            try:
-                start = os.lseek(ofd, 0, os.SEEK_CUR)
-                n = _apply_fds(plan, bfd, ofd, rd[0], start, False, threads)
-                os.lseek(ofd, start + n, os.SEEK_SET)  # where a stream's writes would leave it
-                return n
-            finally:
-                if rd[1]:
-                    os.close(rd[0])
+        start = os.lseek(ofd, 0, os.SEEK_CUR)
+        n = _apply_fds(plan, bfd, ofd, start, False, threads)
+        os.lseek(ofd, start + n, os.SEEK_SET)  # where a stream's writes would leave it
+        return n
     return _apply_stream(plan, basis, out)
 
 
@@ -208,58 +201,37 @@ def apply_delta_onto(
     """Turn ``out_fd``, which holds a copy of the basis (a reflinked clone),
     into the new file: only what moves or is new is written, COPYs already in
     their place are skipped, the file is cut to the new size, and the whole
-    result is verified.  ``out_fd`` must be readable (``O_RDWR``)."""
+    result is verified (the clone's unwritten ranges through the basis they
+    were cloned from, whose pages the signature just read)."""
     real_size = os.fstat(basis_fd).st_size
     plan = _Plan(real_size, ops, block_size, basis_size, new_size, stats)
-    n = _apply_fds(plan, basis_fd, out_fd, out_fd, 0, True, threads)
-    return n
+    return _apply_fds(plan, basis_fd, out_fd, 0, True, threads)
 
 
-def _apply_fds(plan: _Plan, bfd: int, ofd: int, rfd: int, start: int, prefilled: bool,
+def _apply_fds(plan: _Plan, bfd: int, ofd: int, start: int, prefilled: bool,
                threads: int) -> int:
-    if not prefilled and not fdio.shares_extents(bfd, ofd):
-        return _apply_piped(plan, bfd, ofd, start, threads)
-    ver = fdio.Verifier(rfd, start, threads)
+    """The descriptor path (see the module doc).  ``prefilled``: ``ofd`` is a
+    clone of the basis.  The digest is taken from the bytes as they pass: a
+    COPY's from the basis (read into the hash pipe's buffers, which are also
+    what is written where the kernel would only copy), a LITERAL's from the
+    delta."""
+    share = prefilled or fdio.shares_extents(bfd, ofd)
+    pipe = fdio.HashPipe(threads)
     kernel = [True]
     w = start
     try:
         for kind, pos, n, data in plan.steps():
             if kind == COPY:
-                if not (prefilled and pos == w):  # a clone already holds it there
+                if share and not (prefilled and pos == w):  # a clone holds it there already
                     fdio.copy_range(bfd, pos, ofd, w, n, kernel)
-                w += n
-                ver.advance(w)
-            elif kind == LITERAL:
-                fdio.pwrite_all(ofd, data, w)
-                w += n
-                ver.advance(w)
-            else:
-                if prefilled:
-                    os.ftruncate(ofd, w)  # the clone may be longer than the new file
-                assert plan.end is not None
-                check_digest(ver.finish(w), plan.end)
-                return w - start
-    finally:
-        ver.close()
-    raise AssertionError("unreachable: steps() ends with End or raises")  # pragma: no cover
-
-
-def _apply_piped(plan: _Plan, bfd: int, ofd: int, start: int, threads: int) -> int:
-    """Descriptors where the kernel would only copy: ``pread`` a COPY run into
-    a buffer, ``pwrite`` it, and let ``fdio.HashPipe`` hash that buffer on
-    the other core meanwhile."""
-    pipe = fdio.HashPipe(threads)
-    w = start
-    try:
-        for kind, pos, n, data in plan.steps():
-            if kind == COPY:
                 while n > 0:
                     slot, mv = pipe.buffer()
                     got = os.preadv(bfd, [mv[:min(n, len(mv))]], pos)
                     if got == 0:
                         pipe.put(b"", slot)
                         raise PatchError("basis file ended early (did it change while patching?)")
-                    fdio.pwrite_all(ofd, mv[:got], w)
+                    if not share:
+                        fdio.pwrite_all(ofd, mv[:got], w)
                     pipe.put(mv[:got], slot)
                     pos, w, n = pos + got, w + got, n - got
             elif kind == LITERAL:
@@ -267,6 +239,8 @@ def _apply_piped(plan: _Plan, bfd: int, ofd: int, start: int, threads: int) -> i
                 pipe.put(data)
                 w += n
             else:
+                if prefilled:
+                    os.ftruncate(ofd, w)  # the clone may be longer than the new file
                 assert plan.end is not None
                 check_digest(pipe.finish(), plan.end)
                 return w - start
