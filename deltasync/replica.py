@@ -19,14 +19,10 @@ Guarantees of ``LocalReplica``:
   as a ``FICLONE`` of the old version and only the changed ranges are written
   into it (``delta.apply_delta_onto``), elsewhere it is rebuilt whole;
 * ``--inplace`` (``inplace=True``): a delta update rewrites the replica's file
-  itself, only the pages that differ (``delta.inplace``).  Not atomic: before
-  the first write it gets the attribute ``INPLACE_XATTR`` (where the file
-  system keeps user attributes) and the mtime ``model.INPLACE_MARK_NS``
-  (each write then sets it to now), removed and set right at the end; a
-  pass killed mid-file leaves a file the next pass sees as changed, and the
-  update of a file carrying the attribute says it was left mixed
-  (``on_warning``).  The whole-file blake3 is checked at the end and a
-  mismatch is a ``PatchError``.  A file with more hard links than the replica accounts
+  itself, only the pages that differ (``delta.inplace``), behind the marks of
+  ``updates`` (not atomic; the update of a file a killed pass left mixed says
+  so through ``on_warning``).  The whole-file blake3 is checked at the end
+  and a mismatch is a ``PatchError``.  A file with more hard links than the replica accounts
   for (with -H: its source's link count, else 1), one this user may
   not write, or one to be backed up (``--backup``) is updated by temp file
   and rename instead (``on_warning`` is told about the first);
@@ -92,8 +88,9 @@ from .fsutil import (
     temp_name,
 )
 from .listing import Lister, ThreadLister
-from .model import INPLACE_MARK_NS, Backup, Entry, Kind, quote_path, special_rdev, special_type
+from .model import Backup, Entry, Kind, quote_path, special_rdev, special_type
 from .sides import SideFilter as Excluder
+from .updates import LEFT_MIXED, can_reflink, left_mixed, links_outside, mark_rewriting, unmark
 from .xattrs import XattrMode, XattrSet, proc_path
 from .xattrs import apply as apply_xattrs
 
@@ -105,11 +102,6 @@ if TYPE_CHECKING:  # the delta engine (and numpy) load only when a delta is need
 __all__ = ["LocalReplica", "LockUnavailable", "LockWaitInterrupted", "OwnerNotSet", "Replica",
            "ReplicaLocked", "SourceChanged", "SourceCheck", "copy_fd"]
 
-
-# --inplace: set on a file while it is rewritten in place (see the module doc).
-INPLACE_XATTR = "user.deltasync.inplace"
-LEFT_MIXED = ("was left mixed by an interrupted --inplace update (neither its old nor its new "
-              "version); updating it again")
 
 _SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
 
@@ -602,14 +594,7 @@ class LocalReplica(Replica):
 
     def _check_mixed(self, target: int | str, path: str) -> None:
         """Say so if the file an update replaces was left mixed by --inplace."""
-        try:
-            if isinstance(target, int):
-                os.getxattr(target, INPLACE_XATTR)
-            else:
-                os.getxattr(target, INPLACE_XATTR, follow_symlinks=False)
-        except OSError:
-            return  # no mark (or no user attributes here, or no file)
-        if self.on_warning is not None:
+        if self.on_warning is not None and left_mixed(target):
             self.on_warning(path, LEFT_MIXED)
 
     def _owner_failed(self, path: str, why: str | None) -> None:
@@ -636,28 +621,11 @@ class LocalReplica(Replica):
         return self._can_reflink(self.dirs.get(""))
 
     def _can_reflink(self, d: int) -> bool:
-        """Probed once per file system: ``FICLONE`` between two unnamed empty
-        files (``O_TMPFILE``) in directory ``d``; nothing is written."""
+        """``updates.can_reflink``, probed once per file system."""
         dev = os.fstat(d).st_dev
-        known = self._reflink.get(dev)
-        if known is not None:
-            return known
-        from .delta.fdio import clone
-
-        ok = False
-        fds: list[int] = []
-        try:
-            for _ in range(2):
-                fds.append(os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600,
-                                   dir_fd=d))
-            ok = clone(fds[0], fds[1])
-        except OSError:
-            ok = False  # no O_TMPFILE, a read-only directory...: copy as before
-        finally:
-            for fd in fds:
-                os.close(fd)
-        self._reflink[dev] = ok
-        return ok
+        if dev not in self._reflink:
+            self._reflink[dev] = can_reflink(d)
+        return self._reflink[dev]
 
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int, xattrs: XattrSet | None = None) -> int:
@@ -702,36 +670,19 @@ class LocalReplica(Replica):
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, f"not a regular file: {path!r}")
             self._check_mixed(fd, path)
-            expected = max(1, src.entry.nlink) if self.hard_links else 1
-            if st.st_nlink > expected:
+            outside = links_outside(st.st_nlink,
+                                    max(1, src.entry.nlink) if self.hard_links else 1)
+            if outside is not None:
                 if self.on_warning is not None:
-                    self.on_warning(path, f"has {st.st_nlink} hard links, more than the "
-                                          f"{expected} in the replica: updated by temp file and "
-                                          "rename, not in place, so no file outside the "
-                                          "replica changes")
+                    self.on_warning(path, outside)
                 return None
-
-            def mark() -> None:
-                # From here the file is neither version: an mtime no source
-                # has makes the next pass update it even if this one dies, and
-                # the attribute lets it say why.
-                try:
-                    os.setxattr(fd, INPLACE_XATTR, b"1")
-                except OSError:
-                    pass  # no user attributes here: the mtime alone
-                os.utime(fd, ns=(st.st_atime_ns, INPLACE_MARK_NS))
-                if self.fsync:
-                    os.fsync(fd)
-
             try:
-                n = apply_delta_inplace(fd, ops, block_size, before_write=mark)
+                n = apply_delta_inplace(fd, ops, block_size, before_write=lambda: mark_rewriting(
+                    fd, st.st_atime_ns, self.fsync))
             except DeltaSyncError:
                 src.check_unchanged()
                 raise
-            try:
-                os.removexattr(fd, INPLACE_XATTR)
-            except OSError:
-                pass  # not set (no user attributes here)
+            unmark(fd)
             unset = self._meta_fd(fd, src.entry, xattrs, path)
             if self.fsync:
                 os.fsync(fd)

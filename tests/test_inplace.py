@@ -22,7 +22,7 @@ from loopfs import mounted
 from remoteutil import REMOTE_CMD, pipe_rsh
 
 from deltasync.fsutil import is_temp_name
-from deltasync.replica import INPLACE_XATTR
+from deltasync.updates import INPLACE_XATTR
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
