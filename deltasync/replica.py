@@ -663,8 +663,10 @@ class LocalReplica(Replica):
         d, name = self.dirs.parent_of(path)
         try:
             fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=d)
-        except PermissionError:
-            return None
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.ETXTBSY):
+                return None  # not writable here (a running program...): a new inode instead
+            raise
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
