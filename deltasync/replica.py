@@ -537,8 +537,7 @@ class LocalReplica(Replica):
                     fill: Callable[[int, int], int], src: SourceCheck | None,
                     xattrs: XattrSet | None = None, prealloc: bool = True) -> int:
         tmp = temp_name()
-        # Read-write: a delta's patch reads its output back to verify it.
-        fd = w(os.open, tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        fd = w(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                0o600, dir_fd=d)
         try:
             try:

@@ -202,8 +202,7 @@ def atomic_output(path: str, fsync: bool = False) -> Iterator[BinaryIO]:
             yield out
         return
     directory = os.path.dirname(final) or "."
-    # Read-write: the patch reads its output back to verify it (delta.fdio.Verifier).
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     while True:
         tmp = os.path.join(directory, temp_name())
         try:
