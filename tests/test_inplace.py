@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import NOBODY_GID, NOBODY_UID, run_proc
 from loopfs import mounted
 from remoteutil import REMOTE_CMD, pipe_rsh
 
@@ -204,3 +205,25 @@ def test_inplace_over_a_connection(tmp_path: Path, direction: str) -> None:
     assert _json(out)["delta_files"] == 1
     assert (dst / "img").stat().st_ino == ino
     assert (dst / "img").read_bytes() == (src / "img").read_bytes()
+
+
+def test_inplace_of_a_file_this_user_may_not_write_goes_by_temp_and_rename(
+        open_tmp: Path) -> None:
+    """As nobody: the replica directory is ours but the file is root's and
+    read-only to us, so it cannot be patched in place; a new inode is renamed
+    over it (as without --inplace), and the pass succeeds."""
+    src, dst = open_tmp / "src", open_tmp / "dst"
+    src.mkdir()
+    dst.mkdir()
+    data = os.urandom(2 * MiB)
+    (src / "img").write_bytes(data[:-4] + b"new!")
+    (dst / "img").write_bytes(data)
+    os.chmod(dst / "img", 0o644)  # root's, not writable by nobody
+    for p in (src, src / "img", dst):
+        os.chown(p, NOBODY_UID, NOBODY_GID)
+    ino = (dst / "img").stat().st_ino
+    r = run_proc("sync", src, dst, "--inplace", "--json", user="nobody")
+    assert r.returncode == 0, r.stderr
+    assert (dst / "img").read_bytes() == (src / "img").read_bytes()
+    assert (dst / "img").stat().st_ino != ino
+    assert (dst / "img").stat().st_uid == NOBODY_UID
