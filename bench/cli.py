@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": dataclasses.asdict(sizes),
             "ratio": "tool median time / deltasync median time in the same group",
             "cpu_ratio": "tool median CPU s / deltasync median CPU s in the same group",
-            "targets": {"note": "issue 12, as deltasync / rsync (the inverse of ratio); reported only",
+            "targets": {"note": "issues 12 and 14, as deltasync / peer (the inverse of ratio); "
+                        "reported only",
                         "outcomes": targets.as_json(outcomes)}}
     report.write_json(out / f"{stem}.json", rows, meta)
     title = (f"deltasync bench {started:%Y-%m-%d}: {info['cpu']}, {info['cores']} cores, "

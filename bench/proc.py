@@ -54,6 +54,9 @@ class Proc:
     stdout: str
     stderr: str
     pss: pss.PssPeak | None = None
+    # ru_oublock x 512 of the process tree (wait4 folds in reaped children):
+    # bytes the kernel counted as written, at the time pages were dirtied.
+    dirtied: int = 0
 
 
 class Pausable(Protocol):
@@ -149,7 +152,8 @@ def run(cmd: Sequence[str], *, cwd: str | None = None, sync: bool = True,
         lines = [ln for ln in rss.read().split() if ln.isdigit()]
         maxrss = int(lines[-1]) if lines else 0
         res = Proc(tuple(cmd), rc, wall, ru.ru_utime, ru.ru_stime, maxrss,
-                   out.read().decode(errors="replace"), err.read().decode(errors="replace"), peak)
+                   out.read().decode(errors="replace"), err.read().decode(errors="replace"), peak,
+                   ru.ru_oublock * 512)
     if check and rc != 0:
         raise BenchFailure(f"{' '.join(cmd)} exited with {rc}:\n{res.stderr.strip()[-2000:]}")
     return res

@@ -1,4 +1,4 @@
-"""Issue 12's targets (and issue 13's -H -X -A bound), checked against one run's rows: a report, never an exit code.
+"""The targets of issues 12, 13 (-H -X -A) and 14, checked against one run's rows: a report only.
 
 The issue writes every target as **deltasync's figure over the peer's** (≤ 1.0 ×:
 at most rsync's), the inverse of the table's peer / deltasync ratios; this
@@ -42,8 +42,8 @@ def _row(rows: list[Row], group: str, tool: str) -> Row | None:
     return None
 
 
-def _ratio(rows: list[Row], group: str, what: str, bound: float,
-           tool: str = "deltasync", peer: str = "rsync") -> Outcome:
+def _ratio(rows: list[Row], group: str, what: str, bound: float, peer: str = "rsync",
+           tool: str = "deltasync") -> Outcome:
     label = f"{group}: {what} {tool}/{peer} ≤ {bound:.2f}"
     d, p = _row(rows, group, tool), _row(rows, group, peer)
     if d is None or p is None:
@@ -87,6 +87,34 @@ def _wire(rows: list[Row], group: str, scenario: str, applies: bool) -> Outcome:
     return Outcome(label, f"{d.nbytes:,} B", "PASS" if d.nbytes <= base else "FAIL")
 
 
+def _written(rows: list[Row], group: str, bound: int, what: str) -> Outcome:
+    label = f"{group}: deltasync bytes written ≤ {what}"
+    d = _row(rows, group, "deltasync")
+    if d is None or d.nbytes is None:
+        return Outcome(label, "-", "not run")
+    worst = max(s.nbytes or 0 for s in d.samples)
+    peer = _row(rows, group, "rsync")
+    vs = f", rsync {peer.nbytes / 2**20:.1f} MiB" if peer is not None and peer.nbytes else ""
+    return Outcome(label, f"{worst / 2**20:.1f} MiB (most of {len(d.samples)} runs){vs}",
+                   "PASS" if worst <= bound else "FAIL")
+
+
+def check14(rows: list[Row], sizes: Sizes) -> list[Outcome]:
+    """Issue 14 items 1-3: patch and end-to-end against rdiff, bytes a delta
+    update writes (``big-delta-writes``: the loop device's count)."""
+    out: list[Outcome] = []
+    for case in "abc":
+        for step in ("patch", "patch to tmpfs"):
+            g = f"big-delta {case}: {step}"
+            out += [_ratio(rows, g, "wall", 1.0, "rdiff"), _ratio(rows, g, "cpu", 1.0, "rdiff")]
+        out.append(_ratio(rows, f"big-delta {case}: end-to-end", "wall",
+                          0.95 if case == "c" else 0.7, "rdiff"))
+    out.append(_written(rows, "big-delta-writes a: sync on btrfs", sizes.big_bytes // 20,
+                        "5% of the file"))
+    out.append(_written(rows, "big-delta-writes a: sync on ext4", 8 << 20, "8 MiB (--inplace)"))
+    return out
+
+
 def check(rows: list[Row], sizes: Sizes, seed: int = DEFAULT_SEED) -> list[Outcome]:
     small, large, huge = (size_label(n) for n in (sizes.tree_files, sizes.noop_files,
                                                   sizes.million_files))
@@ -100,17 +128,17 @@ def check(rows: list[Row], sizes: Sizes, seed: int = DEFAULT_SEED) -> list[Outco
         _ratio(rows, f"tree-churn {small}", "wall", 1.0),
         _ratio(rows, f"tree-initial {small}", "wall", 1.0),
         # issue 13: the fidelity options against the plain pass of the same run
-        _ratio(rows, f"tree-noop-hax {small}", "wall", 1.2, "deltasync -HXA", "deltasync"),
+        _ratio(rows, f"tree-noop-hax {small}", "wall", 1.2, peer="deltasync", tool="deltasync -HXA"),
     ]
     for scen in ("remote-tree-noop", "remote-tree-churn"):
         g = f"{scen} {small}"
         out += [_ratio(rows, g, "wall", 1.0), _wire(rows, g, scen, default)]
-    return out
+    return out + check14(rows, sizes)
 
 
 def format_outcomes(outcomes: list[Outcome]) -> str:
-    head = ("Issue 12 and 13 targets, as the issues write them: deltasync / rsync, or "
-            "deltasync with options / plain deltasync (the table's ratios are peer / deltasync)."
+    head = ("Issue 12, 13 and 14 targets, as the issues write them: deltasync / rsync or rdiff, "
+            "or deltasync with options / plain deltasync (the table's ratios are peer / deltasync)."
             "\nReported only: the exit status does not depend on them.")
     w = max(len(o.target) for o in outcomes)
     lines = [f"  {o.status:<7}  {o.target:<{w}}  {o.measured}" for o in outcomes]

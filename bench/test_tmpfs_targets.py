@@ -70,3 +70,20 @@ def test_the_fidelity_target_is_hxa_over_plain_deltasync_of_the_same_run() -> No
     rows[1] = Row("tree-noop-hax", "20k files", "deltasync -HXA", [Sample(0.11, 0.11, 0.0, 0, 0)])
     got = {o.target: o for o in targets.check(rows, Sizes())}
     assert got[f"{group}: wall deltasync -HXA/deltasync ≤ 1.20"].status == "PASS"
+
+
+def test_issue14_targets_read_the_patch_and_write_rows() -> None:
+    def rows(group: str, tool: str, wall: float, nbytes: int | None = None) -> list[Row]:
+        scen, step = group.split(" ", 1)
+        return [Row(scen, step, tool, [Sample(wall, wall, 0.0, 0, nbytes)])]
+
+    rs = (rows("big-delta a: patch", "deltasync", 0.5) + rows("big-delta a: patch", "rdiff", 0.6)
+          + rows("big-delta-writes a: sync on btrfs", "deltasync", 1.0, 60 << 20)
+          + rows("big-delta-writes a: sync on ext4", "deltasync", 1.0, 3 << 20))
+    got = {o.target: o.status for o in targets.check14(rs, Sizes())}
+    assert got["big-delta a: patch: wall deltasync/rdiff ≤ 1.00"] == "PASS"
+    assert got["big-delta b: patch to tmpfs: wall deltasync/rdiff ≤ 1.00"] == "not run"
+    # 60 MiB of a 1 GiB file is more than 5%
+    assert got["big-delta-writes a: sync on btrfs: deltasync bytes written ≤ 5% of the file"] == "FAIL"
+    assert got["big-delta-writes a: sync on ext4: deltasync bytes written ≤ 8 MiB (--inplace)"] \
+        == "PASS"

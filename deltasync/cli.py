@@ -438,7 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send changed files as deltas: by --delta-threshold (auto), always, or never")
         sp.add_argument("--delta-threshold", metavar="SIZE", type=_size, default=None,
                         help="smallest changed file sent as a delta in auto mode (default: 1M when "
-                             "data crosses a link; a local replica copies whole files)")
+                             "data crosses a link or the replica's file system can reflink; "
+                             "otherwise a local replica copies whole files)")
+        sp.add_argument("--inplace", action="store_true",
+                        help="update changed files in the replica in place, writing only what "
+                             "differs (implies deltas for them); NOT atomic: a pass interrupted "
+                             "mid-file leaves that file mixed until the next pass")
         sp.add_argument("--block-size", metavar="N", type=_block_size, default=None,
                         help="delta block size, 512 to 16M (default: about sqrt of the file size)")
         sp.add_argument("--progress", action="store_true", help="show progress bars for files and bytes")
@@ -600,6 +605,7 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--zl": _compress_level, **_GUARD_VALUED, **_FIDELITY_VALUED}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
              "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", "-H", "--hard-links",
+             "--inplace",
              *_GUARD_FLAGS, *_FIDELITY_FLAGS, *_ATTR_FLAGS, *_LARGE_FLAGS}
     ns = _Quick()
     pos: list[str] = []

@@ -84,6 +84,10 @@ class SyncOptions:
     fsync: bool = False
     delta: DeltaMode = DeltaMode.AUTO
     delta_threshold: int | None = None  # None: see DEFAULT_DELTA_THRESHOLD
+    # --inplace: a changed file already in the replica is patched in place
+    # (replica.LocalReplica; not atomic, documented); implies a delta for it
+    # unless --delta never.
+    inplace: bool = False
     block_size: int | None = None  # None: sqrt rule of the delta engine
     owner: bool = field(default_factory=lambda: os.geteuid() == 0)
     # Seconds to wait for the replica lock held by another pass; None: as long
@@ -213,6 +217,7 @@ class Engine:
         self._stats = Stats()
         self._redo: dict[str, Action] = {}
         self._deltas: dict[str, Action] = {}  # delta updates sent to a pipelined replica
+        self._reflink: bool | None = None  # replica.can_reflink(), once asked
         self._lock = threading.Lock()  # stats shared by the march and a pipelined source's worker
         self._worker: _Worker | None = None
         self._halt = threading.Event()  # the pass failed: a worker stops at once
@@ -313,6 +318,7 @@ class Engine:
                                   if self.opts.backup is not None else None)
         self._redo, self._deltas = {}, {}
         self._partials, self._resumed = set(), set()
+        self._reflink = None  # a daemon's replica may be remounted between passes
         src_hash = dst_hash = None
         if self.opts.checksum:
             src_hash, dst_hash = self._hashers()
@@ -660,12 +666,25 @@ class Engine:
             return False
         if mode is DeltaMode.ALWAYS:
             return True
+        if self.opts.inplace:
+            return True
         threshold = self.opts.delta_threshold
         if threshold is None:
-            if not self.data_crosses_link:
+            if not self.data_crosses_link and not self._reflinks():
                 return False
             threshold = DEFAULT_DELTA_THRESHOLD
         return a.src is not None and a.src.size >= threshold
+
+    def _reflinks(self) -> bool:
+        """Can the replica share extents?  Then a delta into a clone of the old
+        version writes only what changed, where a whole copy writes it all, so
+        a local replica uses deltas too (asked once per pass)."""
+        if self._reflink is None:
+            try:
+                self._reflink = self.replica.can_reflink()
+            except (OSError, DeltaSyncError):
+                self._reflink = False
+        return self._reflink
 
     @property
     def data_crosses_link(self) -> bool:

@@ -46,6 +46,12 @@ class Entry(NamedTuple):
 RDEV_MASK = (1 << 56) - 1
 _S_IFMT = 0o170000
 
+# --inplace: the mtime a replica file gets before it is rewritten in place
+# (1970-01-01 00:00:01 UTC, whole seconds so every file system keeps it; the
+# writes then set it to now).  A pass killed mid-file leaves a file whose mtime
+# no source has, so the next pass updates it (replica.LocalReplica).
+INPLACE_MARK_NS = 1_000_000_000
+
 
 def special_size(st_mode: int, rdev: int) -> int:
     """``Entry.size`` of a special file: ``S_IFMT(st_mode) << 44 | rdev``."""

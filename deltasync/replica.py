@@ -14,7 +14,18 @@ Guarantees of ``LocalReplica``:
   into place with ``os.replace``; on any error the temp file is removed and
   the old version stays as it was;
 * a delta update builds the new version from the old file plus delta ops in a
-  temp file and verifies the whole-file blake3 before the rename;
+  temp file and verifies the whole-file blake3 before the rename; where the
+  file system shares extents (btrfs, XFS with reflink) the temp file starts
+  as a ``FICLONE`` of the old version and only the changed ranges are written
+  into it (``delta.apply_delta_onto``), elsewhere it is rebuilt whole;
+* ``--inplace`` (``inplace=True``): a delta update rewrites the replica's file
+  itself, only the pages that differ (``delta.inplace``), behind the marks of
+  ``updates`` (not atomic; the update of a file a killed pass left mixed says
+  so through ``on_warning``).  The whole-file blake3 is checked at the end
+  and a mismatch is a ``PatchError``.  A file with more hard links than the replica accounts
+  for (with -H: its source's link count, else 1), one this user may
+  not write, or one to be backed up (``--backup``) is updated by temp file
+  and rename instead (``on_warning`` is told about the first);
 * temp files left by a killed pass are removed by the next pass, and only
   while the replica lock is held (``lock``);
 * a file of ``partial.PARTIAL_MIN`` bytes or more is written under its
@@ -89,6 +100,7 @@ from .model import Backup, Entry, Kind, quote_path, special_rdev, special_type
 from .partial import PARTIAL_MIN, extend_with, keeps, open_partial, partial_name
 from .sides import SideFilter as Excluder
 from .sparse import SparseWriter, copy_sparse
+from .updates import LEFT_MIXED, can_reflink, left_mixed, links_outside, mark_rewriting, unmark
 from .xattrs import XattrMode, XattrSet, proc_path
 from .xattrs import apply as apply_xattrs
 
@@ -221,6 +233,11 @@ class Replica(Protocol):
         """Can device nodes be made here (``-D``: the replica side runs as root)?"""
         return False
 
+    def can_reflink(self) -> bool:
+        """Does the replica's file system share extents (btrfs, XFS with
+        reflink), so a delta update writes only what changed?"""
+        return False
+
     def names(self) -> Names | None:
         """The users and groups of the system this side lives on (``idnames``:
         owners by name across machines); None: not known (no mapping)."""
@@ -310,6 +327,9 @@ class _FdWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
+    def fileno(self) -> int:
+        return self.fd
+
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         while view:
@@ -364,10 +384,18 @@ class LocalReplica(Replica):
     def __init__(self, root: str, *, fsync: bool = False, owner: bool | None = None,
                  on_temp_removed: Callable[[str], None] | None = None,
                  backup: Backup | None = None, xattrs: XattrMode | None = None,
-                 sparse: bool = False, partial: bool = True) -> None:
+                 sparse: bool = False, partial: bool = True,
+                 inplace: bool = False, hard_links: bool = False,
+                 on_warning: Callable[[str, str], None] | None = None) -> None:
         self.root = root
         self.sparse = sparse  # -S: holes stay holes (sparse.py)
         self.partial = partial  # big files resumable (partial.py); off: --no-partial
+        self.inplace = inplace
+        # -H: a file may have as many links as its source's link group (the
+        # pass links the rest of the group to it); without, one.
+        self.hard_links = hard_links
+        self.on_warning = on_warning
+        self._reflink: dict[int, bool] = {}  # st_dev -> can FICLONE there
         self.xmode = xattrs if xattrs else None  # -X/-A: what is read and set
         self._xattrs_unset: XattrsNotSet | None = None
         self.backup = backup
@@ -566,17 +594,20 @@ class LocalReplica(Replica):
 
     # -- writing --------------------------------------------------------
     def _install(self, path: str, entry: Entry, fill: Callable[[int, int], int],
-                 src: SourceCheck | None, xattrs: XattrSet | None = None) -> int:
+                 src: SourceCheck | None, xattrs: XattrSet | None = None,
+                 prealloc: bool = True, new: bool = False) -> int:
         """Create a temp file, let ``fill`` write it, set metadata, rename into place."""
         d, name = self.dirs.parent_of(path)
+        if not new:
+            self._check_mixed(proc_path(d, name), path)
         with Writable(d) as w:
-            written = self._install_in(w, d, name, path, entry, fill, src, xattrs)
+            written = self._install_in(w, d, name, path, entry, fill, src, xattrs, prealloc)
         self._fsync_dir(d)
         return written
 
     def _install_in(self, w: Writable, d: int, name: str, path: str, entry: Entry,
                     fill: Callable[[int, int], int], src: SourceCheck | None,
-                    xattrs: XattrSet | None = None) -> int:
+                    xattrs: XattrSet | None = None, prealloc: bool = True) -> int:
         resumable = self.partial and entry.size >= PARTIAL_MIN
         if resumable:
             tmp = partial_name(name)
@@ -590,7 +621,8 @@ class LocalReplica(Replica):
                0o600, dir_fd=d)
         try:
             try:
-                full = not self.sparse and preallocate(fd, entry.size, keep_size=resumable)
+                full = (prealloc and not self.sparse
+                        and preallocate(fd, entry.size, keep_size=resumable))
                 try:
                     written = fill(fd, d)
                 except DeltaSyncError:
@@ -641,6 +673,11 @@ class LocalReplica(Replica):
         remove_tree(d, name, w, path, ex.excluded if ex else None)
         w(os.replace, tmp, name, src_dir_fd=d, dst_dir_fd=d)
 
+    def _check_mixed(self, target: int | str, path: str) -> None:
+        """Say so if the file an update replaces was left mixed by --inplace."""
+        if self.on_warning is not None and left_mixed(target):
+            self.on_warning(path, LEFT_MIXED)
+
     def _owner_failed(self, path: str, why: str | None) -> None:
         if why is None:
             return
@@ -659,22 +696,45 @@ class LocalReplica(Replica):
         if sfd >= 0:
             if self.sparse:
                 return self._install(path, src.entry, lambda fd, d: copy_sparse(sfd, fd, size),
-                                     src, xattrs)
+                                     src, xattrs, new=new)
             return self._install(path, src.entry, lambda fd, d: copy_fd(sfd, fd, size),
-                                 src, xattrs)
+                                 src, xattrs, new=new)
         if self.sparse:
             return self._install(path, src.entry, lambda fd, d: _copy_stream(
-                src, fd, SparseWriter(fd)), src, xattrs)
-        return self._install(path, src.entry, lambda fd, d: _copy_stream(src, fd), src, xattrs)
+                src, fd, SparseWriter(fd)), src, xattrs, new=new)
+        return self._install(path, src.entry, lambda fd, d: _copy_stream(src, fd), src, xattrs,
+                             new=new)
+
+    def can_reflink(self) -> bool:
+        return self._can_reflink(self.dirs.get(""))
+
+    def _can_reflink(self, d: int) -> bool:
+        """``updates.can_reflink``, probed once per file system."""
+        dev = os.fstat(d).st_dev
+        if dev not in self._reflink:
+            self._reflink[dev] = can_reflink(d)
+        return self._reflink[dev]
 
     def write_delta(self, path: str, src: SourceCheck, ops: Iterable[object],
                     block_size: int, xattrs: XattrSet | None = None) -> int:
         from .delta import apply_delta
+        from .delta.fdio import clone
+        from .delta.patch import apply_delta_onto
+
+        if self.inplace:
+            n = self._write_in_place(path, src, ops, block_size, xattrs)
+            if n is not None:
+                return n
 
         # opened before the output is made: a partial basis has the output's name
         basis = self.open_basis(path)
+        # -S rebuilds through SparseWriter (zeros become holes): not into a clone
+        reflink = not self.sparse and self._can_reflink(self.dirs.parent_of(path)[0])
 
         def fill(fd: int, d: int) -> int:
+            if reflink and clone(basis.fileno(), fd):
+                # Only what moved or is new is written into the clone.
+                return apply_delta_onto(basis.fileno(), ops, fd, block_size)
             if not self.sparse:
                 return apply_delta(basis, ops, _FdWriter(fd), block_size)  # type: ignore[arg-type]
             out = SparseWriter(fd)
@@ -682,7 +742,54 @@ class LocalReplica(Replica):
             return out.finish()
 
         with basis:
-            return self._install(path, src.entry, fill, src, xattrs)
+            return self._install(path, src.entry, fill, src, xattrs, prealloc=not reflink)
+
+    def _write_in_place(self, path: str, src: SourceCheck, ops: Iterable[object],
+                        block_size: int, xattrs: XattrSet | None) -> int | None:
+        """``--inplace``: patch the replica's file itself; None: it must go by
+        temp file and rename instead (see the module doc)."""
+        from .delta.inplace import apply_delta_inplace
+
+        if self.backup is not None:
+            return None  # the old version must survive to be moved aside
+        d, name = self.dirs.parent_of(path)
+        if self.partial:
+            pfd = open_partial(d, name)
+            if pfd is not None:  # the delta was made against the partial (open_basis)
+                os.close(pfd)
+                return None
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=d)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.ETXTBSY):
+                return None  # not writable here (a running program...): a new inode instead
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, f"not a regular file: {path!r}")
+            self._check_mixed(fd, path)
+            outside = links_outside(st.st_nlink,
+                                    max(1, src.entry.nlink) if self.hard_links else 1)
+            if outside is not None:
+                if self.on_warning is not None:
+                    self.on_warning(path, outside)
+                return None
+            try:
+                n = apply_delta_inplace(fd, ops, block_size, before_write=lambda: mark_rewriting(
+                    fd, st.st_atime_ns, self.fsync))
+            except DeltaSyncError:
+                src.check_unchanged()
+                raise
+            unmark(fd)
+            unset = self._meta_fd(fd, src.entry, xattrs, path)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        src.check_unchanged()
+        self._owner_failed(path, unset)
+        return n
 
     def mkdir(self, path: str, entry: Entry) -> None:
         d, name = self.dirs.parent_of(path)

@@ -212,6 +212,7 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         fsync=args.fsync,
         delta=DeltaMode(args.delta),
         delta_threshold=args.delta_threshold,
+        inplace=args.inplace,
         block_size=args.block_size,
         lock_wait=args.lock_wait,
         max_delete=args.max_delete,
@@ -291,12 +292,17 @@ class _Pass:
                 os.makedirs(self.replica, exist_ok=True)
             replica = LocalReplica(self.replica, fsync=self.opts.fsync, owner=self.opts.owner,
                                    backup=self.opts.backup, xattrs=xattr_mode(self.opts),
-                                   sparse=self.opts.sparse, partial=self.opts.partial)
+                                   sparse=self.opts.sparse, partial=self.opts.partial,
+                                   inplace=self.opts.inplace, hard_links=self.opts.hard_links,
+                                   on_warning=reporter.warning)
             engine = Engine(self.source, replica, opts, reporter, self.stop)
             if descend is None:
                 reporter.count_source(self.source, engine.excluder)
         try:
             try:
+                if self.opts.inplace and not self.opts.dry_run and descend is None:
+                    self.log.info("inplace files are updated in place, not atomically: a pass "
+                                  "interrupted mid-file leaves that file mixed until the next pass")
                 stats, code = engine.run_pass(descend)
                 _join_signal_notes()
             finally:

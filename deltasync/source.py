@@ -130,7 +130,8 @@ class _OpenFile:
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         st = os.fstat(fd)
-        self.entry: Entry = stat_entry(path, st)
+        # nlink: -H --inplace compares the replica file's links with it
+        self.entry: Entry = stat_entry(path, st)._replace(nlink=st.st_nlink)
         self._sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
     def read(self, n: int = -1) -> bytes:

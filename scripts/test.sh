@@ -16,6 +16,9 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v setfacl >/dev/null || need+=(acl)
 command -v getfattr >/dev/null || need+=(attr)
 command -v lsyncd >/dev/null || need+=(lsyncd)  # the watch bench's peer
+# loop-mounted btrfs and XFS images (tests/loopfs.py, bench big-delta-writes)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         export DEBIAN_FRONTEND=noninteractive

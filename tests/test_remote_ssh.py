@@ -114,6 +114,25 @@ def test_push_pull_over_ssh(sshd: str, tmp_path: Path) -> None:
     assert r.returncode == 0 and '"bytes_written": 0' in r.stdout
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_inplace_over_ssh_keeps_the_inode(sshd: str, tmp_path: Path, direction: str) -> None:
+    """--inplace reaches the far side's replica (push) or applies here (pull)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(src)
+    r = ds("sync", src, dst)
+    assert r.returncode == 0, r.stderr
+    ino = (dst / "d" / "big").stat().st_ino
+    with open(src / "d" / "big", "r+b") as f:
+        f.seek(700_000)
+        f.write(b"changed!")
+    a, b = (src, f"127.0.0.1:{dst}") if direction == "push" else (f"127.0.0.1:{src}", dst)
+    r = ds("sync", a, b, "-e", sshd, "--remote-command", REMOTE_CMD, "--inplace", "--json")
+    assert r.returncode == 0, r.stderr
+    assert '"delta_files": 1' in r.stdout
+    assert (dst / "d" / "big").stat().st_ino == ino
+    assert_same_tree(src, dst)
+
+
 def test_ssh_failure_is_exit_12_with_ssh_message(sshd: str, tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     bad = re.sub(r"-p \d+", "-p 1", sshd)  # nothing listens on port 1

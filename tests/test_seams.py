@@ -297,3 +297,41 @@ def test_passes_leave_no_descriptor_open(tmp_path: Path) -> None:
         (tmp_path / "src" / "a").write_bytes(b"%d" % i)
         assert do_sync(tmp_path / "src", tmp_path / "dst").code == 0
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+class _ReflinkReplica(MemoryReplica):
+    """A local replica whose file system says it shares extents."""
+
+    def __init__(self, tree: MemoryTree, reflink: bool) -> None:
+        super().__init__(tree)
+        self.reflink = reflink
+        self.asked = 0
+
+    def can_reflink(self) -> bool:
+        self.asked += 1
+        return self.reflink
+
+
+@pytest.mark.parametrize(("reflink", "opts", "want"), [
+    (False, {}, "write_file"),  # a plain local replica: whole-file copies
+    (True, {}, "write_delta"),  # it can reflink: a delta writes only what changed
+    (False, {"inplace": True}, "write_delta"),  # --inplace implies deltas
+    (True, {"delta": DeltaMode.NEVER}, "write_file"),  # an explicit never wins
+    (False, {"inplace": True, "delta": DeltaMode.NEVER}, "write_file"),
+])
+def test_delta_auto_on_a_local_replica(reflink: bool, opts: dict[str, Any], want: str) -> None:
+    src, old = MemoryTree(), MemoryTree()
+    data = os.urandom(3 << 20)
+    src.file("big", data[:-5] + b"newer", mtime=2_000_000_000_000_000_000)
+    src.file("small", b"new", mtime=2_000_000_000_000_000_000)
+    old.file("big", data)
+    old.file("small", b"old")
+    replica = _ReflinkReplica(old, reflink)
+    _, code = Engine(MemorySource(src), replica, SyncOptions(owner=False, **opts)).run_pass()
+    assert code == 0
+    assert (want, "big") in replica.calls
+    # below the threshold a file is copied whole unless --inplace asked for a delta
+    assert (("write_delta" if opts.get("inplace") and "delta" not in opts else "write_file"),
+            "small") in replica.calls
+    assert replica.asked <= 1  # asked once per pass at most
+    assert memory_snapshot(replica.tree) == memory_snapshot(src)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..measure import Row
-from . import bigdelta, large, million, realtree, remote, trees, watch
+from . import bigdelta, large, million, realtree, remote, trees, watch, writes
 
 Scenario = Callable[[Context], list[Row]]
 
@@ -21,6 +21,7 @@ SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
     "remote-tree-noop": (remote.remote_tree_noop, frozenset({"tree"})),
     "remote-tree-churn": (remote.remote_tree_churn, frozenset({"tree"})),
     "big-delta": (bigdelta.big_delta, frozenset({"big"})),
+    "big-delta-writes": (writes.big_delta_writes, frozenset({"big"})),
     "limits": (bigdelta.limits, frozenset({"big"})),
     "remote-big-delta": (remote.remote_big_delta, frozenset({"big"})),
     "remote-compress": (remote.remote_compress, frozenset()),

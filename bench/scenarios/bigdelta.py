@@ -1,7 +1,8 @@
 """big-delta, limits, big-delta-pyrsync2: one large file and three new versions of it.
 
 big-delta: ``deltasync signature/delta/patch`` vs ``rdiff signature/delta/patch``
-(librsync), each at its default block size, each step timed on its own and
+(librsync), each at its default block size, each step timed on its own (the
+patch twice: output in the work dir, and on a tmpfs the bench mounts) and
 end to end (run i of end-to-end = signature run i + delta run i + patch run
 i); and ``deltasync sync --delta always`` vs ``rsync -a --no-whole-file`` (local
 rsync defaults to --whole-file) into a replica holding the basis.  Every
@@ -21,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from .. import proc, verify
+from .. import proc, tmpfs, verify
 from ..context import MISSING_PYRSYNC2, MISSING_RDIFF, MISSING_RSYNC, Context
 from ..data import EDIT_CASES, copy_file
 from ..measure import Peer, Row, Sample, interleave
@@ -93,7 +94,8 @@ def _delta_peers(ctx: Context, case: str, new: Path, sig: dict[str, _Keep],
 
 
 def _patch_peers(ctx: Context, case: str, basis: Path, new: Path,
-                 delta: dict[str, _Keep]) -> list[Peer]:
+                 delta: dict[str, _Keep], outdir: Path | None = None) -> list[Peer]:
+    """``outdir``: where the outputs go (a tmpfs), else the work dir."""
     def run(tool: str, cmd: list[str], out: Path, tag: str) -> Sample:
         p = proc.run(cmd)
         verify.compare_files(new, out, f"big-delta {case}: {tool} patch ({tag})")
@@ -102,14 +104,18 @@ def _patch_peers(ctx: Context, case: str, basis: Path, new: Path,
 
     out_size = new.stat().st_size
 
+    def fresh(name: str) -> Path:
+        p = ctx.fresh(name)
+        return p if outdir is None else outdir / p.name
+
     def ds(tag: str) -> Sample:
-        out = ctx.fresh(f"patch-{case}-deltasync-{tag}")
+        out = fresh(f"patch-{case}-deltasync-{tag}")
         return run("deltasync", [*ctx.tools.deltasync, "patch", "--stats", str(basis),
                                  delta["deltasync"].get(), str(out)], out, tag)
 
     def rd(tag: str) -> Sample:
         assert ctx.tools.rdiff
-        out = ctx.fresh(f"patch-{case}-rdiff-{tag}")
+        out = fresh(f"patch-{case}-rdiff-{tag}")
         return run("rdiff", [ctx.tools.rdiff, "patch", str(basis), delta["rdiff"].get(), str(out)],
                    out, tag)
 
@@ -167,14 +173,21 @@ def big_delta(ctx: Context) -> list[Row]:
                             ctx.runs, bytes_label=DELTA_SIZE, log=ctx.log)
         p_rows = interleave("big-delta", f"{case}: patch", _patch_peers(ctx, case, basis, new, delta),
                             ctx.runs, bytes_label="output size", log=ctx.log)
+        # The same with the output on a tmpfs: this machine's write-back noise out.
+        size = new.stat().st_size
+        with tmpfs.mounted(ctx.fresh("patch-tmpfs"), 2 * size + (64 << 20), 64,
+                           log=ctx.log) as mnt:
+            t_rows = interleave("big-delta", f"{case}: patch to tmpfs",
+                                _patch_peers(ctx, case, basis, new, delta, mnt), ctx.runs,
+                                bytes_label="output size", log=ctx.log)
         for k in delta.values():
             if k.path is not None:
                 ctx.remove(k.path)
         s_rows = interleave("big-delta", f"{case}: sync", _sync_peers(ctx, case, basis, new),
                             ctx.runs, bytes_label=LITERAL, log=ctx.log)
-        for r in d_rows + p_rows + s_rows:
+        for r in d_rows + p_rows + t_rows + s_rows:
             r.note = what
-        rows += d_rows + p_rows + _end_to_end(case, sig_rows, d_rows, p_rows) + s_rows
+        rows += d_rows + p_rows + t_rows + _end_to_end(case, sig_rows, d_rows, p_rows) + s_rows
     for k in sig.values():
         if k.path is not None:
             ctx.remove(k.path)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 from ..errors import ConfigError, NewFileChangedError
-from ..fsutil import temp_name
+from ..fsutil import preallocate, temp_name
 from .format import DEFAULT_MAX_BLOCKS, read_delta, read_signature, write_delta, write_signature
 from .ops import DeltaStats, PatchStats
 from .patch import apply_delta
@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 STDIO = "-"
+AUTO_THREADS = -1  # blake3.AUTO
 MAX_SYMLINKS = 40  # the kernel's limit for one path (ELOOP beyond)
 
 
@@ -246,6 +247,20 @@ class _Capped:
         return False
 
 
+def _preallocate(out: BinaryIO, size: int | None) -> None:
+    """Allocate a new, empty regular output's ``size`` bytes up front
+    (``fsutil.preallocate``: on ext4 it spares the delayed allocation at
+    write-back and at the rename).  Streams, existing data and tmpfs (where it
+    would zero every page first: 0.15 s of a 0.7 s patch of 1 GiB here) are
+    left alone."""
+    from .fdio import on_tmpfs, regular_fd
+
+    fd = regular_fd(out)
+    if size is None or fd is None or os.fstat(fd).st_size != 0 or on_tmpfs(fd):
+        return
+    preallocate(fd, size)
+
+
 def signature_file(
     basis_path: str,
     sig_path: str,
@@ -317,6 +332,8 @@ def patch_file(basis_path: str, delta_path: str, out_path: str) -> PatchStats:
             raise ConfigError("the basis must be a regular file (patch reads it with seeks)")
         block_size, ops = read_delta(df)
         with atomic_output(out_path) as out:
-            apply_delta(bf, ops, out, block_size, stats)
+            _preallocate(out, getattr(ops, "new_size", None))
+            # All of blake3's threads: this process does nothing else meanwhile.
+            apply_delta(bf, ops, out, block_size, stats, threads=AUTO_THREADS)
     stats.elapsed = time.perf_counter() - t0
     return stats

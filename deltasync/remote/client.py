@@ -71,7 +71,7 @@ class Connection:
                  backup: Backup | None = None, one_file_system: bool = False,
                  hard_links: bool = False, specials: bool = False,
                  names: bool = False, xattrs: tuple[bool, bool] | None = None,
-                 sparse: bool = False, partial: bool = True) -> None:
+                 sparse: bool = False, partial: bool = True, inplace: bool = False) -> None:
         self.spec = spec
         self.sparse = sparse  # -S: whole files travel with HOLE frames
 
@@ -120,6 +120,8 @@ class Connection:
             if names:  # owners by name (idnames): an older server ignores it, ids stay numeric
                 opening["names"] = True
             opening["sparse"], opening["partial"] = sparse, partial  # -S, --no-partial
+            if inplace:  # --inplace: the far replica patches files in place
+                opening["inplace"] = True
             self.out.send(OPEN, dump_json(opening))
             if scan is not None:
                 self._send_scan(*scan)

@@ -99,8 +99,14 @@ BATCH_MAX = 64 << 10  # ... growing fourfold per batch up to this
 
 # Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
 # lists them, so a client never relies on a far side that would ignore one.
-FEATURES = ("backup", "one_file_system", "hard_links", "specials", "xattrs")
+FEATURES = ("backup", "one_file_system", "hard_links", "specials", "xattrs", "inplace")
 
+
+
+def _warn(path: str, message: str) -> None:
+    """A warning of the replica about one path: on stderr, which the client logs."""
+    sys.stderr.write(f"deltasync serve: warning: {path}: {message}\n")
+    sys.stderr.flush()
 
 def _names() -> dict[str, Any]:
     from ..idnames import local_names
@@ -213,7 +219,9 @@ class Server:
             self.replica = LocalReplica(root, fsync=bool(body.get("fsync")), owner=owner,
                                         backup=_backup(body.get("backup")),
                                         sparse=self.sparse,
-                                        partial=body.get("partial") is not False)
+                                        partial=body.get("partial") is not False,
+                                        inplace=body.get("inplace") is True,
+                                        on_warning=_warn)
             if not self.dry_run:
                 self._lock(root, body.get("lock_wait"))
         else:
@@ -351,6 +359,7 @@ class Server:
         xmode = _xattr_mode(body.get("xattrs"))
         if self.replica is not None:
             self.replica.xmode = xmode
+            self.replica.hard_links = body.get("hard_links") is True  # --inplace's link check
         self.out.send(ROOT, encode_root(root_entry(self.root)))
         # ~20,000 strings a second are born here and none is garbage: the
         # cyclic GC would only rescan them (as in Engine.run_pass).

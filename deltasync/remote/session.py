@@ -77,7 +77,8 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
         conn = Connection(dst_spec, "replica", owner=True, lock_wait=opts.lock_wait,
                           scan=(_rules(opts), not opts.dry_run, opts.checksum, True),
                           backup=opts.backup, specials=opts.devices or opts.specials,
-                          names=not opts.numeric_ids, xattrs=xattrs, **common)
+                          names=not opts.numeric_ids, xattrs=xattrs, inplace=opts.inplace,
+                          **common)
         r = RemoteReplica(conn, checksum=opts.checksum, stop=stop)
         # The local tree is walked by a thread, up to 4,096 directories ahead
         # (a few MiB), while ssh connects and the far side starts.
@@ -93,7 +94,9 @@ def open_remote_pass(args: argparse.Namespace, source: str, replica: str, opts: 
                       specials=opts.devices or opts.specials,
                       names=opts.owner and not opts.numeric_ids, xattrs=xattrs, **common)
     local = LocalReplica(replica, fsync=opts.fsync, owner=opts.owner, backup=opts.backup,
-                         xattrs=xattr_mode(opts), sparse=opts.sparse, partial=opts.partial)
+                         xattrs=xattr_mode(opts), sparse=opts.sparse, partial=opts.partial,
+                         inplace=opts.inplace, hard_links=opts.hard_links,
+                         on_warning=reporter.warning)
     return Engine(RemoteSource(conn), local, opts, reporter, stop), _PullClose(conn, local)
 
 
