@@ -22,7 +22,7 @@ from conftest import NOBODY_GID, NOBODY_UID, run_proc
 from loopfs import mounted
 from remoteutil import REMOTE_CMD, pipe_rsh
 
-from deltasync.fsutil import is_temp_name
+from deltasync.fsutil import is_reserved_name
 from deltasync.updates import INPLACE_XATTR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,15 +112,15 @@ def test_sigkill_during_a_reflinked_delta_update_keeps_the_old_version(tmp_path:
         (src / "img").write_bytes(os.urandom(96 * MiB))
         p = subprocess.Popen(_cmd(src, dst, "-q"), cwd=REPO)
 
-        def temp() -> bool:
-            return any(is_temp_name(n) for n in os.listdir(dst))
+        def temp() -> bool:  # a big file's temp file is its resumable partial
+            return any(is_reserved_name(n) for n in os.listdir(dst))
 
         _kill_when(p, temp, "its temp file appeared")
         assert (dst / "img").read_bytes() == old  # intact: the clone was the temp file
         code, out, _ = _run(src, dst, "-q")
         assert code == 0, out
         assert (dst / "img").read_bytes() == (src / "img").read_bytes()
-        assert not [n for n in os.listdir(dst) if is_temp_name(n)]
+        assert not [n for n in os.listdir(dst) if is_reserved_name(n)]
 
 
 def test_inplace_writes_only_changed_pages_and_keeps_the_inode(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_inplace_writes_only_changed_pages_and_keeps_the_inode(tmp_path: Path) -
         assert (dst / "img").read_bytes() == (src / "img").read_bytes()
         assert (dst / "img").stat().st_mtime_ns == (src / "img").stat().st_mtime_ns
         assert dirtied < 2 * MiB, f"{dirtied} bytes dirtied for 20 edits of 4 KiB"
-        assert not [n for n in os.listdir(dst) if is_temp_name(n)]
+        assert not [n for n in os.listdir(dst) if is_reserved_name(n)]
 
 
 def test_sigkill_during_inplace_is_reported_and_converges(tmp_path: Path) -> None:
