@@ -54,6 +54,11 @@ if TYPE_CHECKING:
     from .hardlinks import HardLinks
 
 ReadError = Callable[[str, OSError], None]
+# ``moves.Renames``: given a subdirectory the march is about to make (NEW) or
+# remove (GONE), and the two listers, either None (the march goes on as
+# usual) or the actions that stand for the whole subtree; the graft has then
+# taken (or skipped) every unit of the subtree itself.
+Graft = Callable[[Child, Lister, Lister], "Iterator[Action] | None"]
 
 
 class _Frame:
@@ -121,8 +126,14 @@ class March:
                  on_temps: Callable[[list[str]], None] | None = None,
                  src_hash: HashFunc | None = None, dst_hash: HashFunc | None = None,
                  on_dir: Callable[[str], None] | None = None,
-                 protect: Protect | None = None, links: HardLinks | None = None) -> None:
+                 protect: Protect | None = None, links: HardLinks | None = None,
+                 graft: Graft | None = None,
+                 start: tuple[Walk, str, Entry | None, Entry | None] | None = None) -> None:
         self.src, self.dst = src, dst
+        self.graft = graft
+        # start: a march rooted at one directory (how, path, source entry,
+        # replica entry) instead of the tree's root: what moves.py replays
+        self.start = start
         self.opts = opts
         # the rules of the source's side and of the replica's
         self.src_ex, self.dst_ex = excluder if isinstance(excluder, tuple) else (excluder,
@@ -147,15 +158,26 @@ class March:
                 self.links.close()  # its spilled table, if any, is a temporary file
 
     def _actions(self) -> Iterator[Action]:
+        if self.start is not None:
+            how, path, s, d = self.start
+            root = _Frame(how, path, s, d, None)
+            if how is Walk.NEW:
+                assert s is not None
+                yield Action(Op.MKDIR, path, s, d, Reason.NEW)
+            yield from self._walk(root)
+            return
         src_root = self.src.root
         if src_root is None:
             raise FileNotFoundError("source root does not exist")
         # A replica root that does not exist yet (a dry run) lists as empty and
         # shows as a directory whose metadata differs, as it will once made.
         dst_root = self.dst.root or Entry("", Kind.DIR)
-        root = _Frame(Walk.BOTH, "", src_root, dst_root, None)
+        yield from self._walk(_Frame(Walk.BOTH, "", src_root, dst_root, None))
+
+    def _walk(self, root: _Frame) -> Iterator[Action]:
         yield from self._enter(root)
         stack = [root]
+        graft = self.graft
         while stack:
             f = stack[-1]
             child = next(f.items, None)
@@ -175,6 +197,13 @@ class March:
             if how is Walk.KEEP:
                 self.dst.skip(child.path)
                 continue
+            if graft is not None and (how is Walk.GONE or (how is Walk.NEW
+                                                         and child.dst is None)):
+                g = graft(child, self.src, self.dst)  # type: ignore[arg-type]
+                if g is not None:
+                    f.touched = True
+                    yield from g
+                    continue
             sub = _Frame(how, child.path, child.src, child.dst, f.unit, child.after,
                          child.sx, child.dx)
             if how is Walk.NEW:

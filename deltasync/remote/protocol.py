@@ -43,13 +43,15 @@ from .. import __version__
 from ..errors import PeerTimeout, ProtocolError
 from . import compress
 
-PROTOCOL_VERSION = 3  # the newest version this deltasync speaks
+PROTOCOL_VERSION = 4  # the newest version this deltasync speaks
 # Version 2 streams the listing as directory units with credit (remote/units.py);
 # version 3 negotiates the codec of -z (COMPRESS frames; version 2 always used
 # zlib from the first byte after HELLO) and carries filter rules in SCAN and a
 # unit's excluded names (a version 2 peer would ignore the rules and delete
 # what they protect), so a version 2 peer is refused.
-MIN_PROTOCOL_VERSION = 3  # the oldest one it still accepts
+# Version 4 adds MOVE (rename detection: a replica entry renamed in place of a
+# delete and a copy); a version 3 peer would not know it, so it is refused.
+MIN_PROTOCOL_VERSION = 4  # the oldest one it still accepts
 MAGIC = b"DSYNCPRO"
 
 MAX_FRAME = 4 << 20  # largest payload accepted; data frames are much smaller
@@ -65,6 +67,7 @@ ROOT, UNIT, UNIT_PART, CREDIT = 0x16, 0x17, 0x18, 0x19
 SIGNATURE, FILE, DELTA, MKDIR, SYMLINK, DELETE, META = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
 GET, GET_DELTA = 0x27, 0x28
 LINK = 0x29  # -H: make a path a hard link to another (an entry whose target is that path)
+MOVE = 0x2A  # rename an entry of the replica (codec.encode_move)
 DATA, END = 0x30, 0x31
 RESULT = 0x40
 

@@ -33,6 +33,7 @@ from .protocol import (
     END,
     FILE,
     LINK,
+    MOVE,
     META,
     MKDIR,
     RESULT,
@@ -241,6 +242,13 @@ class RemoteReplica(Replica):
         ``specials`` in its features: the connection checked), and its XSET (-X/-A)."""
         self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path), xattrs),
                    "mknod", path)
+
+    def can_move(self) -> bool:
+        return True
+
+    def move(self, old: str, new: str, kind: Kind) -> None:
+        self._send(MOVE, lambda i: codec.encode_move(i, codec.KIND_CODE[kind], old, new),
+                   "move", new)
 
     def delete(self, path: str, kind: Kind) -> None:
         self._send(DELETE, lambda i: codec.encode_path_op(i, codec.KIND_CODE[kind], path),

@@ -67,6 +67,7 @@ from .protocol import (
     GOODBYE,
     HELLO,
     LINK,
+    MOVE,
     LIST_END,
     META,
     MIN_PROTOCOL_VERSION,
@@ -470,6 +471,20 @@ class Server:
             return
         self._result(op_id)
 
+    def _op_move(self, payload: bytes) -> None:
+        assert self.replica is not None
+        op_id, kind, old, new = codec.decode_move(payload)
+        if kind >= len(codec.KINDS):
+            raise ProtocolError("malformed MOVE message: bad kind")
+        codec_path_check(old)
+        codec_path_check(new)
+        try:
+            self.replica.move(old, new, codec.KINDS[kind])
+        except (OSError, DeltaSyncError) as e:
+            self._result(op_id, err=e)
+            return
+        self._result(op_id)
+
     # -- source side (pull) -----------------------------------------------
     def _op_get(self, payload: bytes, sig: object = None) -> None:
         op_id, _, path = codec.decode_path_op(payload, "GET")
@@ -537,6 +552,7 @@ class Server:
         DELETE: lambda self, p: self._simple(p, "DELETE"),
         META: lambda self, p: self._simple(p, "META"),
         LINK: lambda self, p: self._simple(p, "LINK"),
+        MOVE: _op_move,
     }
     _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
 
