@@ -178,6 +178,7 @@ class March:
         yield from self._enter(root)
         stack = [root]
         graft = self.graft
+        gone = self.start is not None and self.start[0] is Walk.GONE
         while stack:
             f = stack[-1]
             child = next(f.items, None)
@@ -197,8 +198,11 @@ class March:
             if how is Walk.KEEP:
                 self.dst.skip(child.path)
                 continue
-            if graft is not None and (how is Walk.GONE or (how is Walk.NEW
-                                                         and child.dst is None)):
+            # (never inside a directory being replaced by a file: its removal
+            # must be over before the file comes; a march rooted at a removed
+            # directory has nothing else)
+            if graft is not None and (f.how is Walk.BOTH or f.how is Walk.NEW or gone) and (
+                    how is Walk.GONE or (how is Walk.NEW and child.dst is None)):
                 g = graft(child, self.src, self.dst)  # type: ignore[arg-type]
                 if g is not None:
                     f.touched = True
