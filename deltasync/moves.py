@@ -147,13 +147,13 @@ class Renames:
 
     def __init__(self, opts: CompareOptions, march: MarchFactory,
                  src_hash: HashOf, dst_hash: HashOf,
-                 warn: Callable[[str, str], None], limit: int = LIMIT) -> None:
+                 warn: Callable[[str, str], None], limit: int | None = None) -> None:
         self.opts = opts
         self.march = march
         self.src_hash, self.dst_hash = src_hash, dst_hash
         self.warn = warn
-        self.limit = limit
-        self.budget = limit
+        self.limit = LIMIT if limit is None else limit
+        self.budget = self.limit
         self.full = False
         self.trees: list[_Tree] = []
         self.plain: list[Action] = []  # held file actions, in march order
@@ -171,6 +171,8 @@ class Renames:
         entry = child.src if new else child.dst
         assert entry is not None
         lister = src if new else dst
+        if not new:
+            self.saw_old = True
         units: dict[str, DirUnit] = {}
         todo = [child.path]
         while todo:
@@ -180,7 +182,7 @@ class Renames:
             self.budget -= u.count + 1
             pre = u.prefix
             todo.extend(pre + n for n in reversed(u.subdirs))
-            if self.budget < 0 and todo:
+            if self.budget < 0:
                 # Past the bound: this subtree goes now, as the march would have
                 # done it, its remaining units straight from the lister.
                 self.full = True
@@ -191,8 +193,6 @@ class Renames:
                                       None)
                 return self.march(KeptLister({}), rest, (Walk.GONE, child.path, None, entry),
                                   None)
-        if not new:
-            self.saw_old = True
         self.trees.append(_Tree(child.how, child.path, entry, units))
         self.dirty.add(child.path.rpartition("/")[0])
         return iter(())
@@ -204,11 +204,14 @@ class Renames:
             op = a.op
             if self.active:
                 e = a.src if op is not Op.DELETE else a.dst
-                if (e is not None and e.kind is Kind.FILE and e.size >= floor
-                        and (op is Op.CREATE
-                             or (op is Op.UPDATE and a.dst is not None
-                                 and a.dst.kind is Kind.FILE)
-                             or (op is Op.DELETE and a.reason is Reason.EXTRANEOUS))):
+                d = a.dst
+                if (e is not None and e.kind is Kind.FILE
+                        and ((op is Op.CREATE and e.size >= floor)
+                             # an update's old version may be wanted elsewhere
+                             or (op is Op.UPDATE and d is not None and d.kind is Kind.FILE
+                                 and (e.size >= floor or d.size >= floor))
+                             or (op is Op.DELETE and a.reason is Reason.EXTRANEOUS
+                                 and e.size >= floor))):
                     if op is not Op.CREATE:
                         self.saw_old = True
                     self.plain.append(a)
