@@ -323,7 +323,8 @@ class Engine:
                           self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,
                           src_hash, dst_hash, on_dir, self._protect, links,
-                          renames.graft if renames is not None else None)
+                          renames.graft if renames is not None else None, None,
+                          renames.plan if renames is not None else None)
             actions = march.actions() if renames is None else renames.filter(march.actions())
             if self.source.pipelined and not self.opts.dry_run:
                 worker = self._worker = _Worker(self)

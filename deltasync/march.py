@@ -128,9 +128,12 @@ class March:
                  on_dir: Callable[[str], None] | None = None,
                  protect: Protect | None = None, links: HardLinks | None = None,
                  graft: Graft | None = None,
-                 start: tuple[Walk, str, Entry | None, Entry | None] | None = None) -> None:
+                 start: tuple[Walk, str, Entry | None, Entry | None] | None = None,
+                 on_plan: Callable[[list[Action], list[Action | Child | Linked]], None]
+                 | None = None) -> None:
         self.src, self.dst = src, dst
         self.graft = graft
+        self.on_plan = on_plan  # moves.Renames: a directory's plan, before it is carried out
         # start: a march rooted at one directory (how, path, source entry,
         # replica entry) instead of the tree's root: what moves.py replays
         self.start = start
@@ -296,6 +299,8 @@ class March:
                         self.dst_hash, self.links is not None, sx, dx)
         stats.unchanged += plan.unchanged
         f.touched = plan.touched
+        if self.on_plan is not None:
+            self.on_plan(plan.removals, plan.items)
         removals, items = plan.removals, plan.items
         if self.protect is not None:
             removals = [a for a in removals if not self._protected(a.path, a.reason)]

@@ -161,6 +161,34 @@ class Renames:
         self.metas: list[Action] = []
         self.saw_old = False
         self.active = True
+        self.swappable: set[str] = set()  # updates held: their old version may be wanted
+
+    def plan(self, removals: list[Action], items: list[object]) -> None:
+        """The march's ``on_plan``: in one directory, the updates whose old
+        version (or whose new content) is another file of it, same size and
+        mtime (a swap, a chain, a rename onto a file that stays): held.  Other
+        updates run in walk order, as without rename detection."""
+        if not self.active:
+            return
+        floor = SIZE_FLOOR
+        ups = [a for a in items if type(a) is Action and a.op is Op.UPDATE
+               and a.dst is not None and a.dst.kind is Kind.FILE and a.src is not None
+               and (a.src.size >= floor or a.dst.size >= floor)]
+        if not ups:
+            return
+        news = [a.src for a in items if type(a) is Action and a.src is not None
+                and (a.op is Op.CREATE or a.op is Op.UPDATE) and a.src.size >= floor]
+        olds = [a.dst for a in removals if a.op is Op.DELETE and a.dst is not None
+                and a.dst.kind is Kind.FILE] + [a.dst for a in ups if a.dst is not None]
+        opts = self.opts
+        for a in ups:
+            s, d = a.src, a.dst
+            assert s is not None and d is not None
+            if any(n.path != a.path and n.size == d.size
+                   and same_mtime(n.mtime_ns, d.mtime_ns, opts, n.path) for n in news) or \
+                    any(o.path != a.path and o.size == s.size
+                        and same_mtime(s.mtime_ns, o.mtime_ns, opts, s.path) for o in olds):
+                self.swappable.add(a.path)
 
     # -- during the walk --------------------------------------------------
     def graft(self, child: Child, src: Lister, dst: Lister) -> Iterator[Action] | None:
@@ -204,12 +232,10 @@ class Renames:
             op = a.op
             if self.active:
                 e = a.src if op is not Op.DELETE else a.dst
-                d = a.dst
                 if (e is not None and e.kind is Kind.FILE
                         and ((op is Op.CREATE and e.size >= floor)
-                             # an update's old version may be wanted elsewhere
-                             or (op is Op.UPDATE and d is not None and d.kind is Kind.FILE
-                                 and (e.size >= floor or d.size >= floor))
+                             # an update's old version may be wanted elsewhere (``plan``)
+                             or (op is Op.UPDATE and a.path in self.swappable)
                              or (op is Op.DELETE and a.reason is Reason.EXTRANEOUS
                                  and e.size >= floor))):
                     if op is not Op.CREATE:
