@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..measure import Row
-from . import bigdelta, million, realtree, remote, trees
+from . import bigdelta, million, moves, realtree, remote, trees
 
 Scenario = Callable[[Context], list[Row]]
 
@@ -19,6 +19,7 @@ SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
     "tree-churn": (trees.tree_churn, frozenset({"tree"})),
     "remote-tree-noop": (remote.remote_tree_noop, frozenset({"tree"})),
     "remote-tree-churn": (remote.remote_tree_churn, frozenset({"tree"})),
+    "moves": (moves.moves, frozenset({"tree", "big"})),
     "big-delta": (bigdelta.big_delta, frozenset({"big"})),
     "limits": (bigdelta.limits, frozenset({"big"})),
     "remote-big-delta": (remote.remote_big_delta, frozenset({"big"})),
