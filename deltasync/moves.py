@@ -53,7 +53,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from .compare import Child, CompareOptions, Walk, meta_differs, same_mtime
+from .compare import Child, CompareOptions, Linked, Walk, meta_differs, same_mtime
 from .fsutil import is_reserved_name, temp_name
 from .listing import DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason
@@ -123,7 +123,7 @@ class _Tree(NamedTuple):
 class _Dir(NamedTuple):
     path: str
     entry: Entry
-    count: int
+    size: int  # entries in its listing
     sketch: frozenset[int]
     tree: int  # index of its _Tree
 
@@ -163,7 +163,7 @@ class Renames:
         self.active = True
         self.swappable: set[str] = set()  # updates held: their old version may be wanted
 
-    def plan(self, removals: list[Action], items: list[object]) -> None:
+    def plan(self, removals: list[Action], items: list[Action | Child | Linked]) -> None:
         """The march's ``on_plan``: in one directory, the updates whose old
         version (or whose new content) is another file of it, same size and
         mtime (a swap, a chain, a rename onto a file that stays): held.  Other
@@ -529,15 +529,15 @@ class Renames:
 def _agreement(n: _Dir, o: _Dir, hits: int) -> float:
     """The share of the larger directory's entries that agree, from the sketches'
     ``hits`` common hashes (exact when both sketches hold every entry)."""
-    big = max(n.count, o.count)
-    if n.count <= SKETCH and o.count <= SKETCH:
+    big = max(n.size, o.size)
+    if n.size <= SKETCH and o.size <= SKETCH:
         return hits / big
     # bottom-k: of the k smallest hashes of the union, the share in both
     # estimates the Jaccard index J; the common entries are J (a + b) / (1 + J)
     union = sorted(n.sketch | o.sketch)[:SKETCH]
     both = n.sketch & o.sketch
     j = sum(1 for k in union if k in both) / len(union)
-    return j * (n.count + o.count) / (1 + j) / big
+    return j * (n.size + o.size) / (1 + j) / big
 
 
 class WatchedRoot:

@@ -72,9 +72,9 @@ from .fsutil import (
     Writable,
     open_nofollow,
     open_regular,
-    split_rel,
     preallocate,
     remove_tree,
+    split_rel,
     temp_name,
 )
 from .listing import Lister, ThreadLister

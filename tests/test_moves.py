@@ -27,7 +27,7 @@ from conftest import PassResult, do_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from remoteutil import pipe_rsh, pull, push
-from treeutil import assert_same_tree, build_tree, inodes
+from treeutil import assert_same_tree, build_tree
 
 from deltasync import moves
 from deltasync.errors import ProtocolError

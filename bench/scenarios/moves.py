@@ -84,7 +84,7 @@ def _same_times(old: Path, new: Path) -> None:
 
 def _prepare(ctx: Context, old: Path, dst: Path) -> None:
     """The replica's old state: a copy of ``old``, its big files hard links."""
-    for dp, dirs, files in os.walk(old):
+    for dp, _, files in os.walk(old):
         rel = Path(dp).relative_to(old)
         (dst / rel).mkdir(parents=True, exist_ok=True)
         for name in files:
@@ -155,7 +155,7 @@ def moves(ctx: Context) -> list[Row]:
                              for i, t in enumerate((*TOOLS, NOOP))}
                     peers = _peers(
                         ctx, f"moves-{step}-remote", old, new,
-                        lambda label, dst, new=new: remote_cmd(
+                        lambda label, dst, new=new, links=links: remote_cmd(
                             ctx, "deltasync" if label == NOOP else label, links[label], new,
                             dst),
                         sshd, links.__getitem__)
