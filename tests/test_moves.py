@@ -27,7 +27,7 @@ from conftest import PassResult, do_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from remoteutil import pipe_rsh, pull, push
-from treeutil import assert_same_tree, build_tree
+from treeutil import assert_same_tree, build_tree, inodes
 
 from deltasync import moves
 from deltasync.errors import ProtocolError
@@ -383,3 +383,14 @@ def test_sigkill_during_moves_loses_nothing_and_the_next_pass_converges(
                 assert (Path(dp) / name).read_bytes() in old | new, (dp, name)
     mirror("local", tmp_path, src, dst)
     noop("local", tmp_path, src, dst)
+
+
+def test_a_dry_run_shows_the_moves_and_changes_nothing(src: Path, dst: Path) -> None:
+    _base(src)
+    mirror("local", dst.parent, src, dst)
+    os.rename(src / "a/big", src / "keep/big")
+    os.rename(src / "d", src / "e")
+    before = inodes(dst)
+    r = sync("local", dst.parent, src, dst, dry_run=True)
+    assert set(moved(r)) == {"keep/big", "e"} and r.code == 0
+    assert inodes(dst) == before
