@@ -564,6 +564,13 @@ class Engine:
         except ProtocolError:
             raise  # the link to the other side is gone: no later action can succeed
         except FileNotFoundError as e:
+            if (a.op is Op.MOVE and a.src is not None and a.src.kind is Kind.FILE
+                    and self._worker is None):
+                # the replica's old file vanished since it was listed: send it whole
+                self.reporter.warning(a.path, "moved file vanished from the replica; "
+                                              "sending the whole file")
+                self._run_action(Action(Op.CREATE, a.path, a.src, None, Reason.NEW, a.xattrs))
+                return
             if a.op in _FILE_OPS and not self.source.exists(a.path):
                 stats.vanished += 1
                 rep.warning(a.path, "file vanished from source")

@@ -376,7 +376,7 @@ class March:
             src = f.dst = _lookup(f)
         a = dir_meta(src, f.dst, how is Walk.NEW, f.touched, self.opts, f.sx, f.dx)
         if a is not None:
-            if a.reason is Reason.META and f.path != "":
+            if a.reason is Reason.META and f.parent is not None:
                 self.stats.unchanged -= 1  # it was counted with its parent's entries
             yield a
 

@@ -394,3 +394,23 @@ def test_a_dry_run_shows_the_moves_and_changes_nothing(src: Path, dst: Path) -> 
     r = sync("local", dst.parent, src, dst, dry_run=True)
     assert set(moved(r)) == {"keep/big", "e"} and r.code == 0
     assert inodes(dst) == before
+
+
+def test_a_moved_file_that_vanished_from_the_replica_is_sent_whole(src: Path, dst: Path) -> None:
+    from conftest import RecordingReporter
+
+    class Vanish(RecordingReporter):
+        def directory(self, path: str) -> None:
+            super().directory(path)
+            if path == "" and (dst / "a/big").exists():
+                (dst / "a/big").unlink()  # after the listing, before the move
+
+    _base(src)
+    mirror("local", dst.parent, src, dst)
+    os.rename(src / "a/big", src / "keep/big")
+    rep = Vanish()
+    r = do_sync(src, dst, reporter=rep, owner=False)
+    assert r.code == 0 and rep.failed_ == [], rep.failed_
+    assert ("create", "keep/big") in rep.ops()
+    assert any("vanished from the replica" in m for _, m in rep.warnings)
+    assert_same_tree(src, dst)
