@@ -414,3 +414,37 @@ def test_a_moved_file_that_vanished_from_the_replica_is_sent_whole(src: Path, ds
     assert ("create", "keep/big") in rep.ops()
     assert any("vanished from the replica" in m for _, m in rep.warnings)
     assert_same_tree(src, dst)
+
+
+def _rename_peak(n: int, detect: bool) -> tuple[int, float]:
+    import tracemalloc
+
+    from doubles import MemoryReplica, MemorySource, MemoryTree
+
+    from deltasync import Engine, SyncOptions
+
+    s, r = MemoryTree(), MemoryTree()
+    for t, d in ((s, "new"), (r, "old")):
+        t.dir(d)
+        for i in range(n):
+            t.file(f"{d}/f{i:06d}", b"")
+    tracemalloc.start()
+    try:
+        stats, code = Engine(MemorySource(s), MemoryReplica(r),
+                             SyncOptions(owner=False, detect_renames=detect)).run_pass()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0 and s.snapshot() == r.snapshot()
+    return stats.counts["move"], peak / 2**20
+
+
+@pytest.mark.parametrize("n", [20_000, 40_000])  # held, and past the bound
+def test_memory_of_a_held_rename_stays_within_the_pass_without_detection(n: int) -> None:
+    # What is held is the listings as bytes: a renamed 20,000-file directory
+    # costs less than the pass without detection, which plans 20,000 creates;
+    # past the bound (40,000 + 40,000 entries) the same.
+    moved_n, with_ = _rename_peak(n, True)
+    assert moved_n == (1 if n * 2 < moves.LIMIT else 0)
+    _, without = _rename_peak(n, False)
+    assert with_ <= without + 1.0, (with_, without)
