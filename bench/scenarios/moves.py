@@ -12,7 +12,9 @@ there, pushed over loopback SSH (``remote.py``'s link, bytes counted by the
 relay).  The replica starts as the old tree (the big file hard-linked from
 the data set, outside the clock, so no run copies 1 GiB to prepare);
 "dirtied" is the bytes of replica files whose inode is new after the pass
-(what was written, not renamed), recorded per sample as ``extra.dirtied``.
+(what was written, not renamed; every old inode is pinned by a hard link
+outside the replica during the pass, so none is reused), recorded per sample
+as ``extra.dirtied``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ def _inodes(root: Path) -> dict[int, int]:
         for n in names:
             s = os.lstat(os.path.join(dp, n))
             out[s.st_ino] = s.st_size
+    return out
+
+
+def _pin(root: Path, pins: Path) -> set[int]:
+    """The inodes of ``root``'s files, each kept alive by a hard link under
+    ``pins`` (outside the replica), so none is freed and reused by a new file
+    during the pass: a new inode afterwards is surely a written file."""
+    pins.mkdir()
+    out = set()
+    for i, (dp, _, names) in enumerate(os.walk(root)):
+        for j, n in enumerate(names):
+            p = os.path.join(dp, n)
+            os.link(p, pins / f"{i}-{j}", follow_symlinks=False)
+            out.add(os.lstat(p).st_ino)
     return out
 
 
@@ -114,7 +130,8 @@ def _peers(ctx: Context, what: str, old: Path, new: Path,
         def fn(tag: str, tool: str = tool, link: object = link, label: str = label) -> Sample:
             dst = ctx.fresh(f"{what}-{tool}-{tag}")
             _prepare(ctx, new if label == NOOP else old, dst)
-            before = set(_inodes(dst))
+            pins = ctx.fresh(f"{what}-pins-{tag}")
+            before = _pin(dst, pins)
             if link is not None:
                 link.reset()  # type: ignore[attr-defined]
                 p = proc.run(cmd(label, dst), far_roots=(sshd.proc.pid,))  # type: ignore[attr-defined]
@@ -128,6 +145,7 @@ def _peers(ctx: Context, what: str, old: Path, new: Path,
                 nbytes = sent
             dirtied = _dirtied(before, dst)
             ctx.remove(dst)
+            ctx.remove(pins)
             return Sample.of(p, nbytes, dirtied=dirtied, **fig)
 
         peers.append((label, fn))
