@@ -273,8 +273,10 @@ class Renames:
         moved_from = {o.path for o in file_moves.values()}
         # 1. moves onto paths in directories both sides have (swaps, chains)
         plain_new = {a.path for a in plain if a.op is not Op.DELETE}
+        self.parked: dict[str, Entry] = {}
         yield from self._ordered(
-            {n: o for n, o in file_moves.items() if n in plain_new}, new_files)
+            {n: o for n, o in file_moves.items() if n in plain_new}, new_files,
+            {o.path for n, o in file_moves.items() if n not in plain_new})
         # 2. what is new: held directories made (or moved into place)
         for t in trees:
             if t.how is not Walk.NEW:
@@ -422,9 +424,6 @@ class Renames:
         claims: dict[str, int] = defaultdict(int)
         for n in new.values():
             c = [o for o in by_size.get(n.entry.size, ()) if o.path != n.path
-                 # an old version that stays (an update in place) is no move's source,
-                 # and an update's old version only moves within directories both have
-                 and (o.plain is None or o.plain.op is not Op.UPDATE or n.plain is not None)
                  and same_mtime(n.entry.mtime_ns, o.entry.mtime_ns, self.opts, n.path)]
             if c:
                 cands[n.path] = c
@@ -462,12 +461,21 @@ class Renames:
         if src.kind is not Kind.DIR and meta_differs(src, moved, self.opts):
             yield Action(Op.META, new, src, moved, Reason.META)
 
-    def _ordered(self, moves: dict[str, _File], new: dict[str, _File]) -> Iterator[Action]:
+    def _ordered(self, moves: dict[str, _File], new: dict[str, _File], later: set[str]
+                 ) -> Iterator[Action]:
         """File moves in an order that frees each target first: a target that is
-        another move's source waits for that move; a cycle goes through a temp name."""
+        another move's source waits for that move; a cycle goes through a temp name;
+        a target whose old file moves later (into a directory made after these
+        moves, ``later``) is parked under a temp name first (``self.parked``)."""
         by_src = {o.path: n for n, o in moves.items()}  # old path -> new path
         pending = dict(moves)
-        where: dict[str, Entry] = {}  # an old file parked under a temp name
+        where = self.parked  # an old file parked under a temp name
+        for n in moves:
+            if n in later:
+                held = new[n].plain
+                e = held.dst if held is not None else None
+                if e is not None:
+                    yield from self._park(e)
         while pending:
             progressed = False
             for n in list(pending):
@@ -480,14 +488,17 @@ class Renames:
                 by_src.pop(o.path, None)
                 progressed = True
             if not progressed:  # only cycles are left: park one old file
-                n = next(iter(pending))
-                o = pending[n]
-                parked = o.path.rpartition("/")[0]
-                tmp = (parked + "/" if parked else "") + temp_name()
-                e = o.entry
-                yield Action(Op.MOVE, tmp, e, e, Reason.RENAMED)
-                where[o.path] = e._replace(path=tmp)
+                o = pending[next(iter(pending))]
+                yield from self._park(where.get(o.path, o.entry))
                 by_src.pop(o.path, None)
+
+    def _park(self, e: Entry) -> Iterator[Action]:
+        """Move the replica's file ``e`` to a temp name in its directory (a kill
+        leaves it there as a leftover temp file, which the next pass removes)."""
+        parent = e.path.rpartition("/")[0]
+        tmp = (parent + "/" if parent else "") + temp_name()
+        yield Action(Op.MOVE, tmp, e, e, Reason.RENAMED)
+        self.parked[e.path] = e._replace(path=tmp)
 
     def _both(self, path: str, entry: Entry, old: _Dir, src_units: dict[str, DirUnit],
               dst_units: dict[str, DirUnit]) -> Iterator[Action]:
@@ -521,7 +532,8 @@ class Renames:
                   new: dict[str, _File]) -> Iterator[Action]:
         for a in actions:
             if a.op is Op.CREATE and a.path in moves and a.src is not None:
-                yield from self._move(a.path, a.src, moves[a.path].entry)
+                o = moves[a.path].entry
+                yield from self._move(a.path, a.src, self.parked.pop(o.path, o))
             else:
                 yield a
 

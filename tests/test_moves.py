@@ -448,3 +448,24 @@ def test_memory_of_a_held_rename_stays_within_the_pass_without_detection(n: int)
     assert moved_n == (1 if n * 2 < moves.LIMIT else 0)
     _, without = _rename_peak(n, False)
     assert with_ <= without + 1.0, (with_, without)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_swapped_file_moved_on_into_a_new_directory(tmp_path: Path, mode: str) -> None:
+    # b0 and b1 swap, then the one now at b0 moves into a new directory: old b1
+    # must leave before old b0 lands on b1 (it is parked under a temp name)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    rnd = random.Random(6)
+    build_tree(src, {"b0": rnd.randbytes(BIG), "b1": rnd.randbytes(BIG + 1)})
+    mirror(mode, tmp_path, src, dst)
+    i0, i1 = ino(dst / "b0"), ino(dst / "b1")
+    os.rename(src / "b0", src / "t")
+    os.rename(src / "b1", src / "b0")
+    os.rename(src / "t", src / "b1")
+    (src / "new").mkdir()
+    os.rename(src / "b0", src / "new/m")
+    r = mirror(mode, tmp_path, src, dst)
+    assert r.stats.bytes_written == 0, r.rep.done_
+    assert ino(dst / "b1") == i0 and ino(dst / "new/m") == i1
+    assert not any(is_temp_name(n) for n in os.listdir(dst))
+    noop(mode, tmp_path, src, dst)
