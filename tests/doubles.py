@@ -320,6 +320,10 @@ class FailingReplica(MemoryReplica):
         self._check("delete", path)
         super().delete(path, kind)
 
+    def move(self, old: str, new: str, kind: Kind) -> None:
+        self._check("move", new)
+        super().move(old, new, kind)
+
     def set_meta(self, path: str, entry: Entry, xattrs: object = None) -> None:
         self._check("set_meta", path)
         super().set_meta(path, entry)

@@ -469,3 +469,53 @@ def test_a_swapped_file_moved_on_into_a_new_directory(tmp_path: Path, mode: str)
     assert ino(dst / "b1") == i0 and ino(dst / "new/m") == i1
     assert not any(is_temp_name(n) for n in os.listdir(dst))
     noop(mode, tmp_path, src, dst)
+
+
+def test_the_cli_logs_moves_counts_them_and_turns_them_off(src: Path, dst: Path,
+                                                          run_cli: Any) -> None:
+    import json
+
+    _base(src)
+    assert run_cli("sync", "-q", src, dst).code == 0
+    os.rename(src / "a/big", src / "keep/big")
+    r = run_cli("sync", "--stats", src, dst)
+    assert r.code == 0
+    line = next(ln for ln in (r.out + r.err).splitlines() if " move " in ln)
+    assert line.endswith(f"move    a/big -> keep/big ({BIG / 1024:.1f} KiB, renamed)"), line
+    assert " move=1" in r.out + r.err and "Moved" in r.out + r.err
+    os.rename(src / "keep/big", src / "a/big")
+    r = run_cli("sync", "-q", "--json", "--no-detect-renames", src, dst)
+    rec = json.loads(next(ln for ln in r.out.splitlines() if ln.startswith("{")))
+    assert rec["counts"]["move"] == 0 and rec["counts"]["create"] == 1
+    assert rec["counts"]["delete"] == 1
+    os.rename(src / "a/big", src / "keep/big")
+    r = run_cli("sync", "-q", "--json", src, dst)
+    rec = json.loads(next(ln for ln in r.out.splitlines() if ln.startswith("{")))
+    assert rec["counts"]["move"] == 1 and rec["bytes_written"] == 0
+
+
+def test_a_failed_move_is_a_per_file_error_and_the_next_pass_converges() -> None:
+    import errno
+
+    from conftest import RecordingReporter
+    from doubles import FailingReplica, MemoryReplica, MemorySource, MemoryTree
+
+    from deltasync import Engine, SyncOptions
+
+    big = random.Random(7).randbytes(BIG)
+    src, dst = MemoryTree(), MemoryTree()
+    for t, where in ((src, "to"), (dst, "from")):
+        t.dir(where)
+        t.file(f"{where}/big", big)
+        t.file("other", b"o")
+    src.file("new", b"n")
+    rep = RecordingReporter()
+    fail = {("move", "to"): PermissionError(errno.EACCES, "Permission denied")}
+    stats, code = Engine(MemorySource(src), FailingReplica(fail, tree=dst),
+                         SyncOptions(owner=False), rep).run_pass()
+    assert code == 23 and [(p, op) for p, op, _ in rep.failed_] == [("to", "move")]
+    assert "new" in dst.entries  # the rest of the pass went on
+    rep = RecordingReporter()
+    stats, code = Engine(MemorySource(src), MemoryReplica(dst), SyncOptions(owner=False),
+                         rep).run_pass()
+    assert code == 0 and dst.snapshot() == src.snapshot(), rep.done_
