@@ -305,7 +305,11 @@ def test_random_moves_converge_in_one_pass_and_keep_inodes(seed: int, ops: list[
                 dirty.update((os.path.dirname(f), os.path.dirname(to)))
             elif op == "mvdir" and dirs:
                 d = dirs[i % len(dirs)]
-                to = f"r{n}"
+                under = [x for x in dirs if not (x == d or x.startswith(d + "/"))]
+                to = (f"r{n}", f"new{n}/r{n}",
+                      f"{under[j % len(under)]}/r{n}" if under else f"r{n}")[j % 3]
+                (src / to).parent.mkdir(parents=True, exist_ok=True)
+                dirty.update((os.path.dirname(d), os.path.dirname(to)))
                 os.rename(src / d, src / to)
                 for k in [k for k in ident if k.startswith(d + "/")]:
                     ident[to + k[len(d):]] = ident.pop(k)
