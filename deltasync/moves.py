@@ -162,6 +162,7 @@ class Renames:
         self.saw_old = False
         self.active = True
         self.swappable: set[str] = set()  # updates held: their old version may be wanted
+        self.parked: dict[str, Entry] = {}  # old path -> its entry under a temp name
 
     def plan(self, removals: list[Action], items: list[Action | Child | Linked]) -> None:
         """The march's ``on_plan``: in one directory, the updates whose old
@@ -268,12 +269,12 @@ class Renames:
         self.trees, self.plain = [], []
         dir_moves = self._match_dirs(trees) if self.saw_old else {}
         moved_old_dirs = {o.path: n for n, o in dir_moves.items()}
-        new_files, old_files = self._files(trees, plain, dir_moves)
+        new_files, old_files = (self._files(trees, plain, dir_moves) if self.saw_old
+                                else ({}, []))
         file_moves = self._match_files(new_files, old_files) if self.saw_old else {}
         moved_from = {o.path for o in file_moves.values()}
         # 1. moves onto paths in directories both sides have (swaps, chains)
         plain_new = {a.path for a in plain if a.op is not Op.DELETE}
-        self.parked: dict[str, Entry] = {}
         yield from self._ordered(
             {n: o for n, o in file_moves.items() if n in plain_new}, new_files,
             {o.path for n, o in file_moves.items() if n not in plain_new})

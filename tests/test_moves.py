@@ -406,8 +406,8 @@ def test_a_moved_file_that_vanished_from_the_replica_is_sent_whole(src: Path, ds
     class Vanish(RecordingReporter):
         def directory(self, path: str) -> None:
             super().directory(path)
-            if path == "" and (dst / "a/big").exists():
-                (dst / "a/big").unlink()  # after the listing, before the move
+            if path == "keep" and (dst / "a/big").exists():
+                (dst / "a/big").unlink()  # the last directory: listed, not yet moved
 
     _base(src)
     mirror("local", dst.parent, src, dst)
