@@ -10,10 +10,10 @@ bounded indexes:
   march's ``graft`` hook hands it here, and the units of its whole subtree are
   taken from the lister and kept as they came (``DirUnit.raw``, about 40-60
   bytes an entry: no ``Entry`` object is kept);
-* regular files at or above ``SIZE_FLOOR`` that are created, updated
-  (their new content may be an old file elsewhere, their old content may be
-  wanted elsewhere: swaps and chains) or deleted (not in the source) in a
-  directory both sides have;
+* regular files at or above ``SIZE_FLOOR`` that are created or deleted (not
+  in the source) in a directory both sides have, and the updates of such a
+  directory whose old version or new content is another file of it, same
+  size and mtime (``plan``: swaps and chains; other updates keep walk order);
 * the metadata of each directory one of those lies in (its mtime is set again
   once they are done).
 
@@ -35,9 +35,13 @@ At the end of the walk (``finish``) they are matched:
 
 Then the moves are carried out (each an atomic rename in the replica, in an
 order that frees every target first: chains go from their end, a cycle goes
-through a temp name), what is still new is made (a march rooted at each new
-directory, over its kept listing: a file in it may still be a move), and last
-what is still to be removed; the held directory metadata comes after.
+through a temp name, an old version wanted in a directory made later is
+parked under a temp name until then), what is still new is made (a march
+rooted at each new directory, over its kept listing: a file or directory in
+it may still be a move), and last what is still to be removed; the held
+directory metadata comes after.  A kill at any moment leaves every file under
+a final name whole: a rename is atomic, a temp name is a leftover the next
+pass removes (its content is still in the source).
 
 Bound: at most ``LIMIT`` held entries (a held file action counts as
 ``ACTION_COST``), about ``LIMIT`` x 60 bytes plus ~250 bytes a directory
