@@ -42,10 +42,11 @@ from .errors import (
 )
 from .guards import DeleteGate, Protect, Verdict, protector
 from .idnames import IdMap, MappedFile, MappedLister
+from .kept import WatchedRoot
 from .listing import Lister
 from .march import Graft, March
 from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
-from .moves import Renames, WatchedRoot
+from .moves import Renames
 from .prefetch import Prefetched
 from .replica import Replica
 from .rules import from_options
@@ -318,7 +319,7 @@ class Engine:
                 links = HardLinks()
             renames = self._renames(copts, src_hash, dst_hash, on_dir)
             if renames is not None:
-                dst_l = WatchedRoot(dst_l, renames)  # type: ignore[assignment]
+                dst_l = WatchedRoot(dst_l, renames.off)  # type: ignore[assignment]
             march = March(src_l, dst_l, copts, (self.excluder, self.filters.receiver), stats,
                           self._read_error,
                           None if self.opts.dry_run else self.replica.remove_temps,

@@ -59,6 +59,7 @@ from typing import NamedTuple
 
 from .compare import Child, CompareOptions, Linked, Walk, meta_differs, same_mtime
 from .fsutil import is_reserved_name, temp_name
+from .kept import KeptLister, copy_unit
 from .listing import DirUnit, Lister
 from .model import Action, Entry, Kind, Op, Reason
 
@@ -75,44 +76,6 @@ MarchFactory = Callable[[Lister, Lister, tuple[Walk, str, Entry | None, Entry | 
                          "Callable[[Child, Lister, Lister], Iterator[Action] | None] | None"],
                         Iterator[Action]]
 HashOf = Callable[[str], "bytes | None"]
-
-
-def copy_unit(u: DirUnit, path: str | None = None) -> DirUnit:
-    """A unit without its decoded entries (what is kept of it), at ``path``."""
-    c = DirUnit(u.path if path is None else path, u.raw, u.extras, u.subdirs, u.errors,
-                u.error, u.digests, u.count)
-    c.hidden, c.xattrs = u.hidden, u.xattrs
-    return c
-
-
-class KeptLister:
-    """Units kept by ``Renames`` handed out again (a march over them): by path,
-    or (``rebase``) a kept subtree at ``old`` read as if it stood at ``new``;
-    ``rest``: the real lister, for the units of a subtree not all kept."""
-
-    def __init__(self, units: dict[str, DirUnit], rebase: tuple[str, str] | None = None,
-                 rest: Lister | None = None) -> None:
-        self.units, self.rebase, self.rest = units, rebase, rest
-        self.root: Entry | None = None
-
-    def _key(self, path: str) -> str:
-        if self.rebase is None:
-            return path
-        old, new = self.rebase
-        return old + path[len(new):]
-
-    def take(self, path: str) -> DirUnit:
-        u = self.units.pop(self._key(path), None)
-        if u is None:
-            return self.rest.take(path) if self.rest is not None else DirUnit(path)
-        return copy_unit(u, path) if self.rebase is not None else u
-
-    def skip(self, path: str) -> None:
-        if self._key(path) not in self.units and self.rest is not None:
-            self.rest.skip(path)
-
-    def close(self) -> None:
-        pass
 
 
 class _Tree(NamedTuple):
@@ -194,6 +157,10 @@ class Renames:
                     any(o.path != a.path and o.size == s.size
                         and same_mtime(s.mtime_ns, o.mtime_ns, opts, s.path) for o in olds):
                 self.swappable.add(a.path)
+
+    def off(self) -> None:
+        """Hold nothing in this pass (the replica's root is empty: ``kept.WatchedRoot``)."""
+        self.active = False
 
     # -- during the walk --------------------------------------------------
     def graft(self, child: Child, src: Lister, dst: Lister) -> Iterator[Action] | None:
@@ -555,26 +522,3 @@ def _agreement(n: _Dir, o: _Dir, hits: int) -> float:
     both = n.sketch & o.sketch
     j = sum(1 for k in union if k in both) / len(union)
     return j * (n.size + o.size) / (1 + j) / big
-
-
-class WatchedRoot:
-    """A replica lister that tells ``Renames`` when the replica's root is empty
-    (a first copy: nothing can be a move, so nothing is held)."""
-
-    def __init__(self, lister: Lister, renames: Renames) -> None:
-        self.lister, self.renames = lister, renames
-        self.root = lister.root
-        if lister.root is None:
-            renames.active = False
-
-    def take(self, path: str) -> DirUnit:
-        u = self.lister.take(path)
-        if path == "" and u.count == 0:
-            self.renames.active = False
-        return u
-
-    def skip(self, path: str) -> None:
-        self.lister.skip(path)
-
-    def close(self) -> None:
-        self.lister.close()
