@@ -555,3 +555,19 @@ def test_a_failed_move_is_a_per_file_error_and_the_next_pass_converges() -> None
     stats, code = Engine(MemorySource(src), MemoryReplica(dst), SyncOptions(owner=False),
                          rep).run_pass()
     assert code == 0 and dst.snapshot() == src.snapshot(), rep.done_
+
+
+@pytest.mark.parametrize("mode", ["push"])
+def test_two_candidates_are_told_apart_over_the_wire(tmp_path: Path, mode: str) -> None:
+    # without --checksum the far replica's digest is asked for (HASH requests)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    rnd = random.Random(8)
+    build_tree(src, {"old": rnd.randbytes(BIG)})
+    mirror(mode, tmp_path, src, dst)
+    before = ino(dst / "old")
+    t = os.lstat(src / "old").st_mtime_ns
+    os.rename(src / "old", src / "n2")
+    (src / "n1").write_bytes(rnd.randbytes(BIG))
+    os.utime(src / "n1", ns=(t, t))
+    r = mirror(mode, tmp_path, src, dst)
+    assert list(moved(r)) == ["n2"] and ino(dst / "n2") == before

@@ -49,8 +49,9 @@ PROTOCOL_VERSION = 4  # the newest version this deltasync speaks
 # zlib from the first byte after HELLO) and carries filter rules in SCAN and a
 # unit's excluded names (a version 2 peer would ignore the rules and delete
 # what they protect), so a version 2 peer is refused.
-# Version 4 adds MOVE (rename detection: a replica entry renamed in place of a
-# delete and a copy); a version 3 peer would not know it, so it is refused.
+# Version 4 adds MOVE and HASH (rename detection: a replica entry renamed in
+# place of a delete and a copy, and the digest that tells two candidates
+# apart); a version 3 peer would not know them, so it is refused.
 MIN_PROTOCOL_VERSION = 4  # the oldest one it still accepts
 MAGIC = b"DSYNCPRO"
 
@@ -68,6 +69,7 @@ SIGNATURE, FILE, DELTA, MKDIR, SYMLINK, DELETE, META = 0x20, 0x21, 0x22, 0x23, 0
 GET, GET_DELTA = 0x27, 0x28
 LINK = 0x29  # -H: make a path a hard link to another (an entry whose target is that path)
 MOVE = 0x2A  # rename an entry of the replica (codec.encode_move)
+HASH = 0x34  # blake3 of a replica file (rename detection's tie-break), answered by END
 DATA, END = 0x30, 0x31
 RESULT = 0x40
 

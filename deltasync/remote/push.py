@@ -32,6 +32,7 @@ from .protocol import (
     DELTA,
     END,
     FILE,
+    HASH,
     LINK,
     META,
     MKDIR,
@@ -133,8 +134,35 @@ class RemoteReplica(Replica):
 
     def checksum(self, path: str) -> bytes:
         digest = self._digests.get(path)
-        if digest is None:
-            raise DeltaSyncError(f"no remote checksum for {path!r}")
+        if digest is not None:
+            return digest
+        return self._hash(path)
+
+    def _hash(self, path: str) -> bytes:
+        """The far side's blake3 of ``path``, asked for (HASH, answered by an END)."""
+        self._poll()
+        p = self._send(HASH, lambda i: codec.encode_path_op(i, 0, path), "hash", path,
+                       flush=True)
+        ftype, payload = RESULT, b""
+        while True:  # results of earlier operations come first
+            ftype, payload = self._take()
+            if ftype != RESULT:
+                break
+            op_id, _, err = codec.decode_result(payload)
+            if op_id != p.op_id:
+                self._on_result(payload)
+                continue
+            self._pending.popleft()
+            raise err or ProtocolError("HASH answered without a digest")
+        if ftype != END:
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame instead of a digest")
+        status, digest, _ = codec.decode_end(payload)
+        if status != codec.END_OK or not digest:
+            raise ProtocolError("malformed answer to HASH")
+        ftype, payload = self._take()
+        if ftype != RESULT:
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame after a digest")
+        self._on_result(payload)
         return digest
 
     def signature(self, path: str, block_size: int | None = None,

@@ -60,11 +60,13 @@ from .protocol import (
     CREDIT,
     DELETE,
     DELTA,
+    END,
     ERROR,
     FILE,
     GET,
     GET_DELTA,
     GOODBYE,
+    HASH,
     HELLO,
     LINK,
     LIST_END,
@@ -485,6 +487,18 @@ class Server:
             return
         self._result(op_id)
 
+    def _op_hash(self, payload: bytes) -> None:
+        assert self.replica is not None
+        op_id, _, path = codec.decode_path_op(payload, "HASH")
+        codec_path_check(path)
+        try:
+            digest = self.replica.checksum(path)
+        except (OSError, DeltaSyncError) as e:
+            self._result(op_id, err=e)
+            return
+        self.out.send(END, codec.encode_end(codec.END_OK, digest))
+        self._result(op_id, len(digest))
+
     # -- source side (pull) -----------------------------------------------
     def _op_get(self, payload: bytes, sig: object = None) -> None:
         op_id, _, path = codec.decode_path_op(payload, "GET")
@@ -553,6 +567,7 @@ class Server:
         META: lambda self, p: self._simple(p, "META"),
         LINK: lambda self, p: self._simple(p, "LINK"),
         MOVE: _op_move,
+        HASH: _op_hash,
     }
     _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
 
