@@ -459,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
         # -H (issue 13 item 1): hard-link groups, as rsync -H (deltasync/hardlinks.py).
         sp.add_argument("-H", "--hard-links", action="store_true",
                         help="files hard-linked together in SOURCE are hard-linked in REPLICA")
+        # issue 15: rename detection (deltasync/moves.py)
+        sp.add_argument("--no-detect-renames", dest="detect_renames", action="store_false",
+                        help="do not look for files and directories moved or renamed in "
+                             "SOURCE (default: a moved one is renamed in REPLICA, not sent "
+                             "again; off with -H, -X, -A and --backup)")
         _fidelity_opts(sp)
         _attr_opts(sp)
         _large_opts(sp)
@@ -605,7 +610,7 @@ def _quick_sync_args(argv: list[str]) -> _Quick | None:
         "--zl": _compress_level, **_GUARD_VALUED, **_FIDELITY_VALUED}
     flags = {"-n", "--dry-run", "-c", "--checksum", "--progress", "--stats", "--json", "-v",
              "--verbose", "-q", "--quiet", "--fsync", "-z", "--compress", "-H", "--hard-links",
-             "--inplace",
+             "--inplace", "--no-detect-renames",
              *_GUARD_FLAGS, *_FIDELITY_FLAGS, *_ATTR_FLAGS, *_LARGE_FLAGS}
     ns = _Quick()
     pos: list[str] = []

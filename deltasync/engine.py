@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from .compare import CompareOptions, Granularity
+from .compare import CompareOptions, Granularity, HashFunc, Walk
 from .errors import (
     DeltaSyncError,
     FormatError,
@@ -42,9 +42,11 @@ from .errors import (
 )
 from .guards import DeleteGate, Protect, Verdict, protector
 from .idnames import IdMap, MappedFile, MappedLister
+from .kept import WatchedRoot
 from .listing import Lister
-from .march import March
+from .march import Graft, March
 from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
+from .moves import Renames
 from .prefetch import Prefetched
 from .replica import Replica
 from .rules import from_options
@@ -122,6 +124,9 @@ class SyncOptions:
     # An interrupted transfer of a big file leaves a partial the next pass
     # resumes from (partial.py); --no-partial: every transfer starts afresh.
     partial: bool = True
+    # Rename detection (moves.py): creates and deletes are held to the end of
+    # the walk and matched into moves; --no-detect-renames turns it off.
+    detect_renames: bool = True
 
 
 def xattr_mode(opts: SyncOptions) -> XattrMode | None:
@@ -341,14 +346,20 @@ class Engine:
                 from .hardlinks import HardLinks
 
                 links = HardLinks()
+            renames = self._renames(copts, src_hash, dst_hash, on_dir)
+            if renames is not None:
+                dst_l = WatchedRoot(dst_l, renames.off)  # type: ignore[assignment]
             march = March(src_l, dst_l, copts, (self.excluder, self.filters.receiver), stats,
                           self._read_error,
                           None if self.opts.dry_run else self._leftovers,
-                          src_hash, dst_hash, on_dir, self._protect, links, self._descend)
+                          src_hash, dst_hash, on_dir, self._protect, links,
+                          renames.graft if renames is not None else None, None,
+                          renames.plan if renames is not None else None, self._descend)
+            actions = march.actions() if renames is None else renames.filter(march.actions())
             if self.source.pipelined and not self.opts.dry_run:
                 worker = self._worker = _Worker(self)
             with _gc_paused():
-                for a in march.actions():
+                for a in actions:
                     if self.stop.is_set():
                         stats.interrupted = True
                         break
@@ -385,6 +396,38 @@ class Engine:
         rep.phase("pass", stats.duration, f"{stats.source_files} source files")
         return stats, pass_exit_code(stats.failed, stats.vanished, stats.interrupted,
                                      owner_unset, stats.delete_skipped)
+
+    def _renames(self, copts: CompareOptions, src_hash: HashFunc | None,
+                 dst_hash: HashFunc | None, on_dir: Callable[[str], None]) -> Renames | None:
+        """Rename detection for this pass (moves.py), unless it is off: by
+        --no-detect-renames, or where identity is not one path's business
+        (-H groups, -X/-A attributes, --backup's kept files)."""
+        o = self.opts
+        if (not o.detect_renames or o.hard_links or o.xattrs or o.acls
+                or o.backup is not None or not self.replica.can_move()):
+            return None
+        source, replica, stats = self.source, self.replica, self._stats
+        temps = None if o.dry_run else self._leftovers  # partials wait for their transfer
+
+        def march(src: Lister, dst: Lister, start: tuple[Walk, str, Entry | None, Entry | None],
+                  graft: Graft | None) -> Iterator[Action]:
+            return March(src, dst, copts, (self.excluder, self.filters.receiver), stats,
+                         self._read_error, temps, src_hash, dst_hash, on_dir, None, None,
+                         graft, start).actions()
+
+        def dst_digest(path: str) -> bytes | None:
+            try:
+                return replica.checksum(path)
+            except (OSError, DeltaSyncError):
+                return None
+
+        def src_digest(path: str) -> bytes | None:
+            try:
+                return source.checksum(path)
+            except (OSError, DeltaSyncError):
+                return None
+
+        return Renames(copts, march, src_digest, dst_digest, self.reporter.warning)
 
     @property
     def _keeps(self) -> bool:
@@ -450,6 +493,10 @@ class Engine:
         if a.op is Op.CREATE or a.op is Op.UPDATE:
             self._request(a, delta=self._use_delta(a))
         worker.put(a)
+        if a.op is Op.MOVE:
+            # what follows may be a delta against the moved file: its
+            # signature is read here, so the move must have happened
+            worker.sync()
 
     def _request(self, a: Action, delta: bool) -> None:
         sig = None
@@ -552,6 +599,13 @@ class Engine:
         except ProtocolError:
             raise  # the link to the other side is gone: no later action can succeed
         except FileNotFoundError as e:
+            if (a.op is Op.MOVE and a.src is not None and a.src.kind is Kind.FILE
+                    and self._worker is None):
+                # the replica's old file vanished since it was listed: send it whole
+                self.reporter.warning(a.path, "moved file vanished from the replica; "
+                                              "sending the whole file")
+                self._run_action(Action(Op.CREATE, a.path, a.src, None, Reason.NEW, a.xattrs))
+                return
             if a.op in _FILE_OPS and not self.source.exists(a.path):
                 stats.vanished += 1
                 rep.warning(a.path, "file vanished from source")
@@ -609,6 +663,11 @@ class Engine:
             if not dry:
                 r.mkdir(a.path, a.src)
             return Result()
+        if op is Op.MOVE:
+            assert a.dst is not None
+            if not dry:
+                r.move(a.dst.path, a.path, a.dst.kind)
+            return Result(size=a.src.size)
         if op is Op.SYMLINK:
             if not dry:
                 r.symlink(a.path, a.src, a.xattrs)
@@ -843,12 +902,20 @@ class _Worker:
 
     def __init__(self, engine: Engine, depth: int = 1024) -> None:
         self.engine = engine
-        self.q: queue.Queue[Action | None] = queue.Queue(maxsize=depth)
+        self.q: queue.Queue[Action | threading.Event | None] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="deltasync-worker", daemon=True)
         self.thread.start()
 
-    def put(self, a: Action | None) -> None:
+    def sync(self) -> None:
+        """Wait until every action queued so far is done."""
+        done = threading.Event()
+        self.put(done)
+        while not done.wait(0.2):
+            if not self.thread.is_alive():
+                raise self.error or ProtocolError("the pipeline stopped")
+
+    def put(self, a: Action | threading.Event | None) -> None:
         while True:
             if self.error is not None:
                 raise self.error
@@ -866,6 +933,9 @@ class _Worker:
                 a = self.q.get()
                 if a is None:
                     return
+                if isinstance(a, threading.Event):
+                    a.set()
+                    continue
                 if e.stop.is_set() or e._halt.is_set():  # read the rest, do nothing
                     e._stats.interrupted = True
                     if a.op is Op.CREATE or a.op is Op.UPDATE:

@@ -5,7 +5,7 @@ A line is::
     2026-11-25T14:30:00.123+00:00 INFO    create  docs/a b.txt (1.2 KiB, new)
 
 ISO 8601 local time with its UTC offset, the level, the operation word
-(``create update delete mkdir rmdir symlink meta skip``) or another event word
+(``create update delete mkdir rmdir move symlink meta skip``) or another event word
 (``pass``, ``summary``, ``error``, ``warning``), the relative path made safe
 to print, and the detail.  Paths are escaped so one entry is always one line:
 backslash, control characters (newline, tab, ...) and bytes that are not valid
@@ -168,11 +168,14 @@ def setup(verbosity: int = 0, log_file: str | None = None, io_log_file: str | No
     return logger
 
 
-def op_line(logger: logging.Logger, level: int, op: str, path: str, detail: str = "") -> None:
-    """Log one operation line; the ``op`` attribute routes it to the I/O log too."""
+def op_line(logger: logging.Logger, level: int, op: str, path: str, detail: str = "",
+            old: str | None = None) -> None:
+    """Log one operation line; the ``op`` attribute routes it to the I/O log too.
+    ``old``: a move's old path (``move    old/path -> new/path (...)``)."""
     if not logger.isEnabledFor(level):
         return
-    msg = f"{op:<7} {quote_path(path)}"
+    msg = f"{op:<7} {quote_path(path)}" if old is None else \
+        f"{op:<7} {quote_path(old)} -> {quote_path(path)}"
     if detail:
         msg += f" ({detail})"
     # makeRecord + handle skips logging's stack walk for the caller, which

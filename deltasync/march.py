@@ -54,6 +54,11 @@ if TYPE_CHECKING:
     from .hardlinks import HardLinks
 
 ReadError = Callable[[str, OSError], None]
+# ``moves.Renames``: given a subdirectory the march is about to make (NEW) or
+# remove (GONE), and the two listers, either None (the march goes on as
+# usual) or the actions that stand for the whole subtree; the graft has then
+# taken (or skipped) every unit of the subtree itself.
+Graft = Callable[[Child, Lister, Lister], "Iterator[Action] | None"]
 
 
 class _Frame:
@@ -122,8 +127,17 @@ class March:
                  src_hash: HashFunc | None = None, dst_hash: HashFunc | None = None,
                  on_dir: Callable[[str], None] | None = None,
                  protect: Protect | None = None, links: HardLinks | None = None,
+                 graft: Graft | None = None,
+                 start: tuple[Walk, str, Entry | None, Entry | None] | None = None,
+                 on_plan: Callable[[list[Action], list[Action | Child | Linked]], None]
+                 | None = None,
                  descend: Callable[[str], bool] | None = None) -> None:
         self.src, self.dst = src, dst
+        self.graft = graft
+        self.on_plan = on_plan  # moves.Renames: a directory's plan, before it is carried out
+        # start: a march rooted at one directory (how, path, source entry,
+        # replica entry) instead of the tree's root: what moves.py replays
+        self.start = start
         # A focused pass (watch mode): a directory both sides have is gone
         # down into only where ``descend`` says so; new, removed and replaced
         # directories always are (they are differences themselves).
@@ -152,15 +166,27 @@ class March:
                 self.links.close()  # its spilled table, if any, is a temporary file
 
     def _actions(self) -> Iterator[Action]:
+        if self.start is not None:
+            how, path, s, d = self.start
+            root = _Frame(how, path, s, d, None)
+            if how is Walk.NEW:
+                assert s is not None
+                yield Action(Op.MKDIR, path, s, d, Reason.NEW)
+            yield from self._walk(root)
+            return
         src_root = self.src.root
         if src_root is None:
             raise FileNotFoundError("source root does not exist")
         # A replica root that does not exist yet (a dry run) lists as empty and
         # shows as a directory whose metadata differs, as it will once made.
         dst_root = self.dst.root or Entry("", Kind.DIR)
-        root = _Frame(Walk.BOTH, "", src_root, dst_root, None)
+        yield from self._walk(_Frame(Walk.BOTH, "", src_root, dst_root, None))
+
+    def _walk(self, root: _Frame) -> Iterator[Action]:
         yield from self._enter(root)
         stack = [root]
+        graft = self.graft
+        gone = self.start is not None and self.start[0] is Walk.GONE
         while stack:
             f = stack[-1]
             child = next(f.items, None)
@@ -184,6 +210,16 @@ class March:
                 self.src.skip(child.path)
                 self.dst.skip(child.path)
                 continue
+            # (never inside a directory being replaced by a file: its removal
+            # must be over before the file comes; a march rooted at a removed
+            # directory has nothing else)
+            if graft is not None and (f.how is Walk.BOTH or f.how is Walk.NEW or gone) and (
+                    how is Walk.GONE or (how is Walk.NEW and child.dst is None)):
+                g = graft(child, self.src, self.dst)  # type: ignore[arg-type]
+                if g is not None:
+                    f.touched = True
+                    yield from g
+                    continue
             sub = _Frame(how, child.path, child.src, child.dst, f.unit, child.after,
                          child.sx, child.dx)
             if how is Walk.NEW:
@@ -272,6 +308,8 @@ class March:
                         self.dst_hash, self.links is not None, sx, dx)
         stats.unchanged += plan.unchanged
         f.touched = plan.touched
+        if self.on_plan is not None:
+            self.on_plan(plan.removals, plan.items)
         removals, items = plan.removals, plan.items
         if self.protect is not None:
             removals = [a for a in removals if not self._protected(a.path, a.reason)]
@@ -347,7 +385,7 @@ class March:
             src = f.dst = _lookup(f)
         a = dir_meta(src, f.dst, how is Walk.NEW, f.touched, self.opts, f.sx, f.dx)
         if a is not None:
-            if a.reason is Reason.META and f.path != "":
+            if a.reason is Reason.META and f.parent is not None:
                 self.stats.unchanged -= 1  # it was counted with its parent's entries
             yield a
 

@@ -80,6 +80,7 @@ class Op(enum.Enum):
     META = "meta"
     DELETE = "delete"
     RMDIR = "rmdir"
+    MOVE = "move"  # a replica entry renamed to a new path (moves.py); ``dst`` is the old one
     SKIP = "skip"
 
 
@@ -99,6 +100,7 @@ class Reason(enum.Enum):
     SPECIAL = "special file"
     RESERVED = "reserved name"  # fsutil.is_reserved_name: deltasync's own temp names
     UNCHANGED = "unchanged"
+    RENAMED = "renamed"  # moves.py: the same file (or directory) under another path
 
 
 # Action and Stats are a NamedTuple and a plain class, not dataclasses:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .model import Action, Entry, Op, Result, quote_path, special_rdev, special_type
+from .model import Action, Entry, Kind, Op, Result, quote_path, special_rdev, special_type
 
 
 def human(n: float) -> str:
@@ -41,6 +41,10 @@ def describe(action: Action, result: Result) -> str:
             text += (f", delta: {human(result.literal)} literal, "
                      f"{human(result.matched)} matched")
         return text
+    if op is Op.MOVE:
+        src = action.src
+        what = "directory" if src is not None and src.kind is Kind.DIR else human(result.size)
+        return f"{what}, {action.reason.value}"
     if op is Op.LINK:
         target = action.src.target if action.src is not None else None
         return f"=> {quote_path(target or '')}, {action.reason.value}"

@@ -93,6 +93,7 @@ from .fsutil import (
     open_regular,
     preallocate,
     remove_tree,
+    split_rel,
     temp_name,
 )
 from .listing import Lister, ThreadLister
@@ -202,6 +203,16 @@ class Replica(Protocol):
         """``-H``: make ``path`` a hard link to the replica's regular file
         ``target`` (installed earlier in the pass), atomically."""
         raise OSError(errno.ENOTSUP, "this replica cannot make hard links")
+
+    def can_move(self) -> bool:
+        """Does ``move`` work here (rename detection, ``moves.py``, needs it)?"""
+        return False
+
+    def move(self, old: str, new: str, kind: Kind) -> None:
+        """Rename entry ``old`` (a ``kind``) to ``new`` inside the replica, atomically:
+        ``new``'s parent is made first if it is missing; a file at ``new`` is
+        replaced (a directory only onto nothing or an empty directory)."""
+        raise OSError(errno.ENOTSUP, "this replica cannot move entries")
 
     def take_owner_unset(self) -> OwnerNotSet | None:
         """The entries whose owner could not be set since the last call (None: none)."""
@@ -903,6 +914,42 @@ class LocalReplica(Replica):
         finally:
             os.close(fd)
         return unset
+
+    def can_move(self) -> bool:
+        return True
+
+    def move(self, old: str, new: str, kind: Kind) -> None:
+        # Both ends through directory descriptors (never a path resolved from
+        # the root, so a symlink in the replica is never followed); one
+        # renameat, so the entry is under one of its two names at every moment.
+        od, oname = self.dirs.parent_of(old)
+        od = os.dup(od)  # the cache may close it while the other parent is opened
+        try:
+            try:
+                nd, nname = self.dirs.parent_of(new)
+            except FileNotFoundError:
+                self._make_parents(new)
+                nd, nname = self.dirs.parent_of(new)
+            if kind is Kind.DIR:
+                self.dirs.forget(old)
+            with Writable(od) as wo, Writable(nd) as wn:
+                wn(wo, os.rename, oname, nname, src_dir_fd=od, dst_dir_fd=nd)
+            self._fsync_dir(nd)
+            self._fsync_dir(od)
+        finally:
+            os.close(od)
+
+    def _make_parents(self, path: str) -> None:
+        """The missing directories above ``path``, owner-only until their
+        metadata is set (a pass sets it after their contents)."""
+        parts = split_rel(path)[:-1]
+        for i in range(1, len(parts) + 1):
+            d, name = self.dirs.parent_of("/".join(parts[:i]))
+            try:
+                with Writable(d) as w:
+                    w(os.mkdir, name, 0o700, dir_fd=d)
+            except FileExistsError:
+                pass
 
     def delete(self, path: str, kind: Kind) -> None:
         try:

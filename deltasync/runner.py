@@ -136,7 +136,8 @@ class CliReporter(Reporter):
 
     def done(self, action: Action, result: Result) -> None:
         level = logging.WARNING if action.op in _WARN_OPS else logging.INFO
-        op_line(self.log, level, action.op.value, action.path, describe(action, result))
+        old = action.dst.path if action.op is Op.MOVE and action.dst is not None else None
+        op_line(self.log, level, action.op.value, action.path, describe(action, result), old)
 
     def failed(self, path: str, op: str, exc: BaseException) -> None:
         if isinstance(exc, OSError):
@@ -166,6 +167,8 @@ def summary_line(stats: Stats, code: int) -> str:
             f" duration={stats.duration:.3f}s exit={code}")
     if c["mknod"]:  # -D only: kept off the line otherwise, which scripts parse
         line += f" mknod={c['mknod']}"
+    if c["move"]:  # likewise: only when a pass moved something
+        line += f" move={c['move']}"
     if stats.delta_files:
         line += (f" delta_files={stats.delta_files} literal={stats.literal_bytes}"
                  f" matched={stats.matched_bytes}")
@@ -183,6 +186,7 @@ def stats_table(stats: Stats, code: int) -> str:
         ("Updated", f"{c['update']:,} ({stats.delta_files:,} by delta)"),
         ("Deleted", f"{c['delete']:,} files, {c['rmdir']:,} directories"),
         ("Directories made", f"{c['mkdir']:,}"),
+        ("Moved", f"{c['move']:,} (renamed in the replica, no data sent)"),
         ("Symlinks", f"{c['symlink']:,}"),
         ("Hard links", f"{c['link']:,}"),
         ("Special files", f"{c['mknod']:,}"),
@@ -220,6 +224,7 @@ def _options(args: argparse.Namespace) -> SyncOptions:
         one_file_system=args.one_file_system,
         timeout=args.timeout,
         hard_links=args.hard_links,
+        detect_renames=getattr(args, "detect_renames", True),
         modify_window=args.modify_window,
         devices=args.devices or args.devices_specials,
         specials=args.specials or args.devices_specials,

@@ -252,6 +252,30 @@ class MemoryReplica(Replica):
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         self.tree.remove(path)
 
+    def can_move(self) -> bool:
+        return True
+
+    def move(self, old: str, new: str, kind: Kind) -> None:
+        """What renameat does: the entry (and a directory's subtree) under its new
+        name; a file at ``new`` replaced; nothing at ``old`` is an error."""
+        self.calls.append(("move", new))
+        e = self.tree.entries.get(old)
+        if e is None or e.kind is not kind:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", old)
+        self._need_dir(new)
+        there = self.tree.entries.get(new)
+        if there is not None and (there.kind is Kind.DIR) != (kind is Kind.DIR):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", new)
+        if there is not None and kind is Kind.DIR and self.tree.children(new):
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", new)
+        moving = [p for p in self.tree.entries if p == old or p.startswith(old + "/")]
+        for p in moving:
+            q = new + p[len(old):]
+            ent = self.tree.entries.pop(p)
+            self.tree.entries[q] = ent._replace(path=q)
+            if p in self.tree.data:
+                self.tree.data[q] = self.tree.data.pop(p)
+
     def set_meta(self, path: str, entry: Entry, xattrs: object = None) -> None:
         self.calls.append(("set_meta", path))
         if path == "":
@@ -295,6 +319,10 @@ class FailingReplica(MemoryReplica):
     def delete(self, path: str, kind: Kind) -> None:
         self._check("delete", path)
         super().delete(path, kind)
+
+    def move(self, old: str, new: str, kind: Kind) -> None:
+        self._check("move", new)
+        super().move(old, new, kind)
 
     def set_meta(self, path: str, entry: Entry, xattrs: object = None) -> None:
         self._check("set_meta", path)

@@ -22,7 +22,7 @@ import pytest
 from conftest import RecordingReporter
 from doubles import CountingReplica, FailingReplica, MemoryReplica, MemorySource, MemoryTree, SyntheticSource
 from remoteutil import REMOTE_CMD, pipe_rsh
-from treeutil import Symlink, build_tree
+from treeutil import File, Symlink, build_tree
 
 from deltasync import Engine, LocalReplica, SyncOptions
 from deltasync.engine import DeltaMode
@@ -37,8 +37,16 @@ BASE = {"a": b"alpha", "dir": {"x": b"x" * 3000, "sub": {"deep": b"deep", "empty
 CHANGED = {"a": b"alpha, longer now", "dir": {"sub": {"deep": b"DEEP", "new": b"n"}},
            "link": Symlink("a"), "z": {"was a file": b"now a dir"}, "newdir": {"f": b"f"},
            "big": bytes(range(256)) * 4000 + b"tail"}
+# issue 15: a directory renamed and a big file moved into a new directory (the
+# same mtimes on both sides, so both are moves)
+_BIG = bytes(range(256)) * 4096
+BEFORE_MOVES = {"a": File(b"alpha", 0o644, T0), "big": File(_BIG, 0o644, T0),
+                "dir": {"x": File(b"x" * 3000, 0o644, T0), "sub": {"deep": File(b"deep", 0o644, T0)}}}
+MOVED = {"a": File(b"alpha", 0o644, T0), "far": {"big": File(_BIG, 0o644, T0)},
+         "renamed": {"x": File(b"x" * 3000, 0o644, T0), "sub": {"deep": File(b"deep", 0o644, T0)}}}
 SCENARIOS = {
     "first copy": (BASE, None),
+    "moved and renamed": (MOVED, BEFORE_MOVES),
     "changes of every kind": (CHANGED, BASE),
     "everything removed": ({}, BASE),
 }
@@ -198,6 +206,8 @@ def test_every_source_into_every_replica(tmp_path: Path, pair: tuple[str, str], 
     assert dst.snapshot() == src.snapshot()
     if delta == "always" and dst_spec is not None and "big" in src_spec:
         assert stats.delta_files >= 1  # the big file's update really went as a delta
+    if scenario == "moved and renamed":
+        assert stats.counts["move"] == 2 and stats.bytes_written == 0, rep.done_
     # the second pass does nothing
     rep, stats, code = run(src, dst, delta=DeltaMode(delta))
     assert code == 0 and rep.ops() == [], rep.ops()

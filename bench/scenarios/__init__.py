@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..context import Context
 from ..measure import Row
-from . import bigdelta, large, million, realtree, remote, trees, watch, writes
+from . import bigdelta, large, million, moves, realtree, remote, trees, watch, writes
 
 Scenario = Callable[[Context], list[Row]]
 
@@ -20,6 +20,7 @@ SCENARIOS: dict[str, tuple[Scenario, frozenset[str]]] = {
     "tree-churn": (trees.tree_churn, frozenset({"tree"})),
     "remote-tree-noop": (remote.remote_tree_noop, frozenset({"tree"})),
     "remote-tree-churn": (remote.remote_tree_churn, frozenset({"tree"})),
+    "moves": (moves.moves, frozenset({"tree", "big"})),
     "big-delta": (bigdelta.big_delta, frozenset({"big"})),
     "big-delta-writes": (writes.big_delta_writes, frozenset({"big"})),
     "limits": (bigdelta.limits, frozenset({"big"})),

@@ -161,6 +161,25 @@ def decode_path_op(buf: bytes, what: str) -> tuple[int, int, str]:
     return op_id, arg, os.fsdecode(buf[8:])
 
 
+def encode_move(op_id: int, kind: int, old: str, new: str) -> bytes:
+    """MOVE: op id u32 | kind u8 | old path length u32 | old path | new path."""
+    o = os.fsencode(old)
+    return _MOVE.pack(op_id, kind, len(o)) + o + os.fsencode(new)
+
+
+def decode_move(buf: bytes) -> tuple[int, int, str, str]:
+    if len(buf) < _MOVE.size:
+        raise ProtocolError("malformed MOVE message: too short")
+    op_id, kind, n = _MOVE.unpack_from(buf)
+    end = _MOVE.size + n
+    if end >= len(buf):
+        raise ProtocolError("malformed MOVE message: bad path length")
+    return op_id, kind, os.fsdecode(buf[_MOVE.size:end]), os.fsdecode(buf[end:])
+
+
+_MOVE = struct.Struct(">IBI")
+
+
 # -- END of a data stream ---------------------------------------------------
 
 END_OK, END_CHANGED, END_FAILED = 0, 1, 2

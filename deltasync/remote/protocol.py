@@ -50,10 +50,12 @@ PROTOCOL_VERSION = 4  # the newest version this deltasync speaks
 # unit's excluded names (a version 2 peer would ignore the rules and delete
 # what they protect), so a version 2 peer is refused.  Version 4 sends packed
 # units in batches (several units in one UNIT frame, one flush per batch), adds
-# HOLE frames inside a whole file's data stream (-S: zeros not sent) and DROP
-# (remove resumable partials no transfer used); OPEN carries "sparse" and
-# "partial".  A version 3 peer would read a batch as one unit and take a HOLE
-# for garbage, so it is refused too.
+# HOLE frames inside a whole file's data stream (-S: zeros not sent), DROP
+# (remove resumable partials no transfer used), MOVE and HASH (rename
+# detection: a replica entry renamed in place of a delete and a copy, and the
+# digest that tells two candidates apart); OPEN carries "sparse" and
+# "partial".  A version 3 peer would read a batch as one unit, take a HOLE for
+# garbage and not know MOVE, so it is refused too.
 MIN_PROTOCOL_VERSION = 4  # the oldest one it still accepts
 MAGIC = b"DSYNCPRO"
 
@@ -70,6 +72,8 @@ ROOT, UNIT, UNIT_PART, CREDIT = 0x16, 0x17, 0x18, 0x19
 SIGNATURE, FILE, DELTA, MKDIR, SYMLINK, DELETE, META = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
 GET, GET_DELTA = 0x27, 0x28
 LINK = 0x29  # -H: make a path a hard link to another (an entry whose target is that path)
+MOVE = 0x2A  # rename an entry of the replica (codec.encode_move)
+HASH = 0x34  # blake3 of a replica file (rename detection's tie-break), answered by END
 DROP = 0x2B  # remove a resumable partial (partial.py) that no transfer used
 DATA, END = 0x30, 0x31
 HOLE = 0x32  # -S, inside a file's DATA stream: u64 count of zero bytes not sent

@@ -33,9 +33,11 @@ from .protocol import (
     DROP,
     END,
     FILE,
+    HASH,
     LINK,
     META,
     MKDIR,
+    MOVE,
     RESULT,
     SIGNATURE,
     SYMLINK,
@@ -134,8 +136,35 @@ class RemoteReplica(Replica):
 
     def checksum(self, path: str) -> bytes:
         digest = self._digests.get(path)
-        if digest is None:
-            raise DeltaSyncError(f"no remote checksum for {path!r}")
+        if digest is not None:
+            return digest
+        return self._hash(path)
+
+    def _hash(self, path: str) -> bytes:
+        """The far side's blake3 of ``path``, asked for (HASH, answered by an END)."""
+        self._poll()
+        p = self._send(HASH, lambda i: codec.encode_path_op(i, 0, path), "hash", path,
+                       flush=True)
+        ftype, payload = RESULT, b""
+        while True:  # results of earlier operations come first
+            ftype, payload = self._take()
+            if ftype != RESULT:
+                break
+            op_id, _, err = codec.decode_result(payload)
+            if op_id != p.op_id:
+                self._on_result(payload)
+                continue
+            self._pending.popleft()
+            raise err or ProtocolError("HASH answered without a digest")
+        if ftype != END:
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame instead of a digest")
+        status, digest, _ = codec.decode_end(payload)
+        if status != codec.END_OK or not digest:
+            raise ProtocolError("malformed answer to HASH")
+        ftype, payload = self._take()
+        if ftype != RESULT:
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame after a digest")
+        self._on_result(payload)
         return digest
 
     def signature(self, path: str, block_size: int | None = None,
@@ -255,6 +284,13 @@ class RemoteReplica(Replica):
         ``specials`` in its features: the connection checked), and its XSET (-X/-A)."""
         self._send(SYMLINK, lambda i: codec.encode_op(i, entry._replace(path=path), xattrs),
                    "mknod", path)
+
+    def can_move(self) -> bool:
+        return True
+
+    def move(self, old: str, new: str, kind: Kind) -> None:
+        self._send(MOVE, lambda i: codec.encode_move(i, codec.KIND_CODE[kind], old, new),
+                   "move", new)
 
     def delete(self, path: str, kind: Kind) -> None:
         self._send(DELETE, lambda i: codec.encode_path_op(i, codec.KIND_CODE[kind], path),

@@ -61,17 +61,20 @@ from .protocol import (
     DELETE,
     DELTA,
     DROP,
+    END,
     ERROR,
     FILE,
     GET,
     GET_DELTA,
     GOODBYE,
+    HASH,
     HELLO,
     LINK,
     LIST_END,
     META,
     MIN_PROTOCOL_VERSION,
     MKDIR,
+    MOVE,
     OPEN,
     OPENED,
     PROTOCOL_VERSION,
@@ -531,6 +534,32 @@ class Server:
         self.replica.drop_partials([path])
         self._result(op_id)
 
+    def _op_move(self, payload: bytes) -> None:
+        assert self.replica is not None
+        op_id, kind, old, new = codec.decode_move(payload)
+        if kind >= len(codec.KINDS):
+            raise ProtocolError("malformed MOVE message: bad kind")
+        codec_path_check(old)
+        codec_path_check(new)
+        try:
+            self.replica.move(old, new, codec.KINDS[kind])
+        except (OSError, DeltaSyncError) as e:
+            self._result(op_id, err=e)
+            return
+        self._result(op_id)
+
+    def _op_hash(self, payload: bytes) -> None:
+        assert self.replica is not None
+        op_id, _, path = codec.decode_path_op(payload, "HASH")
+        codec_path_check(path)
+        try:
+            digest = self.replica.checksum(path)
+        except (OSError, DeltaSyncError) as e:
+            self._result(op_id, err=e)
+            return
+        self.out.send(END, codec.encode_end(codec.END_OK, digest))
+        self._result(op_id, len(digest))
+
     # -- source side (pull) -----------------------------------------------
     def _op_get(self, payload: bytes, sig: object = None) -> None:
         op_id, _, path = codec.decode_path_op(payload, "GET")
@@ -601,6 +630,8 @@ class Server:
         META: lambda self, p: self._simple(p, "META"),
         LINK: lambda self, p: self._simple(p, "LINK"),
         DROP: _op_drop,
+        MOVE: _op_move,
+        HASH: _op_hash,
     }
     _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
 
