@@ -31,7 +31,7 @@ from treeutil import assert_same_tree, build_tree, inodes
 
 from deltasync import moves
 from deltasync.errors import ProtocolError
-from deltasync.fsutil import is_temp_name
+from deltasync.fsutil import is_reserved_name
 from deltasync.moves import SIZE_FLOOR
 from deltasync.remote import codec
 
@@ -156,7 +156,7 @@ def test_swaps_chains_and_moves_onto_replaced_paths(tmp_path: Path, mode: str) -
     assert ino(dst / "p") == before["q"] and ino(dst / "q") == before["p"]
     assert ino(dst / "z") == before["y"] and ino(dst / "y") == before["x"]
     assert ino(dst / "t") == before["u"] and ino(dst / "kept") == before["gone/keepme"]
-    assert not any(is_temp_name(n) for n in os.listdir(dst))
+    assert not any(is_reserved_name(n) for n in os.listdir(dst))
     noop(mode, tmp_path, src, dst)
 
 
@@ -414,7 +414,8 @@ def _kill_once(tmp: Path, seed: int) -> bool:
     p.wait()
     for dp, _, names in os.walk(dst):
         for name in names:
-            if not is_temp_name(name):  # every file under a final name is whole
+            if not is_reserved_name(name):  # every file under a final name is whole
+                # (temp files and a big file's resumable partial are not final names)
                 assert (Path(dp) / name).read_bytes() in old | new, (dp, name)
     mirror("local", tmp, src, dst)
     noop("local", tmp, src, dst)
@@ -503,7 +504,7 @@ def test_a_swapped_file_moved_on_into_a_new_directory(tmp_path: Path, mode: str)
     r = mirror(mode, tmp_path, src, dst)
     assert r.stats.bytes_written == 0, r.rep.done_
     assert ino(dst / "b1") == i0 and ino(dst / "new/m") == i1
-    assert not any(is_temp_name(n) for n in os.listdir(dst))
+    assert not any(is_reserved_name(n) for n in os.listdir(dst))
     noop(mode, tmp_path, src, dst)
 
 

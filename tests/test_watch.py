@@ -273,6 +273,32 @@ def test_renames_inside_source_and_a_directory_moved_out_and_back(
     assert (dst / "b" / "x").read_bytes() == b"new"
 
 
+@BACKENDS
+def test_a_renamed_directory_and_a_moved_big_file_keep_their_replica_inodes(
+        backend: str, src: Path, dst: Path, tmp_path: Path) -> None:
+    # the focused pass of a move meets both names; its rename detection moves
+    big = os.urandom(256 << 10)  # above moves.SIZE_FLOOR
+    build_tree(src, {"a": {"dir": {f"f{i}": b"%d" % i for i in range(40)}},
+                     "b": {"big.bin": big}, "c": {}})
+    log = tmp_path / "watch.log"
+    proc = popen("sync", src, dst, "--watch", "--watch-backend", backend, "--log-file", log, "-q",
+                 "--interval", "off")
+    try:
+        wait_for(lambda: same(src, dst), timeout=60, step=0.1)
+        inodes = {p.name: p.stat().st_ino for p in (dst / "a" / "dir").iterdir()}
+        big_ino = (dst / "b" / "big.bin").stat().st_ino
+        os.rename(src / "a" / "dir", src / "c" / "renamed")
+        os.rename(src / "b" / "big.bin", src / "c" / "big.bin")
+        wait_for(lambda: same(src, dst), timeout=60, step=0.1)
+    finally:
+        stop_proc(proc)
+    assert proc.returncode == 0
+    assert {p.name: p.stat().st_ino for p in (dst / "c" / "renamed").iterdir()} == inodes
+    assert (dst / "c" / "big.bin").stat().st_ino == big_ino
+    assert re.search(r"move +a/dir -> c/renamed \(directory, renamed\)", read(log)), read(log)
+    assert re.search(r"move +b/big\.bin -> c/big\.bin", read(log)), read(log)
+
+
 def test_overflow_is_warned_and_repaired_by_a_rescan(src: Path, dst: Path, tmp_path: Path
                                                       ) -> None:
     knob = Path("/proc/sys/fs/inotify/max_queued_events")

@@ -117,13 +117,12 @@ class Batch:
 
 
 def add_move(batch: Batch, src: str, dst: str, is_dir: bool) -> None:
-    """A rename inside SOURCE, as the batch syncs it.
-
-    For now a move is two changed directories: the old name is removed from
-    the replica and the new one copied (correct, but the data travels again).
-    The renames work (issue 15: ``Replica.move``) replaces this one function:
-    move ``src`` to ``dst`` in the replica, then compare both parents (and,
-    for a directory, ``dst`` deep) as here, which then finds nothing to copy.
+    """A rename inside SOURCE, as the batch syncs it: both parent directories
+    are compared (and, for a directory, ``dst`` deep) in one focused pass, whose
+    rename detection (``moves.py``) meets the old name as a replica-only entry
+    and the new one as a new entry and renames the replica's entry instead of
+    copying it: a directory, and a file of ``moves.SIZE_FLOOR`` bytes or more.
+    A smaller file is copied again (cheaper than matching it, as in any pass).
     """
     batch.dirty.add(parent(src))
     batch.dirty.add(parent(dst))
