@@ -140,7 +140,12 @@ def test_replica_dir_swapped_for_symlink_before_it_is_entered(
     assert rep.fired
     assert r.code == 23
     failed = {p for p, _, _ in r.rep.failed_}
-    assert {"d2/passwd", "d2/new", "d3/x"} <= failed
+    # Each swapped directory fails where the pass meets the swap: at its entries
+    # when its listing was taken before the swap (the replica's lister runs
+    # ahead in its own process), at the directory itself when after; either
+    # way nothing below it is written.
+    assert {"d2/passwd", "d2/new"} <= failed or "d2" in failed, failed
+    assert "d3/x" in failed or "d3" in failed, failed
     assert ("update", "d1/a") in r.rep.ops()
     assert snapshot(outside) == before
     # the next pass replaces the symlinks by real directories, still never following them
