@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DeltaMode": "engine",
+    "DeltaMode": "options",
     "Engine": "engine",
     "Reporter": "engine",
-    "SyncOptions": "engine",
+    "SyncOptions": "options",
     "Action": "model",
     "Entry": "model",
     "Kind": "model",

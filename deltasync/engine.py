@@ -18,11 +18,9 @@ once; a dry run only reads and takes no lock.
 
 from __future__ import annotations
 
-import enum
 import errno
 import gc
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,114 +30,27 @@ from typing import TYPE_CHECKING
 from .compare import CompareOptions, Granularity, HashFunc, Walk
 from .errors import (
     DeltaSyncError,
-    FormatError,
     LockUnavailable,
     LockWaitInterrupted,
     PatchError,
     ProtocolError,
-    UnsupportedError,
     pass_exit_code,
 )
 from .guards import DeleteGate, Protect, Verdict, protector
-from .idnames import IdMap, MappedFile, MappedLister
+from .idnames import IdMap, MappedLister
 from .kept import WatchedRoot
 from .listing import Lister
 from .march import Graft, March
-from .model import Action, Backup, Entry, Kind, Op, Reason, Result, Stats, field, options, quote_path
+from .model import Action, Entry, Kind, Op, Reason, Result, Stats, quote_path
 from .moves import Renames
-from .prefetch import Prefetched
+from .options import SyncOptions, xattr_mode
 from .replica import Replica
 from .rules import from_options
-from .source import LocalSource, Source, SourceFile
-from .xattrs import XattrMode
+from .source import LocalSource, Source
+from .transfer import Transfers, _Deferred, _Worker
 
 if TYPE_CHECKING:
     from .delta import Signature
-
-
-class DeltaMode(enum.Enum):
-    AUTO = "auto"  # delta for changed files at or above delta_threshold
-    ALWAYS = "always"
-    NEVER = "never"
-
-
-# Default --delta-threshold when the data crosses a link (remote push or
-# pull): below ~1 MiB a delta saves at most a few blocks and costs a
-# signature round trip.  For a local replica the default is no delta at all:
-# measured here, copy_file_range of the whole file beat signature + delta +
-# patch at every size from 4 MiB to 1 GiB (0.1-0.25 s vs 0.4-0.9 s at
-# 4-256 MiB), because the patch rewrites the whole file anyway.  rsync makes
-# the same call (--whole-file is its default for local copies).  An explicit
-# --delta-threshold applies to local replicas too.
-DEFAULT_DELTA_THRESHOLD = 1024 * 1024
-
-
-@options
-class SyncOptions:
-    dry_run: bool = False
-    checksum: bool = False
-    excludes: tuple[str, ...] = ()  # --exclude arguments (before ``filters``)
-    # filter rules as rule strings, in command-line order, merge files read
-    # (``rules.parse_filter``); --delete-excluded: see rules.py
-    filters: tuple[str, ...] = ()
-    delete_excluded: bool = False
-    fsync: bool = False
-    delta: DeltaMode = DeltaMode.AUTO
-    delta_threshold: int | None = None  # None: see DEFAULT_DELTA_THRESHOLD
-    # --inplace: a changed file already in the replica is patched in place
-    # (replica.LocalReplica; not atomic, documented); implies a delta for it
-    # unless --delta never.
-    inplace: bool = False
-    block_size: int | None = None  # None: sqrt rule of the delta engine
-    owner: bool = field(default_factory=lambda: os.geteuid() == 0)
-    # Seconds to wait for the replica lock held by another pass; None: as long
-    # as it takes (a cron job that overlaps the previous one should just wait).
-    lock_wait: float | None = None
-    # --max-delete: at most this many deletions (files and directories, as
-    # rsync counts them) per pass; None: no limit; 0: none at all.
-    max_delete: int | None = None
-    # --backup: replaced and deleted files are moved aside (model.Backup).
-    backup: Backup | None = None
-    # -x: do not go down into a source directory on another file system.
-    one_file_system: bool = False
-    # --timeout: seconds a remote peer may stay silent (None: forever).
-    timeout: float | None = None
-    # -H: source files sharing an inode share one in the replica (hardlinks.py).
-    hard_links: bool = False
-    # --modify-window (compare.CompareOptions): -1 compares nanoseconds, as
-    # far as the replica's file system keeps them (it is probed every pass).
-    modify_window: int = -1
-    # -D: --devices / --specials (compare.CompareOptions).
-    devices: bool = False
-    specials: bool = False
-    # --numeric-ids: owners by number across machines too (default: by name,
-    # as rsync does as root; idnames.py).
-    numeric_ids: bool = False
-    # -X/--xattrs, -A/--acls: copy extended attributes / POSIX ACLs (xattrs.py).
-    xattrs: bool = False
-    acls: bool = False
-    # -S/--sparse: holes in source files are neither read nor sent, and stay
-    # holes in the replica (sparse.py).
-    sparse: bool = False
-    # An interrupted transfer of a big file leaves a partial the next pass
-    # resumes from (partial.py); --no-partial: every transfer starts afresh.
-    partial: bool = True
-    # Rename detection (moves.py): creates and deletes are held to the end of
-    # the walk and matched into moves; --no-detect-renames turns it off.
-    detect_renames: bool = True
-
-
-def xattr_mode(opts: SyncOptions) -> XattrMode | None:
-    """What ``-X``/``-A`` copy in this pass (None: neither).  As root every
-    namespace but ``system.*``, else ``user.*`` only (rsync's rule)."""
-    if not (opts.xattrs or opts.acls):
-        return None
-    if not os.path.isdir("/proc/self/fd"):
-        # Every entry is reached as /proc/self/fd/N/NAME: without /proc each
-        # would silently show as having no attributes.
-        raise UnsupportedError("-X/-A need /proc mounted (attributes are reached through "
-                               "/proc/self/fd)")
-    return XattrMode(opts.xattrs, opts.acls, os.geteuid() == 0)
 
 
 class Reporter:
@@ -193,7 +104,7 @@ def _gc_paused() -> Iterator[None]:
 _FILE_OPS = (Op.CREATE, Op.UPDATE, Op.SYMLINK, Op.META)
 
 
-class Engine:
+class Engine(Transfers):
     """Runs passes of a source into a replica with fixed options.
 
     ``source`` is a ``Source``, or a path (a ``LocalSource``).
@@ -466,9 +377,6 @@ class Engine:
             return None  # a far side that does not say: numeric, as before
         return IdMap.between(src, dst)
 
-    def _mapped(self, f: SourceFile) -> SourceFile:
-        """``f`` with the replica's ids in its entry (the metadata it is installed with)."""
-        return f if self._idmap is None else MappedFile(f, self._idmap)  # type: ignore[return-value]
     def _report_xattrs_unset(self) -> bool:
         """One warning for all entries whose attributes (-X/-A) the replica's file
         system refused in this pass (rsync reports each and exits 23; so do
@@ -701,263 +609,3 @@ class Engine:
             self._partials.update(parts)
         elif parts:
             self.replica.drop_partials(parts)
-
-    def _resume(self, a: Action) -> bool:
-        """Does ``a``'s transfer start from a resumable partial of its target?"""
-        if not self._partials or a.src is None or a.op not in (Op.CREATE, Op.UPDATE):
-            return False
-        from .partial import PARTIAL_MIN, partial_path
-
-        part = partial_path(a.path)
-        if part not in self._partials or a.src.size < PARTIAL_MIN:
-            return False
-        self._partials.discard(part)  # used (or replaced) by this transfer
-        self._resumed.add(a.path)
-        return True
-
-    def _use_delta(self, a: Action) -> bool:
-        if a.path in self._resumed or self._resume(a):
-            return True  # a delta against the partial: only what it lacks crosses
-        if a.op is not Op.UPDATE or a.dst is None or a.dst.kind is not Kind.FILE:
-            return False
-        mode = self.opts.delta
-        if mode is DeltaMode.NEVER:
-            return False
-        if mode is DeltaMode.ALWAYS:
-            return True
-        if self.opts.inplace:
-            return True
-        threshold = self.opts.delta_threshold
-        if threshold is None:
-            if not self.data_crosses_link and not self._reflinks():
-                return False
-            threshold = DEFAULT_DELTA_THRESHOLD
-        return a.src is not None and a.src.size >= threshold
-
-    def _reflinks(self) -> bool:
-        """Can the replica share extents?  Then a delta into a clone of the old
-        version writes only what changed, where a whole copy writes it all, so
-        a local replica uses deltas too (asked once per pass)."""
-        if self._reflink is None:
-            try:
-                self._reflink = self.replica.can_reflink()
-            except (OSError, DeltaSyncError):
-                self._reflink = False
-        return self._reflink
-
-    @property
-    def data_crosses_link(self) -> bool:
-        """True when file data travels over a connection (remote push or pull)."""
-        return self.replica.data_crosses_link or self.source.data_crosses_link
-
-    def _transfer(self, a: Action, whole: bool = False) -> Result:
-        assert a.src is not None
-        stats, rep = self._stats, self.reporter
-        if self.opts.dry_run:
-            return Result(size=a.src.size)
-
-        def retry() -> None:
-            rep.warning(a.path, "changed while being copied; retrying")
-
-        if self._worker is not None:
-            return self._receive(a, retry)
-        use_delta = not whole and self._use_delta(a)
-        new = a.op is Op.CREATE
-
-        while True:
-            try:
-                if use_delta:
-                    result = self.source.transfer(
-                        a.path, lambda f: self._send_delta(a, self._mapped(f)), retry)
-                    self._count_delta(a, result)
-                else:
-                    n = self.source.transfer(
-                        a.path, lambda f: self._write(a, self._mapped(f), new), retry)
-                    stats.bytes_written += n
-                    stats.bytes_sent += self.replica.data_sent(n)
-                    result = Result(size=n, written=n)
-                rep.progress(result.written)
-                rep.file_done()
-                return result
-            except FileNotFoundError:
-                # With the source still there, what vanished is the replica's
-                # old version (its signature or basis): create the file whole.
-                if not use_delta or not self.source.exists(a.path):
-                    raise
-                use_delta = False
-                if a.path in self._resumed and a.dst is None:
-                    continue  # its partial was not usable: a new file, sent whole
-                rep.warning(a.path, "old version vanished from the replica; "
-                                    "sending the whole file")
-            except (PatchError, FormatError) as e:
-                # The source did not change (that is SourceChanged), so the new
-                # version failed verification against the replica's old file:
-                # it changed after its signature was taken, or blocks matched
-                # falsely.  rsync's answer: send that file again, whole.
-                if not use_delta:
-                    raise
-                use_delta = False
-                rep.warning(a.path, f"delta did not verify ({e}); sending the whole file")
-
-    def _receive(self, a: Action, retry: Callable[[], None]) -> Result:
-        """The worker's half of a pipelined transfer: install the answer asked for."""
-        stats = self._stats
-        replica, new = self.replica, a.op is Op.CREATE
-
-        def install(f: SourceFile) -> Result:
-            f = self._mapped(f)
-            d = f.delta
-            if d is None:
-                n = self._write(a, f, new)
-                return Result(size=n, written=n)
-            n = (replica.write_delta(a.path, f, d.ops, d.block_size) if a.xattrs is None
-                 else replica.write_delta(a.path, f, d.ops, d.block_size, xattrs=a.xattrs))
-            return Result(size=n, written=n, delta=True, literal=d.literal,
-                          matched=n - d.literal)
-
-        try:
-            r = self.source.transfer(a.path, install, retry)
-        except PatchError as e:
-            if a.op is not Op.UPDATE or a.path in self._redo:
-                raise
-            # the delta did not apply to our old version: ask again, whole, at the end
-            self.reporter.warning(a.path, f"delta did not verify ({e}); fetching the whole file")
-            self._redo[a.path] = a
-            raise _Deferred() from e
-        with self._lock:
-            stats.bytes_written += r.written
-            if r.delta:
-                stats.delta_files += 1
-                stats.literal_bytes += r.literal
-                stats.matched_bytes += r.matched
-                stats.bytes_sent += r.literal + 8 * max(1, r.written // 65536)
-            else:
-                stats.bytes_sent += r.written
-        self.reporter.progress(r.written)
-        self.reporter.file_done()
-        return r
-
-    def _write(self, a: Action, f: SourceFile, new: bool) -> int:
-        """``replica.write_file``, with the attributes when the pass copies them."""
-        if a.xattrs is None:
-            return self.replica.write_file(a.path, f, new)
-        return self.replica.write_file(a.path, f, new, xattrs=a.xattrs)
-
-    def _send_delta(self, a: Action, src: SourceFile) -> Result:
-        from .delta import DeltaStats, make_delta
-
-        assert a.dst is not None or a.path in self._resumed
-        basis = a.dst.size if a.dst is not None else a.src.size if a.src is not None else 0
-        sig = self.replica.signature(a.path, self._block_size(basis))
-        ds = DeltaStats()
-        # The delta is computed one thread ahead of its application, so reading
-        # and matching the new file overlaps writing the new version.
-        with Prefetched(make_delta(sig, src, ds)) as ops:  # type: ignore[arg-type]
-            n = (self.replica.write_delta(a.path, src, ops, sig.block_size) if a.xattrs is None
-                 else self.replica.write_delta(a.path, src, ops, sig.block_size,
-                                               xattrs=a.xattrs))
-        if self.replica.data_crosses_link:
-            self._deltas[a.path] = a  # its verification result comes later
-        # what crosses: literal data, ~8 bytes per op, plus the signature coming back
-        nsig = len(sig.strong) * (4 + sig.strong_len)
-        self._sent = ds.literal_bytes + 8 * (ds.copy_ops + ds.literal_ops) + nsig
-        return Result(size=n, written=n, delta=True, literal=ds.literal_bytes,
-                      matched=ds.matched_bytes)
-
-    def _block_size(self, size: int) -> int | None:
-        """``--block-size`` for a basis of ``size`` bytes, raised where it would make
-        more blocks than a signature may hold (``delta.DEFAULT_MAX_BLOCKS``: a 100
-        GiB image at 512-byte blocks would be 200M blocks, ~20 GB of signature)."""
-        bs = self.opts.block_size
-        if bs is None:
-            return None
-        from .delta import DEFAULT_MAX_BLOCKS
-
-        need = -(-size // DEFAULT_MAX_BLOCKS)
-        return bs if bs >= need else 1 << (need - 1).bit_length()
-
-    def _count_delta(self, a: Action, r: Result) -> None:
-        stats = self._stats
-        stats.bytes_written += r.written
-        stats.literal_bytes += r.literal
-        stats.matched_bytes += r.matched
-        stats.delta_files += 1
-        stats.bytes_sent += self._sent
-
-
-class _Deferred(DeltaSyncError):
-    """An action that will be carried out again later in the pass (not a failure)."""
-
-
-class _Worker:
-    """Carries out a pass's actions in order, in a thread, for a pipelined source.
-
-    The march (in the caller's thread) asks the source for each transfer as
-    soon as it is decided and queues every action here; this thread installs
-    the answers as they arrive, in the same order, so the link never waits a
-    round trip per file.  The queue is bounded (``depth`` actions): when the
-    replica's disk is slower than the link, the march waits for it.  All
-    changes to the replica happen in this thread, in the march's order.
-    """
-
-    def __init__(self, engine: Engine, depth: int = 1024) -> None:
-        self.engine = engine
-        self.q: queue.Queue[Action | threading.Event | None] = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="deltasync-worker", daemon=True)
-        self.thread.start()
-
-    def sync(self) -> None:
-        """Wait until every action queued so far is done."""
-        done = threading.Event()
-        self.put(done)
-        while not done.wait(0.2):
-            if not self.thread.is_alive():
-                raise self.error or ProtocolError("the pipeline stopped")
-
-    def put(self, a: Action | threading.Event | None) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self.q.put(a, timeout=0.2)
-                return
-            except queue.Full:
-                if not self.thread.is_alive():
-                    raise self.error or ProtocolError("the pipeline stopped") from None
-
-    def _run(self) -> None:
-        e = self.engine
-        try:
-            while True:
-                a = self.q.get()
-                if a is None:
-                    return
-                if isinstance(a, threading.Event):
-                    a.set()
-                    continue
-                if e.stop.is_set() or e._halt.is_set():  # read the rest, do nothing
-                    e._stats.interrupted = True
-                    if a.op is Op.CREATE or a.op is Op.UPDATE:
-                        e.source.discard(a.path)
-                    continue
-                e._run_action(a)
-        except BaseException as exc:  # noqa: BLE001 - handed to the march's thread
-            self.error = exc
-
-    def finish(self) -> None:
-        """Wait until every queued action is done; re-raise what stopped the worker."""
-        self.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def abandon(self) -> None:
-        """After an error in the march's thread: stop the worker, wait for it."""
-        if self.thread.is_alive():
-            self.engine._halt.set()
-            try:
-                self.q.put_nowait(None)
-            except queue.Full:
-                pass
-            self.thread.join(timeout=30)

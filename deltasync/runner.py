@@ -19,10 +19,11 @@ from datetime import datetime
 from typing import Any
 
 from . import __version__
-from .engine import DeltaMode, Engine, Reporter, SyncOptions, xattr_mode
+from .engine import Engine, Reporter
 from .errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, ConfigError, UsageError
 from .log import _LogFailures, console_stream, op_line, quote_path, setup
 from .model import Action, Backup, Op, Result, Stats
+from .options import DeltaMode, SyncOptions, xattr_mode
 from .render import describe, human
 from .replica import LocalReplica
 from .sides import SideFilter as Excluder

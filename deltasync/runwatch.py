@@ -24,7 +24,7 @@ from .log import quote_path
 from .watch import MAX_QUEUED, MAX_WATCHES, Batch, Change, Kind, open_watcher, run_watch
 
 if TYPE_CHECKING:
-    from .engine import SyncOptions
+    from .options import SyncOptions
     from .runner import _Pass
 
 #: Seconds over which --max-delete counts deletions in watch mode.

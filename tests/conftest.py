@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from deltasync import Engine, LocalReplica, Reporter, SyncOptions
-from deltasync.engine import xattr_mode
 from deltasync.fsutil import is_reserved_name
 from deltasync.model import Action, Result, Stats
+from deltasync.options import xattr_mode
 from deltasync.render import describe
 
 # The tests themselves need a way to become an unprivileged user.

@@ -17,7 +17,7 @@ from typing import Any
 from conftest import PassResult, RecordingReporter
 
 from deltasync import Engine, LocalReplica, SyncOptions
-from deltasync.engine import xattr_mode
+from deltasync.options import xattr_mode
 from deltasync.remote.client import Connection
 from deltasync.remote.pull import RemoteSource
 from deltasync.remote.push import RemoteReplica

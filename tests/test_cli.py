@@ -472,7 +472,7 @@ def test_a_plain_pass_does_not_import_what_it_does_not_use(tmp_path: Path) -> No
 
 def test_option_records_are_frozen_values_with_fresh_defaults() -> None:
     from deltasync.compare import CompareOptions
-    from deltasync.engine import SyncOptions
+    from deltasync.options import SyncOptions
 
     a = SyncOptions(dry_run=True, excludes=("*.o",))
     assert a == SyncOptions(True, excludes=("*.o",)) and hash(a) == hash(SyncOptions(True, excludes=("*.o",)))

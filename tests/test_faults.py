@@ -26,8 +26,8 @@ from conftest import cli_cmd, do_sync, popen, run_proc, temps, wait_for
 from treeutil import assert_same_tree, build_tree, snapshot
 
 from deltasync import replica as replica_mod
-from deltasync.engine import DeltaMode
 from deltasync.fsutil import is_reserved_name
+from deltasync.options import DeltaMode
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ from remoteutil import REPO, pipe_rsh, pull, push, remote_cmd
 from treeutil import build_tree
 
 from deltasync import __version__
-from deltasync.engine import DeltaMode
 from deltasync.errors import (
     EXIT_DEL_LIMIT,
     EXIT_PARTIAL,
@@ -31,6 +30,7 @@ from deltasync.errors import (
     pass_exit_code,
 )
 from deltasync.model import Backup
+from deltasync.options import DeltaMode
 
 MODES = ("local", "push", "pull")
 

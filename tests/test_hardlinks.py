@@ -277,7 +277,8 @@ def test_memory_of_a_pass_over_a_cp_al_tree_does_not_grow(monkeypatch: pytest.Mo
     from doubles import CountingReplica, SyntheticSource
 
     from deltasync import hardlinks
-    from deltasync.engine import Engine, SyncOptions
+    from deltasync.engine import Engine
+    from deltasync.options import SyncOptions
 
     monkeypatch.setattr(hardlinks, "SPILL_AT", 2_000)
 

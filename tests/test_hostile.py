@@ -32,10 +32,10 @@ from test_faults import tmpfs
 from treeutil import Symlink, assert_same_tree, build_tree, snapshot
 
 from deltasync import LocalReplica
-from deltasync.engine import DeltaMode
 from deltasync.errors import FormatError, PatchError
 from deltasync.fsutil import is_reserved_name
 from deltasync.model import Action, Result
+from deltasync.options import DeltaMode
 
 
 def mirror(src: Path, dst: Path, **opts: Any) -> PassResult:

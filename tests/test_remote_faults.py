@@ -8,7 +8,7 @@ from pathlib import Path
 from remoteutil import pipe_rsh, push
 from treeutil import build_tree
 
-from deltasync.engine import DeltaMode
+from deltasync.options import DeltaMode
 from deltasync.remote.push import RemoteReplica
 
 

@@ -34,8 +34,8 @@ from conftest import RecordingReporter, do_sync, popen, run_proc, temps, wait_fo
 from remoteutil import REMOTE_CMD, pipe_rsh, serve_proc
 from treeutil import File, Symlink, assert_same_tree, build_tree, snapshot
 
-from deltasync.engine import DeltaMode
 from deltasync.fsutil import is_reserved_name, is_temp_name, temp_name
+from deltasync.options import DeltaMode
 
 # -- helpers ---------------------------------------------------------------------
 

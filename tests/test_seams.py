@@ -25,8 +25,8 @@ from remoteutil import REMOTE_CMD, pipe_rsh
 from treeutil import File, Symlink, build_tree
 
 from deltasync import Engine, LocalReplica, SyncOptions
-from deltasync.engine import DeltaMode
 from deltasync.model import Entry, Kind
+from deltasync.options import DeltaMode
 from deltasync.source import LocalSource
 
 T0 = 1_700_000_000_111_222_333

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from remoteutil import pipe_rsh, pull, push
 
-from deltasync.engine import DeltaMode
+from deltasync.options import DeltaMode
 from deltasync.remote.protocol import DATA, HOLE
 from deltasync.remote.streams import DataReader, DataWriter, send_sparse
 from deltasync.sparse import ZERO_RUN, SparseWriter, copy_sparse, data_ranges

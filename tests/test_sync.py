@@ -38,8 +38,8 @@ from treeutil import (
     touch_ns,
 )
 
-from deltasync.engine import DeltaMode
 from deltasync.fsutil import temp_name
+from deltasync.options import DeltaMode
 from deltasync.walk import walk
 
 SEEDS = [1, 2, 3]
@@ -606,7 +606,7 @@ def test_delta_that_fails_verification_falls_back_to_a_whole_file(src: Path, dst
     """The replica's old file changes between its signature and the patch: the
     delta cannot verify, so the file is sent whole (rsync's redo), never left
     wrong and never failed."""
-    from deltasync.engine import DeltaMode
+    from deltasync.options import DeltaMode
     from deltasync.replica import LocalReplica
 
     old = random.Random(5).randbytes(300_000)

@@ -606,7 +606,8 @@ def test_loop_safety_net_runs_full_passes_while_nothing_changes() -> None:
 # -- a focused pass -------------------------------------------------------------------
 
 def test_a_focused_pass_compares_only_where_it_is_told(src: Path, dst: Path) -> None:
-    from deltasync.engine import Engine, SyncOptions
+    from deltasync.engine import Engine
+    from deltasync.options import SyncOptions
     from deltasync.replica import LocalReplica
 
     build_tree(src, {"a": {"f": b"1", "deep": {"g": b"2"}}, "b": {"h": b"3"}})

@@ -15,7 +15,8 @@ import os
 import threading
 from typing import Any
 
-from ..engine import Engine, Reporter, SyncOptions, xattr_mode
+from ..engine import Engine, Reporter
+from ..options import SyncOptions, xattr_mode
 from ..replica import LocalReplica
 from ..source import LocalSource
 from .client import Connection
