@@ -25,7 +25,7 @@ from blake3 import blake3
 from conftest import cli_cmd, do_sync, popen, run_proc, temps, wait_for
 from treeutil import assert_same_tree, build_tree, snapshot
 
-from deltasync import replica as replica_mod
+from deltasync import install as install_mod
 from deltasync.fsutil import is_reserved_name
 from deltasync.options import DeltaMode
 
@@ -365,7 +365,7 @@ def _copy_then_change(monkeypatch: pytest.MonkeyPatch, path: Path, how: str,
     """Make the next ``times`` copies of ``path`` change it half-way through."""
     calls = [0]
     if not delta:
-        real = replica_mod.copy_fd
+        real = install_mod.copy_fd
 
         def copy_fd(src_fd: int, dst_fd: int, size: int = -1) -> int:
             if size < 1000:  # not ours (the little file "g")
@@ -377,7 +377,7 @@ def _copy_then_change(monkeypatch: pytest.MonkeyPatch, path: Path, how: str,
             _change(path, how)
             return half + real(src_fd, dst_fd, size - half if size > 0 else -1)
 
-        monkeypatch.setattr(replica_mod, "copy_fd", copy_fd)
+        monkeypatch.setattr(install_mod, "copy_fd", copy_fd)
     else:
         import deltasync.delta as delta_mod
 
