@@ -616,3 +616,34 @@ def test_a_far_source_answers_hash_only_for_its_own_regular_files(tmp_path: Path
     finally:
         rs.close()
     assert conn.transport.wait(timeout=10) == 0
+
+
+def test_a_pull_asks_no_digest_while_file_answers_are_unread(tmp_path: Path) -> None:
+    # answers come in request order: a HASH sent behind a GET whose answer is
+    # still unread would take the GET's frames; it is not sent, and the GET's
+    # answer and a later digest both arrive whole
+    from blake3 import blake3
+    from remoteutil import REMOTE_CMD
+
+    from deltasync.remote.client import Connection
+    from deltasync.remote.pull import RemoteSource
+    from deltasync.remote.transport import RemoteSpec
+
+    src = tmp_path / "src"
+    build_tree(src, {"f": b"file data", "g": b"other"})
+    conn = Connection(RemoteSpec("h", os.fspath(src)), "source", rsh=pipe_rsh(tmp_path),
+                      remote_command=REMOTE_CMD)
+    rs = RemoteSource(conn)
+    try:
+        rs.request("f")
+        assert rs.checksum("g") is None
+
+        def use(f: Any) -> bytes:
+            data = f.read()
+            f.check_unchanged()
+            return bytes(data)
+
+        assert rs.transfer("f", use) == b"file data"
+        assert rs.checksum("g") == blake3(b"other").digest()
+    finally:
+        rs.close()
