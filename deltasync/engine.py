@@ -333,6 +333,10 @@ class Engine(Transfers):
                 return None
 
         def src_digest(path: str) -> bytes | None:
+            if self._worker is not None:
+                # a pipelined source answers in order: the worker reads the
+                # answers asked for so far, then a digest may be asked (pull.py)
+                self._worker.sync()
             try:
                 return source.checksum(path)
             except (OSError, DeltaSyncError):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .errors import DeltaSyncError, SourceChanged
-from .fsutil import DirFds, open_nofollow
+from .fsutil import DirFds, open_nofollow, open_regular
 from .listing import Lister, ThreadLister, stat_entry
 from .model import Entry, Kind
 from .sides import SideFilter as Excluder
@@ -231,6 +231,18 @@ class LocalSource(Source):
         from .hashing import hash_below
 
         return hash_below(self.dirs, path)
+
+    def digest(self, path: str) -> bytes:
+        """blake3 of the regular file at ``path``, read like every other source
+        read (no symlink followed anywhere, nothing but a regular file); raises
+        why it cannot be read (a pull's HASH answers with that error)."""
+        from .hashing import hash_fd
+
+        fd = open_regular(self.dirs, path)
+        try:
+            return hash_fd(fd)
+        finally:
+            os.close(fd)
 
     def names(self) -> Names | None:
         from .idnames import local_names

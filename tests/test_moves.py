@@ -558,17 +558,92 @@ def test_a_failed_move_is_a_per_file_error_and_the_next_pass_converges() -> None
     assert code == 0 and dst.snapshot() == src.snapshot(), rep.done_
 
 
-@pytest.mark.parametrize("mode", ["push"])
+@pytest.mark.parametrize("mode", ["push", "pull"])
 def test_two_candidates_are_told_apart_over_the_wire(tmp_path: Path, mode: str) -> None:
-    # without --checksum the far replica's digest is asked for (HASH requests)
+    # without --checksum the far side's digest is asked for (HASH requests): the
+    # far replica's in a push, the far source's in a pull
     src, dst = tmp_path / "src", tmp_path / "dst"
     rnd = random.Random(8)
-    build_tree(src, {"old": rnd.randbytes(BIG)})
+    build_tree(src, {"old": rnd.randbytes(BIG), "changed": rnd.randbytes(BIG + 7)})
     mirror(mode, tmp_path, src, dst)
     before = ino(dst / "old")
     t = os.lstat(src / "old").st_mtime_ns
     os.rename(src / "old", src / "n2")
     (src / "n1").write_bytes(rnd.randbytes(BIG))
     os.utime(src / "n1", ns=(t, t))
+    # transfers decided during the walk: in a pull their answers are still
+    # coming when the digests are asked for, and must not be mixed up with them
+    (src / "a-small").write_bytes(b"s" * 100)
+    (src / "changed").write_bytes(rnd.randbytes(BIG + 9))
     r = mirror(mode, tmp_path, src, dst)
     assert list(moved(r)) == ["n2"] and ino(dst / "n2") == before
+    assert ("create", "n1") in r.rep.ops()
+    noop(mode, tmp_path, src, dst)
+
+
+def test_a_far_source_answers_hash_only_for_its_own_regular_files(tmp_path: Path) -> None:
+    # a pull's HASH is read like a GET: no symlink followed anywhere, nothing
+    # outside the root, nothing but a regular file; a refusal is a per-request
+    # error (the candidates are copied) and the session goes on
+    from blake3 import blake3
+    from remoteutil import REMOTE_CMD
+
+    from deltasync.errors import DeltaSyncError
+    from deltasync.remote.client import Connection
+    from deltasync.remote.pull import RemoteSource
+    from deltasync.remote.transport import RemoteSpec
+
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    build_tree(src, {"f": b"mine", "sub": {"g": b"mine too"}})
+    build_tree(outside, {"secret": b"not yours"})
+    (src / "link").symlink_to(outside / "secret")
+    (src / "dirlink").symlink_to(outside)
+    (src / "subdir-link").symlink_to("sub")
+    os.mkfifo(src / "fifo")
+    conn = Connection(RemoteSpec("h", os.fspath(src)), "source", rsh=pipe_rsh(tmp_path),
+                      remote_command=REMOTE_CMD)
+    rs = RemoteSource(conn)
+    try:
+        assert "source_hash" in conn.info["features"]
+        assert rs.checksum("f") == blake3(b"mine").digest()
+        for bad in ("link", "dirlink/secret", "subdir-link/g", "../outside/secret",
+                    "sub/../../outside/secret", "/" + os.fspath(outside / "secret"),
+                    "fifo", "sub", "missing"):
+            with pytest.raises((OSError, DeltaSyncError)):
+                rs._hash(bad)
+            assert rs.checksum(bad) is None, bad
+        assert rs.checksum("sub/g") == blake3(b"mine too").digest()  # still in session
+    finally:
+        rs.close()
+    assert conn.transport.wait(timeout=10) == 0
+
+
+def test_a_pull_asks_no_digest_while_file_answers_are_unread(tmp_path: Path) -> None:
+    # answers come in request order: a HASH sent behind a GET whose answer is
+    # still unread would take the GET's frames; it is not sent, and the GET's
+    # answer and a later digest both arrive whole
+    from blake3 import blake3
+    from remoteutil import REMOTE_CMD
+
+    from deltasync.remote.client import Connection
+    from deltasync.remote.pull import RemoteSource
+    from deltasync.remote.transport import RemoteSpec
+
+    src = tmp_path / "src"
+    build_tree(src, {"f": b"file data", "g": b"other"})
+    conn = Connection(RemoteSpec("h", os.fspath(src)), "source", rsh=pipe_rsh(tmp_path),
+                      remote_command=REMOTE_CMD)
+    rs = RemoteSource(conn)
+    try:
+        rs.request("f")
+        assert rs.checksum("g") is None
+
+        def use(f: Any) -> bytes:
+            data = f.read()
+            f.check_unchanged()
+            return bytes(data)
+
+        assert rs.transfer("f", use) == b"file data"
+        assert rs.checksum("g") == blake3(b"other").digest()
+    finally:
+        rs.close()

@@ -14,6 +14,14 @@ attempt whose ``END`` says the file changed while it was read is followed
 by another; ``transfer`` hands each attempt to the engine's install like a
 local file (``SourceFile``), whose ``check_unchanged`` reads the ``END`` and
 checks the whole-file blake3 before anything is renamed into place.
+
+``checksum`` (rename detection's tie-break between candidates of the same
+size and mtime, without ``--checksum``) asks the far side with ``HASH``,
+answered by an ``END`` with the digest and a ``RESULT``.  Answers come in
+the order of the requests and the worker reads those of the GETs, so a HASH
+goes out only when every earlier answer has been read (the engine lets its
+worker catch up first); otherwise it is not asked and the candidates are
+copied, as before.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from ..sides import SideFilter as Excluder
 from ..source import IncomingDelta, Source, SourceFile
 from . import codec
 from .client import Connection
-from .protocol import DELTA, FILE, GET, GET_DELTA, RESULT, type_name
+from .protocol import DELTA, END, FILE, GET, GET_DELTA, HASH, RESULT, type_name
 from .streams import DataReader, DataWriter
 
 if TYPE_CHECKING:
@@ -116,6 +124,11 @@ class RemoteSource(Source):
         self._digests: dict[str, bytes] = {}
         self._next_id = 1
         self._asked: list[int] = []  # ids asked for and not yet answered, in order
+        # Answers asked for and answers read to their RESULT: each counter has
+        # one writer (the march's thread asks, the worker reads), so their
+        # difference is exact from the march's side without a lock.
+        self._requested = 0
+        self._read = 0
         self._gone: set[str] = set()  # answered "no such file": vanished
         self.wire = 0  # bytes of file data and deltas received
 
@@ -129,7 +142,46 @@ class RemoteSource(Source):
         self._digests = digests
 
     def checksum(self, path: str) -> bytes | None:
-        return self._digests.get(path)
+        """The listing's digest (``--checksum``), else the far side's (HASH),
+        else None: it cannot be read, or answers to GETs are still unread."""
+        digest = self._digests.get(path)
+        if digest is not None or self._requested != self._read:
+            return digest
+        features = self.conn.info.get("features")
+        if not isinstance(features, list) or "source_hash" not in features:
+            return None  # an older far side: it would end the session
+        try:
+            return self._hash(path)
+        except ProtocolError:
+            raise
+        except (OSError, DeltaSyncError):
+            return None
+
+    def _hash(self, path: str) -> bytes:
+        """Ask for the far side's blake3 of ``path`` and wait for it (nothing
+        else is outstanding: the next answer on the link is this one)."""
+        op_id = self._next_id
+        self._next_id = (op_id + 1) & 0xFFFFFFFF
+        self.conn.out.send(HASH, codec.encode_path_op(op_id, 0, path), flush=True)
+        recv = self.conn.response
+        ftype, payload = recv()
+        if ftype == RESULT:
+            rid, _, err = codec.decode_result(payload)
+            if rid != op_id:
+                raise ProtocolError(f"answer for request {rid} arrived instead of {op_id}")
+            raise err or ProtocolError("HASH answered without a digest")
+        if ftype != END:
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame instead of a digest")
+        status, digest, _ = codec.decode_end(payload)
+        if status != codec.END_OK or not digest:
+            raise ProtocolError("malformed answer to HASH")
+        ftype, payload = recv()
+        if ftype != RESULT:
+            raise ProtocolError(f"unexpected {type_name(ftype)} frame after a digest")
+        rid, _, err = codec.decode_result(payload)
+        if rid != op_id or err is not None:
+            raise ProtocolError("malformed answer to HASH")
+        return digest
 
     def exists(self, path: str) -> bool:
         return path not in self._gone
@@ -144,6 +196,7 @@ class RemoteSource(Source):
         op_id = self._next_id
         self._next_id = (op_id + 1) & 0xFFFFFFFF
         self._asked.append(op_id)
+        self._requested += 1
         out = self.conn.out
         if signature is None:
             out.send(GET, codec.encode_path_op(op_id, 0, path), flush=len(self._asked) < 8)
@@ -161,6 +214,13 @@ class RemoteSource(Source):
         if not self._asked:
             raise ProtocolError(f"{path!r} was not asked for")
         op_id = self._asked.pop(0)
+        try:
+            return self._take(op_id, path, use, on_retry)
+        finally:
+            self._read += 1
+
+    def _take(self, op_id: int, path: str, use: Callable[[SourceFile], T],
+              on_retry: Callable[[], None] | None) -> T:
         recv = self.conn.response
         result: T | None = None
         done = False
@@ -210,15 +270,19 @@ class RemoteSource(Source):
         if not self._asked:
             return
         op_id = self._asked.pop(0)
-        while True:
-            ftype, payload = self.conn.response()
-            if ftype == RESULT:
-                if codec.decode_result(payload)[0] != op_id:
-                    raise ProtocolError("an answer arrived out of order")
-                return
-            if ftype not in (FILE, DELTA):
-                raise ProtocolError(f"unexpected {type_name(ftype)} frame in a file transfer")
-            DataReader(self.conn.response, "file").finish()
+        try:
+            while True:
+                ftype, payload = self.conn.response()
+                if ftype == RESULT:
+                    if codec.decode_result(payload)[0] != op_id:
+                        raise ProtocolError("an answer arrived out of order")
+                    return
+                if ftype not in (FILE, DELTA):
+                    raise ProtocolError(f"unexpected {type_name(ftype)} frame in a file "
+                                        "transfer")
+                DataReader(self.conn.response, "file").finish()
+        finally:
+            self._read += 1
 
     def close(self) -> None:
         while self._asked:

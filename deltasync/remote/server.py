@@ -102,7 +102,9 @@ BATCH_MAX = 64 << 10  # ... growing fourfold per batch up to this
 
 # Options carried by optional keys of OPEN and SCAN (docs/PROTOCOL.md): OPENED
 # lists them, so a client never relies on a far side that would ignore one.
-FEATURES = ("backup", "one_file_system", "hard_links", "specials", "xattrs", "inplace")
+# "source_hash": a source session answers HASH too (a pull's rename tie-break).
+FEATURES = ("backup", "one_file_system", "hard_links", "specials", "xattrs", "inplace",
+            "source_hash")
 
 
 
@@ -549,11 +551,20 @@ class Server:
         self._result(op_id)
 
     def _op_hash(self, payload: bytes) -> None:
-        assert self.replica is not None
+        """blake3 of one file (rename detection's tie-break), answered by either
+        side: a replica's for a push, a source's for a pull.  A source reads it
+        like a GET (``LocalSource.digest``: no symlink followed, regular files
+        only); what cannot be read is a RESULT with the error."""
         op_id, _, path = codec.decode_path_op(payload, "HASH")
-        codec_path_check(path)
+        if self.replica is not None:
+            codec_path_check(path)  # a push's client never asks that: the session ends
         try:
-            digest = self.replica.checksum(path)
+            if self.replica is not None:
+                digest = self.replica.checksum(path)
+            else:
+                assert self.source is not None
+                codec_path_check(path)  # as for a GET: a RESULT with the error
+                digest = self.source.digest(path)
         except (OSError, DeltaSyncError) as e:
             self._result(op_id, err=e)
             return
@@ -633,7 +644,7 @@ class Server:
         MOVE: _op_move,
         HASH: _op_hash,
     }
-    _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta}
+    _SOURCE_OPS = {GET: _op_get, GET_DELTA: _op_get_delta, HASH: _op_hash}
 
 
 def _xattr_mode(body: object) -> XattrMode | None:
