@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..model import Entry, Kind
 from ..xattrs import XattrSet, decode_set, encode_set
+from .protocol import END, type_name
 
 KINDS = (Kind.FILE, Kind.DIR, Kind.SYMLINK, Kind.SPECIAL)
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}
@@ -202,6 +203,16 @@ def decode_end(buf: bytes) -> tuple[int, bytes, BaseException | None]:
     if digest and len(digest) != DIGEST_LEN:
         raise ProtocolError("malformed END message: bad digest length")
     return status, digest, None
+
+
+def decode_hash_answer(ftype: int, payload: bytes) -> bytes:
+    """The digest in a HASH's answer frame (an END), or a ProtocolError."""
+    if ftype != END:
+        raise ProtocolError(f"unexpected {type_name(ftype)} frame instead of a digest")
+    status, digest, _ = decode_end(payload)
+    if status != END_OK or not digest:
+        raise ProtocolError("malformed answer to HASH")
+    return digest
 
 
 # -- results and errors -----------------------------------------------------

@@ -38,7 +38,7 @@ from ..sides import SideFilter as Excluder
 from ..source import IncomingDelta, Source, SourceFile
 from . import codec
 from .client import Connection
-from .protocol import DELTA, END, FILE, GET, GET_DELTA, HASH, RESULT, type_name
+from .protocol import DELTA, FILE, GET, GET_DELTA, HASH, RESULT, type_name
 from .streams import DataReader, DataWriter
 
 if TYPE_CHECKING:
@@ -170,11 +170,7 @@ class RemoteSource(Source):
             if rid != op_id:
                 raise ProtocolError(f"answer for request {rid} arrived instead of {op_id}")
             raise err or ProtocolError("HASH answered without a digest")
-        if ftype != END:
-            raise ProtocolError(f"unexpected {type_name(ftype)} frame instead of a digest")
-        status, digest, _ = codec.decode_end(payload)
-        if status != codec.END_OK or not digest:
-            raise ProtocolError("malformed answer to HASH")
+        digest = codec.decode_hash_answer(ftype, payload)
         ftype, payload = recv()
         if ftype != RESULT:
             raise ProtocolError(f"unexpected {type_name(ftype)} frame after a digest")

@@ -140,27 +140,26 @@ class RemoteReplica(Replica):
             return digest
         return self._hash(path)
 
+    def _answer(self, op_id: int, request: str, what: str) -> tuple[int, bytes]:
+        """The first frame of the answer to request ``op_id`` (its RESULT alone,
+        an error, is raised), after the results of earlier operations."""
+        while True:
+            ftype, payload = self._take()
+            if ftype != RESULT:
+                return ftype, payload
+            rid, _, err = codec.decode_result(payload)
+            if rid != op_id:
+                self._on_result(payload)
+                continue
+            self._pending.popleft()
+            raise err or ProtocolError(f"{request} answered without {what}")
+
     def _hash(self, path: str) -> bytes:
         """The far side's blake3 of ``path``, asked for (HASH, answered by an END)."""
         self._poll()
         p = self._send(HASH, lambda i: codec.encode_path_op(i, 0, path), "hash", path,
                        flush=True)
-        ftype, payload = RESULT, b""
-        while True:  # results of earlier operations come first
-            ftype, payload = self._take()
-            if ftype != RESULT:
-                break
-            op_id, _, err = codec.decode_result(payload)
-            if op_id != p.op_id:
-                self._on_result(payload)
-                continue
-            self._pending.popleft()
-            raise err or ProtocolError("HASH answered without a digest")
-        if ftype != END:
-            raise ProtocolError(f"unexpected {type_name(ftype)} frame instead of a digest")
-        status, digest, _ = codec.decode_end(payload)
-        if status != codec.END_OK or not digest:
-            raise ProtocolError("malformed answer to HASH")
+        digest = codec.decode_hash_answer(*self._answer(p.op_id, "HASH", "a digest"))
         ftype, payload = self._take()
         if ftype != RESULT:
             raise ProtocolError(f"unexpected {type_name(ftype)} frame after a digest")
@@ -181,17 +180,7 @@ class RemoteReplica(Replica):
             # far side reads its file, not after the signature arrived.
             self._matcher_warm = True
             threading.Thread(target=_warm_matcher, name="deltasync-import", daemon=True).start()
-        ftype, payload = RESULT, b""
-        while True:  # results of earlier operations come first
-            ftype, payload = self._take()
-            if ftype != RESULT:
-                break
-            op_id, _, err = codec.decode_result(payload)
-            if op_id != p.op_id:
-                self._on_result(payload)
-                continue
-            self._pending.popleft()
-            raise err or ProtocolError("SIGNATURE answered without a signature")
+        ftype, payload = self._answer(p.op_id, "SIGNATURE", "a signature")
         if ftype not in (DATA, END):
             raise ProtocolError(f"unexpected {type_name(ftype)} frame instead of a signature")
         first: list[tuple[int, bytes]] = [(ftype, payload)]
