@@ -25,11 +25,14 @@ SIZE = 400 << 20  # XFS wants at least 300 MiB
 
 
 @contextmanager
-def mounted(tmp: Path, fstype: str, size: int = SIZE) -> Iterator[Path]:
+def mounted(tmp: Path, fstype: str, size: int = SIZE,
+            mkfs_opts: tuple[str, ...] = ()) -> Iterator[Path]:
+    """``mkfs_opts``: more options for ``mkfs`` (``("-I", "128")``: ext4 with
+    128-byte inodes, which keep whole-second times)."""
     img, mnt = tmp / f"{fstype}.img", tmp / f"{fstype}-mnt"
     with open(img, "wb") as f:
         f.truncate(size)
-    r = subprocess.run([*MKFS[fstype], str(img)], capture_output=True, text=True)
+    r = subprocess.run([*MKFS[fstype], *mkfs_opts, str(img)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.fail(f"mkfs {fstype} failed: {r.stderr.strip()}")
     mnt.mkdir()

@@ -26,6 +26,7 @@ import pytest
 from conftest import PassResult, do_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loopfs import mounted
 from remoteutil import pipe_rsh, pull, push
 from treeutil import assert_same_tree, build_tree, inodes
 
@@ -202,17 +203,8 @@ def test_past_the_bound_it_copies_and_says_so(src: Path, dst: Path,
 @pytest.fixture
 def ext4_128(tmp_path: Path) -> Iterator[Path]:
     """An ext4 file system with 128-byte inodes (whole-second times), mounted."""
-    img, mnt = tmp_path / "ext4.img", tmp_path / "ext4"
-    subprocess.run(["truncate", "-s", "48M", str(img)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-I", "128", str(img)], check=True,
-                   capture_output=True)
-    mnt.mkdir()
-    # Fail, never skip: these tests run as root, and a refused mount is a broken setup.
-    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
-    try:
+    with mounted(tmp_path, "ext4", 48 << 20, ("-I", "128")) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 @pytest.mark.parametrize("mode", ["local", "push"])
