@@ -299,17 +299,26 @@ def test_a_renamed_directory_and_a_moved_big_file_keep_their_replica_inodes(
     assert re.search(r"move +b/big\.bin -> c/big\.bin", read(log)), read(log)
 
 
-def test_overflow_is_warned_and_repaired_by_a_rescan(src: Path, dst: Path, tmp_path: Path
-                                                      ) -> None:
-    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+def _watch_with_knob(name: str, value: int, src: Path, dst: Path, log: Path
+                     ) -> subprocess.Popen[str]:
+    """``sync --watch`` (inotify) started while ``fs.inotify.NAME`` is ``value``;
+    the setting is put back once the watches are in."""
+    knob = Path("/proc/sys/fs/inotify") / name
     old = knob.read_text()
-    log = tmp_path / "watch.log"
-    knob.write_text("32\n")  # read when an inotify instance is made
+    knob.write_text(f"{value}\n")
     try:
         proc = popen("sync", src, dst, "--watch", "--watch-backend", "inotify", "--log-file", log, "-q")
         wait_for(lambda: "start   watching" in read(log), timeout=60)
     finally:
         knob.write_text(old)
+    return proc
+
+
+def test_overflow_is_warned_and_repaired_by_a_rescan(src: Path, dst: Path, tmp_path: Path
+                                                      ) -> None:
+    log = tmp_path / "watch.log"
+    # the queue size is read when an inotify instance is made
+    proc = _watch_with_knob("max_queued_events", 32, src, dst, log)
     try:
         wait_for(lambda: "summary" in read(log), timeout=60)
         os.kill(proc.pid, signal.SIGSTOP)  # events pile up in the kernel, past its queue
@@ -348,15 +357,9 @@ def _inotify_watches() -> int:
 
 def test_watch_limit_falls_back_to_full_passes(src: Path, dst: Path, tmp_path: Path) -> None:
     build_tree(src, {f"d{i}": {"f": b"1"} for i in range(20)})
-    knob = Path("/proc/sys/fs/inotify/max_user_watches")
-    old = knob.read_text()
     log = tmp_path / "watch.log"
-    knob.write_text(f"{_inotify_watches() + 3}\n")  # lowered only while the watches go in
-    try:
-        proc = popen("sync", src, dst, "--watch", "--watch-backend", "inotify", "--log-file", log, "-q")
-        wait_for(lambda: "start   watching" in read(log), timeout=60)
-    finally:
-        knob.write_text(old)
+    # lowered only while the watches go in
+    proc = _watch_with_knob("max_user_watches", _inotify_watches() + 3, src, dst, log)
     try:
         wait_for(lambda: same(src, dst), timeout=60, step=0.1)
         for i in range(20):  # most of these directories have no watch
